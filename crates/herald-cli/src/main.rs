@@ -1,0 +1,87 @@
+//! `herald`: the command-line program of the Herald workspace.
+//!
+//! Each area lives in its own module: `wire_cmd` (envelope, frame), `node_cmd`
+//! (tell, and the transport part of `up`), `registry_cmd`, `mesh_cmd`, and `up`
+//! which starts everything on embedded defaults.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod error;
+mod mesh_cmd;
+mod node_cmd;
+mod registry_cmd;
+mod up;
+mod wire_cmd;
+
+pub use error::{BadInput, bad_input};
+
+/// Herald: messaging and service discovery between distributed services.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about, long_about = None)]
+struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info`, `herald_transport=debug`).
+    /// Also read from `RUST_LOG`.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a Herald node on embedded defaults: TCP transport, rpyc-compatible
+    /// registry on 18811 and the in-process mesh with the example service.
+    Up(up::UpArgs),
+    /// Send one message (casty tagged-JSON payload) to an actor URI and exit.
+    Tell(node_cmd::TellArgs),
+    /// Encode or decode a casty message envelope.
+    #[command(subcommand)]
+    Envelope(wire_cmd::EnvelopeCommand),
+    /// Decode a stream of casty TCP frames (a capture file).
+    #[command(subcommand)]
+    Frame(wire_cmd::FrameCommand),
+    /// rpyc-compatible name registry: serve, register, discover, list, unregister.
+    #[command(subcommand)]
+    Registry(registry_cmd::RegistryCommand),
+    /// nuropb-style RPC service mesh: serve the example, call, describe, listen, demo.
+    #[command(subcommand)]
+    Mesh(mesh_cmd::MeshCommand),
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    let result = match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Tell(args) => node_cmd::run_tell(args).await,
+        Command::Envelope(cmd) => wire_cmd::run_envelope(cmd),
+        Command::Frame(cmd) => wire_cmd::run_frame(cmd),
+        Command::Registry(cmd) => registry_cmd::run(cmd).await,
+        Command::Mesh(cmd) => mesh_cmd::run(cmd).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: the chain of causes joined by ": ".
+            eprintln!("herald: error: {err:#}");
+            if err.downcast_ref::<BadInput>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

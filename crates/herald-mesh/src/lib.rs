@@ -1,0 +1,1 @@
+//! herald-mesh (work in progress in this session).

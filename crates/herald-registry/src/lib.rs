@@ -1,0 +1,1 @@
+//! herald-registry (work in progress in this session).

@@ -1,0 +1,1 @@
+//! herald-transport (work in progress in this session).

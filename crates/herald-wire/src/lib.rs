@@ -1,0 +1,1 @@
+//! herald-wire (work in progress in this session).

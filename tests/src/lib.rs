@@ -1,0 +1,1 @@
+//! Shared support for Herald cross-crate integration tests.
