@@ -68,7 +68,9 @@ pub const PYZMQ: VenvSpec = VenvSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum PyEnvError {
     /// No interpreter of the wanted version was found.
-    #[error("no Python {version} interpreter found (tried {tried}); set HERALD_PYTHON{env_suffix} to its path")]
+    #[error(
+        "no Python {version} interpreter found (tried {tried}); set HERALD_PYTHON{env_suffix} to its path"
+    )]
     NoInterpreter {
         /// The wanted version.
         version: String,
@@ -165,10 +167,7 @@ pub fn find_python(version: &str) -> Result<PathBuf, PyEnvError> {
     for cand in candidates {
         tried.push(cand.display().to_string());
         let out = Command::new(&cand)
-            .args([
-                "-c",
-                "import sys; print('%d.%d' % sys.version_info[:2])",
-            ])
+            .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
             .output();
         if let Ok(out) = out {
             if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == version {
@@ -252,7 +251,13 @@ fn create_locked(spec: &VenvSpec, root: &Path) -> Result<PathBuf, PyEnvError> {
     }
     run(Command::new(&base).arg("-m").arg("venv").arg(&dir))?;
     run(Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .args(spec.packages))?;
     let mut f = File::create(&marker).map_err(io_err(&marker))?;
     f.write_all(wanted.as_bytes()).map_err(io_err(&marker))?;
