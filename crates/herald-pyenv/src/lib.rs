@@ -127,12 +127,22 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| here.to_path_buf())
 }
 
-/// The `../shared` reference folder next to the repository (vectors, specs, peers).
+/// The reference folder (vectors, specs, peers): `HERALD_SHARED_DIR` when set, else
+/// `../shared` next to the repository, else `/work/shared` (where the development
+/// machines keep it, so that a clone elsewhere still finds it).
 pub fn shared_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("HERALD_SHARED_DIR") {
         return PathBuf::from(dir);
     }
-    workspace_root().join("..").join("shared")
+    let beside = workspace_root().join("..").join("shared");
+    if beside.join("vectors").is_dir() {
+        return beside;
+    }
+    let machine = PathBuf::from("/work/shared");
+    if machine.join("vectors").is_dir() {
+        return machine;
+    }
+    beside
 }
 
 /// Finds an interpreter for `version` (e.g. `"3.12"`).
