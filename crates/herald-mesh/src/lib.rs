@@ -1,1 +1,3 @@
 //! herald-mesh (work in progress in this session).
+
+pub mod crypto;
