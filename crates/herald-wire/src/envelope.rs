@@ -1,0 +1,474 @@
+//! casty's `MessageEnvelope`: `u32 BE header_len | JSON header | payload`.
+//!
+//! Encoding is byte-exact with casty 0.21.0 (Python `json.dumps` defaults, key
+//! order `target`, `sender`, `type_hint`). Decoding accepts any valid JSON
+//! header (any key order, whitespace, raw UTF-8, extra keys, which are kept),
+//! and is stricter than casty where casty is unsafe: a header length that
+//! overruns the buffer, missing keys, duplicate keys and non-string values are
+//! errors. The payload is a zero-copy slice of the input [`Bytes`].
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+
+use crate::error::{WireError, json_kind, preview_json};
+use crate::pyjson;
+
+/// Size of the header-length prefix.
+pub const HEADER_LEN_PREFIX: usize = 4;
+
+/// Fixed bytes of the casty header: `{"target": , "sender": , "type_hint": }`.
+const HEADER_FIXED: usize = br#"{"target": , "sender": , "type_hint": }"#.len();
+
+const WHAT: &str = "envelope header";
+
+/// One message as casty frames it: target and sender actor URIs, the
+/// message's type name and the serialized payload.
+///
+/// Extra header keys found when decoding (forward compatibility, e.g. a
+/// `trace_id`) are kept in order and exposed by [`Envelope::extra_headers`];
+/// they are written back after `type_hint` when encoding.
+#[derive(Clone, PartialEq)]
+pub struct Envelope {
+    /// Target actor URI, e.g. `casty://sys@127.0.0.1:25520/user/counter`.
+    pub target: String,
+    /// Sender URI; casty always writes the system root, e.g. `casty://sys@127.0.0.1:25521/`.
+    pub sender: String,
+    /// `<module>.<qualname>` of the message class, e.g. `casty_vec_msgs.Ping`.
+    pub type_hint: String,
+    /// Serialized message bytes (no own length: runs to the end of the envelope).
+    pub payload: Bytes,
+    extra: Vec<(String, Value)>,
+}
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Envelope");
+        d.field("target", &self.target)
+            .field("sender", &self.sender)
+            .field("type_hint", &self.type_hint)
+            .field("payload_len", &self.payload.len());
+        if !self.extra.is_empty() {
+            d.field("extra", &self.extra);
+        }
+        d.finish()
+    }
+}
+
+impl Envelope {
+    /// Builds an envelope with no extra header keys.
+    pub fn new(
+        target: impl Into<String>,
+        sender: impl Into<String>,
+        type_hint: impl Into<String>,
+        payload: impl Into<Bytes>,
+    ) -> Self {
+        Envelope {
+            target: target.into(),
+            sender: sender.into(),
+            type_hint: type_hint.into(),
+            payload: payload.into(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Extra header keys (beyond `target`, `sender`, `type_hint`), in wire order.
+    pub fn extra_headers(&self) -> &[(String, Value)] {
+        &self.extra
+    }
+
+    /// Looks up one extra header key.
+    pub fn extra_header(&self, key: &str) -> Option<&Value> {
+        self.extra.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Adds (or replaces) an extra header key. casty v1 peers ignore unknown keys.
+    ///
+    /// # Errors
+    /// [`WireError::DuplicateField`] if `key` is one of the three standard keys.
+    pub fn with_extra_header(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<Value>,
+    ) -> Result<Self, WireError> {
+        let key = key.into();
+        if matches!(key.as_str(), "target" | "sender" | "type_hint") {
+            return Err(WireError::DuplicateField { what: WHAT, key });
+        }
+        let value = value.into();
+        match self.extra.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.extra.push((key, value)),
+        }
+        Ok(self)
+    }
+
+    /// Length of the JSON header as [`Envelope::encode_into`] writes it.
+    pub fn header_len(&self) -> usize {
+        let mut n = HEADER_FIXED
+            + pyjson::escaped_len(&self.target)
+            + pyjson::escaped_len(&self.sender)
+            + pyjson::escaped_len(&self.type_hint);
+        if !self.extra.is_empty() {
+            n += self.extra_json().len();
+        }
+        n
+    }
+
+    /// Total encoded length: prefix + header + payload.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN_PREFIX + self.header_len() + self.payload.len()
+    }
+
+    fn extra_json(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, v) in &self.extra {
+            out.extend_from_slice(b", ");
+            pyjson::write_str(&mut out, k);
+            out.extend_from_slice(b": ");
+            pyjson::write_value(&mut out, v);
+        }
+        out
+    }
+
+    /// Appends the envelope to `dst`, byte-exact with casty's `MessageEnvelope.to_bytes()`.
+    pub fn encode_into(&self, dst: &mut BytesMut) {
+        let extra = if self.extra.is_empty() {
+            Vec::new()
+        } else {
+            self.extra_json()
+        };
+        let header_len = HEADER_FIXED
+            + pyjson::escaped_len(&self.target)
+            + pyjson::escaped_len(&self.sender)
+            + pyjson::escaped_len(&self.type_hint)
+            + extra.len();
+        dst.reserve(HEADER_LEN_PREFIX + header_len + self.payload.len());
+        // Header lengths above u32::MAX cannot be represented; saturate so the
+        // decoder reports an overrun rather than silently wrapping.
+        dst.put_u32(u32::try_from(header_len).unwrap_or(u32::MAX));
+        dst.put_slice(br#"{"target": "#);
+        pyjson::write_str(dst, &self.target);
+        dst.put_slice(br#", "sender": "#);
+        pyjson::write_str(dst, &self.sender);
+        dst.put_slice(br#", "type_hint": "#);
+        pyjson::write_str(dst, &self.type_hint);
+        dst.put_slice(&extra);
+        dst.put_u8(b'}');
+        dst.put_slice(&self.payload);
+    }
+
+    /// Encodes into a fresh buffer.
+    pub fn encode(&self) -> Bytes {
+        let mut dst = BytesMut::with_capacity(self.encoded_len());
+        self.encode_into(&mut dst);
+        dst.freeze()
+    }
+
+    /// Decodes an envelope. The payload is a zero-copy slice of `buf`.
+    ///
+    /// # Errors
+    /// [`WireError::Truncated`] for fewer than 4 bytes, [`WireError::HeaderOverrun`]
+    /// when the header length exceeds the buffer, [`WireError::InvalidJson`],
+    /// [`WireError::NotAnObject`], [`WireError::MissingField`],
+    /// [`WireError::DuplicateField`] or [`WireError::WrongFieldType`] for a bad header.
+    pub fn decode(buf: Bytes) -> Result<Envelope, WireError> {
+        Self::decode_with_limit(buf, usize::MAX)
+    }
+
+    /// Like [`Envelope::decode`], rejecting headers longer than `max_header_len`
+    /// ([`WireError::HeaderTooLarge`]) before parsing them.
+    pub fn decode_with_limit(buf: Bytes, max_header_len: usize) -> Result<Envelope, WireError> {
+        let header_len = Self::peek_header_len(&buf)?;
+        if header_len > max_header_len {
+            return Err(WireError::HeaderTooLarge {
+                header_len,
+                max: max_header_len,
+            });
+        }
+        let end = HEADER_LEN_PREFIX + header_len;
+        let header = parse_header(&buf[HEADER_LEN_PREFIX..end])?;
+        Ok(Envelope {
+            target: header.target,
+            sender: header.sender,
+            type_hint: header.type_hint,
+            payload: buf.slice(end..),
+            extra: header.extra,
+        })
+    }
+
+    /// Reads and checks the header length prefix.
+    fn peek_header_len(buf: &[u8]) -> Result<usize, WireError> {
+        let Some(prefix) = buf.first_chunk::<HEADER_LEN_PREFIX>() else {
+            return Err(WireError::Truncated {
+                what: "envelope header length",
+                needed: HEADER_LEN_PREFIX,
+                available: buf.len(),
+            });
+        };
+        let header_len = u32::from_be_bytes(*prefix) as usize;
+        let available = buf.len() - HEADER_LEN_PREFIX;
+        if header_len > available {
+            return Err(WireError::HeaderOverrun {
+                header_len,
+                available,
+            });
+        }
+        Ok(header_len)
+    }
+}
+
+/// Decoded header fields.
+struct Header {
+    target: String,
+    sender: String,
+    type_hint: String,
+    extra: Vec<(String, Value)>,
+}
+
+/// Result of the serde visitor: either the header or a precise error (serde's
+/// own error type can't carry our structured variants).
+enum HeaderParse {
+    Ok(Header),
+    Err(WireError),
+}
+
+struct HeaderVisitor;
+
+fn take_string(key: &'static str, value: Value) -> Result<String, WireError> {
+    match value {
+        Value::String(s) => Ok(s),
+        other => Err(WireError::WrongFieldType {
+            what: WHAT,
+            key: key.to_owned(),
+            expected: "a string",
+            found: format!("{} {}", json_kind(&other), preview_json(&other)),
+        }),
+    }
+}
+
+impl<'de> Visitor<'de> for HeaderVisitor {
+    type Value = HeaderParse;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderParse, A::Error> {
+        let mut target = None;
+        let mut sender = None;
+        let mut type_hint = None;
+        let mut extra: Vec<(String, Value)> = Vec::new();
+        let mut first_error = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let slot = match key.as_ref() {
+                "target" => Some((&mut target, "target")),
+                "sender" => Some((&mut sender, "sender")),
+                "type_hint" => Some((&mut type_hint, "type_hint")),
+                _ => None,
+            };
+            match slot {
+                Some((slot, name)) => {
+                    let value: Value = map.next_value()?;
+                    if slot.is_some() {
+                        first_error.get_or_insert(WireError::DuplicateField {
+                            what: WHAT,
+                            key: name.to_owned(),
+                        });
+                        continue;
+                    }
+                    match take_string(name, value) {
+                        Ok(s) => *slot = Some(s),
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                None => {
+                    let value: Value = map.next_value()?;
+                    if extra.iter().any(|(k, _)| k == key.as_ref()) {
+                        first_error.get_or_insert(WireError::DuplicateField {
+                            what: WHAT,
+                            key: key.into_owned(),
+                        });
+                        continue;
+                    }
+                    extra.push((key.into_owned(), value));
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Ok(HeaderParse::Err(e));
+        }
+        let missing = |key| WireError::MissingField { what: WHAT, key };
+        Ok(match (target, sender, type_hint) {
+            (Some(target), Some(sender), Some(type_hint)) => HeaderParse::Ok(Header {
+                target,
+                sender,
+                type_hint,
+                extra,
+            }),
+            (None, _, _) => HeaderParse::Err(missing("target")),
+            (_, None, _) => HeaderParse::Err(missing("sender")),
+            (_, _, None) => HeaderParse::Err(missing("type_hint")),
+        })
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<HeaderParse, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(HeaderParse::Err(not_object("an array")))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<HeaderParse, E> {
+        Ok(HeaderParse::Err(not_object("a string")))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<HeaderParse, E> {
+        Ok(HeaderParse::Err(not_object("a boolean")))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<HeaderParse, E> {
+        Ok(HeaderParse::Err(not_object("a number")))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<HeaderParse, E> {
+        Ok(HeaderParse::Err(not_object("a number")))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<HeaderParse, E> {
+        Ok(HeaderParse::Err(not_object("a number")))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<HeaderParse, E> {
+        Ok(HeaderParse::Err(not_object("null")))
+    }
+}
+
+fn not_object(found: &str) -> WireError {
+    WireError::NotAnObject {
+        what: WHAT,
+        found: found.to_owned(),
+    }
+}
+
+fn parse_header(bytes: &[u8]) -> Result<Header, WireError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = de
+        .deserialize_any(HeaderVisitor)
+        .and_then(|p| de.end().map(|()| p))
+        .map_err(|e| WireError::InvalidJson {
+            what: WHAT,
+            message: e.to_string(),
+        })?;
+    match parsed {
+        HeaderParse::Ok(h) => Ok(h),
+        HeaderParse::Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smallest_envelope_is_49_bytes() {
+        let env = Envelope::new("", "", "", Bytes::new());
+        let bytes = env.encode();
+        assert_eq!(bytes.len(), 49);
+        assert_eq!(env.encoded_len(), 49);
+        assert_eq!(&bytes[..4], &[0, 0, 0, 0x2d]);
+        assert_eq!(
+            &bytes[4..],
+            br#"{"target": "", "sender": "", "type_hint": ""}"#
+        );
+        assert_eq!(Envelope::decode(bytes), Ok(env));
+    }
+
+    #[test]
+    fn extra_headers_round_trip() {
+        let env = Envelope::new("a", "b", "c", &b"xy"[..])
+            .with_extra_header("trace_id", "abc")
+            .and_then(|e| e.with_extra_header("n", 5))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let bytes = env.encode();
+        assert_eq!(env.encoded_len(), bytes.len());
+        let header = &bytes[4..bytes.len() - 2];
+        assert_eq!(
+            header,
+            br#"{"target": "a", "sender": "b", "type_hint": "c", "trace_id": "abc", "n": 5}"#
+        );
+        let back = Envelope::decode(bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.extra_header("trace_id"), Some(&Value::from("abc")));
+        assert_eq!(back, env);
+    }
+
+    #[test]
+    fn reserved_extra_key_is_rejected() {
+        let err = Envelope::new("a", "b", "c", Bytes::new()).with_extra_header("target", "x");
+        assert!(matches!(err, Err(WireError::DuplicateField { ref key, .. }) if key == "target"));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = Envelope::decode(Bytes::from_static(b"\x00\x00")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "truncated envelope header length: need 4 bytes, only 2 available"
+        );
+        let e = Envelope::decode(Bytes::from_static(b"\x00\x00\x00\x10{}")).unwrap_err();
+        assert_eq!(
+            e,
+            WireError::HeaderOverrun {
+                header_len: 16,
+                available: 2
+            }
+        );
+        let e = Envelope::decode(Bytes::from_static(b"\x00\x00\x00\x02[]")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "envelope header must be a JSON object, got an array"
+        );
+        let hdr = br#"{"target": "a", "sender": "b"}"#;
+        let mut buf = (hdr.len() as u32).to_be_bytes().to_vec();
+        buf.extend_from_slice(hdr);
+        let e = Envelope::decode(Bytes::from(buf)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "envelope header is missing required key `type_hint`"
+        );
+        let hdr = br#"{"target": 5, "sender": "b", "type_hint": "c"}"#;
+        let mut buf = (hdr.len() as u32).to_be_bytes().to_vec();
+        buf.extend_from_slice(hdr);
+        let e = Envelope::decode(Bytes::from(buf)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "envelope header key `target` must be a string, got a number 5"
+        );
+        let hdr = br#"{"target": "a", "target": "b", "sender": "b", "type_hint": "c"}"#;
+        let mut buf = (hdr.len() as u32).to_be_bytes().to_vec();
+        buf.extend_from_slice(hdr);
+        let e = Envelope::decode(Bytes::from(buf)).unwrap_err();
+        assert_eq!(e.to_string(), "envelope header has duplicate key `target`");
+        let hdr = br#"{"target": "a", "sender": "b", "type_hint": "c"} x"#;
+        let mut buf = (hdr.len() as u32).to_be_bytes().to_vec();
+        buf.extend_from_slice(hdr);
+        let e = Envelope::decode(Bytes::from(buf)).unwrap_err();
+        assert!(matches!(e, WireError::InvalidJson { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn header_limit_is_enforced_before_parsing() {
+        let env = Envelope::new("abc", "def", "ghi", Bytes::new());
+        let e = Envelope::decode_with_limit(env.encode(), 10).unwrap_err();
+        assert!(
+            matches!(e, WireError::HeaderTooLarge { max: 10, .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn payload_is_zero_copy() {
+        let env = Envelope::new("t", "s", "h", vec![7u8; 1000]);
+        let bytes = env.encode();
+        let back = Envelope::decode(bytes.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let off = bytes.len() - 1000;
+        assert_eq!(back.payload.as_ptr(), bytes[off..].as_ptr());
+    }
+}
