@@ -1,0 +1,742 @@
+//! The registry's protocol core: the table and request dispatch, with no I/O and an
+//! injected clock (every call takes `now`), in the style of quinn-proto.
+//!
+//! The tokio servers in [`crate::server`] feed it datagrams and TCP requests; tests
+//! drive it directly with a fake clock.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use herald_registry::core::{CoreConfig, RegistryCore, Transport};
+//! use herald_registry::proto::{encode_request, Command, Port};
+//!
+//! let mut core = RegistryCore::new(CoreConfig::default());
+//! let t0 = Instant::now();
+//! let src = "127.0.0.1".parse().unwrap();
+//! let mut reply = Vec::new();
+//! let reg = encode_request(&Command::Register { aliases: vec!["echo".into()], port: Port::Num(18812) });
+//! core.handle(t0, src, Transport::Udp, &reg, &mut reply).unwrap();
+//! assert_eq!(reply, b"\x08\x0bOK");
+//! let query = encode_request(&Command::Query { name: "ECHO".into() });
+//! core.handle(t0, src, Transport::Udp, &query, &mut reply).unwrap();
+//! assert_eq!(herald_registry::proto::parse_query_reply(&reply).unwrap()[0].to_string(), "127.0.0.1:18812");
+//! // 240 s later without keep-alive the entry is pruned.
+//! assert_eq!(core.prune(t0 + Duration::from_secs(241)), 1);
+//! ```
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+
+use crate::brine;
+use crate::proto::{self, Command, Port, RequestError, ServiceAddr};
+
+/// rpyc's default pruning timeout.
+pub const DEFAULT_PRUNE_TIMEOUT: Duration = Duration::from_secs(240);
+/// What rpyc clients read for QUERY and REGISTER replies and for LIST over TCP.
+pub const MAX_CLIENT_READ: usize = 1500;
+/// What rpyc's UDP client reads for a LIST reply.
+pub const MAX_UDP_LIST_READ: usize = 15000;
+
+/// Which transport a request came over (decides how large a LIST reply may be).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// UDP datagram.
+    Udp,
+    /// TCP connection.
+    Tcp,
+}
+
+impl Transport {
+    /// Lower-case name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// A per-source token bucket: `per_second` requests on average, bursts of `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Sustained requests per second per source IP.
+    pub per_second: f64,
+    /// Bucket size.
+    pub burst: f64,
+}
+
+/// Behaviour of the table and the guard rails.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Entries not refreshed for this long are stale (rpyc: 240 s).
+    pub prune_timeout: Duration,
+    /// Answer LIST (rpyc's `allow_listing`; off by default: listing exposes inventory).
+    pub allow_listing: bool,
+    /// Sources allowed to REGISTER / UNREGISTER (empty = everyone).
+    pub register_allow: Vec<IpNet>,
+    /// Sources allowed to LIST (empty = everyone); others get `None`.
+    pub list_allow: Vec<IpNet>,
+    /// Per-source rate limit of all requests (`None` = unlimited).
+    pub rate_limit: Option<RateLimit>,
+    /// Maximum number of (name, host, port) entries in the table.
+    pub max_entries: usize,
+    /// Maximum number of entries registered from one host.
+    pub max_entries_per_host: usize,
+    /// Maximum length of a service name in bytes.
+    pub max_name_len: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            prune_timeout: DEFAULT_PRUNE_TIMEOUT,
+            allow_listing: false,
+            register_allow: Vec::new(),
+            list_allow: Vec::new(),
+            rate_limit: None,
+            max_entries: 100_000,
+            max_entries_per_host: 10_000,
+            max_name_len: 255,
+        }
+    }
+}
+
+/// Why an entry left the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RemoveReason {
+    /// The service sent UNREGISTER.
+    Unregistered,
+    /// It was not refreshed within the pruning timeout.
+    Pruned,
+}
+
+/// A change of the table; each real addition and removal is reported exactly once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryEvent {
+    /// A new (name, host, port) entry (keep-alives of an existing one are not events).
+    Added {
+        /// Upper-cased name.
+        name: String,
+        /// The server.
+        addr: ServiceAddr,
+    },
+    /// An entry was removed.
+    Removed {
+        /// Upper-cased name.
+        name: String,
+        /// The server.
+        addr: ServiceAddr,
+        /// Why.
+        reason: RemoveReason,
+    },
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Requests received (including dropped ones).
+    pub requests: u64,
+    /// Replies produced.
+    pub replies: u64,
+    /// Requests dropped without a reply (malformed, denied, rate-limited, over caps).
+    pub dropped: u64,
+    /// Of those, dropped by the rate limit.
+    pub rate_limited: u64,
+    /// Of those, dropped by an allow-list.
+    pub denied: u64,
+    /// REGISTER requests answered.
+    pub registers: u64,
+    /// UNREGISTER requests answered.
+    pub unregisters: u64,
+    /// QUERY requests answered.
+    pub queries: u64,
+    /// LIST requests answered.
+    pub lists: u64,
+    /// Replies shortened to fit what rpyc clients read.
+    pub capped_replies: u64,
+    /// Entries added.
+    pub added: u64,
+    /// Entries removed by UNREGISTER.
+    pub unregistered: u64,
+    /// Entries removed as stale.
+    pub pruned: u64,
+    /// Entries in the table now.
+    pub entries: u64,
+}
+
+/// Why a request got no reply.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HandleError {
+    /// The request was malformed.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The source exceeded its rate limit.
+    #[error("rate limit exceeded by {source_ip}")]
+    RateLimited {
+        /// The source.
+        source_ip: IpAddr,
+    },
+    /// The source is not in the allow-list for this command.
+    #[error("{command} from {source_ip} denied by the allow-list")]
+    Denied {
+        /// The command.
+        command: &'static str,
+        /// The source.
+        source_ip: IpAddr,
+    },
+    /// A service name longer than allowed.
+    #[error("service name of {len} bytes exceeds the limit of {max}")]
+    NameTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Registering would exceed an entry cap.
+    #[error("REGISTER from {source_ip} refused: {what} limit of {max} entries reached")]
+    TooManyEntries {
+        /// The source.
+        source_ip: IpAddr,
+        /// `"table"` or `"per-host"`.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// One row of [`RegistryCore::entries`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TableRow {
+    /// Upper-cased service name.
+    pub name: String,
+    /// Recorded host.
+    pub host: String,
+    /// Port (number or socket path).
+    pub port: String,
+    /// Time since the last REGISTER of this entry.
+    pub age_ms: u64,
+}
+
+#[derive(Debug)]
+struct Server {
+    ip: IpAddr,
+    host: Box<str>,
+    port: Port,
+    last_seen: Instant,
+}
+
+#[derive(Debug)]
+struct Name {
+    seq: u64,
+    /// Ordered by `last_seen`, oldest first (a refresh moves the entry to the end).
+    servers: Vec<Server>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// The registry table and dispatcher.
+#[derive(Debug)]
+pub struct RegistryCore {
+    config: CoreConfig,
+    names: HashMap<String, Name>,
+    per_host: HashMap<IpAddr, usize>,
+    entries: usize,
+    next_seq: u64,
+    buckets: HashMap<IpAddr, Bucket>,
+    events: Vec<RegistryEvent>,
+    stats: Stats,
+}
+
+/// Normalises a source address: `::ffff:a.b.c.d` becomes `a.b.c.d`.
+pub fn normalize_ip(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+fn allowed(list: &[IpNet], ip: IpAddr) -> bool {
+    list.is_empty() || list.iter().any(|net| net.contains(&ip))
+}
+
+impl RegistryCore {
+    /// An empty table.
+    pub fn new(config: CoreConfig) -> Self {
+        Self {
+            config,
+            names: HashMap::new(),
+            per_host: HashMap::new(),
+            entries: 0,
+            next_seq: 0,
+            buckets: HashMap::new(),
+            events: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            entries: self.entries as u64,
+            ..self.stats
+        }
+    }
+
+    /// Counts a request that the I/O layer dropped before it reached [`Self::handle`]
+    /// (oversized datagram, incomplete TCP request).
+    pub fn record_dropped(&mut self) {
+        self.stats.requests += 1;
+        self.stats.dropped += 1;
+    }
+
+    /// Takes the events produced since the last call.
+    pub fn drain_events(&mut self) -> Vec<RegistryEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Handles one request from `source` received at `now`. On success the reply is in
+    /// `reply` (cleared first); on error nothing must be sent.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        source: IpAddr,
+        transport: Transport,
+        request: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<Command, HandleError> {
+        reply.clear();
+        self.stats.requests += 1;
+        let source = normalize_ip(source);
+        let result = self.dispatch(now, source, transport, request, reply);
+        match &result {
+            Ok(_) => self.stats.replies += 1,
+            Err(e) => {
+                reply.clear();
+                self.stats.dropped += 1;
+                match e {
+                    HandleError::RateLimited { .. } => self.stats.rate_limited += 1,
+                    HandleError::Denied { .. } => self.stats.denied += 1,
+                    _ => {}
+                }
+            }
+        }
+        result
+    }
+
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        source: IpAddr,
+        transport: Transport,
+        request: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<Command, HandleError> {
+        self.check_rate(now, source)?;
+        let cmd = match proto::parse_request(request) {
+            Ok((cmd, _trailing_ignored)) => cmd,
+            Err(RequestError::BytesName(_)) => {
+                // rpyc upper-cases a bytes name, which never matches a str key.
+                self.stats.queries += 1;
+                reply.extend_from_slice(&proto::REPLY_EMPTY);
+                return Ok(Command::Query {
+                    name: String::new(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match &cmd {
+            Command::Register { aliases, port } => {
+                self.register(now, source, aliases, port)?;
+                self.stats.registers += 1;
+                reply.extend_from_slice(&proto::REPLY_OK);
+            }
+            Command::Unregister { port } => {
+                if !allowed(&self.config.register_allow, source) {
+                    return Err(HandleError::Denied {
+                        command: "UNREGISTER",
+                        source_ip: source,
+                    });
+                }
+                self.unregister(source, port);
+                self.stats.unregisters += 1;
+                reply.extend_from_slice(&proto::REPLY_OK);
+            }
+            Command::Query { name } => {
+                self.query(now, name, reply);
+                self.stats.queries += 1;
+            }
+            Command::List { filter } => {
+                self.list(source, transport, filter.as_deref(), reply);
+                self.stats.lists += 1;
+            }
+        }
+        Ok(cmd)
+    }
+
+    fn check_rate(&mut self, now: Instant, source: IpAddr) -> Result<(), HandleError> {
+        let Some(limit) = self.config.rate_limit else {
+            return Ok(());
+        };
+        if self.buckets.len() >= 65_536 {
+            // Forget sources whose bucket has refilled: they lose nothing.
+            let refill = Duration::from_secs_f64(limit.burst / limit.per_second.max(1e-9));
+            self.buckets
+                .retain(|_, b| now.saturating_duration_since(b.last) < refill);
+        }
+        let bucket = self.buckets.entry(source).or_insert(Bucket {
+            tokens: limit.burst,
+            last: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * limit.per_second).min(limit.burst);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(HandleError::RateLimited { source_ip: source })
+        }
+    }
+
+    /// Registers (or refreshes) `source:port` under every alias.
+    pub fn register(
+        &mut self,
+        now: Instant,
+        source: IpAddr,
+        aliases: &[String],
+        port: &Port,
+    ) -> Result<(), HandleError> {
+        let source = normalize_ip(source);
+        if !allowed(&self.config.register_allow, source) {
+            return Err(HandleError::Denied {
+                command: "REGISTER",
+                source_ip: source,
+            });
+        }
+        let mut upper: Vec<String> = Vec::with_capacity(aliases.len());
+        for a in aliases {
+            if a.len() > self.config.max_name_len {
+                return Err(HandleError::NameTooLong {
+                    len: a.len(),
+                    max: self.config.max_name_len,
+                });
+            }
+            let u = a.to_uppercase();
+            if !upper.contains(&u) {
+                upper.push(u);
+            }
+        }
+        let new = upper
+            .iter()
+            .filter(|n| {
+                !self
+                    .names
+                    .get(*n)
+                    .is_some_and(|e| e.servers.iter().any(|s| s.ip == source && s.port == *port))
+            })
+            .count();
+        if self.entries + new > self.config.max_entries {
+            return Err(HandleError::TooManyEntries {
+                source_ip: source,
+                what: "table",
+                max: self.config.max_entries,
+            });
+        }
+        let host_count = self.per_host.get(&source).copied().unwrap_or(0);
+        if host_count + new > self.config.max_entries_per_host {
+            return Err(HandleError::TooManyEntries {
+                source_ip: source,
+                what: "per-host",
+                max: self.config.max_entries_per_host,
+            });
+        }
+        for name in upper {
+            let seq = self.next_seq;
+            let entry = self.names.entry(name.clone()).or_insert_with(|| Name {
+                seq,
+                servers: Vec::new(),
+            });
+            if entry.seq == seq {
+                self.next_seq += 1;
+            }
+            if let Some(i) = entry
+                .servers
+                .iter()
+                .position(|s| s.ip == source && s.port == *port)
+            {
+                let mut s = entry.servers.remove(i);
+                s.last_seen = now;
+                entry.servers.push(s);
+                tracing::trace!(%name, host = %source, %port, "keep-alive");
+            } else {
+                let host: Box<str> = source.to_string().into();
+                entry.servers.push(Server {
+                    ip: source,
+                    host: host.clone(),
+                    port: port.clone(),
+                    last_seen: now,
+                });
+                self.entries += 1;
+                *self.per_host.entry(source).or_insert(0) += 1;
+                self.stats.added += 1;
+                tracing::info!(%name, host = %source, %port, "service registered");
+                self.events.push(RegistryEvent::Added {
+                    name,
+                    addr: ServiceAddr {
+                        host: host.into(),
+                        port: port.clone(),
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn forget(&mut self, name: &str, s: &Server, reason: RemoveReason) {
+        self.entries -= 1;
+        if let Some(n) = self.per_host.get_mut(&s.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_host.remove(&s.ip);
+            }
+        }
+        match reason {
+            RemoveReason::Unregistered => self.stats.unregistered += 1,
+            RemoveReason::Pruned => self.stats.pruned += 1,
+        }
+        tracing::info!(name, host = %s.host, port = %s.port, ?reason, "service removed");
+        self.events.push(RegistryEvent::Removed {
+            name: name.to_owned(),
+            addr: ServiceAddr {
+                host: s.host.to_string(),
+                port: s.port.clone(),
+            },
+            reason,
+        });
+    }
+
+    /// Removes `source:port` from every name; returns how many entries went.
+    pub fn unregister(&mut self, source: IpAddr, port: &Port) -> usize {
+        let source = normalize_ip(source);
+        let mut removed = Vec::new();
+        self.names.retain(|name, entry| {
+            entry.servers.retain(|s| {
+                if s.ip == source && s.port == *port {
+                    removed.push((
+                        name.clone(),
+                        Server {
+                            host: s.host.clone(),
+                            port: s.port.clone(),
+                            ..*s
+                        },
+                    ));
+                    false
+                } else {
+                    true
+                }
+            });
+            !entry.servers.is_empty()
+        });
+        let n = removed.len();
+        for (name, s) in removed {
+            self.forget(&name, &s, RemoveReason::Unregistered);
+        }
+        n
+    }
+
+    fn is_stale(&self, now: Instant, s: &Server) -> bool {
+        now.saturating_duration_since(s.last_seen) > self.config.prune_timeout
+    }
+
+    /// Removes every stale entry (and names left empty); returns how many went.
+    pub fn prune(&mut self, now: Instant) -> usize {
+        let timeout = self.config.prune_timeout;
+        let mut removed = Vec::new();
+        self.names.retain(|name, entry| {
+            entry.servers.retain(|s| {
+                if now.saturating_duration_since(s.last_seen) > timeout {
+                    removed.push((
+                        name.clone(),
+                        Server {
+                            host: s.host.clone(),
+                            port: s.port.clone(),
+                            ..*s
+                        },
+                    ));
+                    false
+                } else {
+                    true
+                }
+            });
+            !entry.servers.is_empty()
+        });
+        let n = removed.len();
+        for (name, s) in removed {
+            self.forget(&name, &s, RemoveReason::Pruned);
+        }
+        n
+    }
+
+    /// Answers QUERY into `reply`: stale entries of the name are pruned first (like
+    /// rpyc), then the rest are encoded oldest refresh first, keeping the freshest ones
+    /// if they do not all fit in [`MAX_CLIENT_READ`] bytes.
+    fn query(&mut self, now: Instant, name: &str, reply: &mut Vec<u8>) {
+        let key = if name
+            .bytes()
+            .all(|b| !b.is_ascii_lowercase() && b.is_ascii())
+        {
+            std::borrow::Cow::Borrowed(name)
+        } else {
+            std::borrow::Cow::Owned(name.to_uppercase())
+        };
+        let has_stale = self
+            .names
+            .get(key.as_ref())
+            .is_some_and(|e| e.servers.iter().any(|s| self.is_stale(now, s)));
+        if has_stale {
+            let timeout = self.config.prune_timeout;
+            let mut removed = Vec::new();
+            if let Some(entry) = self.names.get_mut(key.as_ref()) {
+                entry.servers.retain(|s| {
+                    if now.saturating_duration_since(s.last_seen) > timeout {
+                        removed.push(Server {
+                            host: s.host.clone(),
+                            port: s.port.clone(),
+                            ..*s
+                        });
+                        false
+                    } else {
+                        true
+                    }
+                });
+                if entry.servers.is_empty() {
+                    self.names.remove(key.as_ref());
+                }
+            }
+            for s in removed {
+                self.forget(&key, &s, RemoveReason::Pruned);
+            }
+        }
+        let Some(entry) = self.names.get(key.as_ref()) else {
+            reply.extend_from_slice(&proto::REPLY_EMPTY);
+            return;
+        };
+        let servers = &entry.servers;
+        brine::encode_tuple_header(servers.len(), reply);
+        for s in servers {
+            proto::encode_addr(&s.host, &s.port, reply);
+        }
+        if reply.len() > MAX_CLIENT_READ {
+            // Keep the freshest entries that fit, still oldest first.
+            let sizes: Vec<usize> = servers
+                .iter()
+                .map(|s| {
+                    let mut b = Vec::new();
+                    proto::encode_addr(&s.host, &s.port, &mut b);
+                    b.len()
+                })
+                .collect();
+            let mut keep = 0;
+            let mut total = 0;
+            for size in sizes.iter().rev() {
+                // Header of at most 5 bytes.
+                if total + size + 5 > MAX_CLIENT_READ {
+                    break;
+                }
+                total += size;
+                keep += 1;
+            }
+            reply.clear();
+            brine::encode_tuple_header(keep, reply);
+            for s in &servers[servers.len() - keep..] {
+                proto::encode_addr(&s.host, &s.port, reply);
+            }
+            self.stats.capped_replies += 1;
+            tracing::warn!(
+                name = %key,
+                servers = servers.len(),
+                kept = keep,
+                "QUERY reply capped to {MAX_CLIENT_READ} bytes (what rpyc clients read); oldest entries left out"
+            );
+        }
+    }
+
+    fn list(
+        &mut self,
+        source: IpAddr,
+        transport: Transport,
+        filter: Option<&str>,
+        reply: &mut Vec<u8>,
+    ) {
+        if !self.config.allow_listing || !allowed(&self.config.list_allow, source) {
+            reply.extend_from_slice(&proto::REPLY_NONE);
+            return;
+        }
+        let mut names: Vec<(&String, &Name)> = self
+            .names
+            .iter()
+            .filter(|(_, e)| filter.is_none_or(|h| e.servers.iter().any(|s| &*s.host == h)))
+            .collect();
+        names.sort_by_key(|(_, e)| e.seq);
+        let cap = match transport {
+            Transport::Udp => MAX_UDP_LIST_READ,
+            Transport::Tcp => MAX_CLIENT_READ,
+        };
+        let mut body = Vec::new();
+        let mut count = 0;
+        for (name, _) in &names {
+            let before = body.len();
+            brine::encode_str(name, &mut body);
+            if body.len() + 5 > cap {
+                body.truncate(before);
+                self.stats.capped_replies += 1;
+                tracing::warn!(
+                    names = names.len(),
+                    kept = count,
+                    transport = transport.as_str(),
+                    "LIST reply capped to {cap} bytes (what rpyc clients read)"
+                );
+                break;
+            }
+            count += 1;
+        }
+        brine::encode_tuple_header(count, reply);
+        reply.extend_from_slice(&body);
+    }
+
+    /// A copy of the table, names in creation order, servers oldest refresh first.
+    pub fn entries(&self, now: Instant) -> Vec<TableRow> {
+        let mut names: Vec<(&String, &Name)> = self.names.iter().collect();
+        names.sort_by_key(|(_, e)| e.seq);
+        names
+            .into_iter()
+            .flat_map(|(name, e)| {
+                e.servers.iter().map(move |s| TableRow {
+                    name: name.clone(),
+                    host: s.host.to_string(),
+                    port: s.port.to_string(),
+                    age_ms: u64::try_from(now.saturating_duration_since(s.last_seen).as_millis())
+                        .unwrap_or(u64::MAX),
+                })
+            })
+            .collect()
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// True when the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+}

@@ -1,0 +1,533 @@
+//! The tokio registry server: UDP and TCP on the same port, one shared table, a
+//! pruning timer, events.
+//!
+//! ```
+//! use herald_registry::{RegistryConfig, RegistryServer, RegistryEvent};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = RegistryServer::bind(RegistryConfig::localhost_ephemeral()).await?;
+//! let mut events = server.events();
+//! let client = herald_registry::UdpRegistryClient::unicast(server.local_addr());
+//! client.register(&["echo"], 18812u16).await?;
+//! assert!(matches!(events.recv().await?, RegistryEvent::Added { .. }));
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::brine;
+use crate::core::{CoreConfig, RegistryCore, RegistryEvent, Stats, TableRow, Transport};
+
+/// Server settings. `Default` is rpyc's: `0.0.0.0:18811`, UDP and TCP, 240 s pruning,
+/// listing off.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Address to bind (`0.0.0.0`, `::` for dual-stack, or one interface).
+    pub host: IpAddr,
+    /// Port for both UDP and TCP (0 = a port the OS picks, free for both).
+    pub port: u16,
+    /// Serve UDP.
+    pub udp: bool,
+    /// Serve TCP.
+    pub tcp: bool,
+    /// Table behaviour and guard rails.
+    pub core: CoreConfig,
+    /// How often the timer prunes (`None` = a quarter of the pruning timeout, at most
+    /// 30 s).
+    pub prune_interval: Option<Duration>,
+    /// Time a TCP client has to send one complete request.
+    pub tcp_deadline: Duration,
+    /// Largest TCP request accepted.
+    pub tcp_max_request: usize,
+    /// Largest UDP datagram accepted (rpyc reads 1500 bytes, so larger ones never
+    /// worked with it).
+    pub udp_max_request: usize,
+    /// Concurrent TCP connections; more are closed at once with a log line.
+    pub max_tcp_connections: usize,
+    /// Capacity of the event channel (slow receivers see `Lagged`).
+    pub event_capacity: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: crate::REGISTRY_PORT,
+            udp: true,
+            tcp: true,
+            core: CoreConfig::default(),
+            prune_interval: None,
+            tcp_deadline: Duration::from_secs(3),
+            tcp_max_request: 64 * 1024,
+            udp_max_request: crate::core::MAX_CLIENT_READ,
+            max_tcp_connections: 1024,
+            event_capacity: 1024,
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// `127.0.0.1`, a free port picked by the OS, otherwise defaults (for tests and
+    /// embedding).
+    pub fn localhost_ephemeral() -> Self {
+        Self {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 0,
+            ..Self::default()
+        }
+    }
+
+    fn prune_every(&self) -> Duration {
+        self.prune_interval
+            .unwrap_or_else(|| (self.core.prune_timeout / 4).min(Duration::from_secs(30)))
+            .max(Duration::from_millis(10))
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Binding a socket failed.
+    #[error("cannot bind registry {transport} socket to {addr}: {source}")]
+    Bind {
+        /// `"udp"` or `"tcp"`.
+        transport: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Neither UDP nor TCP was enabled.
+    #[error("registry configured with neither UDP nor TCP")]
+    NothingToServe,
+    /// Port 0 was asked for and no port free for both UDP and TCP was found.
+    #[error("no port free for both UDP and TCP on {host} after {tries} tries")]
+    NoCommonPort {
+        /// The host.
+        host: IpAddr,
+        /// Attempts made.
+        tries: u32,
+    },
+}
+
+#[derive(Debug)]
+struct Shared {
+    core: Mutex<RegistryCore>,
+    events: broadcast::Sender<RegistryEvent>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, RegistryCore> {
+        // A panic while holding the lock cannot leave the table half-updated in a way
+        // that matters more than stopping service; keep serving.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, core: &mut RegistryCore) {
+        for ev in core.drain_events() {
+            // No receivers is fine.
+            let _ = self.events.send(ev);
+        }
+    }
+}
+
+/// A running registry. Dropping it stops the server tasks; [`RegistryServer::shutdown`]
+/// does so and waits for them.
+#[derive(Debug)]
+pub struct RegistryServer {
+    shared: Arc<Shared>,
+    udp_addr: Option<SocketAddr>,
+    tcp_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false)?;
+    }
+    sock.set_broadcast(true)?;
+    sock.set_nonblocking(true)?;
+    // Large buffers absorb bursts of registrations.
+    let _ = sock.set_recv_buffer_size(1 << 20);
+    sock.bind(&SockAddr::from(addr))?;
+    Ok(sock.into())
+}
+
+fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false)?;
+    }
+    #[cfg(not(windows))]
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&SockAddr::from(addr))?;
+    sock.listen(1024)?;
+    Ok(sock.into())
+}
+
+type Sockets = (Option<std::net::UdpSocket>, Option<std::net::TcpListener>);
+
+fn bind_sockets(config: &RegistryConfig) -> Result<Sockets, ServerError> {
+    let addr = SocketAddr::new(config.host, config.port);
+    let bind_udp = |addr| {
+        udp_socket(addr).map_err(|source| ServerError::Bind {
+            transport: "udp",
+            addr,
+            source,
+        })
+    };
+    let bind_tcp = |addr| {
+        tcp_listener(addr).map_err(|source| ServerError::Bind {
+            transport: "tcp",
+            addr,
+            source,
+        })
+    };
+    match (config.udp, config.tcp) {
+        (false, false) => Err(ServerError::NothingToServe),
+        (true, false) => Ok((Some(bind_udp(addr)?), None)),
+        (false, true) => Ok((None, Some(bind_tcp(addr)?))),
+        (true, true) if config.port != 0 => Ok((Some(bind_udp(addr)?), Some(bind_tcp(addr)?))),
+        (true, true) => {
+            // Let the OS pick a UDP port, then take the same number for TCP; retry
+            // when that TCP port is busy.
+            const TRIES: u32 = 50;
+            for _ in 0..TRIES {
+                let udp = bind_udp(addr)?;
+                let port = udp
+                    .local_addr()
+                    .map_err(|source| ServerError::Bind {
+                        transport: "udp",
+                        addr,
+                        source,
+                    })?
+                    .port();
+                if let Ok(tcp) = tcp_listener(SocketAddr::new(config.host, port)) {
+                    return Ok((Some(udp), Some(tcp)));
+                }
+            }
+            Err(ServerError::NoCommonPort {
+                host: config.host,
+                tries: TRIES,
+            })
+        }
+    }
+}
+
+impl RegistryServer {
+    /// Binds the sockets and starts serving (must be called inside a tokio runtime).
+    pub async fn bind(config: RegistryConfig) -> Result<Self, ServerError> {
+        let (udp, tcp) = bind_sockets(&config)?;
+        let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        let shared = Arc::new(Shared {
+            core: Mutex::new(RegistryCore::new(config.core.clone())),
+            events,
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut udp_addr = None;
+        let mut tcp_addr = None;
+        if let Some(std_sock) = udp {
+            let addr = SocketAddr::new(config.host, config.port);
+            let sock = UdpSocket::from_std(std_sock).map_err(|source| ServerError::Bind {
+                transport: "udp",
+                addr,
+                source,
+            })?;
+            udp_addr = sock.local_addr().ok();
+            tasks.push(tokio::spawn(serve_udp(
+                sock,
+                shared.clone(),
+                config.udp_max_request,
+                stop_rx.clone(),
+            )));
+        }
+        if let Some(std_listener) = tcp {
+            let addr = SocketAddr::new(config.host, config.port);
+            let listener =
+                TcpListener::from_std(std_listener).map_err(|source| ServerError::Bind {
+                    transport: "tcp",
+                    addr,
+                    source,
+                })?;
+            tcp_addr = listener.local_addr().ok();
+            tasks.push(tokio::spawn(serve_tcp(
+                listener,
+                shared.clone(),
+                config.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(prune_timer(
+            shared.clone(),
+            config.prune_every(),
+            stop_rx,
+        )));
+        tracing::info!(
+            udp = ?udp_addr,
+            tcp = ?tcp_addr,
+            prune_timeout_s = config.core.prune_timeout.as_secs_f64(),
+            listing = config.core.allow_listing,
+            "registry serving"
+        );
+        Ok(Self {
+            shared,
+            udp_addr,
+            tcp_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The bound address (UDP and TCP share the port number).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.udp_addr
+            .or(self.tcp_addr)
+            .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+    }
+
+    /// The UDP address, when serving UDP.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp_addr
+    }
+
+    /// The TCP address, when serving TCP.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// A receiver of table changes from now on.
+    pub fn events(&self) -> broadcast::Receiver<RegistryEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.lock().stats()
+    }
+
+    /// A copy of the table.
+    pub fn entries(&self) -> Vec<TableRow> {
+        self.shared.lock().entries(Instant::now())
+    }
+
+    /// Stops serving and waits for the tasks to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        tracing::info!(addr = %self.local_addr(), "registry stopped");
+    }
+}
+
+impl Drop for RegistryServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn serve_udp(
+    sock: UdpSocket,
+    shared: Arc<Shared>,
+    max_request: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Read more than we accept so that oversized datagrams are seen as such.
+    let mut buf = vec![0u8; 65_536];
+    let mut reply = Vec::with_capacity(1500);
+    loop {
+        let (len, from) = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP port-unreachable from an earlier reply and the like: the
+                    // socket is still fine.
+                    tracing::debug!(error = %e, "udp recv error");
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        if len > max_request {
+            shared.lock().record_dropped();
+            tracing::info!(%from, len, max = max_request, "dropped oversized registry datagram");
+            continue;
+        }
+        let result = {
+            let mut core = shared.lock();
+            let r = core.handle(
+                Instant::now(),
+                from.ip(),
+                Transport::Udp,
+                &buf[..len],
+                &mut reply,
+            );
+            shared.publish(&mut core);
+            r
+        };
+        match result {
+            Ok(_) => {
+                if let Err(e) = sock.send_to(&reply, from).await {
+                    tracing::debug!(%from, error = %e, "udp reply not sent");
+                }
+            }
+            Err(e) => tracing::info!(%from, error = %e, "dropped registry datagram"),
+        }
+    }
+}
+
+async fn serve_tcp(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    config: RegistryConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(config.max_tcp_connections.max(1)));
+    let mut conns = JoinSet::new();
+    loop {
+        let (stream, from) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off a little instead of spinning.
+                    tracing::warn!(error = %e, "tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            _ = stop.changed() => {
+                conns.abort_all();
+                return;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%from, max = config.max_tcp_connections, "too many registry connections; closing");
+            drop(stream);
+            continue;
+        };
+        let shared = shared.clone();
+        let deadline = config.tcp_deadline;
+        let max = config.tcp_max_request;
+        conns.spawn(async move {
+            let _permit = permit;
+            handle_tcp(stream, from, &shared, deadline, max).await;
+        });
+    }
+}
+
+/// Reads until one complete brine value, a malformed one, the size cap or EOF.
+async fn read_request(stream: &mut TcpStream, max: usize) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read error: {e}"))?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                "closed without sending anything".into()
+            } else {
+                format!("closed after an incomplete request of {} bytes", buf.len())
+            });
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match brine::decode(&buf) {
+            Ok((_, used)) => {
+                buf.truncate(used);
+                return Ok(buf);
+            }
+            Err(e) if e.is_truncated() && buf.len() < max => continue,
+            Err(e) if e.is_truncated() => {
+                return Err(format!("request exceeds {max} bytes"));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+async fn handle_tcp(
+    mut stream: TcpStream,
+    from: SocketAddr,
+    shared: &Shared,
+    deadline: Duration,
+    max: usize,
+) {
+    let request = match tokio::time::timeout(deadline, read_request(&mut stream, max)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(why)) => {
+            shared.lock().record_dropped();
+            tracing::info!(%from, reason = %why, "dropped registry connection");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%from, deadline_ms = deadline.as_millis() as u64, "registry connection sent no complete request in time; closed");
+            return;
+        }
+    };
+    let mut reply = Vec::with_capacity(256);
+    let result = {
+        let mut core = shared.lock();
+        let r = core.handle(
+            Instant::now(),
+            from.ip(),
+            Transport::Tcp,
+            &request,
+            &mut reply,
+        );
+        shared.publish(&mut core);
+        r
+    };
+    match result {
+        Ok(_) => {
+            let write = async {
+                stream.write_all(&reply).await?;
+                stream.shutdown().await
+            };
+            match tokio::time::timeout(deadline, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%from, error = %e, "tcp reply not sent"),
+                Err(_) => tracing::info!(%from, "tcp reply not taken in time; closed"),
+            }
+        }
+        Err(e) => tracing::info!(%from, error = %e, "dropped registry request"),
+    }
+}
+
+async fn prune_timer(shared: Arc<Shared>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let mut core = shared.lock();
+        let n = core.prune(Instant::now());
+        shared.publish(&mut core);
+        drop(core);
+        if n > 0 {
+            tracing::info!(removed = n, "pruned stale registry entries");
+        }
+    }
+}
