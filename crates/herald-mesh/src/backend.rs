@@ -1,0 +1,344 @@
+//! The backend trait: what the mesh needs from a message broker.
+//!
+//! A [`Backend`] opens [`Connection`]s; the [`Mesh`](crate::Mesh) handle opens one per
+//! instance. A connection speaks AMQP 0-9-1 terms, reduced to what nuropb uses:
+//!
+//! * [`Connection::declare_exchange`] / [`Connection::declare_queue`] (idempotent;
+//!   queues carry their bindings, dead-letter exchange and length bound);
+//! * [`Connection::publish`] to an exchange with a routing key; a `mandatory` message
+//!   that matches no queue fails with [`MeshError::Unroutable`];
+//! * [`Connection::consume`] a queue with a prefetch, optionally exclusive, optionally
+//!   auto-ack, as a stream of [`Delivery`]s;
+//! * [`Connection::try_lead`], the leadership primitive: a per-service lock that at most
+//!   one live connection holds, released when that connection closes or dies.
+//!
+//! The trait is object safe (`Arc<dyn Backend>`); futures are boxed.
+//!
+//! A [`Delivery`] is settled **exactly once** by construction: [`Delivery::ack`] and
+//! [`Delivery::reject`] consume it. Dropping an unsettled delivery hands it back to the
+//! backend, which requeues it (like a channel close in AMQP).
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+use crate::error::MeshError;
+use crate::message::{DL_EXCHANGE, EVENTS_EXCHANGE, Message, RPC_EXCHANGE};
+
+/// A stream of deliveries from one consumer; it ends when the consumer is cancelled
+/// or the connection closes.
+pub type DeliveryStream = BoxStream<'static, Delivery>;
+
+/// Exchange types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExchangeKind {
+    /// Exact routing-key match.
+    Direct,
+    /// `*` / `#` pattern match.
+    Topic,
+    /// Every bound queue.
+    Fanout,
+}
+
+/// An exchange declaration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExchangeSpec {
+    /// Name.
+    pub name: String,
+    /// Type.
+    pub kind: ExchangeKind,
+    /// Survives broker restarts.
+    pub durable: bool,
+}
+
+/// nuropb's three durable exchanges, with nuropb's exact types.
+pub fn nuropb_exchanges() -> [ExchangeSpec; 3] {
+    [
+        ExchangeSpec {
+            name: RPC_EXCHANGE.into(),
+            kind: ExchangeKind::Direct,
+            durable: true,
+        },
+        ExchangeSpec {
+            name: EVENTS_EXCHANGE.into(),
+            kind: ExchangeKind::Topic,
+            durable: true,
+        },
+        ExchangeSpec {
+            name: DL_EXCHANGE.into(),
+            kind: ExchangeKind::Fanout,
+            durable: true,
+        },
+    ]
+}
+
+/// A queue binding: messages published to `exchange` whose routing key matches
+/// `routing_key` (a pattern for topic exchanges) go to the queue.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Binding {
+    /// Exchange name.
+    pub exchange: String,
+    /// Routing key or topic pattern.
+    pub routing_key: String,
+}
+
+impl Binding {
+    /// A binding.
+    pub fn new(exchange: impl Into<String>, routing_key: impl Into<String>) -> Self {
+        Self {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+        }
+    }
+}
+
+/// A queue declaration (idempotent) with its bindings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// Name.
+    pub name: String,
+    /// Survives broker restarts.
+    pub durable: bool,
+    /// Deleted when its last consumer goes away.
+    pub auto_delete: bool,
+    /// `x-dead-letter-exchange`: where rejected and expired messages go.
+    pub dead_letter_exchange: Option<String>,
+    /// `x-max-length`: oldest messages are dropped (dead-lettered if a DLX is set)
+    /// beyond this many.
+    pub max_length: Option<usize>,
+    /// Bindings to create (idempotently).
+    pub bindings: Vec<Binding>,
+}
+
+impl QueueSpec {
+    /// nuropb's service queue: durable, DLX = `nuropb-dl-exchange`, bound to the RPC
+    /// exchange with the service name and to the events exchange with each pattern.
+    pub fn service(service: &str, event_patterns: &[String]) -> Self {
+        let mut bindings = vec![Binding::new(RPC_EXCHANGE, service)];
+        bindings.extend(
+            event_patterns
+                .iter()
+                .map(|p| Binding::new(EVENTS_EXCHANGE, p.clone())),
+        );
+        Self {
+            name: crate::message::service_queue(service),
+            durable: true,
+            auto_delete: false,
+            dead_letter_exchange: Some(DL_EXCHANGE.into()),
+            max_length: None,
+            bindings,
+        }
+    }
+
+    /// A response queue: non-durable, auto-delete, no bindings (replies come through
+    /// the default exchange).
+    pub fn response(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            durable: false,
+            auto_delete: true,
+            dead_letter_exchange: None,
+            max_length: None,
+            bindings: Vec::new(),
+        }
+    }
+
+    /// A bounded dead-letter queue bound to the DLX.
+    pub fn dead_letter(name: impl Into<String>, max_length: usize) -> Self {
+        Self {
+            name: name.into(),
+            durable: false,
+            auto_delete: false,
+            dead_letter_exchange: None,
+            max_length: Some(max_length),
+            bindings: vec![Binding::new(DL_EXCHANGE, "")],
+        }
+    }
+
+    /// An event subscription queue: non-durable, auto-delete, bound to the events
+    /// exchange with `pattern`.
+    pub fn subscription(name: impl Into<String>, pattern: &str) -> Self {
+        Self {
+            name: name.into(),
+            durable: false,
+            auto_delete: true,
+            dead_letter_exchange: None,
+            max_length: None,
+            bindings: vec![Binding::new(EVENTS_EXCHANGE, pattern)],
+        }
+    }
+}
+
+/// Consumer options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsumeOptions {
+    /// Unsettled deliveries in flight at once (0 = unlimited). Ignored with auto-ack.
+    pub prefetch: u16,
+    /// Refuse other consumers (and fail if one exists).
+    pub exclusive: bool,
+    /// Deliveries are settled on delivery; `ack`/`reject` are no-ops.
+    pub auto_ack: bool,
+}
+
+impl ConsumeOptions {
+    /// Manual ack with `prefetch`, not exclusive.
+    pub fn manual(prefetch: u16) -> Self {
+        Self {
+            prefetch,
+            exclusive: false,
+            auto_ack: false,
+        }
+    }
+
+    /// Exclusive auto-ack consumer (response and subscription queues).
+    pub fn exclusive_auto_ack() -> Self {
+        Self {
+            prefetch: 0,
+            exclusive: true,
+            auto_ack: true,
+        }
+    }
+}
+
+/// How a backend settles one delivery. Implemented by backends; used through
+/// [`Delivery`].
+pub trait Acker: Send + fmt::Debug {
+    /// Positive acknowledgement.
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), MeshError>>;
+    /// Negative acknowledgement: requeue, or dead-letter (reason `rejected`) when the
+    /// queue has a DLX, else drop.
+    fn reject(self: Box<Self>, requeue: bool) -> BoxFuture<'static, Result<(), MeshError>>;
+}
+
+/// One delivered message, to be settled exactly once.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    /// It was delivered before and requeued.
+    pub redelivered: bool,
+    acker: Option<Box<dyn Acker>>,
+}
+
+impl Delivery {
+    /// A delivery; `acker` is `None` for auto-ack consumers.
+    pub fn new(message: Message, redelivered: bool, acker: Option<Box<dyn Acker>>) -> Self {
+        Self {
+            message,
+            redelivered,
+            acker,
+        }
+    }
+
+    /// Splits into the message and a [`Settle`] handle, so the message can be consumed
+    /// while the settlement is still owed.
+    pub fn into_parts(self) -> (Message, Settle) {
+        (
+            self.message,
+            Settle {
+                acker: self.acker,
+                redelivered: self.redelivered,
+            },
+        )
+    }
+
+    /// Acknowledges (no-op for auto-ack deliveries).
+    pub async fn ack(self) -> Result<(), MeshError> {
+        self.into_parts().1.ack().await
+    }
+
+    /// Rejects: requeue, or dead-letter with reason `rejected`.
+    pub async fn reject(self, requeue: bool) -> Result<(), MeshError> {
+        self.into_parts().1.reject(requeue).await
+    }
+}
+
+/// The settlement still owed for a delivery whose message was taken out. Settled
+/// exactly once by [`Settle::ack`] or [`Settle::reject`]; dropping it requeues.
+#[derive(Debug)]
+pub struct Settle {
+    acker: Option<Box<dyn Acker>>,
+    redelivered: bool,
+}
+
+impl Settle {
+    /// Whether the delivery had been delivered before.
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// Acknowledges.
+    pub async fn ack(self) -> Result<(), MeshError> {
+        match self.acker {
+            Some(a) => a.ack().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Rejects.
+    pub async fn reject(self, requeue: bool) -> Result<(), MeshError> {
+        match self.acker {
+            Some(a) => a.reject(requeue).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// One connection to the broker (AMQP: a connection with its channels).
+pub trait Connection: Send + Sync + fmt::Debug {
+    /// Declares an exchange (idempotent; a different type for an existing name fails
+    /// with [`MeshError::PreconditionFailed`]).
+    fn declare_exchange<'a>(
+        &'a self,
+        spec: &'a ExchangeSpec,
+    ) -> BoxFuture<'a, Result<(), MeshError>>;
+
+    /// Declares a queue and its bindings (idempotent).
+    fn declare_queue<'a>(&'a self, spec: &'a QueueSpec) -> BoxFuture<'a, Result<(), MeshError>>;
+
+    /// Publishes `message` to `exchange` with `routing_key`. A `mandatory` message that
+    /// matches no queue fails with [`MeshError::Unroutable`].
+    fn publish<'a>(
+        &'a self,
+        exchange: &'a str,
+        routing_key: &'a str,
+        message: Message,
+    ) -> BoxFuture<'a, Result<(), MeshError>>;
+
+    /// Starts a consumer on `queue`.
+    fn consume<'a>(
+        &'a self,
+        queue: &'a str,
+        options: ConsumeOptions,
+    ) -> BoxFuture<'a, Result<DeliveryStream, MeshError>>;
+
+    /// Tries to take (or confirms holding) the leader lock of `service`. Returns
+    /// whether this connection holds it now. The lock is released when the connection
+    /// closes or dies.
+    fn try_lead<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<bool, MeshError>>;
+
+    /// Closes the connection: consumers end, unsettled deliveries are requeued, the
+    /// leader lock and auto-delete queues go away.
+    fn close(&self) -> BoxFuture<'_, Result<(), MeshError>>;
+
+    /// Whether the connection is still usable.
+    fn is_open(&self) -> bool;
+}
+
+/// A broker: opens connections.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Short name for logs and errors (`inproc`, `amqp`).
+    fn name(&self) -> &'static str;
+
+    /// The mesh name (AMQP: the vhost); used for client-only names
+    /// (`<mesh>-client`).
+    fn mesh_name(&self) -> &str;
+
+    /// Opens a connection; `client_name` is informational (connection properties).
+    fn connect<'a>(
+        &'a self,
+        client_name: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<dyn Connection>, MeshError>>;
+}

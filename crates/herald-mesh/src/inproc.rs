@@ -1,0 +1,977 @@
+//! The in-process broker: the default backend, no external broker needed.
+//!
+//! It emulates the RabbitMQ semantics the mesh relies on:
+//!
+//! * direct, topic (`*`, `#`) and fanout exchanges, and the default exchange routing
+//!   to a queue by name; a `mandatory` publish matching no queue fails with
+//!   [`MeshError::Unroutable`];
+//! * competing consumers on a queue with per-consumer prefetch, exclusive consumers
+//!   (a second one is refused with [`MeshError::ExclusiveInUse`]), auto-ack
+//!   consumers;
+//! * per-message ttl (`expiration`): an expired message is dead-lettered with reason
+//!   `expired` (checked when a consumer takes it and by a background sweeper, so
+//!   unlike RabbitMQ a message stuck behind others still expires on time);
+//! * reject without requeue dead-letters with reason `rejected`; requeue sets the
+//!   `redelivered` flag; an unsettled delivery that is dropped is requeued;
+//! * length-bounded queues (`max_length`, oldest dropped, dead-lettered with reason
+//!   `maxlen` if the queue has a DLX), used for bounded dead-letter queues;
+//! * auto-delete queues removed with their last consumer;
+//! * the leader lock: one holder per service, released when the connection closes
+//!   or is dropped.
+//!
+//! Messages travel as decoded envelopes ([`Payload::Envelope`](crate::message::Payload)):
+//! no JSON is written or parsed. Each queue has its own lock; the routing table is
+//! behind a read-mostly lock.
+//!
+//! ```
+//! use herald_mesh::InProcBroker;
+//! let broker = InProcBroker::new();
+//! assert_eq!(broker.stats().published, 0);
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, trace, warn};
+
+use crate::backend::{
+    Acker, Backend, Connection, ConsumeOptions, Delivery, DeliveryStream, ExchangeKind,
+    ExchangeSpec, QueueSpec,
+};
+use crate::error::MeshError;
+use crate::message::{DEFAULT_EXCHANGE, DeathInfo, DeathReason, Message, topic_matches};
+
+const BACKEND: &str = "inproc";
+const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Counters of the in-process broker (for tests and diagnostics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Messages published (routed or not).
+    pub published: u64,
+    /// Publishes that matched no queue.
+    pub unroutable: u64,
+    /// Deliveries handed to consumers.
+    pub delivered: u64,
+    /// Deliveries acknowledged (manual ack).
+    pub acked: u64,
+    /// Deliveries rejected without requeue.
+    pub rejected: u64,
+    /// Deliveries requeued (reject with requeue, dropped unsettled, closed connection).
+    pub requeued: u64,
+    /// Messages dead-lettered (any reason).
+    pub dead_lettered: u64,
+    /// Messages whose ttl passed while queued.
+    pub expired: u64,
+    /// Messages dropped because a queue was full.
+    pub overflowed: u64,
+    /// Settlements refused because the delivery was already settled (always 0: the
+    /// API makes double settlement impossible; kept to prove it in tests).
+    pub double_settled: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    published: AtomicU64,
+    unroutable: AtomicU64,
+    delivered: AtomicU64,
+    acked: AtomicU64,
+    rejected: AtomicU64,
+    requeued: AtomicU64,
+    dead_lettered: AtomicU64,
+    expired: AtomicU64,
+    overflowed: AtomicU64,
+    double_settled: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+struct Entry {
+    message: Message,
+    expires: Option<Instant>,
+    redelivered: bool,
+    /// Exchange and routing key it was published with (only kept for queues with a
+    /// dead-letter exchange).
+    origin: Option<Arc<(String, String)>>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    ready: VecDeque<Entry>,
+    consumers: usize,
+    exclusive: bool,
+}
+
+struct Queue {
+    spec: QueueSpec,
+    state: Mutex<QueueState>,
+    notify: Notify,
+    unacked: AtomicUsize,
+    has_ttl: AtomicBool,
+    deleted: AtomicBool,
+}
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.spec.name)
+            .finish()
+    }
+}
+
+enum Pop {
+    Entry(Entry),
+    Empty,
+    Deleted,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // A poisoned lock only means another thread panicked while holding it; the
+        // queue data stays consistent (every mutation is a single push or pop).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pops the next live entry; expired ones are returned in `dead`.
+    fn pop(&self, now: Instant, dead: &mut Vec<Entry>) -> Pop {
+        if self.deleted.load(Ordering::Acquire) {
+            return Pop::Deleted;
+        }
+        let mut st = self.lock();
+        while let Some(e) = st.ready.pop_front() {
+            if e.expires.is_some_and(|t| t <= now) {
+                dead.push(e);
+                continue;
+            }
+            let more = !st.ready.is_empty();
+            drop(st);
+            if more {
+                self.notify.notify_one();
+            }
+            return Pop::Entry(e);
+        }
+        Pop::Empty
+    }
+}
+
+#[derive(Debug)]
+struct Exchange {
+    spec: ExchangeSpec,
+    direct: HashMap<String, Vec<Arc<Queue>>>,
+    patterns: Vec<(String, Arc<Queue>)>,
+}
+
+#[derive(Default)]
+struct Topology {
+    exchanges: HashMap<String, Exchange>,
+    queues: HashMap<String, Arc<Queue>>,
+}
+
+struct Broker {
+    mesh_name: String,
+    topo: RwLock<Topology>,
+    next_conn: AtomicU64,
+    leaders: Mutex<HashMap<String, u64>>,
+    stats: Stats,
+    sweeper: AtomicBool,
+}
+
+impl Broker {
+    fn topo_read(&self) -> std::sync::RwLockReadGuard<'_, Topology> {
+        self.topo.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn topo_write(&self) -> std::sync::RwLockWriteGuard<'_, Topology> {
+        self.topo.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn route(&self, exchange: &str, routing_key: &str) -> Result<Vec<Arc<Queue>>, MeshError> {
+        let topo = self.topo_read();
+        let mut out: Vec<Arc<Queue>> = Vec::new();
+        if exchange == DEFAULT_EXCHANGE {
+            if let Some(q) = topo.queues.get(routing_key) {
+                out.push(q.clone());
+            }
+            return Ok(out);
+        }
+        let ex = topo
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| MeshError::NoSuchExchange {
+                exchange: exchange.to_owned(),
+            })?;
+        match ex.spec.kind {
+            ExchangeKind::Direct => {
+                if let Some(qs) = ex.direct.get(routing_key) {
+                    out.extend(qs.iter().cloned());
+                }
+            }
+            ExchangeKind::Topic => {
+                for (p, q) in &ex.patterns {
+                    if topic_matches(p, routing_key) && !out.iter().any(|o| Arc::ptr_eq(o, q)) {
+                        out.push(q.clone());
+                    }
+                }
+            }
+            ExchangeKind::Fanout => {
+                for (_, q) in &ex.patterns {
+                    if !out.iter().any(|o| Arc::ptr_eq(o, q)) {
+                        out.push(q.clone());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn publish(
+        self: &Arc<Self>,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<(), MeshError> {
+        inc(&self.stats.published);
+        let targets = self.route(exchange, routing_key)?;
+        if targets.is_empty() {
+            inc(&self.stats.unroutable);
+            if message.properties.mandatory {
+                return Err(MeshError::Unroutable {
+                    exchange: exchange.to_owned(),
+                    routing_key: routing_key.to_owned(),
+                });
+            }
+            trace!(exchange, routing_key, "unroutable message dropped");
+            return Ok(());
+        }
+        let expires = message
+            .properties
+            .expiration_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        let origin = if targets
+            .iter()
+            .any(|q| q.spec.dead_letter_exchange.is_some())
+        {
+            Some(Arc::new((exchange.to_owned(), routing_key.to_owned())))
+        } else {
+            None
+        };
+        let n = targets.len();
+        let mut message = Some(message);
+        for (i, q) in targets.into_iter().enumerate() {
+            let m = if i + 1 == n {
+                message.take()
+            } else {
+                message.clone()
+            };
+            let Some(m) = m else { break };
+            self.push(
+                &q,
+                Entry {
+                    message: m,
+                    expires,
+                    redelivered: false,
+                    origin: origin.clone(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn push(self: &Arc<Self>, q: &Arc<Queue>, entry: Entry) {
+        if q.deleted.load(Ordering::Acquire) {
+            return;
+        }
+        if entry.expires.is_some() && !q.has_ttl.swap(true, Ordering::Relaxed) {
+            self.ensure_sweeper();
+        }
+        let overflow = {
+            let mut st = q.lock();
+            let overflow = match q.spec.max_length {
+                Some(max) if st.ready.len() >= max => st.ready.pop_front(),
+                _ => None,
+            };
+            st.ready.push_back(entry);
+            overflow
+        };
+        q.notify.notify_one();
+        if let Some(old) = overflow {
+            inc(&self.stats.overflowed);
+            debug!(queue = %q.spec.name, "queue full: oldest message dropped");
+            self.dead_letter(q, old, DeathReason::MaxLen);
+        }
+    }
+
+    fn requeue(
+        self: &Arc<Self>,
+        q: &Arc<Queue>,
+        message: Message,
+        origin: Option<Arc<(String, String)>>,
+    ) {
+        inc(&self.stats.requeued);
+        if q.deleted.load(Ordering::Acquire) {
+            return;
+        }
+        q.lock().ready.push_front(Entry {
+            message,
+            expires: None,
+            redelivered: true,
+            origin,
+        });
+        q.notify.notify_one();
+    }
+
+    fn dead_letter(self: &Arc<Self>, q: &Queue, entry: Entry, reason: DeathReason) {
+        let Some(dlx) = &q.spec.dead_letter_exchange else {
+            trace!(queue = %q.spec.name, %reason, "message dropped (no dead-letter exchange)");
+            return;
+        };
+        inc(&self.stats.dead_lettered);
+        let mut message = entry.message;
+        let (exchange, routing_key) = match &entry.origin {
+            Some(o) => (o.0.clone(), o.1.clone()),
+            None => (String::new(), q.spec.name.clone()),
+        };
+        if message.death.is_none() {
+            message.death = Some(DeathInfo {
+                reason,
+                queue: q.spec.name.clone(),
+                exchange,
+                routing_key: routing_key.clone(),
+            });
+        }
+        message.properties.expiration_ms = None;
+        message.properties.mandatory = false;
+        debug!(queue = %q.spec.name, %reason, correlation_id = %message.properties.correlation_id, "dead-lettered");
+        if let Err(e) = self.publish(dlx, &routing_key, message) {
+            warn!(queue = %q.spec.name, dlx = %dlx, error = %e, "dead-lettering failed; message dropped");
+        }
+    }
+
+    fn expire_all(self: &Arc<Self>, dead: Vec<Entry>, q: &Queue) {
+        for e in dead {
+            inc(&self.stats.expired);
+            self.dead_letter(q, e, DeathReason::Expired);
+        }
+    }
+
+    fn ensure_sweeper(self: &Arc<Self>) {
+        if self.sweeper.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.sweeper.store(false, Ordering::Release);
+            return;
+        };
+        let weak: Weak<Broker> = Arc::downgrade(self);
+        handle.spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_INTERVAL).await;
+                let Some(broker) = weak.upgrade() else { break };
+                broker.sweep();
+            }
+        });
+    }
+
+    fn sweep(self: &Arc<Self>) {
+        let queues: Vec<Arc<Queue>> = self
+            .topo_read()
+            .queues
+            .values()
+            .filter(|q| q.has_ttl.load(Ordering::Relaxed))
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        for q in queues {
+            let dead: Vec<Entry> = {
+                let mut st = q.lock();
+                if !st.ready.iter().any(|e| e.expires.is_some_and(|t| t <= now)) {
+                    continue;
+                }
+                let (dead, live): (VecDeque<Entry>, VecDeque<Entry>) =
+                    std::mem::take(&mut st.ready)
+                        .into_iter()
+                        .partition(|e| e.expires.is_some_and(|t| t <= now));
+                st.ready = live;
+                dead.into_iter().collect()
+            };
+            self.expire_all(dead, &q);
+        }
+    }
+
+    fn delete_queue(&self, q: &Arc<Queue>) {
+        let mut topo = self.topo_write();
+        if topo
+            .queues
+            .get(&q.spec.name)
+            .is_some_and(|x| Arc::ptr_eq(x, q))
+        {
+            topo.queues.remove(&q.spec.name);
+        }
+        for ex in topo.exchanges.values_mut() {
+            for qs in ex.direct.values_mut() {
+                qs.retain(|x| !Arc::ptr_eq(x, q));
+            }
+            ex.direct.retain(|_, qs| !qs.is_empty());
+            ex.patterns.retain(|(_, x)| !Arc::ptr_eq(x, q));
+        }
+        q.deleted.store(true, Ordering::Release);
+        q.lock().ready.clear();
+        q.notify.notify_waiters();
+        debug!(queue = %q.spec.name, "auto-delete queue removed");
+    }
+
+    fn release_leadership(&self, conn: u64) {
+        if let Ok(mut l) = self.leaders.lock() {
+            l.retain(|_, holder| *holder != conn);
+        }
+    }
+}
+
+/// The in-process broker. Cheap to clone (clones share the broker).
+#[derive(Clone)]
+pub struct InProcBroker {
+    inner: Arc<Broker>,
+}
+
+impl fmt::Debug for InProcBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcBroker")
+            .field("mesh_name", &self.inner.mesh_name)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Default for InProcBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InProcBroker {
+    /// A new, empty broker named `herald`.
+    pub fn new() -> Self {
+        Self::with_mesh_name("herald")
+    }
+
+    /// A new broker with a mesh name (used for client-only service names).
+    pub fn with_mesh_name(name: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Broker {
+                mesh_name: name.into(),
+                topo: RwLock::new(Topology::default()),
+                next_conn: AtomicU64::new(1),
+                leaders: Mutex::new(HashMap::new()),
+                stats: Stats::default(),
+                sweeper: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> BrokerStats {
+        let s = &self.inner.stats;
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BrokerStats {
+            published: l(&s.published),
+            unroutable: l(&s.unroutable),
+            delivered: l(&s.delivered),
+            acked: l(&s.acked),
+            rejected: l(&s.rejected),
+            requeued: l(&s.requeued),
+            dead_lettered: l(&s.dead_lettered),
+            expired: l(&s.expired),
+            overflowed: l(&s.overflowed),
+            double_settled: l(&s.double_settled),
+        }
+    }
+
+    /// Messages ready in `queue`, or `None` if it does not exist.
+    pub fn queue_len(&self, queue: &str) -> Option<usize> {
+        let q = self.inner.topo_read().queues.get(queue).cloned()?;
+        let n = q.lock().ready.len();
+        Some(n)
+    }
+
+    /// Deliveries of `queue` not yet settled.
+    pub fn unacked(&self, queue: &str) -> Option<usize> {
+        let q = self.inner.topo_read().queues.get(queue).cloned()?;
+        Some(q.unacked.load(Ordering::Relaxed))
+    }
+
+    /// Consumers of `queue`.
+    pub fn consumer_count(&self, queue: &str) -> Option<usize> {
+        let q = self.inner.topo_read().queues.get(queue).cloned()?;
+        let n = q.lock().consumers;
+        Some(n)
+    }
+
+    /// Names of all queues.
+    pub fn queue_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.topo_read().queues.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Opens a connection (same as [`Backend::connect`], typed).
+    pub fn open(&self, client_name: &str) -> InProcConnection {
+        let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        debug!(connection = id, client_name, "inproc connection opened");
+        InProcConnection {
+            shared: Arc::new(ConnShared {
+                id,
+                cancel: CancellationToken::new(),
+                closed: AtomicBool::new(false),
+            }),
+            broker: self.inner.clone(),
+        }
+    }
+}
+
+impl Backend for InProcBroker {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn mesh_name(&self) -> &str {
+        &self.inner.mesh_name
+    }
+
+    fn connect<'a>(
+        &'a self,
+        client_name: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<dyn Connection>, MeshError>> {
+        let c: Arc<dyn Connection> = Arc::new(self.open(client_name));
+        futures::future::ready(Ok(c)).boxed()
+    }
+}
+
+#[derive(Debug)]
+struct ConnShared {
+    id: u64,
+    cancel: CancellationToken,
+    closed: AtomicBool,
+}
+
+/// A connection to the in-process broker. Dropping it closes it.
+pub struct InProcConnection {
+    shared: Arc<ConnShared>,
+    broker: Arc<Broker>,
+}
+
+impl fmt::Debug for InProcConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcConnection")
+            .field("id", &self.shared.id)
+            .field("closed", &self.shared.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl InProcConnection {
+    fn check_open(&self) -> Result<(), MeshError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            Err(MeshError::Disconnected)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn close_now(&self) {
+        if !self.shared.closed.swap(true, Ordering::AcqRel) {
+            self.shared.cancel.cancel();
+            self.broker.release_leadership(self.shared.id);
+            debug!(connection = self.shared.id, "inproc connection closed");
+        }
+    }
+
+    fn declare_exchange_now(&self, spec: &ExchangeSpec) -> Result<(), MeshError> {
+        self.check_open()?;
+        let mut topo = self.broker.topo_write();
+        match topo.exchanges.get(&spec.name) {
+            Some(ex) if ex.spec.kind != spec.kind || ex.spec.durable != spec.durable => {
+                Err(MeshError::PreconditionFailed {
+                    object: "exchange",
+                    name: spec.name.clone(),
+                    reason: format!(
+                        "declared as {:?} (durable {}), asked for {:?} (durable {})",
+                        ex.spec.kind, ex.spec.durable, spec.kind, spec.durable
+                    ),
+                })
+            }
+            Some(_) => Ok(()),
+            None => {
+                topo.exchanges.insert(
+                    spec.name.clone(),
+                    Exchange {
+                        spec: spec.clone(),
+                        direct: HashMap::new(),
+                        patterns: Vec::new(),
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+
+    fn declare_queue_now(&self, spec: &QueueSpec) -> Result<(), MeshError> {
+        self.check_open()?;
+        if spec.name.is_empty() {
+            return Err(MeshError::InvalidArgument {
+                what: "queue name",
+                value: String::new(),
+                reason: "must not be empty".into(),
+            });
+        }
+        let mut topo = self.broker.topo_write();
+        for b in &spec.bindings {
+            if !topo.exchanges.contains_key(&b.exchange) {
+                return Err(MeshError::NoSuchExchange {
+                    exchange: b.exchange.clone(),
+                });
+            }
+        }
+        let q = match topo.queues.get(&spec.name) {
+            Some(q) => {
+                let s = &q.spec;
+                if s.durable != spec.durable
+                    || s.auto_delete != spec.auto_delete
+                    || s.dead_letter_exchange != spec.dead_letter_exchange
+                    || s.max_length != spec.max_length
+                {
+                    return Err(MeshError::PreconditionFailed {
+                        object: "queue",
+                        name: spec.name.clone(),
+                        reason: format!(
+                            "existing durable={} auto_delete={} dlx={:?} max_length={:?}",
+                            s.durable, s.auto_delete, s.dead_letter_exchange, s.max_length
+                        ),
+                    });
+                }
+                q.clone()
+            }
+            None => {
+                let q = Arc::new(Queue {
+                    spec: QueueSpec {
+                        bindings: Vec::new(),
+                        ..spec.clone()
+                    },
+                    state: Mutex::new(QueueState::default()),
+                    notify: Notify::new(),
+                    unacked: AtomicUsize::new(0),
+                    has_ttl: AtomicBool::new(false),
+                    deleted: AtomicBool::new(false),
+                });
+                topo.queues.insert(spec.name.clone(), q.clone());
+                q
+            }
+        };
+        for b in &spec.bindings {
+            let Some(ex) = topo.exchanges.get_mut(&b.exchange) else {
+                continue;
+            };
+            match ex.spec.kind {
+                ExchangeKind::Direct => {
+                    let v = ex.direct.entry(b.routing_key.clone()).or_default();
+                    if !v.iter().any(|x| Arc::ptr_eq(x, &q)) {
+                        v.push(q.clone());
+                    }
+                }
+                ExchangeKind::Topic | ExchangeKind::Fanout => {
+                    if !ex
+                        .patterns
+                        .iter()
+                        .any(|(p, x)| p == &b.routing_key && Arc::ptr_eq(x, &q))
+                    {
+                        ex.patterns.push((b.routing_key.clone(), q.clone()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn consume_now(
+        &self,
+        queue: &str,
+        options: ConsumeOptions,
+    ) -> Result<DeliveryStream, MeshError> {
+        self.check_open()?;
+        let q = self
+            .broker
+            .topo_read()
+            .queues
+            .get(queue)
+            .cloned()
+            .ok_or_else(|| MeshError::NoSuchQueue {
+                queue: queue.to_owned(),
+            })?;
+        {
+            let mut st = q.lock();
+            if st.exclusive || (options.exclusive && st.consumers > 0) {
+                return Err(MeshError::ExclusiveInUse {
+                    queue: queue.to_owned(),
+                });
+            }
+            st.consumers += 1;
+            st.exclusive = options.exclusive;
+        }
+        let sem = if options.auto_ack || options.prefetch == 0 {
+            None
+        } else {
+            Some(Arc::new(Semaphore::new(usize::from(options.prefetch))))
+        };
+        let consumer = Consumer {
+            queue: q,
+            broker: self.broker.clone(),
+            conn: self.shared.clone(),
+            cancel: self.shared.cancel.child_token(),
+            sem,
+            auto_ack: options.auto_ack,
+            exclusive: options.exclusive,
+        };
+        let stream = futures::stream::unfold(consumer, |mut c| async move {
+            let d = c.next().await?;
+            Some((d, c))
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+impl Drop for InProcConnection {
+    fn drop(&mut self) {
+        self.close_now();
+    }
+}
+
+impl Connection for InProcConnection {
+    fn declare_exchange<'a>(
+        &'a self,
+        spec: &'a ExchangeSpec,
+    ) -> BoxFuture<'a, Result<(), MeshError>> {
+        futures::future::ready(self.declare_exchange_now(spec)).boxed()
+    }
+
+    fn declare_queue<'a>(&'a self, spec: &'a QueueSpec) -> BoxFuture<'a, Result<(), MeshError>> {
+        futures::future::ready(self.declare_queue_now(spec)).boxed()
+    }
+
+    fn publish<'a>(
+        &'a self,
+        exchange: &'a str,
+        routing_key: &'a str,
+        message: Message,
+    ) -> BoxFuture<'a, Result<(), MeshError>> {
+        let r = self
+            .check_open()
+            .and_then(|()| self.broker.publish(exchange, routing_key, message));
+        futures::future::ready(r).boxed()
+    }
+
+    fn consume<'a>(
+        &'a self,
+        queue: &'a str,
+        options: ConsumeOptions,
+    ) -> BoxFuture<'a, Result<DeliveryStream, MeshError>> {
+        futures::future::ready(self.consume_now(queue, options)).boxed()
+    }
+
+    fn try_lead<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<bool, MeshError>> {
+        let r = self
+            .check_open()
+            .map(|()| match self.broker.leaders.lock() {
+                Ok(mut l) => {
+                    let holder = *l.entry(service.to_owned()).or_insert(self.shared.id);
+                    holder == self.shared.id
+                }
+                Err(_) => false,
+            });
+        futures::future::ready(r).boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), MeshError>> {
+        self.close_now();
+        futures::future::ready(Ok(())).boxed()
+    }
+
+    fn is_open(&self) -> bool {
+        !self.shared.closed.load(Ordering::Acquire)
+    }
+}
+
+struct Consumer {
+    queue: Arc<Queue>,
+    broker: Arc<Broker>,
+    conn: Arc<ConnShared>,
+    cancel: CancellationToken,
+    sem: Option<Arc<Semaphore>>,
+    auto_ack: bool,
+    exclusive: bool,
+}
+
+impl Consumer {
+    async fn next(&mut self) -> Option<Delivery> {
+        let permit = match &self.sem {
+            Some(sem) => tokio::select! {
+                p = sem.clone().acquire_owned() => Some(p.ok()?),
+                _ = self.cancel.cancelled() => return None,
+            },
+            None => None,
+        };
+        let mut dead = Vec::new();
+        loop {
+            if self.cancel.is_cancelled() {
+                return None;
+            }
+            let popped = self.queue.pop(Instant::now(), &mut dead);
+            if !dead.is_empty() {
+                self.broker
+                    .expire_all(std::mem::take(&mut dead), &self.queue);
+            }
+            match popped {
+                Pop::Entry(e) => return Some(self.deliver(e, permit)),
+                Pop::Deleted => return None,
+                Pop::Empty => {
+                    tokio::select! {
+                        _ = self.queue.notify.notified() => {}
+                        _ = self.cancel.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, e: Entry, permit: Option<OwnedSemaphorePermit>) -> Delivery {
+        inc(&self.broker.stats.delivered);
+        if self.auto_ack {
+            return Delivery::new(e.message, e.redelivered, None);
+        }
+        self.queue.unacked.fetch_add(1, Ordering::Relaxed);
+        let acker = InProcAcker {
+            settled: false,
+            message: Some(e.message.clone()),
+            origin: e.origin,
+            queue: self.queue.clone(),
+            broker: self.broker.clone(),
+            conn: self.conn.clone(),
+            _permit: permit,
+        };
+        Delivery::new(e.message, e.redelivered, Some(Box::new(acker)))
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let remove = {
+            let mut st = self.queue.lock();
+            st.consumers = st.consumers.saturating_sub(1);
+            if self.exclusive {
+                st.exclusive = false;
+            }
+            st.consumers == 0 && self.queue.spec.auto_delete
+        };
+        // Wake another consumer that may be waiting for a notification we consumed.
+        self.queue.notify.notify_one();
+        if remove {
+            self.broker.delete_queue(&self.queue);
+        }
+    }
+}
+
+struct InProcAcker {
+    settled: bool,
+    message: Option<Message>,
+    origin: Option<Arc<(String, String)>>,
+    queue: Arc<Queue>,
+    broker: Arc<Broker>,
+    conn: Arc<ConnShared>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl fmt::Debug for InProcAcker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcAcker")
+            .field("queue", &self.queue.spec.name)
+            .field("settled", &self.settled)
+            .finish()
+    }
+}
+
+impl InProcAcker {
+    fn finish(&mut self) -> Option<Message> {
+        if self.settled {
+            inc(&self.broker.stats.double_settled);
+            return None;
+        }
+        self.settled = true;
+        self.queue.unacked.fetch_sub(1, Ordering::Relaxed);
+        self.message.take()
+    }
+
+    fn requeue_now(&mut self) {
+        if let Some(m) = self.finish() {
+            let origin = self.origin.take();
+            self.broker.requeue(&self.queue, m, origin);
+        }
+    }
+
+    fn closed(&self) -> bool {
+        self.conn.closed.load(Ordering::Acquire)
+    }
+}
+
+impl Acker for InProcAcker {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), MeshError>> {
+        let r = if self.closed() {
+            self.requeue_now();
+            Err(MeshError::Disconnected)
+        } else {
+            if self.finish().is_some() {
+                inc(&self.broker.stats.acked);
+            }
+            Ok(())
+        };
+        futures::future::ready(r).boxed()
+    }
+
+    fn reject(mut self: Box<Self>, requeue: bool) -> BoxFuture<'static, Result<(), MeshError>> {
+        let r = if self.closed() {
+            self.requeue_now();
+            Err(MeshError::Disconnected)
+        } else if requeue {
+            self.requeue_now();
+            Ok(())
+        } else {
+            if let Some(m) = self.finish() {
+                inc(&self.broker.stats.rejected);
+                let entry = Entry {
+                    message: m,
+                    expires: None,
+                    redelivered: false,
+                    origin: self.origin.take(),
+                };
+                self.broker
+                    .dead_letter(&self.queue, entry, DeathReason::Rejected);
+            }
+            Ok(())
+        };
+        futures::future::ready(r).boxed()
+    }
+}
+
+impl Drop for InProcAcker {
+    fn drop(&mut self) {
+        if !self.settled {
+            debug!(queue = %self.queue.spec.name, "unsettled delivery dropped: requeued");
+            self.requeue_now();
+        }
+    }
+}

@@ -1,0 +1,1254 @@
+//! The [`Mesh`] handle: one API instance (a service or a client) on a backend.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::backend::{
+    Backend, Connection, ConsumeOptions, DeliveryStream, QueueSpec, Settle, nuropb_exchanges,
+};
+use crate::error::{MeshError, ServiceError, class};
+use crate::leader::{LeaderWatch, spawn_election};
+use crate::message::{
+    DEFAULT_EXCHANGE, DESCRIBE_METHOD, EVENTS_EXCHANGE, Envelope, EventBody, Headers, Message,
+    MessageType, Payload, Properties, RPC_EXCHANGE, RequestBody, ResponseBody, dead_letter_queue,
+    response_queue, validate_topic_pattern,
+};
+use crate::service::{
+    ClientCipher, MethodInfo, RequestContext, Service, ServiceDescription, ServiceKeys, SessionKey,
+};
+
+/// Default request ttl and client deadline (nuropb's is 1 hour; Herald's is shorter
+/// because the caller waits for it).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// Default service prefetch (nuropb's is 1).
+pub const DEFAULT_PREFETCH: u16 = 64;
+/// Default bound of a service's dead-letter queue.
+pub const DEFAULT_DEAD_LETTER_MAX: usize = 10_000;
+
+/// Configuration of one mesh handle. Start from [`MeshConfig::client`] or
+/// [`MeshConfig::service`] and adjust with the builder methods.
+#[derive(Clone)]
+pub struct MeshConfig {
+    service_name: Option<String>,
+    service: Option<Arc<dyn Service>>,
+    instance_id: Option<String>,
+    prefetch: u16,
+    default_ttl: Duration,
+    event_bindings: Vec<String>,
+    dead_letter_max: usize,
+    leader_interval: Duration,
+    shutdown_grace: Duration,
+    dead_letter_failed: bool,
+    service_keys: Option<Arc<dyn ServiceKeys>>,
+    client_cipher: Option<Arc<dyn ClientCipher>>,
+}
+
+impl fmt::Debug for MeshConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshConfig")
+            .field("service_name", &self.service_name)
+            .field("instance_id", &self.instance_id)
+            .field("prefetch", &self.prefetch)
+            .field("default_ttl", &self.default_ttl)
+            .field("event_bindings", &self.event_bindings)
+            .field("dead_letter_max", &self.dead_letter_max)
+            .field("leader_interval", &self.leader_interval)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("dead_letter_failed", &self.dead_letter_failed)
+            .field("service_keys", &self.service_keys.is_some())
+            .field("client_cipher", &self.client_cipher.is_some())
+            .finish()
+    }
+}
+
+impl MeshConfig {
+    /// A client-only handle (no service queue, never leader).
+    pub fn client() -> Self {
+        Self {
+            service_name: None,
+            service: None,
+            instance_id: None,
+            prefetch: DEFAULT_PREFETCH,
+            default_ttl: DEFAULT_TTL,
+            event_bindings: Vec::new(),
+            dead_letter_max: DEFAULT_DEAD_LETTER_MAX,
+            leader_interval: Duration::from_millis(250),
+            shutdown_grace: Duration::from_secs(30),
+            dead_letter_failed: false,
+            service_keys: None,
+            client_cipher: None,
+        }
+    }
+
+    /// A handle serving `service` under `name`.
+    pub fn service(name: impl Into<String>, service: impl Service) -> Self {
+        Self::service_arc(name, Arc::new(service))
+    }
+
+    /// A handle serving a shared service object under `name`.
+    pub fn service_arc(name: impl Into<String>, service: Arc<dyn Service>) -> Self {
+        let mut c = Self::client();
+        c.service_name = Some(name.into());
+        c.service = Some(service);
+        c
+    }
+
+    /// Fixes the instance id (default: a fresh uuid4 hex). A second live handle with
+    /// the same service name and instance id is refused (single-instance mode).
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = Some(id.into());
+        self
+    }
+
+    /// Service prefetch: requests handled concurrently by this instance.
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    /// Default request ttl (also the default client deadline).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// Extra topic patterns bound to the service queue (besides the service's own).
+    pub fn event_bindings(mut self, patterns: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.event_bindings = patterns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Bound of the service's dead-letter queue (oldest entries dropped beyond it).
+    pub fn dead_letter_max(mut self, max: usize) -> Self {
+        self.dead_letter_max = max.max(1);
+        self
+    }
+
+    /// How often a non-leader retries the leader lock.
+    pub fn leader_interval(mut self, interval: Duration) -> Self {
+        self.leader_interval = interval;
+        self
+    }
+
+    /// How long [`Mesh::disconnect`] waits for in-flight requests.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Also dead-letter requests whose handler failed (nuropb parity; default: they
+    /// are acked, since the caller got the error reply).
+    pub fn dead_letter_failed(mut self, yes: bool) -> Self {
+        self.dead_letter_failed = yes;
+        self
+    }
+
+    /// The service's key pair (share the same keys between all instances).
+    pub fn service_keys(mut self, keys: Arc<dyn ServiceKeys>) -> Self {
+        self.service_keys = Some(keys);
+        self
+    }
+
+    /// The cipher used for encrypted calls made by this handle.
+    pub fn client_cipher(mut self, cipher: Arc<dyn ClientCipher>) -> Self {
+        self.client_cipher = Some(cipher);
+        self
+    }
+}
+
+/// Options of one request or command.
+#[derive(Clone, Debug, Default)]
+pub struct RequestOptions {
+    /// Caller context (an object; echoed in the reply). Null becomes `{}`.
+    pub context: Value,
+    /// Message ttl (default: the handle's default ttl).
+    pub ttl: Option<Duration>,
+    /// Client-side deadline (default: the ttl).
+    pub timeout: Option<Duration>,
+    /// Trace id.
+    pub trace_id: Option<String>,
+    /// Encrypt the call (needs a client cipher and the service's public key).
+    pub encrypted: bool,
+}
+
+impl RequestOptions {
+    /// Options with a context.
+    pub fn with_context(context: Value) -> Self {
+        Self {
+            context,
+            ..Self::default()
+        }
+    }
+}
+
+type Reply = Result<(ResponseBody, Headers), MeshError>;
+
+struct Pending {
+    tx: oneshot::Sender<Reply>,
+    session: Option<Box<dyn SessionKey>>,
+}
+
+#[derive(Default)]
+struct PendingMap {
+    map: Mutex<HashMap<String, Pending>>,
+    unpaired: AtomicU64,
+}
+
+impl PendingMap {
+    fn insert(&self, id: String, p: Pending) {
+        if let Ok(mut m) = self.map.lock() {
+            m.insert(id, p);
+        }
+    }
+    fn remove(&self, id: &str) -> Option<Pending> {
+        self.map.lock().ok().and_then(|mut m| m.remove(id))
+    }
+    fn fail_all(&self) {
+        if let Ok(mut m) = self.map.lock() {
+            m.clear();
+        }
+    }
+}
+
+/// Removes a pending entry when the request future ends or is dropped.
+struct PendingGuard<'a> {
+    pending: &'a PendingMap,
+    id: &'a str,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.pending.remove(self.id);
+    }
+}
+
+struct ServingState {
+    service: Arc<dyn Service>,
+    methods: HashMap<String, MethodInfo>,
+    describe: Value,
+}
+
+struct Inner {
+    backend_name: &'static str,
+    conn: Arc<dyn Connection>,
+    service_name: String,
+    instance_id: String,
+    response_queue: String,
+    client_only: bool,
+    config: MeshConfig,
+    serving: Option<ServingState>,
+    pending: Arc<PendingMap>,
+    id_prefix: u64,
+    counter: AtomicU64,
+    sub_counter: AtomicU64,
+    describe_cache: Mutex<HashMap<String, Arc<ServiceDescription>>>,
+    leader: LeaderWatch,
+    stop_consuming: CancellationToken,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    closed: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_consuming.cancel();
+        self.shutdown.cancel();
+    }
+}
+
+/// A mesh API instance: a service (serving requests, commands and events on its
+/// service queue) or a client-only handle. Cheap to clone.
+///
+/// Dropping the last clone stops everything abruptly (like a crash: unsettled
+/// deliveries are requeued by the backend); [`Mesh::disconnect`] shuts down
+/// gracefully.
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mesh")
+            .field("backend", &self.inner.backend_name)
+            .field("service_name", &self.inner.service_name)
+            .field("instance_id", &self.inner.instance_id)
+            .field("client_only", &self.inner.client_only)
+            .finish()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn random_u64() -> u64 {
+    let u = uuid::Uuid::new_v4();
+    let b = u.as_bytes();
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(x)
+}
+
+fn validate_name(what: &'static str, value: &str) -> Result<(), MeshError> {
+    let ok = !value.is_empty()
+        && value.len() <= 200
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(MeshError::InvalidArgument {
+            what,
+            value: value.to_owned(),
+            reason: "expected 1 to 200 characters of A-Z, a-z, 0-9, '-', '_' or '.'".into(),
+        })
+    }
+}
+
+fn params_object(params: Value) -> Result<Map<String, Value>, MeshError> {
+    match params {
+        Value::Object(m) => Ok(m),
+        Value::Null => Ok(Map::new()),
+        other => Err(MeshError::InvalidArgument {
+            what: "params",
+            value: other.to_string(),
+            reason: "params must be a JSON object of keyword arguments".into(),
+        }),
+    }
+}
+
+fn context_object(context: Value) -> Value {
+    if context.is_null() {
+        Value::Object(Map::new())
+    } else {
+        context
+    }
+}
+
+impl Mesh {
+    /// Connects: declares the nuropb exchanges, the response queue and (services) the
+    /// service queue with its bindings and a bounded dead-letter queue, starts the
+    /// consumers and (services) the leader election.
+    pub async fn connect(backend: Arc<dyn Backend>, config: MeshConfig) -> Result<Mesh, MeshError> {
+        let client_only = config.service.is_none();
+        let service_name = match &config.service_name {
+            Some(n) => {
+                validate_name("service name", n)?;
+                n.clone()
+            }
+            None => format!("{}-client", backend.mesh_name()),
+        };
+        let instance_id = match &config.instance_id {
+            Some(id) => {
+                validate_name("instance id", id)?;
+                id.clone()
+            }
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        for p in &config.event_bindings {
+            validate_topic_pattern(p)?;
+        }
+        let conn = backend.connect(&service_name).await?;
+        for ex in nuropb_exchanges() {
+            conn.declare_exchange(&ex).await?;
+        }
+        let rq = response_queue(&service_name, &instance_id);
+        conn.declare_queue(&QueueSpec::response(rq.clone())).await?;
+        let replies = conn
+            .consume(&rq, ConsumeOptions::exclusive_auto_ack())
+            .await?;
+
+        let serving = match &config.service {
+            None => None,
+            Some(svc) => {
+                let info = svc.info();
+                let public_key = config.service_keys.as_ref().map(|k| k.public_key_pem());
+                let describe = ServiceDescription::build(&service_name, &info, public_key);
+                let describe = serde_json::to_value(&describe).map_err(|e| MeshError::Encode {
+                    what: "describe document",
+                    reason: e.to_string(),
+                })?;
+                let methods = info
+                    .methods
+                    .into_iter()
+                    .map(|m| (m.name.clone(), m))
+                    .collect();
+                Some(ServingState {
+                    service: svc.clone(),
+                    methods,
+                    describe,
+                })
+            }
+        };
+
+        let stop_consuming = CancellationToken::new();
+        let shutdown = CancellationToken::new();
+        let pending = Arc::new(PendingMap::default());
+        tokio::spawn(reply_loop(replies, pending.clone(), shutdown.clone()));
+
+        let mut service_stream = None;
+        let leader = if let Some(s) = &serving {
+            let mut patterns = config.event_bindings.clone();
+            for p in s.service.event_bindings() {
+                validate_topic_pattern(&p)?;
+                if !patterns.contains(&p) {
+                    patterns.push(p);
+                }
+            }
+            let dlq =
+                QueueSpec::dead_letter(dead_letter_queue(&service_name), config.dead_letter_max);
+            conn.declare_queue(&dlq).await?;
+            let sq = QueueSpec::service(&service_name, &patterns);
+            conn.declare_queue(&sq).await?;
+            service_stream = Some(
+                conn.consume(&sq.name, ConsumeOptions::manual(config.prefetch))
+                    .await?,
+            );
+            spawn_election(
+                conn.clone(),
+                service_name.clone(),
+                instance_id.clone(),
+                config.leader_interval,
+                shutdown.clone(),
+            )
+        } else {
+            LeaderWatch::never()
+        };
+
+        let inner = Arc::new(Inner {
+            backend_name: backend.name(),
+            conn,
+            service_name,
+            instance_id,
+            response_queue: rq,
+            client_only,
+            config,
+            serving,
+            pending,
+            id_prefix: random_u64(),
+            counter: AtomicU64::new(0),
+            sub_counter: AtomicU64::new(0),
+            describe_cache: Mutex::new(HashMap::new()),
+            leader,
+            stop_consuming,
+            shutdown,
+            tracker: TaskTracker::new(),
+            closed: AtomicBool::new(false),
+        });
+        if let Some(stream) = service_stream {
+            tokio::spawn(dispatch_loop(
+                Arc::downgrade(&inner),
+                stream,
+                inner.stop_consuming.clone(),
+                inner.tracker.clone(),
+            ));
+        }
+        info!(
+            backend = inner.backend_name,
+            service = %inner.service_name,
+            instance = %inner.instance_id,
+            client_only,
+            "mesh connected"
+        );
+        Ok(Mesh { inner })
+    }
+
+    /// Graceful shutdown: stops taking new deliveries, waits (up to the configured
+    /// grace) for in-flight requests to finish and be answered, then fails pending
+    /// calls with [`MeshError::Disconnected`] and closes the connection.
+    pub async fn disconnect(&self) -> Result<(), MeshError> {
+        let inner = &self.inner;
+        if inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        inner.stop_consuming.cancel();
+        inner.tracker.close();
+        if tokio::time::timeout(inner.config.shutdown_grace, inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                service = %inner.service_name,
+                in_flight = inner.tracker.len(),
+                "shutdown grace passed with requests still in flight; they will be redelivered"
+            );
+        }
+        inner.shutdown.cancel();
+        inner.pending.fail_all();
+        let r = inner.conn.close().await;
+        info!(service = %inner.service_name, instance = %inner.instance_id, "mesh disconnected");
+        r
+    }
+
+    /// This handle's service name (`<mesh>-client` for client-only handles).
+    pub fn service_name(&self) -> &str {
+        &self.inner.service_name
+    }
+
+    /// This instance's id.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+
+    /// Whether the handle serves no service.
+    pub fn client_only(&self) -> bool {
+        self.inner.client_only
+    }
+
+    /// Whether this instance is the elected leader among the instances of its
+    /// service (always false for client-only handles).
+    pub fn is_leader(&self) -> bool {
+        self.inner.leader.is_leader()
+    }
+
+    /// A watch on leadership changes.
+    pub fn leader_watch(&self) -> LeaderWatch {
+        self.inner.leader.clone()
+    }
+
+    /// Whether the handle is connected.
+    pub fn connected(&self) -> bool {
+        !self.inner.closed.load(Ordering::SeqCst) && self.inner.conn.is_open()
+    }
+
+    /// The backend connection (for tools and tests).
+    pub fn connection(&self) -> Arc<dyn Connection> {
+        self.inner.conn.clone()
+    }
+
+    /// Name of this instance's response queue.
+    pub fn response_queue(&self) -> &str {
+        &self.inner.response_queue
+    }
+
+    /// Replies received for correlation ids no longer tracked (late, duplicate).
+    pub fn unpaired_replies(&self) -> u64 {
+        self.inner.pending.unpaired.load(Ordering::Relaxed)
+    }
+
+    fn next_id(&self) -> String {
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:016x}", self.inner.id_prefix, n)
+    }
+
+    fn ensure_open(&self) -> Result<(), MeshError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            Err(MeshError::Disconnected)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Calls `service.method(**params)` and returns its result, as nuropb's
+    /// `request(service, method, params, context, ttl, trace_id)`.
+    ///
+    /// Resolves by the deadline (the ttl): never hangs.
+    pub async fn request(
+        &self,
+        service: &str,
+        method: &str,
+        params: Value,
+        context: Value,
+        ttl: Option<Duration>,
+        trace_id: Option<String>,
+    ) -> Result<Value, MeshError> {
+        let opts = RequestOptions {
+            context,
+            ttl,
+            timeout: None,
+            trace_id,
+            encrypted: false,
+        };
+        self.request_with(service, method, params, opts).await
+    }
+
+    /// [`Mesh::request`] with all options.
+    pub async fn request_with(
+        &self,
+        service: &str,
+        method: &str,
+        params: Value,
+        opts: RequestOptions,
+    ) -> Result<Value, MeshError> {
+        let reply = self.request_raw(service, method, params, opts).await?;
+        match reply.error {
+            Some(err) => Err(err.into_mesh_error(service, method)),
+            None => Ok(reply.result),
+        }
+    }
+
+    /// Sends a request and returns the whole response body (nuropb's
+    /// `rpc_response=False`).
+    pub async fn request_raw(
+        &self,
+        service: &str,
+        method: &str,
+        params: Value,
+        opts: RequestOptions,
+    ) -> Result<ResponseBody, MeshError> {
+        self.ensure_open()?;
+        validate_name("service name", service)?;
+        let params = params_object(params)?;
+        let ttl = opts.ttl.unwrap_or(self.inner.config.default_ttl);
+        let deadline = opts.timeout.unwrap_or(ttl);
+        let id = self.next_id();
+        let (msg, session) = self
+            .build_call(
+                MessageType::Request,
+                service,
+                method,
+                params,
+                &opts,
+                &id,
+                ttl,
+            )
+            .await?;
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .pending
+            .insert(id.clone(), Pending { tx, session });
+        let _guard = PendingGuard {
+            pending: &self.inner.pending,
+            id: &id,
+        };
+        match self.inner.conn.publish(RPC_EXCHANGE, service, msg).await {
+            Ok(()) => {}
+            Err(MeshError::Unroutable { .. }) => {
+                return Err(MeshError::NotFound {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        match tokio::time::timeout(deadline, rx).await {
+            Ok(Ok(Ok((body, _headers)))) => Ok(body),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(MeshError::Disconnected),
+            Err(_) => Err(MeshError::Timeout {
+                service: service.to_owned(),
+                method: method.to_owned(),
+                after: deadline,
+            }),
+        }
+    }
+
+    /// Fire-and-forget call. Resolves once published; an unknown service is an error
+    /// ([`MeshError::NotFound`]), unlike nuropb which only logs it.
+    pub async fn command(
+        &self,
+        service: &str,
+        method: &str,
+        params: Value,
+        opts: RequestOptions,
+    ) -> Result<(), MeshError> {
+        self.ensure_open()?;
+        validate_name("service name", service)?;
+        let params = params_object(params)?;
+        let ttl = opts.ttl.unwrap_or(self.inner.config.default_ttl);
+        let id = self.next_id();
+        let (msg, _session) = self
+            .build_call(
+                MessageType::Command,
+                service,
+                method,
+                params,
+                &opts,
+                &id,
+                ttl,
+            )
+            .await?;
+        match self.inner.conn.publish(RPC_EXCHANGE, service, msg).await {
+            Err(MeshError::Unroutable { .. }) => Err(MeshError::NotFound {
+                service: service.to_owned(),
+                method: method.to_owned(),
+            }),
+            other => other,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn build_call(
+        &self,
+        kind: MessageType,
+        service: &str,
+        method: &str,
+        params: Map<String, Value>,
+        opts: &RequestOptions,
+        id: &str,
+        ttl: Duration,
+    ) -> Result<(Message, Option<Box<dyn SessionKey>>), MeshError> {
+        let body = RequestBody {
+            service: service.to_owned(),
+            method: method.to_owned(),
+            params,
+            correlation_id: id.to_owned(),
+            context: context_object(opts.context.clone()),
+            trace_id: opts.trace_id.clone(),
+        };
+        let env = match kind {
+            MessageType::Command => Envelope::Command(body),
+            _ => Envelope::Request(body),
+        };
+        let mut msg = Message::from_envelope(env);
+        let ttl_ms = ttl.as_millis().min(u128::from(u64::MAX)) as u64;
+        msg.properties.reply_to = Some(self.inner.response_queue.clone());
+        msg.properties.expiration_ms = Some(ttl_ms);
+        msg.properties.mandatory = true;
+        msg.headers.deadline_ms = Some(now_ms().saturating_add(ttl_ms));
+        let mut session = None;
+        if opts.encrypted {
+            let cipher = self.inner.config.client_cipher.clone().ok_or_else(|| {
+                MeshError::Encryption("no client cipher configured for encrypted calls".into())
+            })?;
+            let desc: Arc<ServiceDescription> =
+                Box::pin(self.describe_service(service, false)).await?;
+            let key = desc.public_key.clone().ok_or_else(|| {
+                MeshError::Encryption(format!("service {service:?} publishes no public key"))
+            })?;
+            let plain = msg.payload.to_bytes()?;
+            let (sealed, s) = cipher.seal_request(&key, &plain)?;
+            msg.payload = Payload::Bytes(Bytes::from(sealed));
+            msg.headers.encrypted = true;
+            session = Some(s);
+        }
+        Ok((msg, session))
+    }
+
+    /// Publishes an event on the events exchange with routing key `topic`.
+    pub async fn publish_event(
+        &self,
+        topic: &str,
+        event: Value,
+        context: Value,
+        trace_id: Option<String>,
+    ) -> Result<(), MeshError> {
+        self.ensure_open()?;
+        validate_topic_pattern(topic)?;
+        if topic.split('.').any(|w| w == "*" || w == "#") {
+            return Err(MeshError::InvalidArgument {
+                what: "topic",
+                value: topic.to_owned(),
+                reason: "an event topic cannot contain the wildcards '*' or '#'".into(),
+            });
+        }
+        publish_event_on(
+            &self.inner.conn,
+            topic,
+            event,
+            context,
+            trace_id,
+            self.next_id(),
+        )
+        .await
+    }
+
+    /// Subscribes to events whose topic matches `pattern` (`*` one word, `#` any
+    /// number of words) on a private auto-delete queue. Works for client-only handles
+    /// too.
+    pub async fn subscribe(&self, pattern: &str) -> Result<EventSubscription, MeshError> {
+        self.ensure_open()?;
+        validate_topic_pattern(pattern)?;
+        let n = self.inner.sub_counter.fetch_add(1, Ordering::Relaxed);
+        let name = format!(
+            "nuropb-{}-{}-ev{n}",
+            self.inner.service_name, self.inner.instance_id
+        );
+        let spec = QueueSpec::subscription(name.clone(), pattern);
+        self.inner.conn.declare_queue(&spec).await?;
+        let stream = self
+            .inner
+            .conn
+            .consume(&name, ConsumeOptions::exclusive_auto_ack())
+            .await?;
+        Ok(EventSubscription {
+            pattern: pattern.to_owned(),
+            queue: name,
+            stream,
+        })
+    }
+
+    /// The describe document of `service` (cached; `refresh` asks again).
+    pub async fn describe_service(
+        &self,
+        service: &str,
+        refresh: bool,
+    ) -> Result<Arc<ServiceDescription>, MeshError> {
+        if !refresh
+            && let Some(d) = self
+                .inner
+                .describe_cache
+                .lock()
+                .ok()
+                .and_then(|c| c.get(service).cloned())
+        {
+            return Ok(d);
+        }
+        let opts = RequestOptions {
+            ttl: Some(Duration::from_secs(60).min(self.inner.config.default_ttl)),
+            ..RequestOptions::default()
+        };
+        let v = self
+            .request_with(service, DESCRIBE_METHOD, Value::Object(Map::new()), opts)
+            .await?;
+        let desc: ServiceDescription = serde_json::from_value(v)
+            .map_err(|e| MeshError::Malformed(format!("describe document of {service:?}: {e}")))?;
+        let desc = Arc::new(desc);
+        if let Ok(mut c) = self.inner.describe_cache.lock() {
+            c.insert(service.to_owned(), desc.clone());
+        }
+        Ok(desc)
+    }
+
+    /// Whether `service.method` requires encryption (from the describe document;
+    /// methods it does not list answer false).
+    pub async fn requires_encryption(
+        &self,
+        service: &str,
+        method: &str,
+    ) -> Result<bool, MeshError> {
+        let d = self.describe_service(service, false).await?;
+        Ok(d.methods.get(method).is_some_and(|m| m.requires_encryption))
+    }
+
+    /// Whether `service` publishes a public key.
+    pub async fn has_public_key(&self, service: &str) -> Result<bool, MeshError> {
+        let d = self.describe_service(service, false).await?;
+        Ok(d.public_key.is_some())
+    }
+}
+
+async fn publish_event_on(
+    conn: &Arc<dyn Connection>,
+    topic: &str,
+    event: Value,
+    context: Value,
+    trace_id: Option<String>,
+    correlation_id: String,
+) -> Result<(), MeshError> {
+    let body = EventBody {
+        topic: topic.to_owned(),
+        event,
+        context: context_object(context),
+        trace_id,
+        correlation_id,
+        target: Value::Null,
+    };
+    let msg = Message::from_envelope(Envelope::Event(body));
+    conn.publish(EVENTS_EXCHANGE, topic, msg).await
+}
+
+/// A stream of events matching a pattern; see [`Mesh::subscribe`].
+pub struct EventSubscription {
+    pattern: String,
+    queue: String,
+    stream: DeliveryStream,
+}
+
+impl fmt::Debug for EventSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventSubscription")
+            .field("pattern", &self.pattern)
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+impl EventSubscription {
+    /// The subscribed pattern.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// The next event, or `None` once the mesh disconnected. Malformed messages are
+    /// logged and skipped.
+    pub async fn next(&mut self) -> Option<EventBody> {
+        while let Some(d) = self.stream.next().await {
+            let (msg, _settle) = d.into_parts();
+            match msg.payload.into_envelope() {
+                Ok(Envelope::Event(ev)) => return Some(ev),
+                Ok(other) => warn!(
+                    pattern = %self.pattern,
+                    tag = %other.message_type(),
+                    "dropped non-event message on an event subscription"
+                ),
+                Err(e) => warn!(pattern = %self.pattern, error = %e, "dropped malformed event"),
+            }
+        }
+        None
+    }
+}
+
+async fn reply_loop(
+    mut stream: DeliveryStream,
+    pending: Arc<PendingMap>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let d = tokio::select! {
+            d = stream.next() => d,
+            _ = shutdown.cancelled() => None,
+        };
+        let Some(d) = d else { break };
+        let (msg, _settle) = d.into_parts();
+        let id = &msg.properties.correlation_id;
+        let Some(p) = pending.remove(id) else {
+            pending.unpaired.fetch_add(1, Ordering::Relaxed);
+            debug!(correlation_id = %id, "unpaired response dropped");
+            continue;
+        };
+        let reply = decode_reply(msg, p.session.as_deref());
+        let _ = p.tx.send(reply);
+    }
+    debug!("reply consumer stopped");
+}
+
+fn decode_reply(msg: Message, session: Option<&dyn SessionKey>) -> Reply {
+    let kind = msg.headers.message_type()?;
+    if kind != MessageType::Response {
+        return Err(MeshError::Malformed(format!(
+            "expected a response on the response queue, got {kind}"
+        )));
+    }
+    let env = if msg.headers.encrypted {
+        let s = session.ok_or_else(|| {
+            MeshError::Encryption("encrypted reply to a call that was not encrypted".into())
+        })?;
+        let plain = s.open(&msg.payload.to_bytes()?)?;
+        Envelope::from_slice(&plain)?
+    } else {
+        msg.payload.into_envelope()?
+    };
+    match env {
+        Envelope::Response(body) => Ok((body, msg.headers)),
+        other => Err(MeshError::Malformed(format!(
+            "response header with a {} body",
+            other.message_type()
+        ))),
+    }
+}
+
+async fn dispatch_loop(
+    inner: std::sync::Weak<Inner>,
+    mut stream: DeliveryStream,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let d = tokio::select! {
+            d = stream.next() => d,
+            _ = stop.cancelled() => None,
+        };
+        let Some(d) = d else { break };
+        let Some(inner) = inner.upgrade() else { break };
+        tracker.spawn(handle_delivery(inner, d));
+    }
+    debug!("service consumer stopped");
+}
+
+struct Incoming {
+    env: Envelope,
+    encrypted: bool,
+    session: Option<Box<dyn SessionKey>>,
+    deadline_ms: Option<u64>,
+}
+
+fn decode_incoming(inner: &Inner, msg: Message) -> Result<Incoming, MeshError> {
+    let kind = msg.headers.message_type()?;
+    let (env, session) = if msg.headers.encrypted {
+        let keys = inner.config.service_keys.as_ref().ok_or_else(|| {
+            MeshError::Encryption("encrypted message but this service has no keys".into())
+        })?;
+        let (plain, s) = keys.open_request(&msg.payload.to_bytes()?)?;
+        (Envelope::from_slice(&plain)?, Some(s))
+    } else {
+        (msg.payload.into_envelope()?, None)
+    };
+    if env.message_type() != kind {
+        return Err(MeshError::Malformed(format!(
+            "nuropb_type header {kind} does not match body tag {}",
+            env.message_type()
+        )));
+    }
+    Ok(Incoming {
+        env,
+        encrypted: msg.headers.encrypted,
+        session,
+        deadline_ms: msg.headers.deadline_ms,
+    })
+}
+
+async fn settle(settle: Settle, ack: bool, what: &str) {
+    let r = if ack {
+        settle.ack().await
+    } else {
+        settle.reject(false).await
+    };
+    if let Err(e) = r {
+        warn!(error = %e, what, "settling a delivery failed");
+    }
+}
+
+async fn handle_delivery(inner: Arc<Inner>, d: crate::backend::Delivery) {
+    let (msg, settle_handle) = d.into_parts();
+    let reply_to = msg.properties.reply_to.clone();
+    let correlation_id = msg.properties.correlation_id.clone();
+    let header_trace = msg.headers.trace_id.clone();
+    let header_type = msg.headers.nuropb_type.clone();
+    let incoming = match decode_incoming(&inner, msg) {
+        Ok(i) => i,
+        Err(e) => {
+            warn!(
+                service = %inner.service_name,
+                correlation_id = %correlation_id,
+                error = %e,
+                "poison message dead-lettered"
+            );
+            settle(settle_handle, false, "poison message").await;
+            if header_type == "request"
+                && let Some(rt) = reply_to
+            {
+                let class = if matches!(e, MeshError::Encryption(_)) {
+                    class::ENCRYPTION
+                } else {
+                    class::MESSAGE
+                };
+                let err = ServiceError::new(class, e.to_string());
+                send_reply(
+                    &inner,
+                    &rt,
+                    correlation_id,
+                    header_trace,
+                    Value::Null,
+                    Err(err),
+                    None,
+                )
+                .await;
+            }
+            return;
+        }
+    };
+    match incoming.env {
+        Envelope::Request(body) => {
+            handle_call(
+                &inner,
+                body,
+                false,
+                incoming.encrypted,
+                incoming.session,
+                incoming.deadline_ms,
+                reply_to,
+                header_trace,
+                settle_handle,
+            )
+            .await
+        }
+        Envelope::Command(body) => {
+            handle_call(
+                &inner,
+                body,
+                true,
+                incoming.encrypted,
+                incoming.session,
+                incoming.deadline_ms,
+                reply_to,
+                header_trace,
+                settle_handle,
+            )
+            .await
+        }
+        Envelope::Event(ev) => {
+            let Some(s) = &inner.serving else { return };
+            let topic = ev.topic.clone();
+            match s.service.on_event(ev).await {
+                Ok(()) => settle(settle_handle, true, "event").await,
+                Err(e) => {
+                    warn!(service = %inner.service_name, topic = %topic, error = %e, "event handler failed; event dead-lettered");
+                    settle(settle_handle, false, "event").await;
+                }
+            }
+        }
+        Envelope::Response(_) => {
+            warn!(service = %inner.service_name, correlation_id = %correlation_id, "response on a service queue dead-lettered");
+            settle(settle_handle, false, "stray response").await;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle_call(
+    inner: &Arc<Inner>,
+    body: RequestBody,
+    is_command: bool,
+    encrypted: bool,
+    session: Option<Box<dyn SessionKey>>,
+    deadline_ms: Option<u64>,
+    reply_to: Option<String>,
+    header_trace: Option<String>,
+    settle_handle: Settle,
+) {
+    let Some(serving) = &inner.serving else {
+        return;
+    };
+    let RequestBody {
+        method,
+        params,
+        correlation_id,
+        context,
+        trace_id,
+        ..
+    } = body;
+    let trace_id = header_trace.or(trace_id);
+    if let Some(dl) = deadline_ms
+        && now_ms() > dl
+    {
+        warn!(service = %inner.service_name, method = %method, correlation_id = %correlation_id, "request past its deadline dead-lettered");
+        settle(settle_handle, false, "expired request").await;
+        if !is_command && let Some(rt) = reply_to {
+            let err = ServiceError::new(
+                class::TIMEOUT,
+                format!(
+                    "deadline passed before {}.{method} was handled",
+                    inner.service_name
+                ),
+            );
+            send_reply(
+                inner,
+                &rt,
+                correlation_id,
+                trace_id,
+                context,
+                Err(err),
+                session,
+            )
+            .await;
+        }
+        return;
+    }
+    let info = serving.methods.get(&method);
+    let outcome: Result<Value, ServiceError>;
+    let mut events = Vec::new();
+    let mut context = context;
+    if method == DESCRIBE_METHOD {
+        outcome = Ok(serving.describe.clone());
+    } else if method.starts_with('_') || info.is_none() {
+        outcome = Err(ServiceError::handling(format!("Unknown method {method}")));
+    } else if info.is_some_and(|m| m.requires_encryption) && !encrypted {
+        outcome = Err(ServiceError::new(
+            class::ENCRYPTION_REQUIRED,
+            format!("{}.{method} requires encryption", inner.service_name),
+        ));
+    } else {
+        let mut c = RequestContext::new(inner.service_name.clone(), method.clone(), context);
+        c.correlation_id = correlation_id.clone();
+        c.trace_id = trace_id.clone();
+        c.encrypted = encrypted;
+        c.is_command = is_command;
+        c.deadline = deadline_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+        let ctx = Arc::new(c);
+        outcome = serving.service.call(&method, params, ctx.clone()).await;
+        events = ctx.take_events();
+        context = match Arc::try_unwrap(ctx) {
+            Ok(c) => c.context,
+            Err(shared) => shared.context.clone(),
+        };
+    }
+    let failed = outcome.is_err();
+    if let Err(e) = &outcome {
+        debug!(service = %inner.service_name, method = %method, error = %e, "handler returned an error");
+    }
+    if !is_command {
+        match &reply_to {
+            Some(rt) => {
+                send_reply(
+                    inner,
+                    rt,
+                    correlation_id.clone(),
+                    trace_id.clone(),
+                    context,
+                    outcome,
+                    session,
+                )
+                .await
+            }
+            None => {
+                warn!(service = %inner.service_name, method = %method, "request without reply_to; reply dropped")
+            }
+        }
+    }
+    let ack = !(failed && inner.config.dead_letter_failed);
+    settle(settle_handle, ack, "call").await;
+    for (topic, event) in events {
+        if let Err(e) = publish_event_on(
+            &inner.conn,
+            &topic,
+            event,
+            Value::Object(Map::new()),
+            trace_id.clone(),
+            correlation_id.clone(),
+        )
+        .await
+        {
+            warn!(service = %inner.service_name, topic = %topic, error = %e, "publishing an emitted event failed");
+        }
+    }
+}
+
+async fn send_reply(
+    inner: &Inner,
+    reply_to: &str,
+    correlation_id: String,
+    trace_id: Option<String>,
+    context: Value,
+    outcome: Result<Value, ServiceError>,
+    session: Option<Box<dyn SessionKey>>,
+) {
+    let (result, error) = match outcome {
+        Ok(v) => (v, None),
+        Err(e) => (Value::Null, Some(e)),
+    };
+    let body = ResponseBody {
+        result,
+        error,
+        correlation_id: correlation_id.clone(),
+        trace_id: trace_id.clone(),
+        context,
+        warning: None,
+        reply_to: Some(reply_to.to_owned()),
+    };
+    let mut msg = Message::from_envelope(Envelope::Response(body));
+    msg.headers.trace_id = trace_id;
+    msg.properties = Properties::new(correlation_id);
+    if let Some(s) = session {
+        let sealed = msg.payload.to_bytes().and_then(|plain| s.seal(&plain));
+        match sealed {
+            Ok(b) => {
+                msg.payload = Payload::Bytes(Bytes::from(b));
+                msg.headers.encrypted = true;
+            }
+            Err(e) => {
+                warn!(service = %inner.service_name, error = %e, "cannot encrypt reply; dropped");
+                return;
+            }
+        }
+    }
+    if let Err(e) = inner.conn.publish(DEFAULT_EXCHANGE, reply_to, msg).await {
+        warn!(service = %inner.service_name, reply_to = %reply_to, error = %e, "publishing a reply failed");
+    }
+}
