@@ -1,0 +1,573 @@
+//! The tokio server over real sockets: one table for UDP and TCP, replies from the
+//! registry port, bad input, idle and split TCP clients, pruning, broadcast, events,
+//! the registrar. Every wait is bounded.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use herald_registry::brine::{self, Value};
+use herald_registry::core::{CoreConfig, RegistryEvent, RemoveReason};
+use herald_registry::proto::{self, Command, Port, encode_request};
+use herald_registry::registrar::RegistrarState;
+use herald_registry::{
+    Registrar, RegistrarConfig, RegistryConfig, RegistryServer, TcpRegistryClient,
+    UdpRegistryClient,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config() -> RegistryConfig {
+    RegistryConfig::localhost_ephemeral()
+}
+
+fn query(name: &str) -> Vec<u8> {
+    encode_request(&Command::Query { name: name.into() })
+}
+
+fn reg(aliases: &[&str], port: i64) -> Vec<u8> {
+    encode_request(&Command::Register {
+        aliases: aliases.iter().map(|s| s.to_string()).collect(),
+        port: Port::Num(port),
+    })
+}
+
+async fn udp_from(src: &str) -> UdpSocket {
+    UdpSocket::bind((src.parse::<IpAddr>().expect("ip"), 0))
+        .await
+        .expect("bind client")
+}
+
+/// Sends `req` then a marker QUERY from the same socket; UDP on loopback keeps order
+/// and the server answers in order, so the first datagram back tells whether `req`
+/// got a reply, without sleeping.
+async fn udp_reply(sock: &UdpSocket, server: SocketAddr, req: &[u8]) -> Option<Vec<u8>> {
+    const MARKER: &str = "__MARKER__";
+    sock.send_to(req, server).await.expect("send");
+    sock.send_to(&query(MARKER), server)
+        .await
+        .expect("send marker");
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
+        .await
+        .expect("a reply within the wait")
+        .expect("recv");
+    assert_eq!(
+        from, server,
+        "reply from the registry's own address and port"
+    );
+    let first = buf[..n].to_vec();
+    if first == proto::REPLY_EMPTY && req != query(MARKER).as_slice() {
+        // Either the marker's reply or a real `()`: tell by checking for a second one.
+        let second =
+            tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await;
+        return match second {
+            Ok(Ok((n, _))) => {
+                assert_eq!(&buf[..n], proto::REPLY_EMPTY, "marker reply");
+                Some(first)
+            }
+            _ => None,
+        };
+    }
+    let (n2, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
+        .await
+        .expect("marker reply within the wait")
+        .expect("recv");
+    assert_eq!(&buf[..n2], proto::REPLY_EMPTY, "marker reply follows");
+    Some(first)
+}
+
+/// One TCP exchange: the reply bytes, or `None` when the server closed without one.
+async fn tcp_reply(server: SocketAddr, req: &[u8]) -> Option<Vec<u8>> {
+    let mut s = TcpStream::connect(server).await.expect("connect");
+    s.write_all(req).await.expect("write");
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("server closes within the wait");
+    match read {
+        Ok(_) => {}
+        // Closing with unread request bytes makes the kernel send a reset.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => assert!(out.is_empty()),
+        Err(e) => panic!("read: {e}"),
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn vectors() -> serde_json::Value {
+    let path = herald_pyenv::shared_dir().join("vectors/rpyc_registry.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("vectors")).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_exchanges_over_real_sockets() {
+    let v = vectors();
+    let all = v["vectors"].as_array().expect("vectors");
+    for (transport, base) in [("udp", 0usize), ("tcp", 34usize)] {
+        let server = RegistryServer::bind(RegistryConfig {
+            core: CoreConfig {
+                allow_listing: true,
+                ..CoreConfig::default()
+            },
+            ..config()
+        })
+        .await
+        .expect("bind");
+        let addr = server.local_addr();
+        let sock1 = udp_from("127.0.0.1").await;
+        let sock2 = udp_from("127.0.0.2").await;
+        // Steps that do not depend on the capture's clock, and Herald's deviations.
+        let steps: Vec<usize> = (0..=11).chain(22..=27).chain(30..=33).collect();
+        for step in steps {
+            let index = if transport == "tcp" && step > 28 {
+                base + step - 1
+            } else {
+                base + step
+            };
+            let vec = &all[index];
+            assert_eq!(vec["transport"].as_str(), Some(transport));
+            let req = hex::decode(vec["request_hex"].as_str().expect("hex")).expect("hex");
+            let want = if step == 33 {
+                None // strict decoder: truncated input is dropped
+            } else {
+                vec["response_hex"]
+                    .as_str()
+                    .map(|h| hex::decode(h).expect("hex"))
+            };
+            let got = if transport == "udp" {
+                udp_reply(if step == 6 { &sock2 } else { &sock1 }, addr, &req).await
+            } else if step == 6 {
+                // Bind the TCP client to 127.0.0.2.
+                let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+                sock.bind("127.0.0.2:0".parse().expect("addr"))
+                    .expect("bind");
+                let mut s = sock.connect(addr).await.expect("connect");
+                s.write_all(&req).await.expect("write");
+                let mut out = Vec::new();
+                tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+                    .await
+                    .expect("closed")
+                    .expect("read");
+                Some(out)
+            } else {
+                tcp_reply(addr, &req).await
+            };
+            assert_eq!(got, want, "{transport} step {step}: {}", vec["description"]);
+        }
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_and_tcp_share_one_table() {
+    let server = RegistryServer::bind(config()).await.expect("bind");
+    let udp = UdpRegistryClient::unicast(server.local_addr());
+    let tcp = TcpRegistryClient::new(server.local_addr());
+    udp.register(&["by-udp"], 1000u16)
+        .await
+        .expect("udp register");
+    tcp.register(&["by-tcp"], 2000u16)
+        .await
+        .expect("tcp register");
+    assert_eq!(
+        tcp.discover("BY-UDP").await.expect("tcp query")[0].to_string(),
+        "127.0.0.1:1000"
+    );
+    assert_eq!(
+        udp.discover("by-tcp").await.expect("udp query")[0].to_string(),
+        "127.0.0.1:2000"
+    );
+    assert_eq!(
+        udp.list(None).await.expect("list"),
+        None,
+        "listing is off by default"
+    );
+    tcp.unregister(1000u16).await.expect("unregister");
+    // Fire-and-forget: poll until it took effect.
+    tokio::time::timeout(WAIT, async {
+        while !udp.discover("BY-UDP").await.expect("query").is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("unregistered");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_datagrams_are_dropped_and_the_server_keeps_serving() {
+    let server = RegistryServer::bind(config()).await.expect("bind");
+    let addr = server.local_addr();
+    let sock = udp_from("127.0.0.1").await;
+    assert_eq!(
+        udp_reply(&sock, addr, &reg(&["keep"], 9)).await.as_deref(),
+        Some(&proto::REPLY_OK[..])
+    );
+    let t = |items: Vec<Value>| brine::encode(&Value::Tuple(items));
+    let oversized = reg(&["ALIAS"; 400], 1);
+    assert!(oversized.len() > 1500);
+    let mut deep = vec![0x10u8; 10_000];
+    deep.push(0x00);
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", vec![0xff, 0xfe, 0xfd]),
+        ("empty", vec![]),
+        ("truncated", query("BAR")[..19].to_vec()),
+        (
+            "bad magic",
+            t(vec![
+                Value::str("RPYX"),
+                Value::str("QUERY"),
+                Value::tuple([Value::str("a")]),
+            ]),
+        ),
+        (
+            "non-str command (kills rpyc)",
+            t(vec![
+                Value::str("RPYC"),
+                Value::Int(5),
+                Value::Tuple(vec![]),
+            ]),
+        ),
+        (
+            "unknown command",
+            t(vec![
+                Value::str("RPYC"),
+                Value::str("PING"),
+                Value::Tuple(vec![]),
+            ]),
+        ),
+        (
+            "wrong arity",
+            t(vec![
+                Value::str("RPYC"),
+                Value::str("QUERY"),
+                Value::Tuple(vec![]),
+            ]),
+        ),
+        ("huge length", vec![0x0f, 0xff, 0xff, 0xff, 0xff, 0x41]),
+        ("huge count", vec![0x15, 0xff, 0xff, 0xff, 0xff, 0x50]),
+        ("deep nesting", deep),
+        ("oversized", oversized),
+    ];
+    let n = bad.len() as u64;
+    for (what, bytes) in bad {
+        assert_eq!(
+            udp_reply(&sock, addr, &bytes).await,
+            None,
+            "{what}: no reply"
+        );
+    }
+    let client = UdpRegistryClient::unicast(addr);
+    assert_eq!(
+        client.discover("KEEP").await.expect("still serving")[0].to_string(),
+        "127.0.0.1:9"
+    );
+    let stats = server.stats();
+    assert_eq!(stats.dropped, n);
+    assert_eq!(stats.entries, 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tcp_client_blocks_nobody_and_is_closed_at_the_deadline() {
+    let server = RegistryServer::bind(RegistryConfig {
+        tcp_deadline: Duration::from_millis(500),
+        ..config()
+    })
+    .await
+    .expect("bind");
+    let addr = server.local_addr();
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    let tcp = TcpRegistryClient::new(addr);
+    tcp.register(&["busy"], 1u16)
+        .await
+        .expect("TCP answered while a client idles");
+    let udp = UdpRegistryClient::unicast(addr);
+    assert_eq!(udp.discover("busy").await.expect("UDP answered").len(), 1);
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, idle.read(&mut buf))
+        .await
+        .expect("idle connection closed by the server")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a reply");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_split_over_tcp_segments_is_reassembled() {
+    let server = RegistryServer::bind(config()).await.expect("bind");
+    let addr = server.local_addr();
+    let req = reg(&["split"], 4242);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    for chunk in req.chunks(5) {
+        s.write_all(chunk).await.expect("write");
+        s.flush().await.expect("flush");
+        // Meanwhile others are served.
+        let q = tcp_reply(addr, &query("split")).await;
+        assert!(q.is_some(), "other clients answered meanwhile");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("reply")
+        .expect("read");
+    assert_eq!(out, proto::REPLY_OK);
+    assert_eq!(
+        tcp_reply(addr, &query("SPLIT"))
+            .await
+            .map(|r| proto::parse_query_reply(&r).expect("reply").len()),
+        Some(1)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_or_oversized_tcp_requests_are_closed_without_reply() {
+    let server = RegistryServer::bind(RegistryConfig {
+        tcp_deadline: Duration::from_secs(60), // closing must not wait for it
+        tcp_max_request: 4096,
+        ..config()
+    })
+    .await
+    .expect("bind");
+    let addr = server.local_addr();
+    TcpRegistryClient::new(addr)
+        .register(&["keep"], 1u16)
+        .await
+        .expect("ok");
+    assert_eq!(tcp_reply(addr, &[0xff, 0x00]).await, None);
+    assert_eq!(
+        tcp_reply(
+            addr,
+            &brine::encode(&Value::tuple([
+                Value::str("RPYC"),
+                Value::None,
+                Value::Tuple(vec![])
+            ]))
+        )
+        .await,
+        None
+    );
+    // A valid prefix that never completes within the size cap.
+    let mut big = vec![0x15, 0x00, 0x01, 0x00, 0x00];
+    big.extend(std::iter::repeat_n(0x50u8, 8000));
+    assert_eq!(tcp_reply(addr, &big).await, None);
+    assert_eq!(
+        TcpRegistryClient::new(addr)
+            .discover("keep")
+            .await
+            .expect("serving")
+            .len(),
+        1
+    );
+    assert_eq!(server.stats().dropped, 3);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timer_prunes_stale_entries_and_events_fire_once() {
+    let server = RegistryServer::bind(RegistryConfig {
+        core: CoreConfig {
+            prune_timeout: Duration::from_millis(300),
+            allow_listing: true,
+            ..CoreConfig::default()
+        },
+        prune_interval: Some(Duration::from_millis(50)),
+        ..config()
+    })
+    .await
+    .expect("bind");
+    let mut events = server.events();
+    let client = UdpRegistryClient::unicast(server.local_addr());
+    client.register(&["stale", "old"], 5u16).await.expect("ok");
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while seen.len() < 4 {
+            seen.push(events.recv().await.expect("event"));
+        }
+    })
+    .await
+    .expect("added and removed events");
+    let added = seen
+        .iter()
+        .filter(|e| matches!(e, RegistryEvent::Added { .. }))
+        .count();
+    let pruned = seen
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                RegistryEvent::Removed {
+                    reason: RemoveReason::Pruned,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!((added, pruned), (2, 2));
+    // LIST reflects reality without anyone QUERYing (rpyc would still list them).
+    assert_eq!(client.list(None).await.expect("list"), Some(vec![]));
+    assert!(server.entries().is_empty());
+    // Nothing more is reported.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.recv())
+            .await
+            .is_err()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_client_reaches_a_wildcard_server() {
+    let server = RegistryServer::bind(RegistryConfig {
+        host: "0.0.0.0".parse().expect("ip"),
+        port: 0,
+        ..RegistryConfig::default()
+    })
+    .await
+    .expect("bind");
+    let port = server.local_addr().port();
+    let client = UdpRegistryClient::new(SocketAddr::new(
+        "127.255.255.255".parse().expect("ip"),
+        port,
+    ))
+    .with_interface("127.0.0.1".parse().expect("ip"));
+    client
+        .register(&["bcast"], 7000u16)
+        .await
+        .expect("broadcast register");
+    let found = client.discover("BCAST").await.expect("broadcast query");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].port, Port::Num(7000));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_server_records_plain_ipv4_hosts() {
+    let Ok(server) = RegistryServer::bind(RegistryConfig {
+        host: "::".parse().expect("ip"),
+        port: 0,
+        ..RegistryConfig::default()
+    })
+    .await
+    else {
+        eprintln!("SKIPPED: no IPv6 on this host");
+        return;
+    };
+    let port = server.local_addr().port();
+    let v4 = SocketAddr::new("127.0.0.1".parse().expect("ip"), port);
+    UdpRegistryClient::unicast(v4)
+        .register(&["dual"], 1u16)
+        .await
+        .expect("udp via v4");
+    TcpRegistryClient::new(v4)
+        .register(&["dual"], 2u16)
+        .await
+        .expect("tcp via v4");
+    let hosts: Vec<String> = server.entries().into_iter().map(|r| r.host).collect();
+    assert_eq!(hosts, ["127.0.0.1", "127.0.0.1"], "not ::ffff:127.0.0.1");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_client_ignores_replies_not_from_the_registry_port() {
+    let fake = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let other = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let client = UdpRegistryClient::unicast(fake.local_addr().expect("addr"));
+    let task = tokio::spawn(async move { client.register(&["x"], 1u16).await });
+    let mut buf = [0u8; 2048];
+    let (_, from) = tokio::time::timeout(WAIT, fake.recv_from(&mut buf))
+        .await
+        .expect("request")
+        .expect("recv");
+    other.send_to(&proto::REPLY_OK, from).await.expect("send");
+    fake.send_to(&proto::REPLY_NONE, from).await.expect("send");
+    // Neither the wrong port nor a non-"OK" reply completes the call; this one does.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!task.is_finished());
+    fake.send_to(&proto::REPLY_OK, from).await.expect("send");
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("done")
+        .expect("join")
+        .expect("registered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_timeouts_are_errors() {
+    let silent = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let client = UdpRegistryClient::unicast(silent.local_addr().expect("addr"))
+        .with_timeout(Duration::from_millis(200));
+    let err = client.discover("x").await.expect_err("timeout");
+    assert!(err.to_string().contains("no reply to QUERY"), "{err}");
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrar_keeps_alive_retries_and_unregisters() {
+    // Find a port free for both, then start the registry only after the registrar.
+    let probe = RegistryServer::bind(config()).await.expect("probe");
+    let addr = probe.local_addr();
+    probe.shutdown().await;
+    let client = UdpRegistryClient::unicast(addr).with_timeout(Duration::from_millis(200));
+    let registrar = Registrar::spawn(
+        client.clone().into(),
+        RegistrarConfig::new(["worker"], 5555u16)
+            .with_interval(Duration::from_millis(100))
+            .with_retry(Duration::from_millis(50)),
+    );
+    tokio::time::timeout(WAIT, async {
+        while registrar.state() != RegistrarState::Retrying {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("retrying while no registry runs");
+    let server = RegistryServer::bind(RegistryConfig {
+        port: addr.port(),
+        core: CoreConfig {
+            prune_timeout: Duration::from_millis(400),
+            ..CoreConfig::default()
+        },
+        prune_interval: Some(Duration::from_millis(50)),
+        ..config()
+    })
+    .await
+    .expect("bind the same port");
+    let mut events = server.events();
+    assert!(registrar.wait_registered(WAIT).await);
+    // Kept alive across several prune timeouts: exactly one Added, never removed.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(server.entries().len(), 1);
+    registrar.shutdown().await.expect("unregister sent");
+    let mut kinds = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let ev = events.recv().await.expect("event");
+            let removed = matches!(ev, RegistryEvent::Removed { .. });
+            kinds.push(ev);
+            if removed {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("removed");
+    assert!(
+        matches!(
+            kinds.as_slice(),
+            [
+                RegistryEvent::Added { .. },
+                RegistryEvent::Removed {
+                    reason: RemoveReason::Unregistered,
+                    ..
+                }
+            ]
+        ),
+        "{kinds:?}"
+    );
+    server.shutdown().await;
+}
