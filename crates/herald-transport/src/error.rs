@@ -86,6 +86,15 @@ pub enum TransportError {
         reason: DeadLetterReason,
     },
 
+    /// A received message could not be turned into the expected type.
+    #[error("cannot decode a message of type hint {type_hint:?}: {reason}")]
+    Decode {
+        /// The type hint of the received envelope.
+        type_hint: String,
+        /// What was wrong.
+        reason: String,
+    },
+
     /// A payload could not be encoded or decoded, or a frame was malformed.
     #[error(transparent)]
     Wire(#[from] herald_wire::WireError),

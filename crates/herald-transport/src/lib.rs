@@ -9,6 +9,8 @@
 //! * [`LocalTransport`]: in-process routing by actor path with casty's semantics
 //!   (buffering for paths not registered yet, dead paths, lazy path factories,
 //!   `wait_for_path`) and without its leaks (bounded tombstones and buffers, TTLs).
+//! * [`ActorRef`]: a typed handle (address + `Arc<dyn MessageTransport>`) with
+//!   `tell` and `ask` (temporary reply path, timeout); messages implement [`Message`].
 //! * [`DeadLetters`]: every dropped message with its [`DeadLetterReason`], on a
 //!   broadcast stream, with exact counters; one sink can be shared by several
 //!   transports.
@@ -34,11 +36,15 @@
 //! # }
 //! ```
 
+pub mod actor_ref;
 pub mod dead_letter;
 pub mod error;
 pub mod local;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod transport;
 
+pub use actor_ref::{ASK_PATH_PREFIX, ActorRef, Message, RawMessage, reply};
 pub use dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
 pub use error::TransportError;
 pub use local::{

@@ -801,12 +801,8 @@ impl LocalTransport {
         loop {
             let mut st = self.lock();
             if st.shut_down {
-                let target = envelope.target.clone();
                 drops.push((envelope, DeadLetterReason::Shutdown));
-                return Err(TransportError::Refused {
-                    target,
-                    reason: DeadLetterReason::Shutdown,
-                });
+                return Err(TransportError::Shutdown);
             }
             let now = self.inner.clock.now();
             self.maybe_sweep(&mut st, now, drops);
