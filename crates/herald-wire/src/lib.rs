@@ -9,6 +9,8 @@
 //!   (handshake `0x00`, message `0x01`, others surfaced) as a
 //!   [`tokio_util::codec`] codec with a maximum frame size;
 //! - [`ActorAddress`]: `casty://system@host:port/path` URIs;
+//! - [`payload`]: casty's tagged JSON / MessagePack trees ([`payload::CastyValue`]),
+//!   plain JSON, MessagePack and Protobuf behind one trait, [`payload::PayloadCodec`];
 //! - [`WireError`]: the one error type; every message names the bad value.
 //!
 //! Decoders never panic on untrusted input; each has a `cargo fuzz` target.
@@ -35,6 +37,7 @@ pub mod codec;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod payload;
 pub mod pyjson;
 
 pub use address::ActorAddress;
