@@ -40,6 +40,9 @@ pub mod actor_ref;
 pub mod dead_letter;
 pub mod error;
 pub mod local;
+pub mod native;
+pub mod tcp;
+pub mod tls;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transport;

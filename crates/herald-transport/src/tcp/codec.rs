@@ -1,0 +1,218 @@
+//! Splitting a byte stream into raw `u32 BE LEN | u8 KIND | BODY` frames.
+//!
+//! The body is decoded by the caller (herald-wire for handshakes and envelopes,
+//! [`crate::native`] for native control frames), so one bad body costs one frame, not
+//! the connection. Only errors of the framing itself (a length of 0, a length above the
+//! limit, a stream that ends inside a frame) end the connection.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Framing errors; each one ends the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    /// A frame announced a length of 0 (no room for the kind byte).
+    #[error("invalid frame header: length 0 (a frame holds at least its kind byte)")]
+    ZeroLength,
+    /// A frame announced more than the configured maximum.
+    #[error("frame of {len} bytes exceeds the maximum frame size of {max} bytes")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
+    #[error("connection closed inside a frame: {have} of {need} bytes received")]
+    Truncated {
+        /// Bytes of the frame received.
+        have: usize,
+        /// Bytes the frame needs (prefix included).
+        need: usize,
+    },
+}
+
+/// One raw frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame {
+    /// The kind byte.
+    pub kind: u8,
+    /// The body (zero-copy slice of the read buffer).
+    pub body: Bytes,
+}
+
+/// Tries to split one frame off the front of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed. This is the decoder the fuzz target
+/// and the connection reader share.
+pub fn split_frame(
+    buf: &mut BytesMut,
+    max_frame_size: usize,
+) -> Result<Option<RawFrame>, FramingError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len == 0 {
+        return Err(FramingError::ZeroLength);
+    }
+    if len > max_frame_size {
+        return Err(FramingError::TooLarge {
+            len,
+            max: max_frame_size,
+        });
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    buf.advance(4);
+    let mut frame = buf.split_to(len);
+    let kind = frame[0];
+    frame.advance(1);
+    Ok(Some(RawFrame {
+        kind,
+        body: frame.freeze(),
+    }))
+}
+
+/// Read side of a connection: a reader plus its buffer.
+pub(crate) struct FrameReader<R> {
+    rd: R,
+    buf: BytesMut,
+    max: usize,
+}
+
+/// Errors of [`FrameReader::next`].
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error(transparent)]
+    Framing(#[from] FramingError),
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(crate) fn new(rd: R, max: usize) -> Self {
+        FrameReader {
+            rd,
+            buf: BytesMut::new(),
+            max,
+        }
+    }
+
+    /// The next frame; `Ok(None)` on a clean end of stream (between frames).
+    pub(crate) async fn next(&mut self) -> Result<Option<RawFrame>, ReadError> {
+        loop {
+            if let Some(f) = split_frame(&mut self.buf, self.max)? {
+                return Ok(Some(f));
+            }
+            let want = if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
+                (4 + len - self.buf.len()).max(READ_CHUNK)
+            } else {
+                READ_CHUNK
+            };
+            self.buf.reserve(want);
+            let n = self.rd.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let need = if self.buf.len() >= 4 {
+                    4 + u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                        as usize
+                } else {
+                    4
+                };
+                return Err(FramingError::Truncated {
+                    have: self.buf.len(),
+                    need,
+                }
+                .into());
+            }
+        }
+    }
+
+    /// Frees the read buffer of an idle connection when it grew large.
+    pub(crate) fn shrink_if_idle(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+            self.buf = BytesMut::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+        v.push(kind);
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn splits_frames_incrementally() {
+        let mut all = frame(1, b"abc");
+        all.extend(frame(0x10, b""));
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for b in all {
+            buf.extend_from_slice(&[b]);
+            while let Some(f) = split_frame(&mut buf, 100).unwrap_or(None) {
+                out.push(f);
+            }
+        }
+        assert_eq!(
+            out,
+            vec![
+                RawFrame {
+                    kind: 1,
+                    body: Bytes::from_static(b"abc")
+                },
+                RawFrame {
+                    kind: 0x10,
+                    body: Bytes::new()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_zero_and_oversized_lengths() {
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 0, 1][..]);
+        assert_eq!(split_frame(&mut buf, 10), Err(FramingError::ZeroLength));
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 11][..]);
+        assert_eq!(
+            split_frame(&mut buf, 10),
+            Err(FramingError::TooLarge { len: 11, max: 10 })
+        );
+        let mut buf = BytesMut::from(&[0xffu8, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(
+            split_frame(&mut buf, 16 << 20),
+            Err(FramingError::TooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn truncated_stream_is_an_error_clean_end_is_not() {
+        let mut data = frame(1, b"abcdef");
+        data.truncate(6);
+        let mut r = FrameReader::new(&data[..], 100);
+        assert!(matches!(
+            r.next().await,
+            Err(ReadError::Framing(FramingError::Truncated {
+                have: 6,
+                need: 11
+            }))
+        ));
+        let data = frame(1, b"x");
+        let mut r = FrameReader::new(&data[..], 100);
+        assert!(matches!(r.next().await, Ok(Some(_))));
+        assert!(matches!(r.next().await, Ok(None)));
+    }
+}

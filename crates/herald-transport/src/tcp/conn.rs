@@ -1,0 +1,389 @@
+//! Establishing connections: TCP connect or accept, TLS, then the casty-v1 or native
+//! handshake. The handshake logic itself lives in [`crate::native`] (native) or is the
+//! two-frame casty exchange; this module only moves its frames over the socket and
+//! enforces the time budgets.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use herald_wire::{FRAME_HANDSHAKE, Handshake};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use super::Shared;
+use super::codec::{FrameReader, RawFrame, ReadError};
+use super::config::PeerAddr;
+use super::error::ConnectionError;
+use crate::native::{
+    self, Acceptor, Dialer, FRAME_HELLO, NativeFrame, NodeId, PeerInfo, RejectReason, Step,
+};
+
+pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// How the transport keys a peer: by its advertised address, or (native client-only
+/// peers, which advertise port 0) by node id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerKey {
+    /// A peer reachable at an advertised address.
+    Addr(PeerAddr),
+    /// A native client-only peer, known by its node id.
+    Node(NodeId),
+}
+
+impl fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerKey::Addr(a) => a.fmt(f),
+            PeerKey::Node(n) => write!(f, "node {n}"),
+        }
+    }
+}
+
+/// Who is at the other end of an established connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The address the peer advertised in its handshake.
+    pub addr: PeerAddr,
+    /// Native mode: what the native handshake established (node id, incarnation, ...).
+    pub node: Option<PeerInfo>,
+}
+
+impl PeerIdentity {
+    /// The key the transport files this peer under.
+    pub fn key(&self) -> PeerKey {
+        match &self.node {
+            Some(info) if info.port == 0 => PeerKey::Node(info.node_id),
+            _ => PeerKey::Addr(self.addr.clone()),
+        }
+    }
+}
+
+/// A connection that completed its handshake.
+pub(crate) struct Established {
+    pub reader: FrameReader<BoxRead>,
+    pub writer: BoxWrite,
+    pub identity: PeerIdentity,
+    pub dialed_by_us: bool,
+    /// Socket-level peer for log lines.
+    pub label: String,
+}
+
+pub(crate) fn put_frame(dst: &mut BytesMut, kind: u8, body: &[u8]) {
+    dst.reserve(5 + body.len());
+    dst.put_u32(u32::try_from(body.len() + 1).unwrap_or(u32::MAX));
+    dst.put_u8(kind);
+    dst.extend_from_slice(body);
+}
+
+async fn write_raw(w: &mut BoxWrite, buf: &[u8], label: &str) -> Result<(), ConnectionError> {
+    let io = |source| ConnectionError::Io {
+        peer: label.to_owned(),
+        source,
+    };
+    w.write_all(buf).await.map_err(io)?;
+    w.flush().await.map_err(io)
+}
+
+async fn write_native(
+    w: &mut BoxWrite,
+    frame: &NativeFrame,
+    label: &str,
+) -> Result<(), ConnectionError> {
+    let mut buf = BytesMut::new();
+    frame.encode_frame(&mut buf);
+    write_raw(w, &buf, label).await
+}
+
+async fn read_one(r: &mut FrameReader<BoxRead>, label: &str) -> Result<RawFrame, ConnectionError> {
+    match r.next().await {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err(ConnectionError::ClosedDuringHandshake {
+            peer: label.to_owned(),
+        }),
+        Err(ReadError::Io(source)) => Err(ConnectionError::Io {
+            peer: label.to_owned(),
+            source,
+        }),
+        Err(ReadError::Framing(source)) => Err(ConnectionError::Framing {
+            peer: label.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn split_plain(tcp: TcpStream) -> (BoxRead, BoxWrite) {
+    let (r, w) = tcp.into_split();
+    (Box::new(r), Box::new(w))
+}
+
+fn tune(tcp: &TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        debug!(error = %e, "could not set TCP_NODELAY");
+    }
+}
+
+/// Dials `target` (after the address map), with TLS if configured, and runs the
+/// handshake, all within `connect_timeout`.
+pub(crate) async fn dial(
+    shared: &Arc<Shared>,
+    target: &PeerAddr,
+) -> Result<Established, ConnectionError> {
+    let mapped = match &shared.cfg.address_map {
+        Some(map) => map(target),
+        None => target.clone(),
+    };
+    let label = mapped.to_string();
+    let budget = shared.cfg.connect_timeout;
+    match tokio::time::timeout(budget, dial_inner(shared, &mapped, label.clone())).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectionError::Timeout {
+            what: "connect and handshake",
+            peer: label,
+            after: budget,
+        }),
+    }
+}
+
+async fn dial_inner(
+    shared: &Arc<Shared>,
+    mapped: &PeerAddr,
+    label: String,
+) -> Result<Established, ConnectionError> {
+    let tcp = TcpStream::connect((mapped.host.as_str(), mapped.port))
+        .await
+        .map_err(|source| ConnectionError::Connect {
+            addr: label.clone(),
+            source,
+        })?;
+    tune(&tcp);
+    let (rd, wr) = match &shared.tls_connector {
+        Some(connector) => {
+            let name = ServerName::try_from(mapped.host.clone()).map_err(|e| {
+                ConnectionError::TlsName {
+                    host: mapped.host.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| ConnectionError::Tls {
+                    peer: label.clone(),
+                    message: e.to_string(),
+                })?;
+            let (r, w) = tokio::io::split(tls);
+            (Box::new(r) as BoxRead, Box::new(w) as BoxWrite)
+        }
+        None => split_plain(tcp),
+    };
+    let mut reader = FrameReader::new(rd, shared.cfg.max_frame_size);
+    let mut writer = wr;
+    let identity = match &shared.hs {
+        None => {
+            let mut buf = BytesMut::new();
+            let hs = Handshake::new(shared.self_addr.host.clone(), shared.self_addr.port);
+            put_frame(&mut buf, FRAME_HANDSHAKE, &hs.encode());
+            write_raw(&mut writer, &buf, &label).await?;
+            let f = read_one(&mut reader, &label).await?;
+            if f.kind != FRAME_HANDSHAKE {
+                return Err(ConnectionError::NotAHandshake {
+                    peer: label,
+                    kind: f.kind,
+                    expected: FRAME_HANDSHAKE,
+                });
+            }
+            let theirs =
+                Handshake::decode(&f.body).map_err(|source| ConnectionError::BadHandshake {
+                    peer: label.clone(),
+                    source,
+                })?;
+            PeerIdentity {
+                addr: PeerAddr::new(theirs.host, theirs.port),
+                node: None,
+            }
+        }
+        Some(cfg) => {
+            let (mut dialer, hello) = Dialer::start(cfg.clone());
+            write_native(&mut writer, &hello, &label).await?;
+            let f = read_one(&mut reader, &label).await?;
+            let step = match native::decode_for_handshake(f.kind, &f.body) {
+                Ok(frame) => dialer.on_frame(frame),
+                Err(step) => step,
+            };
+            match step {
+                Step::SendAndDone(confirm, info) => {
+                    write_native(&mut writer, &confirm, &label).await?;
+                    PeerIdentity {
+                        addr: PeerAddr::new(info.host.clone(), info.port),
+                        node: Some(info),
+                    }
+                }
+                Step::Fail { reply, error } => {
+                    if let Some(reply) = reply {
+                        let _ = write_native(&mut writer, &reply, &label).await;
+                    }
+                    return Err(ConnectionError::Handshake {
+                        peer: label,
+                        source: error,
+                    });
+                }
+                Step::Send(_) | Step::Done(_) => {
+                    return Err(ConnectionError::Handshake {
+                        peer: label,
+                        source: native::HandshakeError::Unexpected {
+                            kind: f.kind,
+                            expected: "welcome",
+                        },
+                    });
+                }
+            }
+        }
+    };
+    debug!(peer = %label, identity = ?identity, "dialed connection established");
+    Ok(Established {
+        reader,
+        writer,
+        identity,
+        dialed_by_us: true,
+        label,
+    })
+}
+
+/// Runs TLS (if configured) and the acceptor side of the handshake on an accepted
+/// socket, within `handshake_timeout`.
+pub(crate) async fn accept(
+    shared: &Arc<Shared>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+) -> Result<Established, ConnectionError> {
+    let label = remote.to_string();
+    let budget = shared.cfg.handshake_timeout;
+    match tokio::time::timeout(budget, accept_inner(shared, tcp, label.clone())).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectionError::Timeout {
+            what: "inbound handshake",
+            peer: label,
+            after: budget,
+        }),
+    }
+}
+
+async fn accept_inner(
+    shared: &Arc<Shared>,
+    tcp: TcpStream,
+    label: String,
+) -> Result<Established, ConnectionError> {
+    tune(&tcp);
+    let (rd, wr) = match &shared.tls_acceptor {
+        Some(acceptor) => {
+            let tls = acceptor
+                .accept(tcp)
+                .await
+                .map_err(|e| ConnectionError::Tls {
+                    peer: label.clone(),
+                    message: e.to_string(),
+                })?;
+            let (r, w) = tokio::io::split(tls);
+            (Box::new(r) as BoxRead, Box::new(w) as BoxWrite)
+        }
+        None => split_plain(tcp),
+    };
+    let mut reader = FrameReader::new(rd, shared.cfg.max_frame_size);
+    let mut writer = wr;
+    let first = read_one(&mut reader, &label).await?;
+    let identity = match &shared.hs {
+        None => {
+            if first.kind != FRAME_HANDSHAKE {
+                // casty closes without writing anything; so do we.
+                return Err(ConnectionError::NotAHandshake {
+                    peer: label,
+                    kind: first.kind,
+                    expected: FRAME_HANDSHAKE,
+                });
+            }
+            let theirs =
+                Handshake::decode(&first.body).map_err(|source| ConnectionError::BadHandshake {
+                    peer: label.clone(),
+                    source,
+                })?;
+            let mut buf = BytesMut::new();
+            let hs = Handshake::new(shared.self_addr.host.clone(), shared.self_addr.port);
+            put_frame(&mut buf, FRAME_HANDSHAKE, &hs.encode());
+            write_raw(&mut writer, &buf, &label).await?;
+            PeerIdentity {
+                addr: PeerAddr::new(theirs.host, theirs.port),
+                node: None,
+            }
+        }
+        Some(cfg) => {
+            if first.kind != FRAME_HELLO {
+                let reject = NativeFrame::Reject {
+                    reason: RejectReason::Malformed,
+                    detail: format!(
+                        "expected a native hello (0x{FRAME_HELLO:02x}), got frame 0x{:02x}",
+                        first.kind
+                    ),
+                };
+                let _ = write_native(&mut writer, &reject, &label).await;
+                return Err(ConnectionError::NotAHandshake {
+                    peer: label,
+                    kind: first.kind,
+                    expected: FRAME_HELLO,
+                });
+            }
+            let mut acceptor = Acceptor::new(cfg.clone());
+            let admit = |info: &PeerInfo| shared.admit(info);
+            let mut frame = first;
+            loop {
+                let step = match native::decode_for_handshake(frame.kind, &frame.body) {
+                    Ok(f) => acceptor.on_frame(f, &admit),
+                    Err(step) => step,
+                };
+                match step {
+                    Step::Send(reply) => {
+                        write_native(&mut writer, &reply, &label).await?;
+                        frame = read_one(&mut reader, &label).await?;
+                    }
+                    Step::Done(info) | Step::SendAndDone(_, info) => {
+                        break PeerIdentity {
+                            addr: PeerAddr::new(info.host.clone(), info.port),
+                            node: Some(info),
+                        };
+                    }
+                    Step::Fail { reply, error } => {
+                        if let Some(reply) = reply {
+                            let _ = write_native(&mut writer, &reply, &label).await;
+                        }
+                        return Err(ConnectionError::Handshake {
+                            peer: label,
+                            source: error,
+                        });
+                    }
+                }
+            }
+        }
+    };
+    debug!(peer = %label, identity = ?identity, "inbound connection established");
+    Ok(Established {
+        reader,
+        writer,
+        identity,
+        dialed_by_us: false,
+        label,
+    })
+}
+
+/// Logs a failed inbound connection at the right level.
+pub(crate) fn log_accept_failure(err: &ConnectionError) {
+    match err {
+        ConnectionError::Tls { .. } => {
+            warn!(error = %err, "refused inbound connection: TLS handshake failed")
+        }
+        _ => warn!(error = %err, "refused inbound connection"),
+    }
+}

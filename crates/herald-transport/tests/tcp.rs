@@ -1,0 +1,446 @@
+//! TCP transport behaviour between real sockets on loopback: both modes, one connection
+//! per pair, ordering, overflow policies, circuit breaker, address map, client-only,
+//! simultaneous connect, reject reasons.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use herald_transport::tcp::{
+    Backoff, OverflowPolicy, PeerAddr, PeerKey, TcpConfig, TcpNode, WireMode,
+};
+use herald_transport::{DeadLetterReason, DeadLetters, TransportError};
+use herald_wire::Envelope;
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Node {
+    node: TcpNode,
+    rx: mpsc::UnboundedReceiver<(PeerKey, Envelope)>,
+}
+
+async fn start(cfg: TcpConfig) -> Node {
+    start_with(cfg, DeadLetters::default()).await
+}
+
+async fn start_with(cfg: TcpConfig, dead: DeadLetters) -> Node {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let node = TcpNode::builder(cfg)
+        .dead_letters(dead)
+        .on_message(move |from: &PeerKey, env: Envelope| {
+            let _ = tx.send((from.clone(), env));
+        })
+        .start()
+        .await
+        .expect("node starts");
+    Node { node, rx }
+}
+
+fn env(to: &PeerAddr, n: usize) -> Envelope {
+    Envelope::new(
+        format!("casty://sys@{to}/inbox"),
+        "casty://sys@127.0.0.1:1/",
+        "test.Msg",
+        format!("{{\"n\": {n}}}").into_bytes(),
+    )
+}
+
+async fn recv(rx: &mut mpsc::UnboundedReceiver<(PeerKey, Envelope)>) -> (PeerKey, Envelope) {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("message within the wait bound")
+        .expect("channel open")
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn native(cluster: &str) -> TcpConfig {
+    TcpConfig::loopback().with_mode(WireMode::native(cluster))
+}
+
+fn fast_fail(mut cfg: TcpConfig, threshold: u32) -> TcpConfig {
+    cfg.backoff = Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+        factor: 2.0,
+        breaker_threshold: threshold,
+    };
+    cfg
+}
+
+async fn free_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[tokio::test]
+async fn casty_mode_replies_reuse_the_inbound_connection() {
+    let mut a = start(TcpConfig::loopback()).await;
+    let mut b = start(TcpConfig::loopback()).await;
+    let b_addr = b.node.advertised().clone();
+    a.node.send(&b_addr, env(&b_addr, 1)).expect("queued");
+    let (from, got) = recv(&mut b.rx).await;
+    assert_eq!(got.payload.as_ref(), b"{\"n\": 1}");
+    // B files A under the address A advertised in its handshake…
+    assert_eq!(from, PeerKey::Addr(a.node.advertised().clone()));
+    // …and its reply travels back over the same connection: nobody dials twice.
+    let a_addr = a.node.advertised().clone();
+    b.node.send(&a_addr, env(&a_addr, 2)).expect("queued");
+    let (_, reply) = recv(&mut a.rx).await;
+    assert_eq!(reply.payload.as_ref(), b"{\"n\": 2}");
+    assert_eq!(a.node.stats().connections_established, 1);
+    assert_eq!(b.node.stats().connections_established, 1);
+    assert_eq!(a.node.stats().dial_failures, 0);
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn ten_thousand_messages_arrive_in_order() {
+    let mut cfg = TcpConfig::loopback();
+    cfg.queue_capacity = 16_384; // everything is queued before the connection is up
+    let a = start(cfg).await;
+    let mut b = start(TcpConfig::loopback()).await;
+    let to = b.node.advertised().clone();
+    let peer = a.node.peer(&to);
+    for n in 0..10_000 {
+        peer.send(env(&to, n)).expect("queued");
+    }
+    for n in 0..10_000 {
+        let (_, e) = recv(&mut b.rx).await;
+        assert_eq!(
+            e.payload,
+            format!("{{\"n\": {n}}}").into_bytes(),
+            "message {n}"
+        );
+    }
+    assert!(peer.flushed(WAIT).await);
+    assert_eq!(a.node.stats().messages_out, 10_000);
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn native_mode_identifies_peers_by_node_id() {
+    let mut a = start(native("prod")).await;
+    let mut b = start(native("prod")).await;
+    let to = b.node.advertised().clone();
+    a.node.send(&to, env(&to, 1)).expect("queued");
+    recv(&mut b.rx).await;
+    let peers = b.node.connected_peers();
+    assert_eq!(peers.len(), 1);
+    let info = peers[0].1.node.clone().expect("native identity");
+    assert_eq!(info.node_id, a.node.node_id());
+    // Node-id routing: B answers A by node id only.
+    let a_addr = a.node.advertised().clone();
+    b.node
+        .send_to_node(a.node.node_id(), env(&a_addr, 2))
+        .expect("routed by node id");
+    let (_, e) = recv(&mut a.rx).await;
+    assert_eq!(e.payload.as_ref(), b"{\"n\": 2}");
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
+async fn first_dead_letter_detail(dead: &DeadLetters, reason: DeadLetterReason) -> String {
+    let mut sub = dead.subscribe();
+    loop {
+        let l = tokio::time::timeout(WAIT, sub.recv())
+            .await
+            .expect("dead letter in time")
+            .expect("stream open");
+        if l.reason == reason {
+            return l.detail.map(|d| d.to_string()).unwrap_or_default();
+        }
+    }
+}
+
+#[tokio::test]
+async fn native_rejects_wrong_cluster_and_bad_cookie_with_reasons() {
+    let b = start(native("blue")).await;
+    let to = b.node.advertised().clone();
+    let dead = DeadLetters::default();
+    let a = start_with(fast_fail(native("green"), 1), dead.clone()).await;
+    let waiter = first_dead_letter_detail(&dead, DeadLetterReason::PeerUnreachable);
+    a.node.send(&to, env(&to, 1)).expect("queued");
+    let detail = waiter.await;
+    assert!(detail.contains("wrong cluster"), "{detail}");
+
+    let c =
+        start(TcpConfig::loopback().with_mode(WireMode::native_with_cookie("blue", "one"))).await;
+    let to_c = c.node.advertised().clone();
+    let dead = DeadLetters::default();
+    let d = start_with(
+        fast_fail(
+            TcpConfig::loopback().with_mode(WireMode::native_with_cookie("blue", "two")),
+            1,
+        ),
+        dead.clone(),
+    )
+    .await;
+    let waiter = first_dead_letter_detail(&dead, DeadLetterReason::PeerUnreachable);
+    d.node.send(&to_c, env(&to_c, 1)).expect("queued");
+    let detail = waiter.await;
+    assert!(detail.contains("cookie"), "{detail}");
+    for n in [a, b, c, d] {
+        n.node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn matching_cookies_connect() {
+    let cfg = || TcpConfig::loopback().with_mode(WireMode::native_with_cookie("c", "s3cret"));
+    let a = start(cfg()).await;
+    let mut b = start(cfg()).await;
+    let to = b.node.advertised().clone();
+    a.node.send(&to, env(&to, 7)).expect("queued");
+    let (_, e) = recv(&mut b.rx).await;
+    assert_eq!(e.payload.as_ref(), b"{\"n\": 7}");
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn overflow_policies() {
+    let port = free_port().await; // nothing listens: dials fail, messages stay queued
+    let to = PeerAddr::new("127.0.0.1", port);
+    for policy in [
+        OverflowPolicy::DropNewest,
+        OverflowPolicy::DropOldest,
+        OverflowPolicy::Fail,
+    ] {
+        let dead = DeadLetters::default();
+        let mut sub = dead.subscribe();
+        let mut cfg = fast_fail(TcpConfig::loopback(), 1_000);
+        cfg.queue_capacity = 3;
+        cfg.overflow = policy;
+        let a = start_with(cfg, dead.clone()).await;
+        let mut refused = 0;
+        for n in 0..5 {
+            match a.node.send(&to, env(&to, n)) {
+                Ok(()) => {}
+                Err(TransportError::Refused {
+                    reason: DeadLetterReason::QueueOverflow,
+                    ..
+                }) => refused += 1,
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        assert_eq!(dead.count(DeadLetterReason::QueueOverflow), 2, "{policy:?}");
+        let mut dropped = Vec::new();
+        while let Ok(l) = sub.try_recv() {
+            dropped.push(String::from_utf8_lossy(&l.envelope.payload).into_owned());
+        }
+        match policy {
+            OverflowPolicy::DropNewest => {
+                assert_eq!(refused, 0);
+                assert_eq!(dropped, vec!["{\"n\": 3}", "{\"n\": 4}"]);
+            }
+            OverflowPolicy::DropOldest => {
+                assert_eq!(refused, 0);
+                assert_eq!(dropped, vec!["{\"n\": 0}", "{\"n\": 1}"]);
+            }
+            OverflowPolicy::Fail => {
+                assert_eq!(refused, 2);
+                assert_eq!(dropped, vec!["{\"n\": 3}", "{\"n\": 4}"]);
+            }
+        }
+        a.node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn circuit_breaker_opens_and_clear_blacklist_lifts_it() {
+    let port = free_port().await;
+    let to = PeerAddr::new("127.0.0.1", port);
+    let dead = DeadLetters::default();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let f2 = failures.clone();
+    let mut cfg = fast_fail(TcpConfig::loopback(), 1);
+    cfg.backoff.initial = Duration::from_secs(30);
+    cfg.backoff.max = Duration::from_secs(60);
+    let (tx, _rx) = mpsc::unbounded_channel::<Envelope>();
+    let a = TcpNode::builder(cfg)
+        .dead_letters(dead.clone())
+        .on_message(move |_: &PeerKey, e: Envelope| {
+            let _ = tx.send(e);
+        })
+        .on_send_failure(move |_| {
+            f2.fetch_add(1, Ordering::SeqCst);
+        })
+        .start()
+        .await
+        .expect("start");
+    let peer = a.peer(&to);
+    peer.send(env(&to, 0)).expect("queued");
+    // The dial fails and (threshold 1) opens the breaker for 30 s, dropping the queue.
+    wait_until("queued message dropped as unreachable", || {
+        dead.count(DeadLetterReason::PeerUnreachable) == 1
+    })
+    .await;
+    assert!(matches!(
+        peer.send(env(&to, 1)),
+        Err(TransportError::Refused {
+            reason: DeadLetterReason::Blacklisted,
+            ..
+        })
+    ));
+    assert_eq!(dead.count(DeadLetterReason::Blacklisted), 1);
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        2,
+        "on_send_failure called per drop"
+    );
+    // Lifting the breaker makes the peer usable again: start a server there now.
+    let mut cfg_b = TcpConfig::loopback();
+    cfg_b.bind = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut b = start(cfg_b).await;
+    a.clear_blacklist(&to);
+    peer.send(env(&to, 2)).expect("accepted again");
+    let (_, e) = recv(&mut b.rx).await;
+    assert_eq!(e.payload.as_ref(), b"{\"n\": 2}");
+    a.shutdown().await;
+    b.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn address_map_applies_to_dialing_only() {
+    let mut b_cfg = TcpConfig::loopback();
+    b_cfg.advertise = Some(PeerAddr::new("node-b.internal", 0));
+    let mut b = start(b_cfg).await;
+    let logical = b.node.advertised().clone();
+    assert_eq!(logical.host, "node-b.internal");
+    let real = b.node.local_addr().expect("bound");
+    let a = start(
+        TcpConfig::loopback().with_address_map(move |addr: &PeerAddr| {
+            if addr.host == "node-b.internal" {
+                PeerAddr::from(real)
+            } else {
+                addr.clone()
+            }
+        }),
+    )
+    .await;
+    a.node.send(&logical, env(&logical, 5)).expect("queued");
+    let (_, e) = recv(&mut b.rx).await;
+    // The target URI keeps the logical address.
+    assert_eq!(e.target, format!("casty://sys@{logical}/inbox"));
+    let peers = a.node.connected_peers();
+    assert_eq!(
+        peers[0].1.addr, logical,
+        "handshake carries the logical address"
+    );
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_only_node_gets_replies_over_its_own_connection() {
+    for mode in [WireMode::CastyV1, WireMode::native("c")] {
+        let mut server = start(TcpConfig::loopback().with_mode(mode.clone())).await;
+        let mut ccfg = TcpConfig::loopback().with_mode(mode.clone());
+        ccfg.client_only = true;
+        let mut client = start(ccfg).await;
+        assert!(client.node.local_addr().is_none());
+        assert_eq!(client.node.advertised().port, 0);
+        let to = server.node.advertised().clone();
+        client.node.send(&to, env(&to, 1)).expect("queued");
+        let (from, _) = recv(&mut server.rx).await;
+        // Reply to whoever sent it, over the inbound connection.
+        let reply_to = match &from {
+            PeerKey::Addr(a) => a.clone(),
+            PeerKey::Node(_) => PeerAddr::new("127.0.0.1", 0),
+        };
+        let e = env(&reply_to, 2);
+        match &from {
+            PeerKey::Node(id) => server.node.send_to_node(*id, e).expect("reply queued"),
+            PeerKey::Addr(a) => server.node.send(a, e).expect("reply queued"),
+        }
+        let (_, got) = recv(&mut client.rx).await;
+        assert_eq!(got.payload.as_ref(), b"{\"n\": 2}", "{mode:?}");
+        client.node.shutdown().await;
+        server.node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn simultaneous_connect_settles_on_one_connection_without_losses() {
+    for mode in [WireMode::CastyV1, WireMode::native("race")] {
+        let mut a = start(TcpConfig::loopback().with_mode(mode.clone())).await;
+        let mut b = start(TcpConfig::loopback().with_mode(mode.clone())).await;
+        let (a_addr, b_addr) = (a.node.advertised().clone(), b.node.advertised().clone());
+        // Both sides start sending at once, so both dial.
+        for n in 0..200 {
+            a.node.send(&b_addr, env(&b_addr, n)).expect("queued");
+            b.node.send(&a_addr, env(&a_addr, n)).expect("queued");
+        }
+        for n in 0..200 {
+            let (_, e) = recv(&mut b.rx).await;
+            assert_eq!(
+                e.payload,
+                format!("{{\"n\": {n}}}").into_bytes(),
+                "{mode:?} a→b {n}"
+            );
+            let (_, e) = recv(&mut a.rx).await;
+            assert_eq!(
+                e.payload,
+                format!("{{\"n\": {n}}}").into_bytes(),
+                "{mode:?} b→a {n}"
+            );
+        }
+        wait_until("one connection per side", || {
+            a.node.connected_peers().len() == 1 && b.node.connected_peers().len() == 1
+        })
+        .await;
+        // Still usable both ways after the race.
+        a.node.send(&b_addr, env(&b_addr, 999)).expect("queued");
+        assert_eq!(recv(&mut b.rx).await.1.payload.as_ref(), b"{\"n\": 999}");
+        a.node.shutdown().await;
+        b.node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn frames_over_the_limit_become_dead_letters() {
+    let dead = DeadLetters::default();
+    let mut cfg = TcpConfig::loopback();
+    cfg.max_frame_size = 1024;
+    let a = start_with(cfg, dead.clone()).await;
+    let mut b = start(TcpConfig::loopback()).await;
+    let to = b.node.advertised().clone();
+    let mut big = env(&to, 0);
+    big.payload = vec![b'x'; 4096].into();
+    a.node.send(&to, big).expect("queued");
+    a.node.send(&to, env(&to, 1)).expect("queued");
+    let (_, e) = recv(&mut b.rx).await;
+    assert_eq!(e.payload.as_ref(), b"{\"n\": 1}");
+    assert_eq!(dead.count(DeadLetterReason::FrameTooLarge), 1);
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn send_after_shutdown_is_refused() {
+    let a = start(TcpConfig::loopback()).await;
+    a.node.shutdown().await;
+    let to = PeerAddr::new("127.0.0.1", 9);
+    assert!(matches!(
+        a.node.send(&to, env(&to, 0)),
+        Err(TransportError::Refused {
+            reason: DeadLetterReason::Shutdown,
+            ..
+        })
+    ));
+}
