@@ -1,0 +1,906 @@
+//! The shared conformance suite of herald-mesh backends.
+//!
+//! Every function takes a backend (a connection factory) and checks one behaviour of
+//! the mesh through the public API only, so the same suite runs against the
+//! in-process broker (`tests/inproc_conformance.rs`) and RabbitMQ (mesh-B's amqp
+//! tests). Use it from another test file with
+//!
+//! ```ignore
+//! #[path = "conformance.rs"]
+//! #[macro_use]
+//! mod conformance;
+//! conformance_tests!(my_backend_or_skip());   // an expression yielding Option<Arc<dyn Backend>>
+//! ```
+//!
+//! Service names are unique per test (a random suffix), so tests can share one broker.
+//! Every wait is bounded ([`WAIT`]) and polls; no timing assertions.
+//!
+//! This file compiled on its own is an empty test target.
+#![allow(dead_code, unused_macros)]
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use herald_mesh::backend::{Backend, Connection, ConsumeOptions};
+use herald_mesh::crypto::{NuropbCipher, ServiceKey};
+use herald_mesh::example::ExampleService;
+use herald_mesh::message::{
+    self, DeathReason, Envelope, Headers, Message, MessageType, Payload, Properties, RPC_EXCHANGE,
+};
+use herald_mesh::service::{MethodInfo, RequestContext, ServiceRouter};
+use herald_mesh::{Mesh, MeshConfig, MeshError, RequestOptions, ServiceError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// Upper bound of every wait in the suite.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A unique service name.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Polls `cond` every 20 ms until it holds; panics after [`WAIT`] naming `what`.
+pub async fn wait_until<F: FnMut() -> bool>(what: &str, mut cond: F) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One RSA key shared by the whole test binary (key generation is slow in debug).
+pub fn service_key() -> Arc<ServiceKey> {
+    static KEY: OnceLock<Arc<ServiceKey>> = OnceLock::new();
+    KEY.get_or_init(|| Arc::new(ServiceKey::generate(1024).expect("generate RSA key")))
+        .clone()
+}
+
+async fn example(b: &Arc<dyn Backend>, name: &str) -> Mesh {
+    Mesh::connect(b.clone(), MeshConfig::service(name, ExampleService::new()))
+        .await
+        .expect("connect example service")
+}
+
+async fn client(b: &Arc<dyn Backend>) -> Mesh {
+    Mesh::connect(b.clone(), MeshConfig::client())
+        .await
+        .expect("connect client")
+}
+
+async fn call(c: &Mesh, svc: &str, method: &str, params: Value) -> Result<Value, MeshError> {
+    c.request(svc, method, params, json!({}), Some(WAIT), None)
+        .await
+}
+
+/// Takes dead letters of `service` from its dead-letter queue until `n` are seen
+/// (other services' dead letters are skipped: the DLX is a fanout).
+pub async fn dead_letters(conn: &Arc<dyn Connection>, service: &str, n: usize) -> Vec<Message> {
+    let mut stream = conn
+        .consume(
+            &message::dead_letter_queue(service),
+            ConsumeOptions::manual(100),
+        )
+        .await
+        .expect("consume dead-letter queue");
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while out.len() < n {
+        let d = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {n} dead letters of {service} arrived",
+                    out.len()
+                )
+            })
+            .expect("dead-letter stream ended");
+        let (m, settle) = d.into_parts();
+        settle.ack().await.expect("ack dead letter");
+        let ours = m
+            .death
+            .as_ref()
+            .is_some_and(|death| death.queue == message::service_queue(service));
+        if ours {
+            out.push(m);
+        }
+    }
+    out
+}
+
+fn raw_request(service: &str, body: &[u8], protocol: &'static str, kind: &'static str) -> Message {
+    let mut headers = Headers::new(MessageType::Request, None);
+    headers.nuropb_protocol = protocol.into();
+    headers.nuropb_type = kind.into();
+    let mut properties = Properties::new(format!("poison-{service}"));
+    properties.mandatory = true;
+    Message {
+        properties,
+        headers,
+        payload: Payload::Bytes(bytes::Bytes::copy_from_slice(body)),
+        death: None,
+    }
+}
+
+/// request/response: results, echo of params and context, trace id, correlation ids.
+pub async fn request_response(b: Arc<dyn Backend>) {
+    let svc = unique("rr");
+    let s = example(&b, &svc).await;
+    let c = client(&b).await;
+    assert!(c.client_only());
+    assert!(!s.client_only());
+    assert_eq!(s.service_name(), svc);
+    assert_eq!(
+        call(&c, &svc, "add", json!({"a": 2, "b": 3}))
+            .await
+            .unwrap(),
+        json!(5)
+    );
+    assert_eq!(
+        call(&c, &svc, "add", json!({"a": 1.5, "b": 2}))
+            .await
+            .unwrap(),
+        json!(3.5)
+    );
+    let echoed = c
+        .request(
+            &svc,
+            "echo",
+            json!({"x": [1, 2], "y": "z"}),
+            json!({"user": "u1"}),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed,
+        json!({"params": {"x": [1, 2], "y": "z"}, "context": {"user": "u1"}})
+    );
+    let opts = RequestOptions {
+        context: json!({"k": 1}),
+        trace_id: Some("trace-abc".into()),
+        ..RequestOptions::default()
+    };
+    let raw = c
+        .request_raw(&svc, "add", json!({"a": 1, "b": 1}), opts)
+        .await
+        .unwrap();
+    assert_eq!(raw.result, json!(2));
+    assert_eq!(raw.error, None);
+    assert_eq!(raw.trace_id.as_deref(), Some("trace-abc"));
+    assert_eq!(raw.context, json!({"k": 1}));
+    assert_eq!(raw.correlation_id.len(), 32);
+    assert_eq!(raw.reply_to.as_deref(), Some(c.response_queue()));
+    // Many concurrent requests all pair with their own replies.
+    let calls = (0..50i64).map(|i| {
+        let c = c.clone();
+        let svc = svc.clone();
+        async move { (i, call(&c, &svc, "add", json!({"a": i, "b": 1000})).await) }
+    });
+    for (i, r) in futures::future::join_all(calls).await {
+        assert_eq!(r.unwrap(), json!(i + 1000));
+    }
+    c.disconnect().await.unwrap();
+    s.disconnect().await.unwrap();
+}
+
+/// Errors: handler errors keep their class, unknown and private methods, bad
+/// parameters, unknown services, invalid arguments; the service keeps serving.
+pub async fn errors(b: Arc<dyn Backend>) {
+    let svc = unique("err");
+    let s = example(&b, &svc).await;
+    let c = client(&b).await;
+    match call(
+        &c,
+        &svc,
+        "fail",
+        json!({"message": "boom", "kind": "handling"}),
+    )
+    .await
+    {
+        Err(MeshError::Handling {
+            service,
+            method,
+            description,
+        }) => {
+            assert_eq!(
+                (service.as_str(), method.as_str(), description.as_str()),
+                (svc.as_str(), "fail", "boom")
+            );
+        }
+        other => panic!("expected Handling, got {other:?}"),
+    }
+    match call(
+        &c,
+        &svc,
+        "fail",
+        json!({"message": "nope", "kind": "validation"}),
+    )
+    .await
+    {
+        Err(MeshError::Remote { error, description }) => {
+            assert_eq!(error, "NuropbValidationError");
+            assert_eq!(description, "nope");
+        }
+        other => panic!("expected Remote, got {other:?}"),
+    }
+    match call(&c, &svc, "fail", json!({"message": "x"})).await {
+        Err(MeshError::Remote { error, description }) => {
+            assert_eq!(error, "NuropbException");
+            assert!(
+                description.contains("Runtime exception calling"),
+                "{description}"
+            );
+        }
+        other => panic!("expected Remote, got {other:?}"),
+    }
+    for m in ["no_such_method", "_private"] {
+        match call(&c, &svc, m, json!({})).await {
+            Err(MeshError::Handling { description, .. }) => {
+                assert_eq!(description, format!("Unknown method {m}"))
+            }
+            other => panic!("expected Handling for {m}, got {other:?}"),
+        }
+    }
+    match call(&c, &svc, "add", json!({"a": 1})).await {
+        Err(MeshError::Remote { error, description }) => {
+            assert_eq!(error, "NuropbValidationError");
+            assert!(description.contains("invalid parameters"), "{description}");
+        }
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+    match call(&c, &unique("absent"), "add", json!({})).await {
+        Err(MeshError::NotFound { method, .. }) => assert_eq!(method, "add"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert!(matches!(
+        call(&c, &svc, "add", json!([1, 2])).await,
+        Err(MeshError::InvalidArgument { what: "params", .. })
+    ));
+    assert!(matches!(
+        call(&c, "bad name!", "add", json!({})).await,
+        Err(MeshError::InvalidArgument { .. })
+    ));
+    assert_eq!(
+        call(&c, &svc, "add", json!({"a": 4, "b": 4}))
+            .await
+            .unwrap(),
+        json!(8)
+    );
+    c.disconnect().await.unwrap();
+    s.disconnect().await.unwrap();
+}
+
+/// A client-side deadline: a reply slower than the deadline gives `Timeout`, never a
+/// hang, and the late reply is ignored.
+pub async fn deadline(b: Arc<dyn Backend>) {
+    let svc = unique("dl");
+    let s = example(&b, &svc).await;
+    let c = client(&b).await;
+    let opts = RequestOptions {
+        timeout: Some(Duration::from_millis(300)),
+        ..RequestOptions::default()
+    };
+    let r = tokio::time::timeout(
+        WAIT,
+        c.request_with(&svc, "slow", json!({"seconds": 1.5}), opts),
+    )
+    .await
+    .expect("request must resolve by its deadline");
+    assert!(matches!(r, Err(MeshError::Timeout { .. })), "got {r:?}");
+    wait_until("the late reply to be dropped as unpaired", || {
+        c.unpaired_replies() >= 1
+    })
+    .await;
+    assert_eq!(
+        call(&c, &svc, "add", json!({"a": 1, "b": 2}))
+            .await
+            .unwrap(),
+        json!(3)
+    );
+    c.disconnect().await.unwrap();
+    s.disconnect().await.unwrap();
+}
+
+/// ttl expiry: a request whose ttl passes while queued behind a busy service is
+/// dead-lettered with reason `expired` and the caller gets an error.
+pub async fn ttl_expiry(b: Arc<dyn Backend>) {
+    let svc = unique("ttl");
+    let s = Mesh::connect(
+        b.clone(),
+        MeshConfig::service(&svc, ExampleService::new()).prefetch(1),
+    )
+    .await
+    .unwrap();
+    let c = client(&b).await;
+    let busy = {
+        let c = c.clone();
+        let svc = svc.clone();
+        tokio::spawn(async move { call(&c, &svc, "slow", json!({"seconds": 2.0})).await })
+    };
+    // Let the slow call occupy the only prefetch slot.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = tokio::time::timeout(
+        WAIT,
+        c.request(
+            &svc,
+            "add",
+            json!({"a": 40, "b": 2}),
+            json!({}),
+            Some(Duration::from_millis(200)),
+            None,
+        ),
+    )
+    .await
+    .expect("an expiring request must resolve");
+    assert!(
+        matches!(
+            r,
+            Err(MeshError::Timeout { .. }) | Err(MeshError::Expired { .. })
+        ),
+        "got {r:?}"
+    );
+    let probe = b.connect("dlq-probe").await.unwrap();
+    let dead = dead_letters(&probe, &svc, 1).await;
+    let death = dead[0].death.clone().unwrap();
+    assert_eq!(death.reason, DeathReason::Expired);
+    assert_eq!(death.exchange, RPC_EXCHANGE);
+    assert_eq!(death.routing_key, svc);
+    match dead[0].payload.envelope().unwrap().as_ref() {
+        Envelope::Request(body) => assert_eq!(body.params.get("a"), Some(&json!(40))),
+        other => panic!("expected the request in the DLQ, got {other:?}"),
+    }
+    assert_eq!(busy.await.unwrap().unwrap(), json!(2.0));
+    probe.close().await.unwrap();
+    c.disconnect().await.unwrap();
+    s.disconnect().await.unwrap();
+}
+
+/// Poison messages (bad JSON, wrong protocol, unknown type, a list body, a stray
+/// response) are dead-lettered once each with reason `rejected`, the caller of a
+/// decodable-but-bad request gets an error reply, and the service keeps serving.
+pub async fn poison_messages(b: Arc<dyn Backend>) {
+    let svc = unique("poison");
+    let s = example(&b, &svc).await;
+    let c = client(&b).await;
+    let conn = b.connect("poison-probe").await.unwrap();
+    let poison = [
+        raw_request(&svc, b"not json at all", "0.1.1", "request"),
+        raw_request(&svc, br#"{"tag":"request"}"#, "9.9.9", "request"),
+        raw_request(&svc, br#"{"tag":"request"}"#, "0.1.1", "bogus"),
+        raw_request(&svc, b"[1,2,3]", "0.1.1", "request"),
+        raw_request(&svc, b"\xff\xfe\x00garbage", "0.1.1", "command"),
+    ];
+    let n = poison.len();
+    for (i, mut m) in poison.into_iter().enumerate() {
+        m.properties.correlation_id = format!("poison-{i}");
+        if i == 0 {
+            // A request with a reply_to gets an error reply (unpaired here).
+            m.properties.reply_to = Some(c.response_queue().to_owned());
+        }
+        conn.publish(RPC_EXCHANGE, &svc, m).await.unwrap();
+    }
+    let dead = dead_letters(&conn, &svc, n).await;
+    assert_eq!(dead.len(), n);
+    for m in &dead {
+        assert_eq!(m.death.as_ref().unwrap().reason, DeathReason::Rejected);
+    }
+    wait_until("the error reply to the poison request", || {
+        c.unpaired_replies() >= 1
+    })
+    .await;
+    for i in 0..10 {
+        assert_eq!(
+            call(&c, &svc, "add", json!({"a": i, "b": 1}))
+                .await
+                .unwrap(),
+            json!(i + 1)
+        );
+    }
+    conn.close().await.unwrap();
+    c.disconnect().await.unwrap();
+    s.disconnect().await.unwrap();
+}
+
+/// Exactly one settlement per delivery: after a mix of successes, handler errors,
+/// commands and poison, exactly the poison messages are in the DLQ (no duplicates)
+/// and the service still answers (a double ack would kill a RabbitMQ channel).
+pub async fn exactly_one_ack(b: Arc<dyn Backend>) {
+    let svc = unique("ack");
+    let s = example(&b, &svc).await;
+    let c = client(&b).await;
+    let conn = b.connect("ack-probe").await.unwrap();
+    for i in 0..20i64 {
+        assert_eq!(
+            call(&c, &svc, "add", json!({"a": i, "b": i}))
+                .await
+                .unwrap(),
+            json!(2 * i)
+        );
+        assert!(
+            call(
+                &c,
+                &svc,
+                "fail",
+                json!({"message": "x", "kind": "handling"})
+            )
+            .await
+            .is_err()
+        );
+        c.command(
+            &svc,
+            "add",
+            json!({"a": 1, "b": 2}),
+            RequestOptions::default(),
+        )
+        .await
+        .unwrap();
+        if i % 5 == 0 {
+            let mut m = raw_request(&svc, b"{broken", "0.1.1", "request");
+            m.properties.correlation_id = format!("ack-poison-{i}");
+            conn.publish(RPC_EXCHANGE, &svc, m).await.unwrap();
+        }
+    }
+    let dead = dead_letters(&conn, &svc, 4).await;
+    assert_eq!(dead.len(), 4);
+    // Nothing else is dead-lettered: a marker poison message is the next one seen.
+    let mut m = raw_request(&svc, b"{marker", "0.1.1", "request");
+    m.properties.correlation_id = "ack-marker".into();
+    conn.publish(RPC_EXCHANGE, &svc, m).await.unwrap();
+    let next = dead_letters(&conn, &svc, 1).await;
+    assert_eq!(next[0].properties.correlation_id, "ack-marker");
+    assert_eq!(
+        call(&c, &svc, "add", json!({"a": 7, "b": 7}))
+            .await
+            .unwrap(),
+        json!(14)
+    );
+    conn.close().await.unwrap();
+    c.disconnect().await.unwrap();
+    s.disconnect().await.unwrap();
+}
+
+/// Commands: no reply, executed (observed through an emitted event); unknown service
+/// is an error.
+pub async fn command(b: Arc<dyn Backend>) {
+    let svc = unique("cmd");
+    let s = example(&b, &svc).await;
+    let c = client(&b).await;
+    let topic = format!("cmd.{}", unique("t"));
+    let mut sub = c.subscribe(&topic).await.unwrap();
+    c.command(
+        &svc,
+        "emit",
+        json!({"topic": topic, "payload": {"n": 1}}),
+        RequestOptions::default(),
+    )
+    .await
+    .unwrap();
+    let ev = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("event")
+        .expect("subscription open");
+    assert_eq!(ev.topic, topic);
+    assert_eq!(ev.event, json!({"n": 1}));
+    assert!(matches!(
+        c.command(&unique("absent"), "x", json!({}), RequestOptions::default())
+            .await,
+        Err(MeshError::NotFound { .. })
+    ));
+    c.disconnect().await.unwrap();
+    s.disconnect().await.unwrap();
+}
+
+/// Events by topic pattern: `*` and `#` subscriptions, service event bindings
+/// (`interop.#` on the example service), emitted events carry the call's ids.
+pub async fn events(b: Arc<dyn Backend>) {
+    let svc = unique("ev");
+    let s = example(&b, &svc).await;
+    let c = client(&b).await;
+    let root = unique("orders").replace('-', "_");
+    let mut star = c.subscribe(&format!("{root}.*")).await.unwrap();
+    let mut hash = c.subscribe(&format!("{root}.#")).await.unwrap();
+    c.publish_event(&format!("{root}.item.created"), json!(1), json!({}), None)
+        .await
+        .unwrap();
+    c.publish_event(
+        &format!("{root}.created"),
+        json!(2),
+        json!({"who": "me"}),
+        Some("tr".into()),
+    )
+    .await
+    .unwrap();
+    let e = tokio::time::timeout(WAIT, star.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (e.topic.as_str(), &e.event),
+        (format!("{root}.created").as_str(), &json!(2))
+    );
+    assert_eq!(e.context, json!({"who": "me"}));
+    assert_eq!(e.trace_id.as_deref(), Some("tr"));
+    let e1 = tokio::time::timeout(WAIT, hash.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let e2 = tokio::time::timeout(WAIT, hash.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((e1.event, e2.event), (json!(1), json!(2)));
+    // The service's own binding on interop.#.
+    let topic = format!("interop.{}", unique("x").replace('-', "_"));
+    c.publish_event(&topic, json!({"hello": "svc"}), json!({}), None)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let seen = call(&c, &svc, "events_seen", json!({})).await.unwrap();
+        if seen
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["topic"] == json!(topic))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "service never saw {topic}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An emitted event carries the request's trace id.
+    let etopic = format!("{root}.emitted");
+    let opts = RequestOptions {
+        trace_id: Some("trace-emit".into()),
+        ..RequestOptions::default()
+    };
+    c.request_with(&svc, "emit", json!({"topic": etopic, "payload": [1]}), opts)
+        .await
+        .unwrap();
+    let e = tokio::time::timeout(WAIT, star.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.topic, etopic);
+    assert_eq!(e.trace_id.as_deref(), Some("trace-emit"));
+    assert!(matches!(
+        c.publish_event("a.*", json!(1), json!({}), None).await,
+        Err(MeshError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        c.subscribe("a..b").await,
+        Err(MeshError::InvalidArgument { .. })
+    ));
+    c.disconnect().await.unwrap();
+    s.disconnect().await.unwrap();
+}
+
+fn leaders(ms: &[Mesh]) -> usize {
+    ms.iter().filter(|m| m.is_leader()).count()
+}
+
+/// Leader uniqueness and failover: exactly one live instance leads; leadership moves
+/// when the leader disconnects, and when it dies without disconnecting.
+pub async fn leader(b: Arc<dyn Backend>) {
+    let svc = unique("lead");
+    let mut ms = Vec::new();
+    for _ in 0..3 {
+        let cfg = MeshConfig::service(&svc, ExampleService::new())
+            .leader_interval(Duration::from_millis(50));
+        ms.push(Mesh::connect(b.clone(), cfg).await.unwrap());
+    }
+    let c = client(&b).await;
+    assert!(!c.is_leader());
+    wait_until("one leader among three", || leaders(&ms) == 1).await;
+    // Stays unique over several retry rounds.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(leaders(&ms), 1);
+    }
+    let i = ms.iter().position(|m| m.is_leader()).unwrap();
+    let old = ms.remove(i);
+    let mut watch = old.leader_watch();
+    old.disconnect().await.unwrap();
+    assert!(watch.wait_for(false).await);
+    assert!(!old.is_leader());
+    wait_until("a new leader after a graceful disconnect", || {
+        leaders(&ms) == 1
+    })
+    .await;
+    let i = ms.iter().position(|m| m.is_leader()).unwrap();
+    let crashed = ms.remove(i);
+    drop(crashed);
+    wait_until("a new leader after a crash", || leaders(&ms) == 1).await;
+    assert!(ms[0].is_leader());
+    c.disconnect().await.unwrap();
+    for m in ms {
+        m.disconnect().await.unwrap();
+    }
+}
+
+/// describe: the nuropb document shape; requires_encryption and has_public_key.
+pub async fn describe(b: Arc<dyn Backend>) {
+    let svc = unique("desc");
+    let key = service_key();
+    let s = Mesh::connect(
+        b.clone(),
+        MeshConfig::service(&svc, ExampleService::new()).service_keys(key.clone()),
+    )
+    .await
+    .unwrap();
+    let c = client(&b).await;
+    let d = c.describe_service(&svc, false).await.unwrap();
+    assert_eq!(d.service_name, svc);
+    assert!(d.encrypted_methods);
+    assert!(
+        d.public_key
+            .as_deref()
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----")
+    );
+    for m in [
+        "add",
+        "echo",
+        "fail",
+        "slow",
+        "emit",
+        "events_seen",
+        "secret_echo",
+    ] {
+        assert!(d.methods.contains_key(m), "describe lacks {m}");
+    }
+    let add = d.methods["add"].parameters.clone().unwrap();
+    assert_eq!(add.type_name, "object");
+    assert_eq!(
+        add.properties
+            .iter()
+            .map(|p| p.0.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(add.required, ["a", "b"]);
+    // The raw document has nuropb's shapes: properties as a list of pairs, a bool.
+    let raw = call(&c, &svc, "nuropb_describe", json!({})).await.unwrap();
+    assert!(raw["methods"]["add"]["parameters"]["properties"][0].is_array());
+    assert_eq!(raw["encrypted_methods"], json!(true));
+    assert!(c.requires_encryption(&svc, "secret_echo").await.unwrap());
+    assert!(!c.requires_encryption(&svc, "add").await.unwrap());
+    assert!(c.has_public_key(&svc).await.unwrap());
+    // Without keys: no public key published.
+    let svc2 = unique("desc");
+    let s2 = example(&b, &svc2).await;
+    assert!(!c.has_public_key(&svc2).await.unwrap());
+    assert!(matches!(
+        c.describe_service(&unique("absent"), false).await,
+        Err(MeshError::NotFound { .. })
+    ));
+    c.disconnect().await.unwrap();
+    s.disconnect().await.unwrap();
+    s2.disconnect().await.unwrap();
+}
+
+/// Encryption: `requires_encryption` is enforced; encrypted calls work against every
+/// instance of a service sharing one key; encrypted errors come back decrypted.
+pub async fn encryption(b: Arc<dyn Backend>) {
+    let svc = unique("enc");
+    let key = service_key();
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let cfg = MeshConfig::service(&svc, ExampleService::new()).service_keys(key.clone());
+        instances.push(Mesh::connect(b.clone(), cfg).await.unwrap());
+    }
+    let c = Mesh::connect(
+        b.clone(),
+        MeshConfig::client().client_cipher(Arc::new(NuropbCipher)),
+    )
+    .await
+    .unwrap();
+    match call(&c, &svc, "secret_echo", json!({"text": "hi"})).await {
+        Err(MeshError::EncryptionRequired { service, method }) => {
+            assert_eq!(
+                (service.as_str(), method.as_str()),
+                (svc.as_str(), "secret_echo")
+            );
+        }
+        other => panic!("expected EncryptionRequired, got {other:?}"),
+    }
+    let enc = || RequestOptions {
+        encrypted: true,
+        context: json!({"c": 1}),
+        ..RequestOptions::default()
+    };
+    for i in 0..8 {
+        let text = format!("secret {i}");
+        let r = c
+            .request_with(&svc, "secret_echo", json!({"text": text}), enc())
+            .await
+            .unwrap();
+        assert_eq!(r, json!(text));
+    }
+    assert_eq!(
+        c.request_with(&svc, "add", json!({"a": 1, "b": 2}), enc())
+            .await
+            .unwrap(),
+        json!(3)
+    );
+    assert!(matches!(
+        c.request_with(
+            &svc,
+            "fail",
+            json!({"message": "m", "kind": "handling"}),
+            enc()
+        )
+        .await,
+        Err(MeshError::Handling { .. })
+    ));
+    // A client without a cipher cannot encrypt.
+    let plain = client(&b).await;
+    assert!(matches!(
+        plain
+            .request_with(&svc, "secret_echo", json!({"text": "x"}), enc())
+            .await,
+        Err(MeshError::Encryption(_))
+    ));
+    // A service without keys refuses encrypted traffic with an error reply.
+    let svc2 = unique("enc");
+    let s2 = example(&b, &svc2).await;
+    let conn = b.connect("enc-probe").await.unwrap();
+    let mut m = raw_request(&svc2, b"AAAA.BBBB", "0.1.1", "request");
+    m.headers.encrypted = true;
+    conn.publish(RPC_EXCHANGE, &svc2, m).await.unwrap();
+    let dead = dead_letters(&conn, &svc2, 1).await;
+    assert_eq!(
+        dead[0].death.as_ref().unwrap().reason,
+        DeathReason::Rejected
+    );
+    assert_eq!(
+        call(&c, &svc2, "add", json!({"a": 1, "b": 1}))
+            .await
+            .unwrap(),
+        json!(2)
+    );
+    conn.close().await.unwrap();
+    for m in instances {
+        m.disconnect().await.unwrap();
+    }
+    s2.disconnect().await.unwrap();
+    plain.disconnect().await.unwrap();
+    c.disconnect().await.unwrap();
+}
+
+#[derive(Deserialize)]
+struct WorkParams {
+    ms: u64,
+}
+
+/// Graceful shutdown: requests in flight when `disconnect` starts are finished and
+/// answered.
+pub async fn graceful_shutdown(b: Arc<dyn Backend>) {
+    let svc = unique("grace");
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let router = ServiceRouter::new("1", "work").method(
+        MethodInfo::new("work", "signals, sleeps, answers").param("ms", "int", ""),
+        move |p: WorkParams, _ctx: Arc<RequestContext>| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(());
+                tokio::time::sleep(Duration::from_millis(p.ms)).await;
+                Ok::<_, ServiceError>(json!(p.ms))
+            }
+        },
+    );
+    let s = Mesh::connect(b.clone(), MeshConfig::service(&svc, router).prefetch(8))
+        .await
+        .unwrap();
+    let c = client(&b).await;
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let c = c.clone();
+            let svc = svc.clone();
+            tokio::spawn(async move { call(&c, &svc, "work", json!({"ms": 500})).await })
+        })
+        .collect();
+    for _ in 0..4 {
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("handler started")
+            .unwrap();
+    }
+    s.disconnect().await.unwrap();
+    assert!(!s.connected());
+    for h in calls {
+        assert_eq!(h.await.unwrap().unwrap(), json!(500));
+    }
+    assert!(matches!(
+        s.request(&svc, "work", json!({"ms": 1}), json!({}), None, None)
+            .await,
+        Err(MeshError::Disconnected)
+    ));
+    c.disconnect().await.unwrap();
+}
+
+/// Replies for untracked correlation ids are ignored; a fixed instance id is single
+/// instance (a second handle with it is refused).
+pub async fn unpaired_and_single_instance(b: Arc<dyn Backend>) {
+    let svc = unique("single");
+    let s = Mesh::connect(
+        b.clone(),
+        MeshConfig::service(&svc, ExampleService::new()).instance_id("fixed"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.instance_id(), "fixed");
+    assert_eq!(s.response_queue(), format!("nuropb-{svc}-fixed-rq"));
+    let second = Mesh::connect(
+        b.clone(),
+        MeshConfig::service(&svc, ExampleService::new()).instance_id("fixed"),
+    )
+    .await;
+    assert!(
+        second.is_err(),
+        "a second instance with the same id must be refused"
+    );
+    let c = client(&b).await;
+    let conn = b.connect("stray").await.unwrap();
+    let body = herald_mesh::ResponseBody {
+        result: json!("stray"),
+        error: None,
+        correlation_id: "0".repeat(32),
+        trace_id: None,
+        context: json!({}),
+        warning: None,
+        reply_to: None,
+    };
+    let mut m = Message::from_envelope(Envelope::Response(body));
+    m.properties.correlation_id = "0".repeat(32);
+    conn.publish(message::DEFAULT_EXCHANGE, c.response_queue(), m)
+        .await
+        .unwrap();
+    wait_until("the stray reply to be counted", || {
+        c.unpaired_replies() == 1
+    })
+    .await;
+    assert_eq!(
+        call(&c, &svc, "add", json!({"a": 2, "b": 2}))
+            .await
+            .unwrap(),
+        json!(4)
+    );
+    conn.close().await.unwrap();
+    c.disconnect().await.unwrap();
+    s.disconnect().await.unwrap();
+}
+
+/// Generates one `#[tokio::test]` per suite function; `$backend` is an expression of
+/// type `Option<Arc<dyn Backend>>` evaluated per test (`None` skips).
+macro_rules! conformance_tests {
+    ($backend:expr) => {
+        conformance_tests!(@each $backend;
+            request_response, errors, deadline, ttl_expiry, poison_messages, exactly_one_ack,
+            command, events, leader, describe, encryption, graceful_shutdown,
+            unpaired_and_single_instance);
+    };
+    (@each $backend:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let backend: Option<std::sync::Arc<dyn herald_mesh::Backend>> = $backend;
+                let Some(backend) = backend else { return };
+                conformance::$name(backend).await;
+            }
+        )*
+    };
+}
