@@ -49,6 +49,9 @@ use rsa::pkcs8::{
 use rsa::{Oaep, RsaPrivateKey, RsaPublicKey};
 use sha2::Sha256;
 
+use crate::error::MeshError;
+use crate::service::{ClientCipher, ServiceKeys, SessionKey};
+
 type HmacSha256 = Hmac<Sha256>;
 type Aes128CbcEnc = cbc::Encryptor<Aes128>;
 type Aes128CbcDec = cbc::Decryptor<Aes128>;
@@ -486,6 +489,72 @@ pub fn seal_reply(body: &[u8], key: &FernetKey, own: &PublicKey) -> Result<Vec<u
 pub fn open_reply(wire: &[u8], key: &FernetKey) -> Result<Vec<u8>, CryptoError> {
     let (_key_part, token_part) = split_body(wire)?;
     open_token_part(token_part, key)
+}
+
+/// A per-call Fernet session as the mesh uses it ([`SessionKey`]): the call's Fernet
+/// key and the public key the key part of sealed bodies is wrapped for (the service's
+/// own key on the service side, as nuropb does; the target's key on the client side).
+#[derive(Clone, Debug)]
+pub struct FernetSession {
+    key: FernetKey,
+    wrap_for: PublicKey,
+}
+
+impl FernetSession {
+    /// A session.
+    pub fn new(key: FernetKey, wrap_for: PublicKey) -> Self {
+        Self { key, wrap_for }
+    }
+
+    /// The call's Fernet key.
+    pub fn key(&self) -> &FernetKey {
+        &self.key
+    }
+}
+
+fn mesh_err(e: CryptoError) -> MeshError {
+    MeshError::Encryption(e.to_string())
+}
+
+impl SessionKey for FernetSession {
+    fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, MeshError> {
+        seal_reply(plaintext, &self.key, &self.wrap_for).map_err(mesh_err)
+    }
+
+    fn open(&self, ciphertext: &[u8]) -> Result<Vec<u8>, MeshError> {
+        open_reply(ciphertext, &self.key).map_err(mesh_err)
+    }
+}
+
+impl ServiceKeys for ServiceKey {
+    fn public_key_pem(&self) -> String {
+        self.public.to_pem()
+    }
+
+    fn open_request(&self, body: &[u8]) -> Result<(Vec<u8>, Box<dyn SessionKey>), MeshError> {
+        let (plain, key) = open_request(body, self).map_err(mesh_err)?;
+        Ok((
+            plain,
+            Box::new(FernetSession::new(key, self.public.clone())),
+        ))
+    }
+}
+
+/// The client side of nuropb encryption ([`ClientCipher`]): a fresh Fernet key per call,
+/// RSA-OAEP-wrapped for the target service's published public key.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NuropbCipher;
+
+impl ClientCipher for NuropbCipher {
+    fn seal_request(
+        &self,
+        public_key_pem: &str,
+        plaintext: &[u8],
+    ) -> Result<(Vec<u8>, Box<dyn SessionKey>), MeshError> {
+        let public = PublicKey::from_pem(public_key_pem).map_err(mesh_err)?;
+        let (wire, key) = seal_request(plaintext, &public).map_err(mesh_err)?;
+        Ok((wire, Box::new(FernetSession::new(key, public))))
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@
 //! # }).unwrap();
 //! ```
 
+pub mod amqp;
 pub mod backend;
 pub mod crypto;
 pub mod error;

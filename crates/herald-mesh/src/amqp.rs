@@ -1,0 +1,1404 @@
+//! The RabbitMQ backend, over lapin 4, speaking nuropb 0.1.1 on the wire.
+//!
+//! [`AmqpBackend`] implements [`Backend`]; each [`AmqpConnection`] is one AMQP connection
+//! with:
+//!
+//! * one **publish channel** in confirm mode. Every publish waits for the broker's confirm,
+//!   so a request, command or event is either routed or reported as an error; a `mandatory`
+//!   message that matches no queue comes back as [`MeshError::Unroutable`] (nuropb's
+//!   `basic.return` 312 NO_ROUTE);
+//! * one **channel per consumer**, so each consumer has its own prefetch (`basic.qos`) and a
+//!   refused exclusive consume (403, "in exclusive use") closes only that channel;
+//! * a **topology channel** for declarations. Exchanges and queues are declared by Herald
+//!   itself, idempotently, with nuropb's exact flags and arguments (a mismatch would be a 406);
+//!   every declaration is remembered and replayed after a reconnect;
+//! * a **leader channel**: the leader lock of a service is the exclusive queue
+//!   `nuropb-<service>-leader`. Exactly one connection can own it; the broker deletes it
+//!   when that connection closes or dies, and the next [`Connection::try_lead`] of another
+//!   instance takes it over.
+//!
+//! **Reconnect.** When the broker connection is lost, the next operation (or a consumer)
+//! reconnects with exponential backoff ([`AmqpOptions::reconnect_initial`] doubling up to
+//! [`AmqpOptions::reconnect_max`]), replays the remembered topology and restarts every
+//! consumer on the new connection, so the [`DeliveryStream`]s handed out keep flowing.
+//! Operations give up with an error after [`AmqpOptions::reconnect_wait`]. Publishes are
+//! never silently retried (a publish whose confirm was lost might have been routed).
+//!
+//! **Decoding** never fails: whatever arrives becomes a [`Message`]; missing or bad nuropb
+//! headers are left for [`Headers::message_type`] to report, so that the service can
+//! dead-letter a poison message once and keep serving ([`message_from_amqp`]).
+//!
+//! ```no_run
+//! use herald_mesh::amqp::AmqpBackend;
+//! use herald_mesh::backend::{Backend, nuropb_exchanges};
+//! # async fn demo() -> Result<(), herald_mesh::MeshError> {
+//! let backend = AmqpBackend::new("amqp://guest:guest@127.0.0.1:5672/%2f")?;
+//! let conn = backend.connect("example").await?;
+//! for exchange in nuropb_exchanges() {
+//!     conn.declare_exchange(&exchange).await?;
+//! }
+//! conn.close().await?;
+//! # Ok(()) }
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use lapin::message::Delivery as LapinDelivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, ConnectionProperties, ErrorKind};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::backend::{
+    Acker, Backend, Connection, ConsumeOptions, Delivery, DeliveryStream, ExchangeKind,
+    ExchangeSpec, QueueSpec,
+};
+use crate::error::MeshError;
+use crate::message::{
+    CONTENT_TYPE_JSON, DL_EXCHANGE, DeathInfo, DeathReason, Headers, Message, Payload, Properties,
+    header, leader_queue,
+};
+
+const BACKEND: &str = "amqp";
+
+/// Tuning of the RabbitMQ backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AmqpOptions {
+    /// First delay between reconnect attempts (doubles each attempt).
+    pub reconnect_initial: Duration,
+    /// Largest delay between reconnect attempts.
+    pub reconnect_max: Duration,
+    /// How long an operation waits for a lost connection to come back before failing.
+    pub reconnect_wait: Duration,
+    /// Wait for the broker's publisher confirm on every publish (default true).
+    pub publisher_confirms: bool,
+}
+
+impl Default for AmqpOptions {
+    fn default() -> Self {
+        Self {
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            reconnect_wait: Duration::from_secs(30),
+            publisher_confirms: true,
+        }
+    }
+}
+
+/// A RabbitMQ broker reached through an AMQP URL.
+#[derive(Clone)]
+pub struct AmqpBackend {
+    url: String,
+    mesh_name: String,
+    options: AmqpOptions,
+}
+
+impl fmt::Debug for AmqpBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpBackend")
+            .field("url", &redact(&self.url))
+            .field("mesh_name", &self.mesh_name)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// The URL with its password replaced by `***` (for logs and errors).
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((creds, host)) => match creds.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://{creds}@{host}"),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// The mesh name of an AMQP URL as nuropb computes it: the raw last path segment
+/// (`amqp://h/%2f` → `%2f`, `amqp://h/nuropb` → `nuropb`).
+pub fn mesh_name_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+    match rest.split_once('/') {
+        Some((_, path)) => path.rsplit('/').next().unwrap_or(path).to_owned(),
+        None => String::new(),
+    }
+}
+
+impl AmqpBackend {
+    /// A backend for `url` (`amqp://user:pass@host:port/vhost`) with default options.
+    pub fn new(url: &str) -> Result<Self, MeshError> {
+        Self::with_options(url, AmqpOptions::default())
+    }
+
+    /// A backend with explicit options.
+    pub fn with_options(url: &str, options: AmqpOptions) -> Result<Self, MeshError> {
+        lapin::uri::AMQPUri::from_str(url).map_err(|reason| MeshError::InvalidArgument {
+            what: "AMQP URL",
+            value: redact(url),
+            reason,
+        })?;
+        Ok(Self {
+            url: url.to_owned(),
+            mesh_name: mesh_name_of(url),
+            options,
+        })
+    }
+
+    /// The broker URL (with its password).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &AmqpOptions {
+        &self.options
+    }
+}
+
+impl Backend for AmqpBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn mesh_name(&self) -> &str {
+        &self.mesh_name
+    }
+
+    fn connect<'a>(
+        &'a self,
+        client_name: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<dyn Connection>, MeshError>> {
+        Box::pin(async move {
+            let conn = AmqpConnection::open(&self.url, client_name, self.options.clone()).await?;
+            Ok(Arc::new(conn) as Arc<dyn Connection>)
+        })
+    }
+}
+
+/// What was declared, replayed in order after a reconnect.
+#[derive(Clone, Debug)]
+enum Declared {
+    Exchange(ExchangeSpec),
+    Queue(QueueSpec),
+}
+
+/// One live broker connection and its long-lived channels.
+struct Live {
+    generation: u64,
+    conn: lapin::Connection,
+    publish: Channel,
+    topology: Mutex<Option<Channel>>,
+    leader: Mutex<Option<Channel>>,
+}
+
+impl Live {
+    fn is_connected(&self) -> bool {
+        self.conn.status().connected() && self.publish.status().connected()
+    }
+
+    /// The topology channel, opened on demand (a failed declaration closes it).
+    async fn channel<'a>(
+        &'a self,
+        slot: &'a Mutex<Option<Channel>>,
+    ) -> Result<Channel, lapin::Error> {
+        let mut guard = slot.lock().await;
+        if let Some(ch) = guard.as_ref() {
+            if ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        let ch = self.conn.create_channel().await?;
+        *guard = Some(ch.clone());
+        Ok(ch)
+    }
+}
+
+struct Inner {
+    url: String,
+    client_name: String,
+    options: AmqpOptions,
+    current: RwLock<Option<Arc<Live>>>,
+    reconnecting: Mutex<()>,
+    generation: AtomicU64,
+    declared: StdMutex<Vec<Declared>>,
+    closed: AtomicBool,
+    closed_tx: tokio::sync::watch::Sender<bool>,
+}
+
+/// One connection to RabbitMQ (see the [module docs](self)).
+#[derive(Clone)]
+pub struct AmqpConnection {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for AmqpConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpConnection")
+            .field("url", &redact(&self.inner.url))
+            .field("client_name", &self.inner.client_name)
+            .field("generation", &self.inner.generation.load(Ordering::Relaxed))
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+fn short(what: &'static str, value: &str) -> Result<ShortString, MeshError> {
+    ShortString::try_new(value).map_err(|_| MeshError::InvalidArgument {
+        what,
+        value: value.chars().take(64).collect::<String>() + "…",
+        reason: format!("{} bytes; AMQP short strings hold at most 255", value.len()),
+    })
+}
+
+/// The operation and object an AMQP error is about, for error mapping.
+#[derive(Clone, Copy)]
+enum About<'a> {
+    Exchange(&'a str),
+    Queue(&'a str),
+    Other(&'a str),
+}
+
+fn map_err(op: &str, about: About<'_>, err: &lapin::Error) -> MeshError {
+    if let ErrorKind::ProtocolError(amqp) = err.kind() {
+        let text = amqp.get_message().as_str().to_owned();
+        if let AMQPErrorKind::Soft(soft) = amqp.kind() {
+            match (soft, about) {
+                (AMQPSoftError::RESOURCELOCKED, About::Queue(q)) => {
+                    return MeshError::ExclusiveInUse {
+                        queue: q.to_owned(),
+                    };
+                }
+                (AMQPSoftError::ACCESSREFUSED, About::Queue(q)) if text.contains("exclusive") => {
+                    return MeshError::ExclusiveInUse {
+                        queue: q.to_owned(),
+                    };
+                }
+                (AMQPSoftError::NOTFOUND, About::Queue(q)) if text.contains("queue") => {
+                    return MeshError::NoSuchQueue {
+                        queue: q.to_owned(),
+                    };
+                }
+                (AMQPSoftError::NOTFOUND, About::Exchange(x))
+                | (AMQPSoftError::NOTFOUND, About::Other(x)) => {
+                    return MeshError::NoSuchExchange {
+                        exchange: exchange_in(&text).unwrap_or(x).to_owned(),
+                    };
+                }
+                (AMQPSoftError::NOTFOUND, About::Queue(_)) => {
+                    return MeshError::NoSuchExchange {
+                        exchange: exchange_in(&text).unwrap_or("?").to_owned(),
+                    };
+                }
+                (AMQPSoftError::PRECONDITIONFAILED, About::Queue(q)) => {
+                    return MeshError::PreconditionFailed {
+                        object: "queue",
+                        name: q.to_owned(),
+                        reason: text,
+                    };
+                }
+                (AMQPSoftError::PRECONDITIONFAILED, About::Exchange(x)) => {
+                    return MeshError::PreconditionFailed {
+                        object: "exchange",
+                        name: x.to_owned(),
+                        reason: text,
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+    let name = match about {
+        About::Exchange(n) | About::Queue(n) | About::Other(n) => n,
+    };
+    MeshError::Backend {
+        backend: BACKEND,
+        reason: format!("{op} {name:?}: {err}"),
+    }
+}
+
+/// Extracts `'name'` from a broker message like "no exchange 'x' in vhost '/'".
+fn exchange_in(text: &str) -> Option<&str> {
+    let start = text.find("exchange '")? + "exchange '".len();
+    let len = text[start..].find('\'')?;
+    Some(&text[start..start + len])
+}
+
+impl AmqpConnection {
+    /// Connects to `url`; fails at once (no retry) if the broker does not answer.
+    pub async fn open(
+        url: &str,
+        client_name: &str,
+        options: AmqpOptions,
+    ) -> Result<Self, MeshError> {
+        let (closed_tx, _) = tokio::sync::watch::channel(false);
+        let inner = Arc::new(Inner {
+            url: url.to_owned(),
+            client_name: client_name.to_owned(),
+            options,
+            current: RwLock::new(None),
+            reconnecting: Mutex::new(()),
+            generation: AtomicU64::new(0),
+            declared: StdMutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+            closed_tx,
+        });
+        let live = Inner::dial(&inner).await?;
+        if let Ok(mut cur) = inner.current.write() {
+            *cur = Some(live);
+        }
+        tracing::debug!(url = %redact(url), client = client_name, "amqp connected");
+        Ok(Self { inner })
+    }
+
+    /// How many times the connection was (re)established (1 after [`AmqpConnection::open`]).
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::SeqCst)
+    }
+
+    /// Closes the underlying broker connection abruptly **without** closing this handle,
+    /// as a network failure would; the next operation reconnects. For tests of the
+    /// reconnect path.
+    pub async fn simulate_connection_loss(&self) {
+        let live = self.inner.current.read().ok().and_then(|c| c.clone());
+        if let Some(live) = live {
+            let _ = live
+                .conn
+                .close(320, ShortString::from("herald: simulated connection loss"))
+                .await;
+        }
+    }
+
+    /// Deletes a queue (test and tooling helper). Missing queues are not an error.
+    pub async fn delete_queue(&self, queue: &str) -> Result<(), MeshError> {
+        let live = self.inner.live().await?;
+        let ch = live
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| map_err("channel.open", About::Queue(queue), &e))?;
+        let res = ch
+            .queue_delete(
+                short("queue name", queue)?,
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await;
+        let _ = ch.close(200, ShortString::from("done")).await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => match map_err("queue.delete", About::Queue(queue), &e) {
+                MeshError::NoSuchQueue { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Number of ready messages in `queue` (passive declare).
+    pub async fn queue_len(&self, queue: &str) -> Result<u32, MeshError> {
+        let live = self.inner.live().await?;
+        let ch = live
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| map_err("channel.open", About::Queue(queue), &e))?;
+        let res = ch
+            .queue_declare(
+                short("queue name", queue)?,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = ch.close(200, ShortString::from("done")).await;
+        res.map(|q| q.message_count())
+            .map_err(|e| map_err("queue.declare(passive)", About::Queue(queue), &e))
+    }
+}
+
+impl Inner {
+    /// Opens a broker connection with its publish channel.
+    async fn dial(this: &Arc<Self>) -> Result<Arc<Live>, MeshError> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(LongString::from(this.client_name.clone()))
+            .with_client_property(ShortString::from("product"), LongString::from("Herald"))
+            .with_client_property(
+                ShortString::from("version"),
+                LongString::from(env!("CARGO_PKG_VERSION")),
+            )
+            .with_client_property(
+                ShortString::from("protocol"),
+                LongString::from(crate::message::NUROPB_PROTOCOL),
+            );
+        let conn = lapin::Connection::connect(&this.url, props)
+            .await
+            .map_err(|e| MeshError::Backend {
+                backend: BACKEND,
+                reason: format!("cannot connect to {}: {e}", redact(&this.url)),
+            })?;
+        let publish = conn
+            .create_channel()
+            .await
+            .map_err(|e| map_err("channel.open", About::Other("publish channel"), &e))?;
+        if this.options.publisher_confirms {
+            publish
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| map_err("confirm.select", About::Other("publish channel"), &e))?;
+        }
+        let generation = this.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(Arc::new(Live {
+            generation,
+            conn,
+            publish,
+            topology: Mutex::new(None),
+            leader: Mutex::new(None),
+        }))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn current(&self) -> Option<Arc<Live>> {
+        self.current.read().ok().and_then(|c| c.clone())
+    }
+
+    /// The live connection, reconnecting (with backoff, bounded by `reconnect_wait`) if
+    /// it was lost.
+    async fn live(self: &Arc<Self>) -> Result<Arc<Live>, MeshError> {
+        if self.is_closed() {
+            return Err(MeshError::Disconnected);
+        }
+        if let Some(live) = self.current() {
+            if live.is_connected() {
+                return Ok(live);
+            }
+        }
+        let _guard = self.reconnecting.lock().await;
+        if let Some(live) = self.current() {
+            if live.is_connected() {
+                return Ok(live);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.options.reconnect_wait;
+        let mut delay = self.options.reconnect_initial;
+        let mut attempt = 0u32;
+        loop {
+            if self.is_closed() {
+                return Err(MeshError::Disconnected);
+            }
+            attempt += 1;
+            match Self::dial(self).await {
+                Ok(live) => {
+                    self.replay(&live).await;
+                    if let Ok(mut cur) = self.current.write() {
+                        *cur = Some(live.clone());
+                    }
+                    tracing::info!(
+                        url = %redact(&self.url),
+                        attempt,
+                        generation = live.generation,
+                        "amqp reconnected; topology re-declared"
+                    );
+                    return Ok(live);
+                }
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, ?delay, "amqp reconnect failed");
+                    if tokio::time::Instant::now() + delay > deadline {
+                        return Err(MeshError::Backend {
+                            backend: BACKEND,
+                            reason: format!(
+                                "connection to {} lost and not re-established after {attempt} attempts ({:?}): {e}",
+                                redact(&self.url),
+                                self.options.reconnect_wait
+                            ),
+                        });
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.options.reconnect_max);
+                }
+            }
+        }
+    }
+
+    /// Re-declares everything declared so far on a fresh connection.
+    async fn replay(&self, live: &Live) {
+        let declared = self.declared.lock().map(|d| d.clone()).unwrap_or_default();
+        for item in &declared {
+            let res = match item {
+                Declared::Exchange(spec) => declare_exchange_on(live, spec).await,
+                Declared::Queue(spec) => declare_queue_on(live, spec).await,
+            };
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "re-declaring after reconnect failed");
+            }
+        }
+    }
+
+    fn remember(&self, item: Declared) {
+        let Ok(mut declared) = self.declared.lock() else {
+            return;
+        };
+        let same = |d: &Declared| match (d, &item) {
+            (Declared::Exchange(a), Declared::Exchange(b)) => a.name == b.name,
+            (Declared::Queue(a), Declared::Queue(b)) => a.name == b.name,
+            _ => false,
+        };
+        if let Some(slot) = declared.iter_mut().find(|d| same(d)) {
+            *slot = item;
+        } else {
+            declared.push(item);
+        }
+    }
+}
+
+fn lapin_kind(kind: ExchangeKind) -> lapin::ExchangeKind {
+    match kind {
+        ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+        ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+        ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+    }
+}
+
+async fn declare_exchange_on(live: &Live, spec: &ExchangeSpec) -> Result<(), MeshError> {
+    let about = About::Exchange(&spec.name);
+    let ch = live
+        .channel(&live.topology)
+        .await
+        .map_err(|e| map_err("channel.open", about, &e))?;
+    ch.exchange_declare(
+        short("exchange name", &spec.name)?,
+        lapin_kind(spec.kind),
+        ExchangeDeclareOptions {
+            durable: spec.durable,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| map_err("exchange.declare", about, &e))
+}
+
+/// nuropb's queue arguments: `x-dead-letter-exchange` as a long string (what pika
+/// sends), plus Herald's `x-max-length` for bounded queues.
+pub fn queue_arguments(spec: &QueueSpec) -> FieldTable {
+    let mut args = FieldTable::default();
+    if let Some(dlx) = &spec.dead_letter_exchange {
+        args.insert(
+            ShortString::from("x-dead-letter-exchange"),
+            AMQPValue::LongString(LongString::from(dlx.as_str())),
+        );
+    }
+    if let Some(max) = spec.max_length {
+        args.insert(
+            ShortString::from("x-max-length"),
+            AMQPValue::LongLongInt(i64::try_from(max).unwrap_or(i64::MAX)),
+        );
+    }
+    args
+}
+
+async fn declare_queue_on(live: &Live, spec: &QueueSpec) -> Result<(), MeshError> {
+    let about = About::Queue(&spec.name);
+    let name = short("queue name", &spec.name)?;
+    let ch = live
+        .channel(&live.topology)
+        .await
+        .map_err(|e| map_err("channel.open", about, &e))?;
+    let declared = ch
+        .queue_declare(
+            name.clone(),
+            QueueDeclareOptions {
+                durable: spec.durable,
+                auto_delete: spec.auto_delete,
+                ..QueueDeclareOptions::default()
+            },
+            queue_arguments(spec),
+        )
+        .await;
+    if let Err(e) = declared {
+        let err = map_err("queue.declare", about, &e);
+        // A dead-letter queue created earlier by nuropb's `configure_nuropb_rmq` (no
+        // arguments) is used as it is rather than failing the whole connect.
+        let is_dl = spec.bindings.iter().all(|b| b.exchange == DL_EXCHANGE);
+        if matches!(err, MeshError::PreconditionFailed { .. }) && is_dl {
+            tracing::warn!(queue = %spec.name, error = %err, "using the existing dead-letter queue as declared");
+            let ch = live
+                .channel(&live.topology)
+                .await
+                .map_err(|e| map_err("channel.open", about, &e))?;
+            ch.queue_declare(
+                name.clone(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| map_err("queue.declare(passive)", about, &e))?;
+        } else {
+            return Err(err);
+        }
+    }
+    for binding in &spec.bindings {
+        let ch = live
+            .channel(&live.topology)
+            .await
+            .map_err(|e| map_err("channel.open", about, &e))?;
+        ch.queue_bind(
+            name.clone(),
+            short("exchange name", &binding.exchange)?,
+            short("routing key", &binding.routing_key)?,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| map_err("queue.bind", About::Exchange(&binding.exchange), &e))?;
+    }
+    Ok(())
+}
+
+/// Builds the AMQP properties and header table of `message`, exactly as nuropb 0.1.8
+/// publishes them (§3.1 of the spec): `content_type`, `correlation_id`, `reply_to`
+/// (empty when none), `expiration` as a decimal string, transient delivery, and the
+/// headers `nuropb_protocol`, `nuropb_version`, `nuropb_type`, `trace_id` (void when
+/// none) and `encrypted` (`"yes"` or `""`), plus Herald's `herald_deadline` when set.
+pub fn amqp_properties(message: &Message) -> Result<BasicProperties, MeshError> {
+    let p = &message.properties;
+    let h = &message.headers;
+    let mut headers = FieldTable::default();
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    headers.insert(
+        ShortString::from(header::NUROPB_PROTOCOL),
+        text(&h.nuropb_protocol),
+    );
+    headers.insert(
+        ShortString::from(header::NUROPB_VERSION),
+        text(&h.nuropb_version),
+    );
+    headers.insert(ShortString::from(header::NUROPB_TYPE), text(&h.nuropb_type));
+    headers.insert(
+        ShortString::from(header::TRACE_ID),
+        match &h.trace_id {
+            Some(t) => text(t),
+            None => AMQPValue::Void,
+        },
+    );
+    headers.insert(
+        ShortString::from(header::ENCRYPTED),
+        text(if h.encrypted { "yes" } else { "" }),
+    );
+    if let Some(deadline) = h.deadline_ms {
+        headers.insert(
+            ShortString::from(header::DEADLINE),
+            AMQPValue::LongLongInt(i64::try_from(deadline).unwrap_or(i64::MAX)),
+        );
+    }
+    let mut props = BasicProperties::default()
+        .with_content_type(short("content_type", &p.content_type)?)
+        .with_correlation_id(short("correlation_id", &p.correlation_id)?)
+        .with_reply_to(short("reply_to", p.reply_to.as_deref().unwrap_or(""))?)
+        .with_headers(headers);
+    if let Some(ttl) = p.expiration_ms {
+        props = props.with_expiration(ShortString::from(ttl.to_string()));
+    }
+    Ok(props)
+}
+
+fn value_text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::ByteArray(b) => Some(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        _ => None,
+    }
+}
+
+fn value_u64(v: &AMQPValue) -> Option<u64> {
+    match *v {
+        AMQPValue::ShortShortUInt(n) => Some(u64::from(n)),
+        AMQPValue::ShortUInt(n) => Some(u64::from(n)),
+        AMQPValue::LongUInt(n) => Some(u64::from(n)),
+        AMQPValue::ShortShortInt(n) => u64::try_from(n).ok(),
+        AMQPValue::ShortInt(n) => u64::try_from(n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(n).ok(),
+        AMQPValue::LongLongInt(n) => u64::try_from(n).ok(),
+        AMQPValue::Timestamp(n) => Some(n),
+        _ => None,
+    }
+}
+
+fn first_death(headers: &FieldTable) -> Option<DeathInfo> {
+    let map = headers.inner();
+    let reason = map
+        .get("x-first-death-reason")
+        .and_then(value_text)
+        .and_then(|r| DeathReason::parse(&r))?;
+    let queue = map
+        .get("x-first-death-queue")
+        .and_then(value_text)
+        .unwrap_or_default();
+    let exchange = map
+        .get("x-first-death-exchange")
+        .and_then(value_text)
+        .unwrap_or_default();
+    let routing_key = match map.get("x-death") {
+        Some(AMQPValue::FieldArray(deaths)) => deaths
+            .as_slice()
+            .iter()
+            .find_map(|d| match d {
+                AMQPValue::FieldTable(t) => match t.inner().get("routing-keys") {
+                    Some(AMQPValue::FieldArray(keys)) => {
+                        keys.as_slice().first().and_then(value_text)
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    Some(DeathInfo {
+        reason,
+        queue,
+        exchange,
+        routing_key,
+    })
+}
+
+/// Turns an AMQP delivery (properties + body) into a [`Message`]. Never fails: missing
+/// headers become empty strings so that [`Headers::message_type`] reports them, a
+/// `trace_id` may be void, a non-numeric `expiration` is ignored, and dead-lettered
+/// messages get their [`DeathInfo`] from RabbitMQ's `x-first-death-*` / `x-death` headers.
+pub fn message_from_amqp(props: &BasicProperties, body: Vec<u8>) -> Message {
+    let empty = FieldTable::default();
+    let table = props.headers().as_ref().unwrap_or(&empty);
+    let map = table.inner();
+    let get = |k: &str| map.get(k).and_then(value_text).unwrap_or_default();
+    let headers = Headers {
+        nuropb_protocol: Cow::Owned(get(header::NUROPB_PROTOCOL)),
+        nuropb_version: Cow::Owned(get(header::NUROPB_VERSION)),
+        nuropb_type: Cow::Owned(get(header::NUROPB_TYPE)),
+        trace_id: map.get(header::TRACE_ID).and_then(value_text),
+        encrypted: map
+            .get(header::ENCRYPTED)
+            .and_then(value_text)
+            .is_some_and(|v| v == "yes"),
+        deadline_ms: map.get(header::DEADLINE).and_then(value_u64),
+    };
+    let properties = Properties {
+        content_type: Cow::Owned(
+            props
+                .content_type()
+                .as_ref()
+                .map_or(CONTENT_TYPE_JSON, |c| c.as_str())
+                .to_owned(),
+        ),
+        correlation_id: props
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str().to_owned())
+            .unwrap_or_default(),
+        reply_to: props
+            .reply_to()
+            .as_ref()
+            .map(|r| r.as_str())
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned),
+        expiration_ms: props
+            .expiration()
+            .as_ref()
+            .and_then(|e| e.as_str().parse().ok()),
+        mandatory: false,
+    };
+    Message {
+        properties,
+        headers,
+        payload: Payload::Bytes(Bytes::from(body)),
+        death: first_death(table),
+    }
+}
+
+/// Fuzzing entry point: `data` is a big-endian `u16` length, that many bytes of an AMQP
+/// basic-properties encoding (as in a content header frame), then the body. Decodes it
+/// the way an incoming delivery is decoded, then validates the headers and parses the
+/// JSON body. Must never panic.
+pub fn fuzz_decode(data: &[u8]) {
+    if data.len() < 2 {
+        return;
+    }
+    let len = usize::from(u16::from_be_bytes([data[0], data[1]]));
+    let rest = &data[2..];
+    let (props_bytes, body) = rest.split_at(len.min(rest.len()));
+    let Ok((_, props)) = lapin::protocol::basic::parse_properties(props_bytes) else {
+        return;
+    };
+    let message = message_from_amqp(&props, body.to_vec());
+    let _ = message.headers.message_type();
+    if message.headers.encrypted {
+        let key = crate::crypto::FernetKey::from_bytes([7; 32]);
+        let _ = crate::crypto::open_reply(body, &key);
+    } else if let Ok(env) = message.payload.envelope() {
+        let _ = env.correlation_id();
+    }
+    // Round trip what was decoded.
+    if let Ok(props) = amqp_properties(&message) {
+        let again = message_from_amqp(&props, body.to_vec());
+        debug_assert_eq!(
+            again.properties.correlation_id,
+            message.properties.correlation_id
+        );
+    }
+}
+
+/// Encodes `message`'s properties in the AMQP basic-properties wire format, prefixed
+/// with their `u16` length and followed by `body`: the input format of [`fuzz_decode`]
+/// (used to build the fuzz seed corpus).
+pub fn fuzz_seed(message: &Message, body: &[u8]) -> Result<Vec<u8>, MeshError> {
+    fn shortstr(out: &mut Vec<u8>, s: &str) {
+        let b = &s.as_bytes()[..s.len().min(255)];
+        out.push(b.len() as u8);
+        out.extend_from_slice(b);
+    }
+    fn value(out: &mut Vec<u8>, v: &AMQPValue) {
+        match v {
+            AMQPValue::LongString(s) => {
+                out.push(b'S');
+                out.extend_from_slice(&(s.as_bytes().len() as u32).to_be_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            AMQPValue::LongLongInt(n) => {
+                out.push(b'l');
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+            _ => out.push(b'V'),
+        }
+    }
+    let props = amqp_properties(message)?;
+    let mut flags: u16 = 0;
+    let mut fields = Vec::new();
+    if let Some(ct) = props.content_type() {
+        flags |= 1 << 15;
+        shortstr(&mut fields, ct.as_str());
+    }
+    if let Some(headers) = props.headers() {
+        flags |= 1 << 13;
+        let mut table = Vec::new();
+        for (k, v) in headers.inner() {
+            shortstr(&mut table, k.as_str());
+            value(&mut table, v);
+        }
+        fields.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        fields.extend_from_slice(&table);
+    }
+    if let Some(c) = props.correlation_id() {
+        flags |= 1 << 10;
+        shortstr(&mut fields, c.as_str());
+    }
+    if let Some(r) = props.reply_to() {
+        flags |= 1 << 9;
+        shortstr(&mut fields, r.as_str());
+    }
+    if let Some(e) = props.expiration() {
+        flags |= 1 << 8;
+        shortstr(&mut fields, e.as_str());
+    }
+    let len = fields.len() + 2;
+    let len = u16::try_from(len).map_err(|_| MeshError::Encode {
+        what: "AMQP properties",
+        reason: format!("{len} bytes do not fit the u16 length prefix"),
+    })?;
+    let mut out = Vec::with_capacity(2 + usize::from(len) + body.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&flags.to_be_bytes());
+    out.extend_from_slice(&fields);
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+/// Settles one lapin delivery exactly once; dropping it unsettled requeues it.
+struct AmqpAcker {
+    acker: Option<lapin::Acker>,
+    queue: String,
+}
+
+impl fmt::Debug for AmqpAcker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpAcker")
+            .field("queue", &self.queue)
+            .field("settled", &self.acker.is_none())
+            .finish()
+    }
+}
+
+fn settle_err(op: &str, queue: &str, e: &lapin::Error) -> MeshError {
+    MeshError::Backend {
+        backend: BACKEND,
+        reason: format!("{op} on a delivery from {queue:?} failed (it will be redelivered): {e}"),
+    }
+}
+
+impl Acker for AmqpAcker {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), MeshError>> {
+        let acker = self.acker.take();
+        let queue = std::mem::take(&mut self.queue);
+        Box::pin(async move {
+            if let Some(a) = acker {
+                a.ack(BasicAckOptions::default())
+                    .await
+                    .map_err(|e| settle_err("basic.ack", &queue, &e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn reject(mut self: Box<Self>, requeue: bool) -> BoxFuture<'static, Result<(), MeshError>> {
+        let acker = self.acker.take();
+        let queue = std::mem::take(&mut self.queue);
+        Box::pin(async move {
+            if let Some(a) = acker {
+                a.reject(BasicRejectOptions { requeue })
+                    .await
+                    .map_err(|e| settle_err("basic.reject", &queue, &e))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Drop for AmqpAcker {
+    fn drop(&mut self) {
+        let Some(acker) = self.acker.take() else {
+            return;
+        };
+        tracing::debug!(queue = %self.queue, "unsettled delivery dropped; requeueing it");
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await;
+            });
+        }
+        // Without a runtime the channel close requeues it.
+    }
+}
+
+fn to_delivery(queue: &str, d: LapinDelivery, auto_ack: bool) -> Delivery {
+    let redelivered = d.redelivered;
+    let message = message_from_amqp(&d.properties, d.data);
+    let acker: Option<Box<dyn Acker>> = if auto_ack {
+        None
+    } else {
+        Some(Box::new(AmqpAcker {
+            acker: Some(d.acker),
+            queue: queue.to_owned(),
+        }))
+    };
+    Delivery::new(message, redelivered, acker)
+}
+
+/// Opens a consumer channel and starts consuming.
+async fn start_consumer(
+    live: &Live,
+    queue: &str,
+    options: ConsumeOptions,
+) -> Result<(Channel, lapin::Consumer), MeshError> {
+    let about = About::Queue(queue);
+    let ch = live
+        .conn
+        .create_channel()
+        .await
+        .map_err(|e| map_err("channel.open", about, &e))?;
+    if !options.auto_ack {
+        ch.basic_qos(options.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| map_err("basic.qos", about, &e))?;
+    }
+    let consumer = ch
+        .basic_consume(
+            short("queue name", queue)?,
+            ShortString::from(""),
+            BasicConsumeOptions {
+                no_ack: options.auto_ack,
+                exclusive: options.exclusive,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| map_err("basic.consume", about, &e))?;
+    Ok((ch, consumer))
+}
+
+/// Forwards deliveries until the receiver goes away or the connection is closed,
+/// re-consuming after connection losses.
+async fn pump(
+    inner: Arc<Inner>,
+    queue: String,
+    options: ConsumeOptions,
+    mut ch: Channel,
+    mut consumer: lapin::Consumer,
+    tx: mpsc::UnboundedSender<Delivery>,
+) {
+    let mut closed_rx = inner.closed_tx.subscribe();
+    loop {
+        loop {
+            tokio::select! {
+                _ = tx.closed() => {
+                    let _ = ch.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                    let _ = ch.close(200, ShortString::from("consumer dropped")).await;
+                    return;
+                }
+                _ = closed_rx.changed() => return,
+                item = consumer.next() => match item {
+                    Some(Ok(d)) => {
+                        if tx.send(to_delivery(&queue, d, options.auto_ack)).is_err() {
+                            // The receiver is gone; the dropped delivery requeues itself.
+                            continue;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(queue = %queue, error = %e, "consumer error");
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+        // The consumer ended: connection or channel lost, or cancelled by the broker.
+        let mut delay = inner.options.reconnect_initial;
+        loop {
+            if inner.is_closed() || tx.is_closed() {
+                return;
+            }
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = closed_rx.changed() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match inner.live().await {
+                Ok(live) => match start_consumer(&live, &queue, options).await {
+                    Ok((c, k)) => {
+                        tracing::info!(queue = %queue, generation = live.generation, "consumer restarted");
+                        ch = c;
+                        consumer = k;
+                        break;
+                    }
+                    Err(e) => tracing::warn!(queue = %queue, error = %e, "re-consuming failed"),
+                },
+                Err(MeshError::Disconnected) => return,
+                Err(e) => tracing::warn!(queue = %queue, error = %e, "still reconnecting"),
+            }
+            delay = (delay * 2).min(inner.options.reconnect_max);
+        }
+    }
+}
+
+impl Connection for AmqpConnection {
+    fn declare_exchange<'a>(
+        &'a self,
+        spec: &'a ExchangeSpec,
+    ) -> BoxFuture<'a, Result<(), MeshError>> {
+        Box::pin(async move {
+            let live = self.inner.live().await?;
+            declare_exchange_on(&live, spec).await?;
+            self.inner.remember(Declared::Exchange(spec.clone()));
+            Ok(())
+        })
+    }
+
+    fn declare_queue<'a>(&'a self, spec: &'a QueueSpec) -> BoxFuture<'a, Result<(), MeshError>> {
+        Box::pin(async move {
+            let live = self.inner.live().await?;
+            declare_queue_on(&live, spec).await?;
+            self.inner.remember(Declared::Queue(spec.clone()));
+            Ok(())
+        })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        exchange: &'a str,
+        routing_key: &'a str,
+        message: Message,
+    ) -> BoxFuture<'a, Result<(), MeshError>> {
+        Box::pin(async move {
+            let body = message.payload.to_bytes()?;
+            let props = amqp_properties(&message)?;
+            let exchange_s = short("exchange name", exchange)?;
+            let key_s = short("routing key", routing_key)?;
+            let live = self.inner.live().await?;
+            let about = About::Exchange(exchange);
+            let confirm = live
+                .publish
+                .basic_publish(
+                    exchange_s,
+                    key_s,
+                    BasicPublishOptions {
+                        mandatory: message.properties.mandatory,
+                        immediate: false,
+                    },
+                    &body,
+                    props,
+                )
+                .await
+                .map_err(|e| map_err("basic.publish", about, &e))?;
+            if !self.inner.options.publisher_confirms {
+                drop(confirm);
+                return Ok(());
+            }
+            match confirm
+                .await
+                .map_err(|e| map_err("publisher confirm", about, &e))?
+            {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+                Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
+                    Err(MeshError::Unroutable {
+                        exchange: exchange.to_owned(),
+                        routing_key: routing_key.to_owned(),
+                    })
+                }
+                Confirmation::Nack(None) => Err(MeshError::Backend {
+                    backend: BACKEND,
+                    reason: format!(
+                        "the broker refused (nack) a message to exchange {exchange:?} with routing key {routing_key:?}"
+                    ),
+                }),
+            }
+        })
+    }
+
+    fn consume<'a>(
+        &'a self,
+        queue: &'a str,
+        options: ConsumeOptions,
+    ) -> BoxFuture<'a, Result<DeliveryStream, MeshError>> {
+        Box::pin(async move {
+            let live = self.inner.live().await?;
+            let (ch, consumer) = start_consumer(&live, queue, options).await?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(pump(
+                self.inner.clone(),
+                queue.to_owned(),
+                options,
+                ch,
+                consumer,
+                tx,
+            ));
+            let stream =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|d| (d, rx)) },
+                );
+            Ok(Box::pin(stream) as DeliveryStream)
+        })
+    }
+
+    fn try_lead<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<bool, MeshError>> {
+        Box::pin(async move {
+            let live = self.inner.live().await?;
+            let queue = leader_queue(service);
+            let about = About::Queue(&queue);
+            let ch = live
+                .channel(&live.leader)
+                .await
+                .map_err(|e| map_err("channel.open", about, &e))?;
+            let res = ch
+                .queue_declare(
+                    short("queue name", &queue)?,
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            match res {
+                Ok(_) => Ok(true),
+                Err(e) => match map_err("queue.declare(exclusive)", about, &e) {
+                    MeshError::ExclusiveInUse { .. } => Ok(false),
+                    other => Err(other),
+                },
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), MeshError>> {
+        Box::pin(async move {
+            if self.inner.closed.swap(true, Ordering::SeqCst) {
+                return Ok(());
+            }
+            let _ = self.inner.closed_tx.send(true);
+            let live = self.inner.current.write().ok().and_then(|mut c| c.take());
+            if let Some(live) = live {
+                if live.conn.status().connected() {
+                    // Best effort: the broker drops our channels, requeues unsettled
+                    // deliveries and deletes auto-delete/exclusive queues either way.
+                    if let Err(e) = live
+                        .conn
+                        .close(200, ShortString::from("herald: closing"))
+                        .await
+                    {
+                        tracing::debug!(error = %e, "amqp connection.close");
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn is_open(&self) -> bool {
+        !self.inner.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Envelope, MessageType, RequestBody};
+
+    fn request() -> Message {
+        let mut m = Message::from_envelope(Envelope::Request(RequestBody {
+            service: "svc".into(),
+            method: "add".into(),
+            params: serde_json::Map::new(),
+            correlation_id: "c0ffee".into(),
+            context: serde_json::json!({}),
+            trace_id: None,
+        }));
+        m.properties.reply_to = Some("nuropb-x-1-rq".into());
+        m.properties.expiration_ms = Some(1500);
+        m.properties.mandatory = true;
+        m
+    }
+
+    #[test]
+    fn properties_match_nuropb_and_round_trip() {
+        let m = request();
+        let props = amqp_properties(&m).unwrap();
+        assert_eq!(
+            props.content_type().as_ref().unwrap().as_str(),
+            "application/json"
+        );
+        assert_eq!(props.expiration().as_ref().unwrap().as_str(), "1500");
+        assert!(
+            props.delivery_mode().is_none(),
+            "nuropb messages are transient"
+        );
+        let h = props.headers().as_ref().unwrap().inner();
+        assert_eq!(h.get("trace_id"), Some(&AMQPValue::Void));
+        assert_eq!(
+            h.get("nuropb_protocol"),
+            Some(&AMQPValue::LongString("0.1.1".into()))
+        );
+        assert_eq!(h.get("encrypted"), Some(&AMQPValue::LongString("".into())));
+        let back = message_from_amqp(&props, b"{}".to_vec());
+        assert_eq!(back.headers.message_type().unwrap(), MessageType::Request);
+        assert_eq!(back.properties.correlation_id, "c0ffee");
+        assert_eq!(back.properties.reply_to.as_deref(), Some("nuropb-x-1-rq"));
+        assert_eq!(back.properties.expiration_ms, Some(1500));
+        assert_eq!(back.headers.trace_id, None);
+    }
+
+    #[test]
+    fn missing_headers_decode_to_a_reportable_error() {
+        let m = message_from_amqp(&BasicProperties::default(), b"garbage".to_vec());
+        let err = m.headers.message_type().unwrap_err();
+        assert!(err.to_string().contains("nuropb_protocol"), "{err}");
+        assert!(m.payload.envelope().is_err());
+    }
+
+    #[test]
+    fn long_strings_are_errors_not_panics() {
+        let mut m = request();
+        m.properties.correlation_id = "x".repeat(300);
+        assert!(matches!(
+            amqp_properties(&m),
+            Err(MeshError::InvalidArgument {
+                what: "correlation_id",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn dead_letter_headers_become_death_info() {
+        let mut death = FieldTable::default();
+        death.insert(
+            "routing-keys".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::LongString("svc".into())].into()),
+        );
+        let mut h = FieldTable::default();
+        h.insert(
+            "x-first-death-reason".into(),
+            AMQPValue::LongString("expired".into()),
+        );
+        h.insert(
+            "x-first-death-queue".into(),
+            AMQPValue::LongString("nuropb-svc-sq".into()),
+        );
+        h.insert(
+            "x-first-death-exchange".into(),
+            AMQPValue::LongString("nuropb-rpc-exchange".into()),
+        );
+        h.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+        );
+        let m = message_from_amqp(&BasicProperties::default().with_headers(h), Vec::new());
+        let d = m.death.unwrap();
+        assert_eq!(d.reason, DeathReason::Expired);
+        assert_eq!(d.queue, "nuropb-svc-sq");
+        assert_eq!(d.exchange, "nuropb-rpc-exchange");
+        assert_eq!(d.routing_key, "svc");
+    }
+
+    #[test]
+    fn fuzz_seed_round_trips_through_fuzz_decode() {
+        let seed = fuzz_seed(&request(), br#"{"tag":"request"}"#).unwrap();
+        let len = usize::from(u16::from_be_bytes([seed[0], seed[1]]));
+        let (_, props) = lapin::protocol::basic::parse_properties(&seed[2..2 + len]).unwrap();
+        let m = message_from_amqp(&props, Vec::new());
+        assert_eq!(m.properties.correlation_id, "c0ffee");
+        assert_eq!(m.properties.expiration_ms, Some(1500));
+        assert_eq!(m.headers.message_type().unwrap(), MessageType::Request);
+        fuzz_decode(&seed);
+        fuzz_decode(&seed[..seed.len() / 2]);
+        fuzz_decode(&[]);
+        fuzz_decode(&[0xff, 0xff, 1, 2, 3]);
+    }
+
+    #[test]
+    fn urls_are_redacted_and_mesh_named_like_nuropb() {
+        assert_eq!(
+            redact("amqp://guest:secret@h:5672/%2f"),
+            "amqp://guest:***@h:5672/%2f"
+        );
+        assert_eq!(mesh_name_of("amqp://guest:guest@127.0.0.1:5672/%2f"), "%2f");
+        assert_eq!(mesh_name_of("amqp://h:5672/nuropb"), "nuropb");
+        assert!(AmqpBackend::new("http://nope").is_err());
+    }
+}

@@ -1,0 +1,395 @@
+//! The RabbitMQ backend against a real broker (`HERALD_AMQP_URL`): topology exactly as
+//! nuropb declares it, publisher confirms and unroutable requests, exclusive consumers,
+//! leadership, dead-lettering with a reason, requeue of unsettled deliveries, and
+//! reconnect with re-declared topology and restarted consumers.
+//!
+//! Skipped (with the reason printed) when no broker is configured.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use herald_mesh::amqp::{AmqpBackend, AmqpConnection, AmqpOptions};
+use herald_mesh::backend::{
+    Backend, Connection, ConsumeOptions, DeliveryStream, QueueSpec, nuropb_exchanges,
+};
+use herald_mesh::message::{
+    DL_EXCHANGE, DeathReason, Envelope, Message, RPC_EXCHANGE, RequestBody, dead_letter_queue,
+    service_queue,
+};
+use herald_mesh::{Delivery, MeshError};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+async fn connect(url: &str) -> AmqpConnection {
+    AmqpConnection::open(url, "herald-test", AmqpOptions::default())
+        .await
+        .expect("connect to RabbitMQ")
+}
+
+fn request(service: &str, cid: &str) -> Message {
+    let mut m = Message::from_envelope(Envelope::Request(RequestBody {
+        service: service.into(),
+        method: "add".into(),
+        params: serde_json::Map::new(),
+        correlation_id: cid.into(),
+        context: serde_json::json!({}),
+        trace_id: None,
+    }));
+    m.properties.mandatory = true;
+    m
+}
+
+async fn next(stream: &mut DeliveryStream) -> Delivery {
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("a delivery within the wait")
+        .expect("stream still open")
+}
+
+async fn service_topology(conn: &AmqpConnection, service: &str) -> QueueSpec {
+    for x in nuropb_exchanges() {
+        conn.declare_exchange(&x).await.expect("declare exchange");
+    }
+    let sq = QueueSpec::service(service, &[]);
+    conn.declare_queue(&sq)
+        .await
+        .expect("declare service queue");
+    sq
+}
+
+#[tokio::test]
+async fn topology_matches_nuropb_declarations_exactly() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let conn = connect(&url).await;
+    let service = unique("topo");
+    let sq = service_topology(&conn, &service).await;
+    // Declaring twice is idempotent.
+    conn.declare_queue(&sq).await.expect("re-declare");
+
+    // nuropb's own declaration (pika: durable, x-dead-letter-exchange as a long string)
+    // must be accepted by the broker, i.e. Herald's arguments are equivalent (no 406).
+    let raw = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .expect("raw connect");
+    let ch = raw.create_channel().await.expect("channel");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from("nuropb-dl-exchange")),
+    );
+    ch.queue_declare(
+        service_queue(&service).as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await
+    .expect("nuropb's exact declaration matches Herald's");
+    // A different argument set is refused, proving the check is real.
+    let ch2 = raw.create_channel().await.expect("channel");
+    let err = ch2
+        .queue_declare(
+            service_queue(&service).as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("missing x-dead-letter-exchange must be a 406");
+    assert!(err.to_string().contains("PRECONDITION"), "{err}");
+    let _ = raw.close(200, "bye".into()).await;
+
+    conn.delete_queue(&service_queue(&service))
+        .await
+        .expect("cleanup");
+    conn.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn unroutable_mandatory_publish_is_an_error_and_routed_one_is_confirmed() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let conn = connect(&url).await;
+    let service = unique("route");
+    for x in nuropb_exchanges() {
+        conn.declare_exchange(&x).await.expect("declare exchange");
+    }
+    let err = conn
+        .publish(RPC_EXCHANGE, &service, request(&service, "c1"))
+        .await
+        .expect_err("no queue is bound");
+    assert!(
+        matches!(&err, MeshError::Unroutable { routing_key, .. } if *routing_key == service),
+        "{err:?}"
+    );
+    let sq = service_topology(&conn, &service).await;
+    conn.publish(RPC_EXCHANGE, &service, request(&service, "c2"))
+        .await
+        .expect("routed and confirmed");
+    let mut stream = conn
+        .consume(&sq.name, ConsumeOptions::manual(4))
+        .await
+        .expect("consume");
+    let d = next(&mut stream).await;
+    assert_eq!(d.message.properties.correlation_id, "c2");
+    assert_eq!(
+        d.message.payload.envelope().expect("json").correlation_id(),
+        "c2"
+    );
+    d.ack().await.expect("ack");
+    conn.delete_queue(&sq.name).await.expect("cleanup");
+    conn.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn exclusive_consumer_refuses_a_second_one() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let a = connect(&url).await;
+    let b = connect(&url).await;
+    let rq = unique("nuropb-excl") + "-rq";
+    a.declare_queue(&QueueSpec::response(rq.clone()))
+        .await
+        .expect("declare");
+    let _first = a
+        .consume(&rq, ConsumeOptions::exclusive_auto_ack())
+        .await
+        .expect("first consumer");
+    b.declare_queue(&QueueSpec::response(rq.clone()))
+        .await
+        .expect("declare again");
+    let Err(err) = b.consume(&rq, ConsumeOptions::exclusive_auto_ack()).await else {
+        panic!("a second exclusive consumer was accepted");
+    };
+    assert!(
+        matches!(&err, MeshError::ExclusiveInUse { queue } if *queue == rq),
+        "{err:?}"
+    );
+    // b's connection is still usable after the refused consume.
+    b.declare_queue(&QueueSpec::response(rq.clone()))
+        .await
+        .expect("b still works");
+    a.close().await.expect("close");
+    b.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn leadership_is_held_by_one_connection_and_moves_when_it_closes() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let backend = Arc::new(AmqpBackend::new(&url).expect("url"));
+    let service = unique("lead");
+    let a = backend.connect("a").await.expect("a");
+    let b = backend.connect("b").await.expect("b");
+    assert!(a.try_lead(&service).await.expect("a tries"));
+    assert!(
+        a.try_lead(&service).await.expect("a confirms"),
+        "re-check keeps it"
+    );
+    assert!(!b.try_lead(&service).await.expect("b tries"));
+    assert!(!b.try_lead(&service).await.expect("b tries again"));
+    a.close().await.expect("close a");
+    let mut took = false;
+    for _ in 0..100 {
+        if b.try_lead(&service).await.expect("b polls") {
+            took = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(took, "leadership moved to b after a closed");
+    b.close().await.expect("close b");
+}
+
+#[tokio::test]
+async fn rejected_and_expired_messages_are_dead_lettered_with_a_reason() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let conn = connect(&url).await;
+    let service = unique("dlx");
+    let sq = service_topology(&conn, &service).await;
+    let dlq = QueueSpec::dead_letter(dead_letter_queue(&service), 100);
+    conn.declare_queue(&dlq).await.expect("declare DLQ");
+    let mut dl = conn
+        .consume(&dlq.name, ConsumeOptions::manual(10))
+        .await
+        .expect("consume DLQ");
+
+    // Rejected.
+    conn.publish(RPC_EXCHANGE, &service, request(&service, "rej"))
+        .await
+        .expect("publish");
+    let mut sq_stream = conn
+        .consume(&sq.name, ConsumeOptions::manual(1))
+        .await
+        .expect("consume sq");
+    next(&mut sq_stream)
+        .await
+        .reject(false)
+        .await
+        .expect("reject");
+    // The DLX is a fanout shared by every service: skip other services' dead letters.
+    let dead = loop {
+        let d = next(&mut dl).await;
+        let mine = d.message.properties.correlation_id == "rej";
+        let msg = d.message.clone();
+        d.ack().await.expect("ack");
+        if mine {
+            break msg;
+        }
+    };
+    let death = dead.death.expect("x-death headers");
+    assert_eq!(death.reason, DeathReason::Rejected);
+    assert_eq!(death.queue, sq.name);
+    assert_eq!(death.exchange, RPC_EXCHANGE);
+    assert_eq!(death.routing_key, service);
+    drop(sq_stream);
+
+    // Expired while queued (no consumer on the service queue any more).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut m = request(&service, "exp");
+    m.properties.expiration_ms = Some(50);
+    conn.publish(RPC_EXCHANGE, &service, m)
+        .await
+        .expect("publish");
+    let dead = loop {
+        let d = next(&mut dl).await;
+        let mine = d.message.properties.correlation_id == "exp";
+        let msg = d.message.clone();
+        d.ack().await.expect("ack");
+        if mine {
+            break msg;
+        }
+    };
+    assert_eq!(dead.death.expect("death").reason, DeathReason::Expired);
+    assert_eq!(DL_EXCHANGE, "nuropb-dl-exchange");
+
+    conn.delete_queue(&sq.name).await.expect("cleanup");
+    conn.delete_queue(&dlq.name).await.expect("cleanup");
+    conn.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn dropped_unsettled_delivery_is_requeued_and_redelivered() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let conn = connect(&url).await;
+    let service = unique("requeue");
+    let sq = service_topology(&conn, &service).await;
+    conn.publish(RPC_EXCHANGE, &service, request(&service, "r1"))
+        .await
+        .expect("publish");
+    let mut stream = conn
+        .consume(&sq.name, ConsumeOptions::manual(1))
+        .await
+        .expect("consume");
+    let first = next(&mut stream).await;
+    assert!(!first.redelivered);
+    drop(first);
+    let again = next(&mut stream).await;
+    assert_eq!(again.message.properties.correlation_id, "r1");
+    assert!(again.redelivered, "the broker marks it redelivered");
+    again.ack().await.expect("ack");
+    conn.delete_queue(&sq.name).await.expect("cleanup");
+    conn.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn reconnect_redeclares_topology_and_restarts_consumers() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let conn = connect(&url).await;
+    let service = unique("reconnect");
+    let sq = service_topology(&conn, &service).await;
+    let rq = unique("nuropb-reconnect") + "-rq";
+    conn.declare_queue(&QueueSpec::response(rq.clone()))
+        .await
+        .expect("declare rq");
+    let mut replies = conn
+        .consume(&rq, ConsumeOptions::exclusive_auto_ack())
+        .await
+        .expect("consume rq");
+    let mut requests = conn
+        .consume(&sq.name, ConsumeOptions::manual(4))
+        .await
+        .expect("consume sq");
+    assert_eq!(conn.generation(), 1);
+
+    conn.simulate_connection_loss().await;
+    // The auto-delete response queue died with the connection; the next operation
+    // reconnects, re-declares it and the consumers come back.
+    conn.publish(RPC_EXCHANGE, &service, request(&service, "after"))
+        .await
+        .expect("publish after reconnect");
+    assert!(conn.generation() >= 2, "a new connection was made");
+    let d = next(&mut requests).await;
+    assert_eq!(d.message.properties.correlation_id, "after");
+    d.ack().await.expect("ack on the new channel");
+
+    // The re-created response queue receives through the restarted exclusive consumer.
+    let mut got = None;
+    for _ in 0..50 {
+        let mut m = request(&service, "reply");
+        m.properties.mandatory = true;
+        match conn.publish("", &rq, m).await {
+            Ok(()) => {
+                if let Ok(Some(d)) =
+                    tokio::time::timeout(Duration::from_millis(500), replies.next()).await
+                {
+                    got = Some(d);
+                    break;
+                }
+            }
+            Err(MeshError::Unroutable { .. }) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("publish to response queue: {e}"),
+        }
+    }
+    let got = got.expect("a reply through the restarted consumer");
+    assert_eq!(got.message.properties.correlation_id, "reply");
+
+    conn.delete_queue(&sq.name).await.expect("cleanup");
+    conn.close().await.expect("close");
+    assert!(!conn.is_open());
+    assert!(matches!(
+        conn.publish(RPC_EXCHANGE, &service, request(&service, "x"))
+            .await,
+        Err(MeshError::Disconnected)
+    ));
+}
+
+#[tokio::test]
+async fn unreachable_broker_is_a_clear_error() {
+    // Port 1 on loopback: nothing listens there.
+    let backend = AmqpBackend::new("amqp://guest:secret@127.0.0.1:1/%2f").expect("valid url");
+    let err = backend.connect("x").await.expect_err("nothing listens");
+    let text = err.to_string();
+    assert!(
+        text.contains("cannot connect to amqp://guest:***@127.0.0.1:1"),
+        "{text}"
+    );
+    assert!(!text.contains("secret"), "password leaked: {text}");
+}
