@@ -159,21 +159,18 @@ fn retag(v: CastyValue) -> Result<CastyValue, TreeError> {
             CastyValue::Dict(pairs) => {
                 Raw::Map(pairs.into_iter().map(|(k, v)| (raw(k), raw(v))).collect())
             }
-            other @ (CastyValue::Tuple(_)
+            CastyValue::List(items) => Raw::Array(items.into_iter().map(raw).collect()),
+            CastyValue::Map(fields) => Raw::Map(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (Raw::Str(k), raw(v)))
+                    .collect(),
+            ),
+            // Not produced by `Untagged`, but keep their meaning if they appear.
+            tagged @ (CastyValue::Tuple(_)
             | CastyValue::FrozenSet(_)
             | CastyValue::Object { .. }
-            | CastyValue::Enum { .. }
-            | CastyValue::Map(_)
-            | CastyValue::List(_)) => match other.into_untagged() {
-                CastyValue::List(items) => Raw::Array(items.into_iter().map(raw).collect()),
-                CastyValue::Map(fields) => Raw::Map(
-                    fields
-                        .into_iter()
-                        .map(|(k, v)| (Raw::Str(k), raw(v)))
-                        .collect(),
-                ),
-                scalar => raw(scalar),
-            },
+            | CastyValue::Enum { .. }) => raw(tagged.into_untagged()),
         }
     }
     raw(v)
