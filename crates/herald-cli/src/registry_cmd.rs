@@ -1,9 +1,445 @@
-//! `herald registry` (placeholder until herald-registry lands).
-use clap::Subcommand;
+//! `herald registry`: an rpyc-compatible registry server and client.
+//!
+//! `serve` replaces `rpyc_registry`; `register`, `discover`, `list` and `unregister`
+//! talk to any rpyc-compatible registry (Herald's or rpyc's) over UDP (broadcast by
+//! default) or TCP.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Subcommand};
+use herald_registry::core::{CoreConfig, RateLimit, RemoveReason};
+use herald_registry::{
+    Port, Registrar, RegistrarConfig, RegistryClient, RegistryConfig, RegistryEvent,
+    RegistryServer, ServiceAddr, TcpRegistryClient, UdpRegistryClient,
+};
+use serde_json::json;
+
+use crate::bad_input;
+
+/// `herald registry ...`
 #[derive(Debug, Subcommand)]
-pub enum RegistryCommand {}
+pub enum RegistryCommand {
+    /// Serve the registry (UDP and TCP on one port, like `rpyc_registry` but both at once).
+    Serve(ServeArgs),
+    /// Register a service's port under one or more names.
+    Register(RegisterArgs),
+    /// Show the servers registered under a name.
+    Discover(DiscoverArgs),
+    /// List registered names (the registry must allow listing).
+    List(ListArgs),
+    /// Remove this host's registrations of a port.
+    Unregister(UnregisterArgs),
+}
 
+/// Options of `herald registry serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to bind (`::` for dual-stack).
+    #[arg(long, default_value = "0.0.0.0")]
+    host: IpAddr,
+    /// Port for both UDP and TCP.
+    #[arg(long, default_value_t = herald_registry::REGISTRY_PORT)]
+    port: u16,
+    /// Serve UDP only.
+    #[arg(long, conflicts_with = "tcp_only")]
+    udp_only: bool,
+    /// Serve TCP only.
+    #[arg(long)]
+    tcp_only: bool,
+    /// Seconds after which an entry that was not refreshed is removed.
+    #[arg(long, default_value_t = 240.0, value_name = "S")]
+    prune_timeout: f64,
+    /// Answer LIST requests (off by default: listing exposes the service inventory).
+    #[arg(long)]
+    listing: bool,
+    /// Only these networks may REGISTER / UNREGISTER (repeatable; default: anyone).
+    #[arg(long = "allow", value_name = "CIDR")]
+    allow: Vec<String>,
+    /// Only these networks may LIST (repeatable; default: anyone, when --listing).
+    #[arg(long = "list-allow", value_name = "CIDR")]
+    list_allow: Vec<String>,
+    /// Per-source limit of requests per second (burst: twice that).
+    #[arg(long, value_name = "N")]
+    rate_limit: Option<f64>,
+    /// Maximum number of entries in the table.
+    #[arg(long, default_value_t = 100_000)]
+    max_entries: usize,
+    /// Print events as JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where the registry is and how to reach it.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// Registry address, HOST or HOST:PORT (default: UDP broadcast to
+    /// 255.255.255.255:18811; with --tcp, 127.0.0.1:18811).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    registry: Option<String>,
+    /// Use TCP instead of UDP.
+    #[arg(long)]
+    tcp: bool,
+    /// Seconds to wait for the reply.
+    #[arg(long, default_value_t = 2.0, value_name = "S")]
+    timeout: f64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `herald registry register`.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Service names (upper-cased by the registry).
+    #[arg(required = true, value_name = "ALIAS")]
+    aliases: Vec<String>,
+    /// The service's TCP port (or a unix socket path, like rpyc's unix-socket servers).
+    #[arg(long)]
+    port: String,
+    /// Keep the registration alive (re-register every --interval) until Ctrl-C, then
+    /// unregister.
+    #[arg(long)]
+    keepalive: bool,
+    /// Keep-alive interval in seconds.
+    #[arg(long, default_value_t = 60.0, value_name = "S")]
+    interval: f64,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+/// Options of `herald registry discover`.
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// Service name (any case).
+    name: String,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+/// Options of `herald registry list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only names with a server on this host.
+    #[arg(long, value_name = "HOST")]
+    filter: Option<String>,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+/// Options of `herald registry unregister`.
+#[derive(Debug, Args)]
+pub struct UnregisterArgs {
+    /// The port to remove (number or unix socket path).
+    #[arg(long)]
+    port: String,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+/// Runs a `herald registry` subcommand.
 pub async fn run(cmd: RegistryCommand) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        RegistryCommand::Serve(args) => serve(args).await,
+        RegistryCommand::Register(args) => register(args).await,
+        RegistryCommand::Discover(args) => discover(args).await,
+        RegistryCommand::List(args) => list(args).await,
+        RegistryCommand::Unregister(args) => unregister(args).await,
+    }
+}
+
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            bad_input(anyhow!(
+                "{flag} must be a positive number of seconds, got {value}"
+            ))
+        })
+}
+
+fn parse_cidrs(list: &[String], flag: &str) -> anyhow::Result<Vec<herald_registry::IpNet>> {
+    list.iter()
+        .map(|s| {
+            s.parse::<herald_registry::IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(herald_registry::IpNet::from))
+                .map_err(|_| {
+                    bad_input(anyhow!("{flag}: {s:?} is not a CIDR network or IP address"))
+                })
+        })
+        .collect()
+}
+
+fn parse_port(s: &str) -> anyhow::Result<Port> {
+    if let Ok(n) = s.parse::<u16>() {
+        return Ok(Port::from(n));
+    }
+    if s.contains('/') {
+        return Ok(Port::Path(s.to_owned()));
+    }
+    Err(bad_input(anyhow!(
+        "--port: {s:?} is neither a port number (0-65535) nor a unix socket path"
+    )))
+}
+
+fn port_json(p: &Port) -> serde_json::Value {
+    match p {
+        Port::Num(n) => json!(n),
+        Port::Path(s) => json!(s),
+    }
+}
+
+fn addr_json(a: &ServiceAddr) -> serde_json::Value {
+    json!({ "host": a.host, "port": port_json(&a.port) })
+}
+
+/// Resolves `HOST`, `HOST:PORT` or `[V6]:PORT`.
+async fn resolve(spec: &str) -> anyhow::Result<SocketAddr> {
+    let default_port = herald_registry::REGISTRY_PORT;
+    if let Ok(addr) = spec.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = spec.trim_matches(['[', ']']).parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    let (host, port) = match spec.rsplit_once(':') {
+        Some((h, p)) => {
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| bad_input(anyhow!("--registry: bad port {p:?} in {spec:?}")))?;
+            (h, port)
+        }
+        None => (spec, default_port),
+    };
+    if host.is_empty() {
+        return Err(bad_input(anyhow!("--registry: empty host in {spec:?}")));
+    }
+    let mut addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| bad_input(anyhow!("--registry: cannot resolve {host:?}: {e}")))?;
+    addrs
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| bad_input(anyhow!("--registry: {host:?} has no IPv4 address")))
+}
+
+async fn client(t: &TargetArgs) -> anyhow::Result<RegistryClient> {
+    let timeout = seconds(t.timeout, "--timeout")?;
+    let addr = match &t.registry {
+        Some(spec) => resolve(spec).await?,
+        None if t.tcp => SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            herald_registry::REGISTRY_PORT,
+        ),
+        None => SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::BROADCAST),
+            herald_registry::REGISTRY_PORT,
+        ),
+    };
+    Ok(if t.tcp {
+        TcpRegistryClient::new(addr).with_timeout(timeout).into()
+    } else {
+        UdpRegistryClient::new(addr).with_timeout(timeout).into()
+    })
+}
+
+fn print_event(ev: &RegistryEvent, as_json: bool) {
+    let (kind, name, addr, reason) = match ev {
+        RegistryEvent::Added { name, addr } => ("added", name, addr, None),
+        RegistryEvent::Removed { name, addr, reason } => (
+            "removed",
+            name,
+            addr,
+            Some(match reason {
+                RemoveReason::Unregistered => "unregistered",
+                RemoveReason::Pruned => "pruned",
+            }),
+        ),
+    };
+    if as_json {
+        let mut v = json!({ "event": kind, "name": name, "host": addr.host, "port": port_json(&addr.port) });
+        if let (Some(r), Some(obj)) = (reason, v.as_object_mut()) {
+            obj.insert("reason".into(), json!(r));
+        }
+        println!("{v}");
+    } else {
+        match reason {
+            Some(r) => println!("removed {name} {addr} ({r})"),
+            None => println!("added {name} {addr}"),
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let prune_timeout = seconds(args.prune_timeout, "--prune-timeout")?;
+    let rate_limit = match args.rate_limit {
+        Some(r) if r.is_finite() && r > 0.0 => Some(RateLimit {
+            per_second: r,
+            burst: (2.0 * r).max(1.0),
+        }),
+        Some(r) => return Err(bad_input(anyhow!("--rate-limit must be positive, got {r}"))),
+        None => None,
+    };
+    let config = RegistryConfig {
+        host: args.host,
+        port: args.port,
+        udp: !args.tcp_only,
+        tcp: !args.udp_only,
+        core: CoreConfig {
+            prune_timeout,
+            allow_listing: args.listing,
+            register_allow: parse_cidrs(&args.allow, "--allow")?,
+            list_allow: parse_cidrs(&args.list_allow, "--list-allow")?,
+            rate_limit,
+            max_entries: args.max_entries,
+            ..CoreConfig::default()
+        },
+        ..RegistryConfig::default()
+    };
+    let server = RegistryServer::bind(config)
+        .await
+        .context("starting the registry")?;
+    let mut events = server.events();
+    let show = |a: Option<SocketAddr>| a.map(|a| a.to_string());
+    if args.json {
+        println!(
+            "{}",
+            json!({ "event": "listening", "udp": show(server.udp_addr()), "tcp": show(server.tcp_addr()), "listing": args.listing })
+        );
+    } else {
+        println!(
+            "registry listening on udp {} tcp {} (listing {})",
+            show(server.udp_addr()).unwrap_or_else(|| "off".into()),
+            show(server.tcp_addr()).unwrap_or_else(|| "off".into()),
+            if args.listing { "on" } else { "off" }
+        );
+    }
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(ev) => print_event(&ev, args.json),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "event output fell behind");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            r = tokio::signal::ctrl_c() => {
+                r.context("waiting for Ctrl-C")?;
+                break;
+            }
+        }
+    }
+    let stats = server.stats();
+    server.shutdown().await;
+    if args.json {
+        println!("{}", json!({ "event": "stopped", "stats": stats }));
+    }
+    Ok(())
+}
+
+async fn register(args: RegisterArgs) -> anyhow::Result<()> {
+    let port = parse_port(&args.port)?;
+    let interval = seconds(args.interval, "--interval")?;
+    let client = client(&args.target).await?;
+    let target = client.target();
+    client
+        .register(&args.aliases, port.clone())
+        .await
+        .with_context(|| format!("registering with {target}"))?;
+    if args.target.json {
+        println!(
+            "{}",
+            json!({ "registered": true, "aliases": args.aliases, "port": port_json(&port), "registry": target.to_string() })
+        );
+    } else {
+        println!(
+            "registered {} port {port} with {target}",
+            args.aliases.join(" ")
+        );
+    }
+    if !args.keepalive {
+        return Ok(());
+    }
+    let registrar = Registrar::spawn(
+        client,
+        RegistrarConfig::new(args.aliases.clone(), port.clone()).with_interval(interval),
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    registrar
+        .shutdown()
+        .await
+        .with_context(|| format!("unregistering from {target}"))?;
+    if args.target.json {
+        println!(
+            "{}",
+            json!({ "unregistered": port_json(&port), "registry": target.to_string() })
+        );
+    } else {
+        println!("unregistered port {port} from {target}");
+    }
+    Ok(())
+}
+
+async fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
+    let client = client(&args.target).await?;
+    let target = client.target();
+    let found = client
+        .discover(&args.name)
+        .await
+        .with_context(|| format!("querying {target}"))?;
+    if args.target.json {
+        println!(
+            "{}",
+            serde_json::Value::Array(found.iter().map(addr_json).collect())
+        );
+    } else if found.is_empty() {
+        eprintln!("no servers registered under {:?}", args.name.to_uppercase());
+    } else {
+        for a in &found {
+            println!("{a}");
+        }
+    }
+    Ok(())
+}
+
+async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let client = client(&args.target).await?;
+    let target = client.target();
+    let names = client
+        .list(args.filter.as_deref())
+        .await
+        .with_context(|| format!("listing {target}"))?
+        .ok_or_else(|| {
+            anyhow!("registry {target} does not allow listing (serve it with --listing)")
+        })?;
+    if args.target.json {
+        println!("{}", json!(names));
+    } else {
+        for n in &names {
+            println!("{n}");
+        }
+    }
+    Ok(())
+}
+
+async fn unregister(args: UnregisterArgs) -> anyhow::Result<()> {
+    let port = parse_port(&args.port)?;
+    let client = client(&args.target).await?;
+    let target = client.target();
+    client
+        .unregister(port.clone())
+        .await
+        .with_context(|| format!("unregistering from {target}"))?;
+    if args.target.json {
+        println!(
+            "{}",
+            json!({ "unregistered": port_json(&port), "registry": target.to_string() })
+        );
+    } else {
+        println!("sent UNREGISTER for port {port} to {target}");
+    }
+    Ok(())
 }

@@ -39,6 +39,8 @@ pub mod server;
 pub use crate::core::{CoreConfig, RegistryEvent, RemoveReason, Stats, Transport};
 pub use crate::proto::{Command, Port, ServiceAddr};
 pub use client::{ClientError, RegistryClient, TcpRegistryClient, UdpRegistryClient};
+/// CIDR network type of the allow-lists (re-exported from `ipnet`).
+pub use ipnet::IpNet;
 pub use registrar::{Registrar, RegistrarConfig};
 pub use server::{RegistryConfig, RegistryServer, ServerError};
 

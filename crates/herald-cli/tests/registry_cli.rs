@@ -1,0 +1,263 @@
+//! `herald registry ...` end to end: a `serve` process and client subcommands, JSON
+//! output, exit codes (2 for bad input, 1 for failures).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn herald() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+/// A running `herald registry serve`, killed on drop, with its stdout lines.
+struct Serve {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    port: u16,
+}
+
+impl Serve {
+    fn start(extra: &[&str]) -> Self {
+        let mut child = herald()
+            .args([
+                "registry",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--json",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn herald registry serve");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut serve = Self {
+            child,
+            lines,
+            port: 0,
+        };
+        let first = serve.next_json();
+        assert_eq!(first["event"], "listening", "{first}");
+        let udp = first["udp"].as_str().expect("udp address");
+        serve.port = udp
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        assert_eq!(
+            first["tcp"].as_str(),
+            Some(udp),
+            "same port for UDP and TCP"
+        );
+        serve
+    }
+
+    fn next_json(&self) -> serde_json::Value {
+        let line = self
+            .lines
+            .recv_timeout(WAIT)
+            .expect("serve printed a line in time");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+    }
+
+    fn registry(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    let mut child = herald()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herald");
+    // Bounded: poll for exit.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("herald {args:?} did not finish in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn json_out(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "status {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON {:?}: {e}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn serve_register_discover_list_unregister_over_udp_and_tcp() {
+    let serve = Serve::start(&["--listing"]);
+    let reg = serve.registry();
+    for (transport, extra) in [("udp", None), ("tcp", Some("--tcp"))] {
+        let with = |args: &[&str]| {
+            let mut v: Vec<&str> = args.to_vec();
+            v.extend(["--registry", &reg, "--json"]);
+            v.extend(extra);
+            json_out(&run(&v))
+        };
+        let port = if transport == "udp" { "7001" } else { "7002" };
+        let r = with(&["registry", "register", "calc", "Math", "--port", port]);
+        assert_eq!(r["registered"], true);
+        let added = [serve.next_json(), serve.next_json()];
+        assert!(
+            added
+                .iter()
+                .all(|e| e["event"] == "added" && e["host"] == "127.0.0.1")
+        );
+        let found = with(&["registry", "discover", "CALC"]);
+        assert!(
+            found
+                .as_array()
+                .expect("array")
+                .iter()
+                .any(|a| a["port"].to_string() == port),
+            "{found}"
+        );
+        let names = with(&["registry", "list"]);
+        assert_eq!(names, serde_json::json!(["CALC", "MATH"]));
+        let filtered = with(&["registry", "list", "--filter", "10.0.0.1"]);
+        assert_eq!(filtered, serde_json::json!([]));
+        let u = with(&["registry", "unregister", "--port", port]);
+        assert_eq!(u["unregistered"].to_string(), port);
+        let removed = [serve.next_json(), serve.next_json()];
+        assert!(
+            removed
+                .iter()
+                .all(|e| e["event"] == "removed" && e["reason"] == "unregistered"),
+            "{removed:?}"
+        );
+    }
+}
+
+#[test]
+fn register_keepalive_unregisters_on_interrupt() {
+    let serve = Serve::start(&[]);
+    let mut child = herald()
+        .args([
+            "registry",
+            "register",
+            "keeper",
+            "--port",
+            "7100",
+            "--keepalive",
+            "--interval",
+            "0.2",
+        ])
+        .args(["--registry", &serve.registry(), "--tcp"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    let added = serve.next_json();
+    assert_eq!(
+        (added["event"].as_str(), added["name"].as_str()),
+        (Some("added"), Some("KEEPER"))
+    );
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let removed = serve.next_json();
+    assert_eq!(removed["event"], "removed");
+    assert_eq!(removed["reason"], "unregistered");
+    let deadline = std::time::Instant::now() + WAIT;
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "register --keepalive exits after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn listing_off_is_a_clear_failure() {
+    let serve = Serve::start(&[]);
+    let out = run(&["registry", "list", "--registry", &serve.registry()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not allow listing"), "{err}");
+}
+
+#[test]
+fn silent_registry_times_out_with_exit_1() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    let out = run(&[
+        "registry",
+        "discover",
+        "x",
+        "--registry",
+        &addr,
+        "--timeout",
+        "0.3",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no reply to QUERY"));
+}
+
+#[test]
+fn bad_input_exits_2_and_names_the_value() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["registry", "serve", "--allow", "10.0.0.0/99"],
+            "10.0.0.0/99",
+        ),
+        (&["registry", "serve", "--prune-timeout", "-1"], "-1"),
+        (&["registry", "register", "a", "--port", "eighty"], "eighty"),
+        (
+            &[
+                "registry",
+                "discover",
+                "a",
+                "--registry",
+                "127.0.0.1:notaport",
+            ],
+            "notaport",
+        ),
+        (&["registry", "unregister", "--port", "70000"], "70000"),
+    ];
+    for (args, needle) in cases {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
