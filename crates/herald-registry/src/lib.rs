@@ -32,6 +32,7 @@
 pub mod brine;
 pub mod client;
 pub mod core;
+pub mod fuzz_entry;
 pub mod proto;
 pub mod registrar;
 pub mod server;
