@@ -37,6 +37,7 @@ pub mod codec;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod fuzz;
 pub mod payload;
 pub mod pyjson;
 
