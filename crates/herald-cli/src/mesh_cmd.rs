@@ -1,9 +1,605 @@
-//! `herald mesh` (placeholder until herald-mesh lands).
-use clap::Subcommand;
+//! `herald mesh`: serve the example service, call, describe, listen, demo.
+//!
+//! Without `--amqp` every command runs on the in-process broker inside this process:
+//! `call` and `describe` then talk to an example service hosted in-process under the
+//! name `example`, `serve-example` and `listen` only see this process. With
+//! `--amqp URL` they use RabbitMQ and interoperate with other processes and with
+//! Python nuropb.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use herald_mesh::amqp::AmqpBackend;
+use herald_mesh::crypto::{NuropbCipher, ServiceKey};
+use herald_mesh::example::ExampleService;
+use herald_mesh::{
+    Backend, InProcBroker, Mesh, MeshConfig, MeshError, RequestOptions, ServiceDescription,
+};
+use serde_json::{Value, json};
+
+/// Name of the example service hosted in-process by `call`, `describe`, `demo` and
+/// `herald up`.
+pub const EXAMPLE_NAME: &str = "example";
+
+/// RSA key size of the example service when no `--key` is given.
+const KEY_BITS: usize = 2048;
 
 #[derive(Debug, Subcommand)]
-pub enum MeshCommand {}
+pub enum MeshCommand {
+    /// Run the example service (add, echo, fail, slow, emit, events_seen, secret_echo)
+    /// until Ctrl-C, then shut down gracefully.
+    ServeExample(ServeArgs),
+    /// Call a method and print its result.
+    Call(CallArgs),
+    /// Print a service's describe document.
+    Describe(DescribeArgs),
+    /// Print events whose topic matches a pattern (`*` one word, `#` any words).
+    Listen(ListenArgs),
+    /// Run the example service and a client in this process, printing each call.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackendArgs {
+    /// RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f (default: in-process).
+    #[arg(long, value_name = "URL")]
+    amqp: Option<String>,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Service name.
+    #[arg(long, default_value = EXAMPLE_NAME)]
+    name: String,
+    /// Fixed instance id (default: random).
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// PEM file with the service's RSA private key; give every instance the same
+    /// file so that any of them can decrypt (default: a fresh key per instance).
+    #[arg(long, value_name = "PEM")]
+    key: Option<std::path::PathBuf>,
+    /// Requests handled concurrently.
+    #[arg(long, default_value_t = herald_mesh::mesh::DEFAULT_PREFETCH)]
+    prefetch: u16,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// Service name.
+    service: String,
+    /// Method name.
+    method: String,
+    /// Keyword arguments as a JSON object.
+    #[arg(long, default_value = "{}")]
+    params: String,
+    /// Caller context as a JSON object.
+    #[arg(long, default_value = "{}")]
+    context: String,
+    /// Request ttl and deadline in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    ttl: u64,
+    /// Trace id.
+    #[arg(long)]
+    trace_id: Option<String>,
+    /// Encrypt the call with the service's public key.
+    #[arg(long)]
+    encrypted: bool,
+    /// Send as a command (no reply).
+    #[arg(long)]
+    command: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// Service name.
+    service: String,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// Topic pattern.
+    topic: String,
+    /// Exit after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Print each call as a JSON line.
+    #[arg(long)]
+    json: bool,
+}
 
 pub async fn run(cmd: MeshCommand) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        MeshCommand::ServeExample(a) => serve_example(a).await,
+        MeshCommand::Call(a) => call(a).await,
+        MeshCommand::Describe(a) => describe(a).await,
+        MeshCommand::Listen(a) => listen(a).await,
+        MeshCommand::Demo(a) => demo(a).await,
+    }
+}
+
+/// The in-process mesh hosting the example service (for `herald up`).
+#[allow(dead_code)] // used by `herald up` (up.rs)
+#[derive(Debug)]
+pub struct ExampleHost {
+    /// The broker; connect more handles to it with `Mesh::connect(Arc::new(broker.clone()), ..)`.
+    pub broker: InProcBroker,
+    /// The example service's handle.
+    pub service: Mesh,
+}
+
+#[allow(dead_code)] // used by `herald up` (up.rs)
+impl ExampleHost {
+    /// A client handle on the same in-process broker.
+    pub async fn client(&self) -> anyhow::Result<Mesh> {
+        Ok(Mesh::connect(Arc::new(self.broker.clone()), MeshConfig::client()).await?)
+    }
+
+    /// Graceful shutdown of the example service.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.service.disconnect().await?;
+        Ok(())
+    }
+}
+
+/// Starts the in-process broker with the example service under `name` (no keys:
+/// `secret_echo` then refuses every call). Used by `herald up`.
+#[allow(dead_code)] // used by `herald up` (up.rs)
+pub async fn start_inprocess_example(name: &str) -> anyhow::Result<ExampleHost> {
+    let broker = InProcBroker::new();
+    let service = Mesh::connect(
+        Arc::new(broker.clone()),
+        MeshConfig::service(name, ExampleService::new()),
+    )
+    .await
+    .map_err(user_or_runtime)?;
+    tracing::info!(
+        service = name,
+        instance = service.instance_id(),
+        "in-process mesh with the example service started"
+    );
+    Ok(ExampleHost { broker, service })
+}
+
+/// Maps mesh errors caused by user input to exit status 2.
+fn user_or_runtime(e: MeshError) -> anyhow::Error {
+    match e {
+        MeshError::InvalidArgument { .. } => crate::bad_input(e),
+        other => anyhow::Error::new(other),
+    }
+}
+
+fn backend_of(amqp: Option<&str>) -> anyhow::Result<Option<Arc<dyn Backend>>> {
+    match amqp {
+        None => Ok(None),
+        Some(url) => {
+            let b = AmqpBackend::new(url).map_err(|e| {
+                crate::bad_input(
+                    anyhow::Error::new(e)
+                        .context(format!("--amqp {}", herald_mesh::amqp::redact(url))),
+                )
+            })?;
+            Ok(Some(Arc::new(b)))
+        }
+    }
+}
+
+fn parse_object(flag: &str, text: &str) -> anyhow::Result<Value> {
+    let v: Value = serde_json::from_str(text).map_err(|e| {
+        crate::bad_input(anyhow::anyhow!("--{flag} is not valid JSON ({e}): {text}"))
+    })?;
+    if !v.is_object() {
+        return Err(crate::bad_input(anyhow::anyhow!(
+            "--{flag} must be a JSON object, got: {text}"
+        )));
+    }
+    Ok(v)
+}
+
+fn error_json(e: &MeshError) -> Value {
+    let (kind, extra) = match e {
+        MeshError::Remote { error, description } => (error.clone(), json!(description)),
+        MeshError::Handling { description, .. } => {
+            ("NuropbHandlingError".into(), json!(description))
+        }
+        other => (error_kind(other).into(), json!(other.to_string())),
+    };
+    json!({"error": kind, "description": extra})
+}
+
+fn error_kind(e: &MeshError) -> &'static str {
+    match e {
+        MeshError::Timeout { .. } => "Timeout",
+        MeshError::Expired { .. } => "Expired",
+        MeshError::Handling { .. } => "Handling",
+        MeshError::NotFound { .. } => "NotFound",
+        MeshError::EncryptionRequired { .. } => "EncryptionRequired",
+        MeshError::Encryption(_) => "Encryption",
+        MeshError::Remote { .. } => "Remote",
+        MeshError::Malformed(_) => "Malformed",
+        MeshError::Disconnected => "Disconnected",
+        MeshError::InvalidArgument { .. } => "InvalidArgument",
+        _ => "Error",
+    }
+}
+
+/// A mesh to run a client command on: RabbitMQ, or in-process with the example
+/// service hosted alongside.
+struct Session {
+    client: Mesh,
+    host: Option<Mesh>,
+}
+
+impl Session {
+    async fn open(amqp: Option<&str>, encrypted: bool) -> anyhow::Result<Self> {
+        let cipher = MeshConfig::client().client_cipher(Arc::new(NuropbCipher));
+        match backend_of(amqp)? {
+            Some(b) => {
+                let client = Mesh::connect(b, cipher)
+                    .await
+                    .context("connecting to RabbitMQ")?;
+                Ok(Self { client, host: None })
+            }
+            None => {
+                let broker: Arc<dyn Backend> = Arc::new(InProcBroker::new());
+                let mut cfg = MeshConfig::service(EXAMPLE_NAME, ExampleService::new());
+                if encrypted {
+                    let key =
+                        tokio::task::spawn_blocking(|| ServiceKey::generate(KEY_BITS)).await??;
+                    cfg = cfg.service_keys(Arc::new(key));
+                }
+                let host = Mesh::connect(broker.clone(), cfg).await?;
+                let client = Mesh::connect(broker, cipher).await?;
+                Ok(Self {
+                    client,
+                    host: Some(host),
+                })
+            }
+        }
+    }
+
+    async fn close(self) {
+        let _ = self.client.disconnect().await;
+        if let Some(h) = self.host {
+            let _ = h.disconnect().await;
+        }
+    }
+}
+
+async fn call(a: CallArgs) -> anyhow::Result<()> {
+    let params = parse_object("params", &a.params)?;
+    let context = parse_object("context", &a.context)?;
+    if a.ttl == 0 {
+        return Err(crate::bad_input(anyhow::anyhow!(
+            "--ttl must be at least 1 ms"
+        )));
+    }
+    let session = Session::open(a.backend.amqp.as_deref(), a.encrypted).await?;
+    let opts = RequestOptions {
+        context,
+        ttl: Some(Duration::from_millis(a.ttl)),
+        timeout: None,
+        trace_id: a.trace_id.clone(),
+        encrypted: a.encrypted,
+    };
+    let result = if a.command {
+        session
+            .client
+            .command(&a.service, &a.method, params, opts)
+            .await
+            .map(|()| json!(null))
+    } else {
+        session
+            .client
+            .request_with(&a.service, &a.method, params, opts)
+            .await
+    };
+    session.close().await;
+    match result {
+        Ok(v) => {
+            if a.backend.json {
+                println!("{}", json!({"result": v}));
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if a.backend.json {
+                println!("{}", error_json(&e));
+            }
+            Err(user_or_runtime(e)).with_context(|| format!("{}.{} failed", a.service, a.method))
+        }
+    }
+}
+
+fn print_description(d: &ServiceDescription) {
+    println!(
+        "service {} {}",
+        d.service_name,
+        d.service_version.as_deref().unwrap_or("")
+    );
+    if let Some(desc) = d.description.as_deref().filter(|s| !s.is_empty()) {
+        println!("  {desc}");
+    }
+    println!(
+        "  public key: {}",
+        if d.public_key.is_some() { "yes" } else { "no" }
+    );
+    for (name, m) in &d.methods {
+        let params: Vec<String> = m
+            .parameters
+            .as_ref()
+            .map(|p| {
+                p.properties
+                    .iter()
+                    .map(|(n, s)| {
+                        if s.type_name.is_empty() {
+                            n.clone()
+                        } else {
+                            format!("{n}: {}", s.type_name)
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let enc = if m.requires_encryption {
+            "  [requires encryption]"
+        } else {
+            ""
+        };
+        println!(
+            "  {name}({}){enc}  {}",
+            params.join(", "),
+            m.description.as_deref().unwrap_or("")
+        );
+    }
+}
+
+async fn describe(a: DescribeArgs) -> anyhow::Result<()> {
+    let session = Session::open(a.backend.amqp.as_deref(), false).await?;
+    let r = session.client.describe_service(&a.service, true).await;
+    session.close().await;
+    match r {
+        Ok(d) => {
+            if a.backend.json {
+                println!("{}", serde_json::to_string(d.as_ref())?);
+            } else {
+                print_description(&d);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if a.backend.json {
+                println!("{}", error_json(&e));
+            }
+            Err(user_or_runtime(e)).with_context(|| format!("describing {}", a.service))
+        }
+    }
+}
+
+async fn listen(a: ListenArgs) -> anyhow::Result<()> {
+    herald_mesh::message::validate_topic_pattern(&a.topic).map_err(crate::bad_input)?;
+    let backend: Arc<dyn Backend> = match backend_of(a.backend.amqp.as_deref())? {
+        Some(b) => b,
+        None => {
+            eprintln!(
+                "herald: listening on the in-process mesh of this process only (use --amqp URL for a broker)"
+            );
+            Arc::new(InProcBroker::new())
+        }
+    };
+    let mesh = Mesh::connect(backend, MeshConfig::client()).await?;
+    let mut sub = mesh.subscribe(&a.topic).await.map_err(user_or_runtime)?;
+    if !a.backend.json {
+        eprintln!("herald: listening for {}", a.topic);
+    }
+    let mut seen = 0u64;
+    loop {
+        if a.count.is_some_and(|n| seen >= n) {
+            break;
+        }
+        let ev = tokio::select! {
+            ev = sub.next() => ev,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(ev) = ev else { break };
+        seen += 1;
+        if a.backend.json {
+            println!("{}", serde_json::to_string(&ev)?);
+        } else {
+            println!("{}: {}", ev.topic, ev.event);
+        }
+    }
+    mesh.disconnect().await?;
+    Ok(())
+}
+
+async fn serve_example(a: ServeArgs) -> anyhow::Result<()> {
+    let key = match &a.key {
+        Some(path) => ServiceKey::from_pem_file(path).map_err(|e| {
+            crate::bad_input(anyhow::Error::new(e).context(format!("--key {}", path.display())))
+        })?,
+        None => tokio::task::spawn_blocking(|| ServiceKey::generate(KEY_BITS)).await??,
+    };
+    let backend: Arc<dyn Backend> = match backend_of(a.backend.amqp.as_deref())? {
+        Some(b) => b,
+        None => Arc::new(InProcBroker::new()),
+    };
+    let mut cfg = MeshConfig::service(&a.name, ExampleService::new())
+        .service_keys(Arc::new(key))
+        .prefetch(a.prefetch);
+    if let Some(id) = &a.instance_id {
+        cfg = cfg.instance_id(id);
+    }
+    let mesh = Mesh::connect(backend.clone(), cfg)
+        .await
+        .map_err(user_or_runtime)?;
+    if a.backend.json {
+        println!(
+            "{}",
+            json!({"service": mesh.service_name(), "instance_id": mesh.instance_id(), "backend": backend.name(), "ready": true})
+        );
+    } else {
+        println!(
+            "serving example service {} (instance {}) on the {} backend; Ctrl-C to stop",
+            mesh.service_name(),
+            mesh.instance_id(),
+            backend.name()
+        );
+    }
+    let mut leader = mesh.leader_watch();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            changed = leader.changed() => match changed {
+                Some(now) => tracing::info!(leader = now, "leadership changed"),
+                None => break,
+            },
+        }
+    }
+    eprintln!("herald: shutting down, finishing in-flight requests");
+    mesh.disconnect().await?;
+    Ok(())
+}
+
+async fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    let broker: Arc<dyn Backend> = Arc::new(InProcBroker::new());
+    let key = tokio::task::spawn_blocking(|| ServiceKey::generate(KEY_BITS)).await??;
+    let service = Mesh::connect(
+        broker.clone(),
+        MeshConfig::service(EXAMPLE_NAME, ExampleService::new()).service_keys(Arc::new(key)),
+    )
+    .await?;
+    let client = Mesh::connect(
+        broker.clone(),
+        MeshConfig::client().client_cipher(Arc::new(NuropbCipher)),
+    )
+    .await?;
+    let mut events = client.subscribe("interop.#").await?;
+    let show = |what: &str, r: &Result<Value, MeshError>| {
+        if a.json {
+            let line = match r {
+                Ok(v) => json!({"call": what, "result": v}),
+                Err(e) => json!({"call": what, "error": error_json(e)}),
+            };
+            println!("{line}");
+        } else {
+            match r {
+                Ok(v) => println!("{what:<48} -> {v}"),
+                Err(e) => println!("{what:<48} -> error: {e}"),
+            }
+        }
+    };
+    let plain = |ctx: Value| RequestOptions::with_context(ctx);
+    let r = client
+        .request_with(
+            EXAMPLE_NAME,
+            "add",
+            json!({"a": 2, "b": 3}),
+            plain(json!({})),
+        )
+        .await;
+    show("example.add(a=2, b=3)", &r);
+    let r = client
+        .request_with(
+            EXAMPLE_NAME,
+            "echo",
+            json!({"hello": "mesh"}),
+            plain(json!({"user": "demo"})),
+        )
+        .await;
+    show("example.echo(hello=\"mesh\") context={user:demo}", &r);
+    let r = client
+        .request_with(
+            EXAMPLE_NAME,
+            "fail",
+            json!({"message": "as asked", "kind": "handling"}),
+            plain(json!({})),
+        )
+        .await;
+    show("example.fail(message, kind=\"handling\")", &r);
+    let r = client
+        .request_with(
+            EXAMPLE_NAME,
+            "emit",
+            json!({"topic": "interop.demo", "payload": {"n": 1}}),
+            plain(json!({})),
+        )
+        .await;
+    show("example.emit(topic=\"interop.demo\")", &r);
+    let ev = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
+    let r = match ev {
+        Ok(Some(ev)) => Ok(json!({"topic": ev.topic, "event": ev.event})),
+        Ok(None) => Err(MeshError::Disconnected),
+        Err(_) => Err(MeshError::Timeout {
+            service: "events".into(),
+            method: "interop.#".into(),
+            after: Duration::from_secs(10),
+        }),
+    };
+    show("listen interop.#", &r);
+    let mut seen = Ok(json!([]));
+    for _ in 0..50 {
+        seen = client
+            .request_with(EXAMPLE_NAME, "events_seen", json!({}), plain(json!({})))
+            .await;
+        if seen
+            .as_ref()
+            .is_ok_and(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    show("example.events_seen()", &seen);
+    let r = client
+        .request_with(
+            EXAMPLE_NAME,
+            "secret_echo",
+            json!({"text": "psst"}),
+            plain(json!({})),
+        )
+        .await;
+    show("example.secret_echo(text) unencrypted", &r);
+    let enc = RequestOptions {
+        encrypted: true,
+        ..RequestOptions::default()
+    };
+    let r = client
+        .request_with(EXAMPLE_NAME, "secret_echo", json!({"text": "psst"}), enc)
+        .await;
+    show("example.secret_echo(text) encrypted", &r);
+    let quick = RequestOptions {
+        timeout: Some(Duration::from_millis(200)),
+        ..RequestOptions::default()
+    };
+    let r = client
+        .request_with(EXAMPLE_NAME, "slow", json!({"seconds": 1.0}), quick)
+        .await;
+    show("example.slow(seconds=1) with a 200 ms deadline", &r);
+    let d = client.describe_service(EXAMPLE_NAME, false).await;
+    let r = d.map(|d| json!(d.methods.keys().collect::<Vec<_>>()));
+    show("describe example (methods)", &r);
+    let r = Ok(json!(service.is_leader()));
+    show("example instance is leader", &r);
+    client.disconnect().await?;
+    service.disconnect().await?;
+    Ok(())
 }

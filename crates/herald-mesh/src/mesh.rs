@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::backend::{
     Backend, Connection, ConsumeOptions, DeliveryStream, QueueSpec, Settle, nuropb_exchanges,
@@ -459,7 +459,7 @@ impl Mesh {
                 inner.tracker.clone(),
             ));
         }
-        info!(
+        debug!(
             backend = inner.backend_name,
             service = %inner.service_name,
             instance = %inner.instance_id,
@@ -492,7 +492,7 @@ impl Mesh {
         inner.shutdown.cancel();
         inner.pending.fail_all();
         let r = inner.conn.close().await;
-        info!(service = %inner.service_name, instance = %inner.instance_id, "mesh disconnected");
+        debug!(service = %inner.service_name, instance = %inner.instance_id, "mesh disconnected");
         r
     }
 

@@ -1,0 +1,324 @@
+//! `herald mesh` end to end: the real binary on the in-process mesh, and on RabbitMQ
+//! when `HERALD_AMQP_URL` is set.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn herald(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run herald")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn call_add_prints_the_result() {
+    let o = herald(&[
+        "mesh",
+        "call",
+        "example",
+        "add",
+        "--params",
+        r#"{"a": 2, "b": 40}"#,
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o).trim(), "42");
+}
+
+#[test]
+fn call_json_output_and_context_reach_the_handler() {
+    let o = herald(&[
+        "mesh",
+        "call",
+        "example",
+        "echo",
+        "--params",
+        r#"{"x": 1}"#,
+        "--context",
+        r#"{"user": "u"}"#,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        v,
+        json!({"result": {"params": {"x": 1}, "context": {"user": "u"}}})
+    );
+}
+
+#[test]
+fn handler_error_exits_1_with_the_nuropb_class() {
+    let o = herald(&[
+        "mesh",
+        "call",
+        "example",
+        "fail",
+        "--params",
+        r#"{"message": "boom", "kind": "handling"}"#,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        v,
+        json!({"error": "NuropbHandlingError", "description": "boom"})
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("boom"));
+}
+
+#[test]
+fn bad_user_input_exits_2() {
+    for args in [
+        vec!["mesh", "call", "example", "add", "--params", "{not json"],
+        vec!["mesh", "call", "example", "add", "--params", "[1, 2]"],
+        vec!["mesh", "call", "example", "add", "--ttl", "0"],
+        vec!["mesh", "call", "bad name!", "add"],
+        vec!["mesh", "listen", "a..b"],
+        vec!["mesh", "call", "example", "add", "--amqp", "not-a-url"],
+    ] {
+        let o = herald(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("herald: error:"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn unknown_service_and_timeout_are_runtime_errors() {
+    let o = herald(&["mesh", "call", "nobody", "add"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not available"));
+    let o = herald(&[
+        "mesh",
+        "call",
+        "example",
+        "slow",
+        "--params",
+        r#"{"seconds": 5}"#,
+        "--ttl",
+        "200",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["error"], json!("Timeout"));
+}
+
+#[test]
+fn describe_lists_the_example_methods() {
+    let o = herald(&["mesh", "describe", "example", "--json"]);
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["service_name"], json!("example"));
+    for m in [
+        "add",
+        "echo",
+        "fail",
+        "slow",
+        "emit",
+        "events_seen",
+        "secret_echo",
+    ] {
+        assert!(v["methods"].get(m).is_some(), "missing {m}");
+    }
+    assert_eq!(
+        v["methods"]["secret_echo"]["requires_encryption"],
+        json!(true)
+    );
+    let o = herald(&["mesh", "describe", "example"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("secret_echo(text: str)  [requires encryption]"));
+}
+
+#[test]
+fn encrypted_call_on_the_inprocess_example() {
+    let o = herald(&[
+        "mesh",
+        "call",
+        "example",
+        "secret_echo",
+        "--params",
+        r#"{"text": "psst"}"#,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("requires encryption"));
+    let o = herald(&[
+        "mesh",
+        "call",
+        "example",
+        "secret_echo",
+        "--params",
+        r#"{"text": "psst"}"#,
+        "--encrypted",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o).trim(), r#""psst""#);
+}
+
+#[test]
+fn demo_prints_each_call() {
+    let o = herald(&["mesh", "demo", "--json"]);
+    assert!(o.status.success(), "{o:?}");
+    let lines: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let find = |prefix: &str| {
+        lines
+            .iter()
+            .find(|l| l["call"].as_str().is_some_and(|c| c.starts_with(prefix)))
+            .unwrap_or_else(|| panic!("no line for {prefix}: {lines:?}"))
+            .clone()
+    };
+    assert_eq!(find("example.add")["result"], json!(5));
+    assert_eq!(
+        find("example.fail")["error"]["error"],
+        json!("NuropbHandlingError")
+    );
+    assert_eq!(
+        find("listen interop.#")["result"]["topic"],
+        json!("interop.demo")
+    );
+    assert_eq!(
+        find("example.secret_echo(text) unencrypted")["error"]["error"],
+        json!("EncryptionRequired")
+    );
+    assert_eq!(
+        find("example.secret_echo(text) encrypted")["result"],
+        json!("psst")
+    );
+    assert_eq!(find("example.slow")["error"]["error"], json!("Timeout"));
+    assert_eq!(find("example instance is leader")["result"], json!(true));
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// serve-example, call, describe and listen across processes through RabbitMQ.
+#[test]
+fn across_processes_over_rabbitmq() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let name = format!("cli-{}", std::process::id());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "mesh",
+            "serve-example",
+            "--name",
+            &name,
+            "--amqp",
+            &url,
+            "--json",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn serve-example");
+    let out = child.stdout.take().expect("stdout");
+    let server = Server(child);
+    let mut line = String::new();
+    BufReader::new(out)
+        .read_line(&mut line)
+        .expect("ready line");
+    let ready: Value = serde_json::from_str(line.trim()).expect("ready json");
+    assert_eq!(ready["service"], json!(name));
+
+    let mut listener = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "mesh",
+            "listen",
+            "interop.cli.#",
+            "--amqp",
+            &url,
+            "--json",
+            "--count",
+            "1",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn listen");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let o = loop {
+        let o = herald(&[
+            "mesh",
+            "call",
+            &name,
+            "add",
+            "--params",
+            r#"{"a": 2, "b": 3}"#,
+            "--amqp",
+            &url,
+        ]);
+        if o.status.success() || Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o).trim(), "5");
+    let o = herald(&["mesh", "describe", &name, "--amqp", &url, "--json"]);
+    assert!(o.status.success(), "{o:?}");
+    let d: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert!(
+        d["public_key"]
+            .as_str()
+            .is_some_and(|k| k.contains("PUBLIC KEY"))
+    );
+    let o = herald(&[
+        "mesh",
+        "call",
+        &name,
+        "secret_echo",
+        "--params",
+        r#"{"text": "t"}"#,
+        "--encrypted",
+        "--amqp",
+        &url,
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    // The listener subscribes asynchronously: emit until it has seen one event.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = herald(&[
+            "mesh",
+            "call",
+            &name,
+            "emit",
+            "--params",
+            r#"{"topic": "interop.cli.x", "payload": 7}"#,
+            "--amqp",
+            &url,
+        ]);
+        assert!(o.status.success(), "{o:?}");
+        if listener.try_wait().expect("poll listener").is_some() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let lo = listener.wait_with_output().expect("listener output");
+    assert!(lo.status.success(), "{lo:?}");
+    let ev: Value =
+        serde_json::from_str(String::from_utf8_lossy(&lo.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(ev["topic"], json!("interop.cli.x"));
+    assert_eq!(ev["event"], json!(7));
+    drop(server);
+}
