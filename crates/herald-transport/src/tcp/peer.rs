@@ -10,6 +10,7 @@ use bytes::{BufMut, BytesMut};
 use herald_wire::{Envelope, FRAME_HANDSHAKE, FRAME_MESSAGE};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Shared;
@@ -325,15 +326,20 @@ impl Peer {
         reader: FrameReader<BoxRead>,
         label: String,
         rx_count: Arc<AtomicU64>,
-    ) -> oneshot::Receiver<Result<(), ConnectionError>> {
+    ) -> ReaderHandle {
         let (tx, rx) = oneshot::channel();
         let peer = self.clone();
         let shared2 = shared.clone();
+        let stop = shared.cancel.child_token();
+        let stop2 = stop.clone();
         shared.tasks.spawn(async move {
-            let r = read_loop(reader, &shared2, &peer, &label, &rx_count).await;
+            let r = tokio::select! {
+                r = read_loop(reader, &shared2, &peer, &label, &rx_count) => r,
+                _ = stop2.cancelled() => Ok(()),
+            };
             let _ = tx.send(r);
         });
-        rx
+        ReaderHandle { done: rx, stop }
     }
 
     async fn run_conn(self: &Arc<Self>, shared: &Arc<Shared>, conn: Established) -> ConnEnd {
@@ -352,13 +358,13 @@ impl Peer {
         lock(&self.state).connected = Some(identity.clone());
         info!(peer = %self.key, via = %label, dialed = dialed_by_us, "peer connected");
         let rx_count = Arc::new(AtomicU64::new(0));
-        let done = self.start_reader(shared, reader, label.clone(), rx_count.clone());
+        let reader = self.start_reader(shared, reader, label.clone(), rx_count.clone());
         let mut cur = Current {
             identity,
             dialed_by_us,
             label,
             writer,
-            done,
+            reader,
             rx_count,
         };
         let keepalive = match (&shared.hs, shared.cfg.keepalive) {
@@ -390,7 +396,7 @@ impl Peer {
                 if self.prefer_new(shared, &cur, &new) {
                     info!(peer = %self.key, old = %cur.label, new = %new.label, "switching to the newer connection (connection race or reconnect)");
                     let rx_count = Arc::new(AtomicU64::new(0));
-                    let done =
+                    let reader =
                         self.start_reader(shared, new.reader, new.label.clone(), rx_count.clone());
                     let old = std::mem::replace(
                         &mut cur,
@@ -399,19 +405,20 @@ impl Peer {
                             dialed_by_us: new.dialed_by_us,
                             label: new.label,
                             writer: new.writer,
-                            done,
+                            reader,
                             rx_count,
                         },
                     );
                     shared.register_connection(&self.key, &cur.identity);
                     lock(&self.state).connected = Some(cur.identity.clone());
-                    retire(old.writer, None);
+                    // Keep reading what the peer already sent on the old one until it closes.
+                    retire(old.writer, Some(old.reader));
                 } else {
                     debug!(peer = %self.key, kept = %cur.label, closed = %new.label, "duplicate connection closed (connection race)");
                     let rx_count = Arc::new(AtomicU64::new(0));
                     // Keep reading what the peer already sent on it until it closes.
-                    let done = self.start_reader(shared, new.reader, new.label, rx_count);
-                    retire(new.writer, Some(done));
+                    let reader = self.start_reader(shared, new.reader, new.label, rx_count);
+                    retire(new.writer, Some(reader));
                 }
             }
             if !ctrl.is_empty() || !batch.is_empty() {
@@ -430,7 +437,7 @@ impl Peer {
                     let _ = cur.writer.shutdown().await;
                     break ConnEnd::Shutdown;
                 }
-                r = &mut cur.done => {
+                r = &mut cur.reader.done => {
                     match r {
                         Ok(Ok(())) => info!(peer = %self.key, via = %cur.label, "peer closed the connection"),
                         Ok(Err(e)) => warn!(peer = %self.key, error = %e, "connection closed"),
@@ -470,6 +477,7 @@ impl Peer {
         lock(&self.state).connected = None;
         shared.unregister_connection(&self.key, &cur.identity);
         if let ConnEnd::Lost = end {
+            cur.reader.stop.cancel();
             retire(cur.writer, None);
             if self.dial_addr.is_none() {
                 self.drain_to_dead_letters(
@@ -570,8 +578,14 @@ struct Current {
     dialed_by_us: bool,
     label: String,
     writer: BoxWrite,
-    done: oneshot::Receiver<Result<(), ConnectionError>>,
+    reader: ReaderHandle,
     rx_count: Arc<AtomicU64>,
+}
+
+/// A running read loop: its result, and a token that stops it.
+struct ReaderHandle {
+    done: oneshot::Receiver<Result<(), ConnectionError>>,
+    stop: CancellationToken,
 }
 
 async fn tick(i: &mut Option<tokio::time::Interval>) {
@@ -584,15 +598,18 @@ async fn tick(i: &mut Option<tokio::time::Interval>) {
 }
 
 /// Closes our sending side of a connection gracefully (FIN / TLS close_notify); if a
-/// reader is still running on it, it drains the peer's remaining frames until EOF.
-fn retire(
-    mut writer: BoxWrite,
-    reader_done: Option<oneshot::Receiver<Result<(), ConnectionError>>>,
-) {
+/// reader is still running on it, it drains the peer's remaining frames until EOF (at
+/// most 30 s, then it is stopped).
+fn retire(mut writer: BoxWrite, reader: Option<ReaderHandle>) {
     tokio::spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(5), writer.shutdown()).await;
-        if let Some(done) = reader_done {
-            let _ = tokio::time::timeout(Duration::from_secs(30), done).await;
+        if let Some(r) = reader {
+            if tokio::time::timeout(Duration::from_secs(30), r.done)
+                .await
+                .is_err()
+            {
+                r.stop.cancel();
+            }
         }
     });
 }
