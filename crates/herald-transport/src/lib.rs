@@ -41,6 +41,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod local;
 pub mod native;
+pub mod remote;
 pub mod tcp;
 pub mod tls;
 #[cfg(feature = "testkit")]

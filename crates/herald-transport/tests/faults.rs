@@ -332,3 +332,33 @@ async fn killed_peer_is_detected_and_queued_messages_follow_in_order_after_recon
         n.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn unknown_type_hint_is_dropped_with_a_reason_and_others_flow() {
+    use herald_transport::MessageTransport;
+    use herald_transport::remote::RemoteTransport;
+    let b = RemoteTransport::builder("sys", TcpConfig::loopback())
+        .accept_type_hints(|hint| hint.starts_with("shop."))
+        .start()
+        .await
+        .expect("start");
+    let mut inbox = b.local().register_unbounded("/inbox").expect("register");
+    let a = RemoteTransport::builder("sys", TcpConfig::loopback())
+        .start()
+        .await
+        .expect("start");
+    let to = b.address_of("/inbox");
+    a.deliver(Envelope::new(to.clone(), "", "evil.Unknown", &b"{}"[..]))
+        .expect("sent");
+    a.deliver(Envelope::new(to, "", "shop.Order", &b"{}"[..]))
+        .expect("sent");
+    let got = recv(&mut inbox).await;
+    assert_eq!(got.type_hint, "shop.Order");
+    assert_eq!(
+        b.dead_letter_sink().count(DeadLetterReason::DecodeFailed),
+        1
+    );
+    assert!(inbox.try_recv().is_err());
+    a.shutdown().await;
+    b.shutdown().await;
+}
