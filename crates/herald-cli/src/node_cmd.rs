@@ -1,9 +1,343 @@
-//! `herald tell` (placeholder until herald-transport lands).
+//! `herald tell` and the transport part of `herald up` ([`NodeArgs`], [`start_node`]).
+//!
+//! * `herald tell URI --type-hint H --json '{..}'` sends one message, with the JSON
+//!   turned into casty's tagged JSON payload (`{"_type": H, ...}` written the way
+//!   Python's `json.dumps` writes it), and exits 0 once the frame was written and the
+//!   connection closed gracefully.
+//! * [`start_node`] starts a node (a [`RemoteTransport`]) and prints its URI, then one
+//!   line per message received on a path nobody registered.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
 use clap::Args;
+use herald_transport::remote::RemoteTransport;
+use herald_transport::tcp::{PeerAddr, TcpConfig, TcpNode, WireMode};
+use herald_transport::tls::TlsConfig;
+use herald_transport::{DeadLetters, Handler, MessageTransport, PathMatcher};
+use herald_wire::payload::CastyValue;
+use herald_wire::{ActorAddress, Envelope};
 
+use crate::bad_input;
+
+/// Connection options shared by `herald tell` and `herald up`.
+#[derive(Debug, Clone, Args)]
+pub struct WireArgs {
+    /// Speak casty 0.21's `{"host","port"}` handshake (to talk to casty nodes) instead of
+    /// Herald's native handshake.
+    #[arg(long)]
+    pub casty_compat: bool,
+    /// Cluster name checked by the native handshake.
+    #[arg(long, default_value = "herald")]
+    pub cluster: String,
+    /// Shared-secret cookie of the native handshake (also `HERALD_COOKIE`).
+    #[arg(long, env = "HERALD_COOKIE", hide_env_values = true)]
+    pub cookie: Option<String>,
+    /// PEM certificate chain of this node (TLS; with --tls-key and --tls-ca: mutual TLS).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of this node.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) trusted for peers (enables TLS).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl WireArgs {
+    fn mode(&self) -> WireMode {
+        if self.casty_compat {
+            return WireMode::CastyV1;
+        }
+        match &self.cookie {
+            Some(c) => WireMode::native_with_cookie(self.cluster.clone(), c.as_bytes().to_vec()),
+            None => WireMode::native(self.cluster.clone()),
+        }
+    }
+
+    fn tls(&self) -> anyhow::Result<Option<TlsConfig>> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(
+                TlsConfig::from_pem_files(cert, key, ca, true).map_err(bad_input)?,
+            )),
+            (None, None, Some(ca)) => {
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("reading --tls-ca {}", ca.display()))
+                    .map_err(bad_input)?;
+                Ok(Some(
+                    TlsConfig::client_from_pem(&pem, None).map_err(bad_input)?,
+                ))
+            }
+            _ => Err(bad_input(anyhow!(
+                "TLS needs --tls-ca, and --tls-cert with --tls-key for a node certificate"
+            ))),
+        }
+    }
+}
+
+/// `herald tell`: send one message and exit.
 #[derive(Debug, Args)]
-pub struct TellArgs {}
+pub struct TellArgs {
+    /// Target actor URI, e.g. `casty://herald@127.0.0.1:25520/inbox`.
+    pub uri: String,
+    /// The message's type hint (casty: `<module>.<QualName>`), e.g. `demo.Ping`.
+    #[arg(long)]
+    pub type_hint: String,
+    /// The message as JSON; an object without `_type` gets the type hint as its tag.
+    #[arg(long)]
+    pub json: String,
+    /// Sender URI written in the envelope (casty receivers ignore it).
+    #[arg(long, default_value = "")]
+    pub sender: String,
+    /// Give up after this many seconds (connect + write).
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+    #[command(flatten)]
+    pub wire: WireArgs,
+}
 
-pub async fn run_tell(_args: TellArgs) -> anyhow::Result<()> {
-    anyhow::bail!("herald tell is not available yet")
+/// Turns user JSON into casty's tagged JSON payload bytes.
+pub fn casty_payload(type_hint: &str, json: &str) -> anyhow::Result<Vec<u8>> {
+    let value = CastyValue::from_json_bytes(json.as_bytes())
+        .with_context(|| format!("--json is not valid JSON: {json}"))?;
+    let value = match value {
+        CastyValue::Map(fields) => CastyValue::Object {
+            type_name: type_hint.to_owned(),
+            fields,
+        },
+        other => other,
+    };
+    Ok(value.to_json_bytes()?)
+}
+
+pub async fn run_tell(args: TellArgs) -> anyhow::Result<()> {
+    let address = ActorAddress::parse(&args.uri).map_err(bad_input)?;
+    let (Some(host), Some(port)) = (address.host(), address.port()) else {
+        return Err(bad_input(anyhow!(
+            "{} has no host:port; use casty://system@host:port/path",
+            args.uri
+        )));
+    };
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        return Err(bad_input(anyhow!(
+            "--timeout must be a positive number of seconds, got {}",
+            args.timeout
+        )));
+    }
+    let payload = casty_payload(&args.type_hint, &args.json).map_err(bad_input)?;
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let mut cfg = TcpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))).with_mode(args.wire.mode());
+    cfg.client_only = true;
+    cfg.connect_timeout = timeout;
+    cfg.backoff.breaker_threshold = 1;
+    cfg.tls = args.wire.tls()?;
+    let dead = DeadLetters::default();
+    let mut drops = dead.subscribe();
+    let node = TcpNode::builder(cfg).dead_letters(dead).start().await?;
+    let to = PeerAddr::new(host, port);
+    let envelope = Envelope::new(args.uri.clone(), args.sender, args.type_hint, payload);
+    node.send(&to, envelope)
+        .with_context(|| format!("sending to {to}"))?;
+    let written = node.flush(timeout).await;
+    let dropped = drops.try_recv().ok();
+    node.shutdown().await;
+    if let Some(letter) = dropped {
+        return Err(anyhow!(
+            "message to {} not delivered ({}): {}",
+            args.uri,
+            letter.reason,
+            letter.detail.as_deref().unwrap_or("")
+        ));
+    }
+    if !written {
+        return Err(anyhow!(
+            "message to {} not written within {timeout:?}",
+            args.uri
+        ));
+    }
+    tracing::info!(uri = %args.uri, "message written");
+    Ok(())
+}
+
+/// Transport options of `herald up` (flattened into its arguments).
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = herald_transport::tcp::DEFAULT_BIND)]
+    pub bind: SocketAddr,
+    /// Address advertised to peers, `host:port` (port 0: the bound port). Default: the
+    /// bound address.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Actor system name of this node.
+    #[arg(long, default_value = "herald")]
+    pub system: String,
+    #[command(flatten)]
+    pub wire: WireArgs,
+}
+
+/// A running node started by [`start_node`].
+#[derive(Debug)]
+#[allow(dead_code)] // used by `herald up` (up.rs)
+pub struct NodeHandle {
+    /// The node's transport (register actors on `transport.local()`).
+    pub transport: RemoteTransport,
+    /// The node's URI root, `casty://system@host:port`.
+    pub uri: String,
+}
+
+#[allow(dead_code)] // used by `herald up` (up.rs)
+impl NodeHandle {
+    /// Stops the node (connections closed gracefully).
+    pub async fn shutdown(&self) {
+        self.transport.shutdown().await;
+    }
+}
+
+#[allow(dead_code)] // used by `herald up` (up.rs)
+fn parse_advertise(s: &str) -> anyhow::Result<PeerAddr> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| anyhow!("--advertise {s:?}: expected [ipv6]:port"))?;
+        (h, p)
+    } else {
+        s.rsplit_once(':')
+            .ok_or_else(|| anyhow!("--advertise {s:?}: expected host:port"))?
+    };
+    if host.is_empty() {
+        return Err(anyhow!("--advertise {s:?}: empty host"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| anyhow!("--advertise {s:?}: port {port:?} is not a number in 0..=65535"))?;
+    Ok(PeerAddr::new(host, port))
+}
+
+/// Formats a payload for a log line: UTF-8 text as is, anything else as hex.
+#[allow(dead_code)] // used by `herald up` (up.rs)
+fn show_payload(payload: &[u8]) -> String {
+    match std::str::from_utf8(payload) {
+        Ok(s) => s.to_owned(),
+        Err(_) => format!("hex:{}", hex::encode(payload)),
+    }
+}
+
+#[allow(dead_code)] // used by `herald up` (up.rs)
+/// Starts a node: binds, prints `node <uri> ...`, and prints one `message ...` line per
+/// message received on a path no actor registered.
+pub async fn start_node(args: &NodeArgs) -> anyhow::Result<NodeHandle> {
+    let mut cfg = TcpConfig::new(args.bind).with_mode(args.wire.mode());
+    if let Some(a) = &args.advertise {
+        cfg.advertise = Some(parse_advertise(a).map_err(bad_input)?);
+    }
+    cfg.tls = args.wire.tls()?;
+    let tls = cfg.tls.is_some();
+    let mode = if args.wire.casty_compat {
+        "casty-v1"
+    } else {
+        "native"
+    };
+    let transport = RemoteTransport::builder(args.system.clone(), cfg)
+        .start()
+        .await
+        .with_context(|| format!("starting the node on {}", args.bind))?;
+    transport
+        .local()
+        .add_path_factory(PathMatcher::prefix("/"), |path: &str| {
+            let path = path.to_owned();
+            Some(Handler::from_fn(move |env: Envelope| {
+                println!(
+                    "message path={path} type_hint={} sender={} payload={}",
+                    env.type_hint,
+                    if env.sender.is_empty() {
+                        "-"
+                    } else {
+                        &env.sender
+                    },
+                    show_payload(&env.payload)
+                );
+            }))
+        });
+    let uri = transport.root().to_owned();
+    println!(
+        "node {uri} node-id={} mode={mode} tls={}",
+        transport.node_id(),
+        if tls { "on" } else { "off" }
+    );
+    Ok(NodeHandle { transport, uri })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_gets_the_type_tag_and_python_formatting() {
+        let p = casty_payload("casty_vec_msgs.Ping", r#"{"value":42}"#).expect("valid");
+        assert_eq!(p, br#"{"_type": "casty_vec_msgs.Ping", "value": 42}"#);
+        let p = casty_payload("x.Y", r#"{"_type": "a.B", "v": "zoë"}"#).expect("valid");
+        assert_eq!(p, br#"{"_type": "a.B", "v": "zo\u00eb"}"#);
+        assert!(casty_payload("x", "{nope").is_err());
+    }
+
+    #[test]
+    fn advertise_parsing() {
+        assert_eq!(
+            parse_advertise("node-a:25520").ok(),
+            Some(PeerAddr::new("node-a", 25520))
+        );
+        assert_eq!(
+            parse_advertise("[::1]:7").ok(),
+            Some(PeerAddr::new("::1", 7))
+        );
+        assert!(parse_advertise("nope").is_err());
+        assert!(parse_advertise("h:70000").is_err());
+        assert!(parse_advertise(":1").is_err());
+    }
+
+    #[tokio::test]
+    async fn started_node_receives_a_tell() {
+        let args = NodeArgs {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            system: "t".into(),
+            wire: WireArgs {
+                casty_compat: false,
+                cluster: "herald".into(),
+                cookie: None,
+                tls_cert: None,
+                tls_key: None,
+                tls_ca: None,
+            },
+        };
+        let node = start_node(&args).await.expect("starts");
+        let mut inbox = node
+            .transport
+            .local()
+            .register_unbounded("/inbox")
+            .expect("register");
+        run_tell(TellArgs {
+            uri: format!("{}/inbox", node.uri),
+            type_hint: "demo.Ping".into(),
+            json: r#"{"value": 1}"#.into(),
+            sender: String::new(),
+            timeout: 10.0,
+            wire: args.wire.clone(),
+        })
+        .await
+        .expect("tell succeeds");
+        let got = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        assert_eq!(
+            got.payload.as_ref(),
+            br#"{"_type": "demo.Ping", "value": 1}"#
+        );
+        node.shutdown().await;
+    }
 }
