@@ -124,8 +124,8 @@ impl DeadLetterReason {
         }
     }
 
-    /// Position in [`ALL`](Self::ALL) (variants are declared in that order; a unit
-    /// test checks it).
+    /// Position in [`ALL`](Self::ALL) (variants are declared in that order; the test
+    /// `counters_index_every_reason_separately` checks it).
     fn index(self) -> usize {
         self as usize
     }

@@ -420,14 +420,22 @@ struct Route {
     generation: u64,
 }
 
+/// A dead path's marker; `seq` tells a current tombstone from a stale queue entry for
+/// the same path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tombstone {
+    expiry: Instant,
+    seq: u64,
+}
+
 struct State {
     shut_down: bool,
     routes: HashMap<String, Route>,
-    /// path -> expiry of its tombstone.
-    tombstones: HashMap<String, Instant>,
+    /// path -> its tombstone.
+    tombstones: HashMap<String, Tombstone>,
     /// (path, expiry) in insertion (= expiry) order; may hold stale entries that no
     /// longer match `tombstones`, they are skipped.
-    tombstone_order: VecDeque<(String, Instant)>,
+    tombstone_order: VecDeque<(String, Tombstone)>,
     /// path -> buffered (arrival time, message), oldest first.
     pending: HashMap<String, VecDeque<(Instant, Envelope)>>,
     pending_total: usize,
@@ -587,10 +595,11 @@ impl LocalTransport {
         }
         let now = self.inner.clock.now();
         self.maybe_sweep(&mut st, now, &mut drops);
-        let flush = self.register_locked(&mut st, &path, handler, now, &mut drops)?;
+        let result = self.register_locked(&mut st, &path, handler, now, &mut drops);
         drop(st);
+        // Publish what the sweep collected even when the registration is refused.
         self.publish(drops);
-        if let Some((handler, generation, batch)) = flush {
+        if let Some((handler, generation, batch)) = result? {
             self.drain(&path, handler, generation, batch);
         }
         Ok(())
@@ -733,9 +742,13 @@ impl LocalTransport {
         if cfg.max_tombstones == 0 || cfg.tombstone_ttl.is_zero() {
             return;
         }
-        let expiry = now + cfg.tombstone_ttl;
-        st.tombstones.insert(path.to_string(), expiry);
-        st.tombstone_order.push_back((path.to_string(), expiry));
+        let stone = Tombstone {
+            expiry: now + cfg.tombstone_ttl,
+            seq: st.next_generation,
+        };
+        st.next_generation += 1;
+        st.tombstones.insert(path.to_string(), stone);
+        st.tombstone_order.push_back((path.to_string(), stone));
         while st.tombstones.len() > cfg.max_tombstones {
             let Some((old, at)) = st.tombstone_order.pop_front() else {
                 break;
@@ -822,8 +835,8 @@ impl LocalTransport {
                 return Ok(());
             }
 
-            if let Some(expiry) = st.tombstones.get(path).copied() {
-                if now < expiry {
+            if let Some(stone) = st.tombstones.get(path).copied() {
+                if now < stone.expiry {
                     drop(st);
                     tracing::debug!(path, "message to a dead path dropped");
                     drops.push((envelope, DeadLetterReason::DeadPath));
@@ -1062,7 +1075,10 @@ impl LocalTransport {
             return false;
         };
         let now = self.inner.clock.now();
-        self.lock().tombstones.get(&p).is_some_and(|exp| now < *exp)
+        self.lock()
+            .tombstones
+            .get(&p)
+            .is_some_and(|stone| now < stone.expiry)
     }
 
     /// Registered paths, sorted.
@@ -1111,7 +1127,7 @@ impl LocalTransport {
         st.next_sweep = now + self.inner.config.sweep_interval;
         // Tombstones: the order queue is sorted by expiry.
         while let Some((path, at)) = st.tombstone_order.front() {
-            if *at > now {
+            if at.expiry > now {
                 break;
             }
             if st.tombstones.get(path) == Some(at) {

@@ -48,7 +48,6 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// use herald_transport::{BoxFuture, LocalTransport, MessageTransport, TransportError};
 /// use herald_wire::Envelope;
 ///
-/// #[derive(Debug)]
 /// struct Counting {
 ///     inner: Arc<dyn MessageTransport>,
 ///     sent: AtomicU64,
