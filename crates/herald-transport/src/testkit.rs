@@ -543,3 +543,226 @@ pub async fn check_shutdown<H: TransportHarness>(
     }
     Ok(())
 }
+
+/// Entry point of the `local_transport` `cargo fuzz` target (also replayed over its seed
+/// corpus by `tests/local_fuzz_corpus.rs`).
+///
+/// Reads `data` as a script of operations on a small-limit [`LocalTransport`] with a
+/// [`ManualClock`]: deliveries to arbitrary target strings and to a few known paths,
+/// register (bounded, unbounded and re-entrant callback handlers), unregister with
+/// arbitrary paths, dropped receivers, clock moves, sweeps and shutdown. It panics only
+/// if a rule breaks: state over its bounds, or an accepted message that is neither
+/// received exactly once, in order, at its own path, nor reported exactly once as a dead
+/// letter.
+///
+/// [`LocalTransport`]: crate::LocalTransport
+/// [`ManualClock`]: crate::ManualClock
+pub fn fuzz_local_transport(data: &[u8]) {
+    fuzz::run(data);
+}
+
+mod fuzz {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use herald_wire::Envelope;
+    use tokio::sync::mpsc;
+
+    use crate::{DeadLetters, LocalTransport, ManualClock, MessageTransport, target_path};
+
+    const PATHS: [&str; 4] = ["/a", "/b/c", "/_ask/00ff", "/"];
+    const PER_PATH: usize = 4;
+    const TOTAL: usize = 6;
+    const MAX_TOMBSTONES: usize = 3;
+
+    enum Inbox {
+        Bounded(mpsc::Receiver<Envelope>),
+        Unbounded(mpsc::UnboundedReceiver<Envelope>),
+        Callback(Arc<Mutex<Vec<Envelope>>>),
+    }
+
+    impl Inbox {
+        fn drain(&mut self, out: &mut Vec<Envelope>) {
+            match self {
+                Inbox::Bounded(rx) => {
+                    while let Ok(e) = rx.try_recv() {
+                        out.push(e);
+                    }
+                }
+                Inbox::Unbounded(rx) => {
+                    while let Ok(e) = rx.try_recv() {
+                        out.push(e);
+                    }
+                }
+                Inbox::Callback(seen) => {
+                    if let Ok(mut v) = seen.lock() {
+                        out.append(&mut v);
+                    }
+                }
+            }
+        }
+    }
+
+    struct Cursor<'a>(&'a [u8]);
+
+    impl Cursor<'_> {
+        fn byte(&mut self) -> Option<u8> {
+            let (b, rest) = self.0.split_first()?;
+            self.0 = rest;
+            Some(*b)
+        }
+        fn text(&mut self) -> String {
+            let len = usize::from(self.byte().unwrap_or(0) % 48).min(self.0.len());
+            let (t, rest) = self.0.split_at(len);
+            self.0 = rest;
+            String::from_utf8_lossy(t).into_owned()
+        }
+    }
+
+    fn id_of(e: &Envelope) -> Option<u64> {
+        e.payload.get(..8)?.try_into().ok().map(u64::from_be_bytes)
+    }
+
+    pub(super) fn run(data: &[u8]) {
+        let clock = ManualClock::new();
+        // At most one dead letter per input byte: the stream never lags.
+        let sink = DeadLetters::new(data.len() + 16);
+        let mut letters = sink.subscribe();
+        let local = LocalTransport::builder()
+            .clock(clock.clone())
+            .dead_letters(sink.clone())
+            .max_pending_per_path(PER_PATH)
+            .max_pending_total(TOTAL)
+            .pending_ttl(Duration::from_secs(10))
+            .tombstone_ttl(Duration::from_secs(7))
+            .max_tombstones(MAX_TOMBSTONES)
+            .build();
+        let mut inboxes: HashMap<String, Inbox> = HashMap::new();
+        let mut accepted: BTreeMap<u64, String> = BTreeMap::new();
+        let mut received: Vec<Envelope> = Vec::new();
+        let mut next_id = 0u64;
+        let mut cur = Cursor(data);
+
+        while let Some(op) = cur.byte() {
+            let arg = cur.byte().unwrap_or(0);
+            let known = PATHS[usize::from(arg) % PATHS.len()];
+            match op % 9 {
+                0 | 1 => {
+                    let target = if op % 9 == 0 {
+                        cur.text()
+                    } else {
+                        format!("casty://fuzz@127.0.0.1:1{known}")
+                    };
+                    let id = next_id;
+                    next_id += 1;
+                    let env = Envelope::new(target.clone(), "s", "f.M", id.to_be_bytes().to_vec());
+                    match local.deliver(env) {
+                        Ok(()) => {
+                            let Some(path) = target_path(&target) else {
+                                panic!("accepted a target without a path: {target:?}");
+                            };
+                            accepted.insert(id, path.to_string());
+                        }
+                        Err(_) => {
+                            // Refused messages are dead letters too (never received).
+                            accepted.insert(id, String::new());
+                        }
+                    }
+                }
+                2 => {
+                    if let Ok(rx) = local.register_unbounded(known) {
+                        inboxes.insert(known.to_string(), Inbox::Unbounded(rx));
+                    }
+                }
+                3 => {
+                    if let Ok(rx) = local.register_channel(known, 2) {
+                        inboxes.insert(known.to_string(), Inbox::Bounded(rx));
+                    }
+                }
+                4 => {
+                    let seen = Arc::new(Mutex::new(Vec::new()));
+                    let s = seen.clone();
+                    let registered = local.register_fn(known, move |e| {
+                        if let Ok(mut v) = s.lock() {
+                            v.push(e);
+                        }
+                    });
+                    if registered.is_ok() {
+                        inboxes.insert(known.to_string(), Inbox::Callback(seen));
+                    }
+                }
+                5 => {
+                    let path = if arg % 2 == 0 {
+                        known.to_string()
+                    } else {
+                        cur.text()
+                    };
+                    local.unregister(&path);
+                }
+                6 => {
+                    if let Some(mut inbox) = inboxes.remove(known) {
+                        if matches!(inbox, Inbox::Callback(_)) {
+                            // A callback has no receiver to drop: stop it instead.
+                            local.unregister(known);
+                        }
+                        inbox.drain(&mut received);
+                    }
+                }
+                7 => clock.advance(Duration::from_secs(u64::from(arg % 16))),
+                _ => local.sweep(),
+            }
+            for inbox in inboxes.values_mut() {
+                inbox.drain(&mut received);
+            }
+            let stats = local.stats();
+            assert!(stats.pending_messages <= TOTAL, "{stats:?}");
+            assert!(stats.tombstones <= MAX_TOMBSTONES, "{stats:?}");
+        }
+
+        local.close();
+        for inbox in inboxes.values_mut() {
+            inbox.drain(&mut received);
+        }
+
+        let mut dead: BTreeMap<u64, ()> = BTreeMap::new();
+        while let Ok(letter) = letters.try_recv() {
+            let Some(id) = id_of(&letter.envelope) else {
+                panic!("dead letter with a foreign payload");
+            };
+            assert!(
+                dead.insert(id, ()).is_none(),
+                "message {id} dead-lettered twice"
+            );
+        }
+        let mut last: HashMap<String, u64> = HashMap::new();
+        let mut seen: BTreeMap<u64, ()> = BTreeMap::new();
+        for e in &received {
+            let Some(id) = id_of(e) else {
+                panic!("received a foreign payload");
+            };
+            let Some(path) = accepted.get(&id) else {
+                panic!("received message {id} that was never accepted");
+            };
+            assert_eq!(
+                target_path(&e.target),
+                Some(path.as_str()),
+                "message {id} reached the wrong path"
+            );
+            assert!(seen.insert(id, ()).is_none(), "message {id} received twice");
+            assert!(
+                !dead.contains_key(&id),
+                "message {id} received and dead-lettered"
+            );
+            if let Some(prev) = last.insert(path.clone(), id) {
+                assert!(prev < id, "path {path}: message {id} after {prev}");
+            }
+        }
+        for id in accepted.keys() {
+            assert!(
+                seen.contains_key(id) || dead.contains_key(id),
+                "message {id} vanished"
+            );
+        }
+    }
+}
