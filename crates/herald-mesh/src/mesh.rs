@@ -957,13 +957,14 @@ async fn dispatch_loop(
         };
         let Some(d) = d else { break };
         let Some(inner) = inner.upgrade() else { break };
-        tracker.spawn(handle_delivery(inner, d));
+        // Boxed so that spawning moves a pointer, not the whole state machine.
+        tracker.spawn(Box::pin(handle_delivery(inner, d)));
     }
     debug!("service consumer stopped");
 }
 
 struct Incoming {
-    env: Envelope,
+    env: Arc<Envelope>,
     encrypted: bool,
     session: Option<Box<dyn SessionKey>>,
     deadline_ms: Option<u64>,
@@ -976,9 +977,10 @@ fn decode_incoming(inner: &Inner, msg: Message) -> Result<Incoming, MeshError> {
             MeshError::Encryption("encrypted message but this service has no keys".into())
         })?;
         let (plain, s) = keys.open_request(&msg.payload.to_bytes()?)?;
-        (Envelope::from_slice(&plain)?, Some(s))
+        (Arc::new(Envelope::from_slice(&plain)?), Some(s))
     } else {
-        (msg.payload.into_envelope()?, None)
+        // In-process payloads are shared, not cloned: handlers read them by reference.
+        (msg.payload.envelope()?, None)
     };
     if env.message_type() != kind {
         return Err(MeshError::Malformed(format!(
@@ -1044,7 +1046,7 @@ async fn handle_delivery(inner: Arc<Inner>, d: crate::backend::Delivery) {
             return;
         }
     };
-    match incoming.env {
+    match incoming.env.as_ref() {
         Envelope::Request(body) => {
             handle_call(
                 &inner,
@@ -1076,7 +1078,7 @@ async fn handle_delivery(inner: Arc<Inner>, d: crate::backend::Delivery) {
         Envelope::Event(ev) => {
             let Some(s) = &inner.serving else { return };
             let topic = ev.topic.clone();
-            match s.service.on_event(ev).await {
+            match s.service.on_event(ev.clone()).await {
                 Ok(()) => settle(settle_handle, true, "event").await,
                 Err(e) => {
                     warn!(service = %inner.service_name, topic = %topic, error = %e, "event handler failed; event dead-lettered");
@@ -1094,7 +1096,7 @@ async fn handle_delivery(inner: Arc<Inner>, d: crate::backend::Delivery) {
 #[allow(clippy::too_many_arguments)]
 async fn handle_call(
     inner: &Arc<Inner>,
-    body: RequestBody,
+    body: &RequestBody,
     is_command: bool,
     encrypted: bool,
     session: Option<Box<dyn SessionKey>>,
@@ -1106,15 +1108,10 @@ async fn handle_call(
     let Some(serving) = &inner.serving else {
         return;
     };
-    let RequestBody {
-        method,
-        params,
-        correlation_id,
-        context,
-        trace_id,
-        ..
-    } = body;
-    let trace_id = header_trace.or(trace_id);
+    let method = body.method.clone();
+    let correlation_id = body.correlation_id.clone();
+    let context = body.context.clone();
+    let trace_id = header_trace.or_else(|| body.trace_id.clone());
     if let Some(dl) = deadline_ms
         && now_ms() > dl
     {
@@ -1162,7 +1159,10 @@ async fn handle_call(
         c.is_command = is_command;
         c.deadline = deadline_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
         let ctx = Arc::new(c);
-        outcome = serving.service.call(&method, params, ctx.clone()).await;
+        outcome = serving
+            .service
+            .call(&method, body.params.clone(), ctx.clone())
+            .await;
         events = ctx.take_events();
         context = match Arc::try_unwrap(ctx) {
             Ok(c) => c.context,
