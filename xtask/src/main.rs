@@ -3,6 +3,7 @@
 
 use anyhow::bail;
 
+mod bench_mesh;
 mod common;
 
 const USAGE: &str = "usage: cargo xtask bench <wire|transport|registry|mesh|all> [--quick]
@@ -39,6 +40,7 @@ fn main() -> anyhow::Result<()> {
 fn run_bench(layer: &str, quick: bool) -> anyhow::Result<()> {
     let _ = quick;
     match layer {
+        "mesh" => bench_mesh::run(quick),
         other => bail!("unknown benchmark layer `{other}`\n{USAGE}"),
     }
 }

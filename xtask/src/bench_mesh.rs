@@ -1,0 +1,172 @@
+//! `cargo xtask bench mesh`: RPC requests per second and latency of herald-mesh.
+//!
+//! In-process rows: a Herald client calling the example service's `add` through the
+//! in-process broker, beside the floor of any in-process RPC (a tokio mpsc request
+//! channel, a task per request, a oneshot reply) measured in the same run by the same
+//! helper (`herald-mesh`'s `mesh_bench` example, current-thread tokio runtime), with 1
+//! and 32 requests in flight, plus the 300 k req/s target. Each figure is the median
+//! of several runs.
+//!
+//! RabbitMQ rows (Herald over RabbitMQ beside raw lapin and nuropb) are appended to
+//! the same report by the RabbitMQ section of [`run`].
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::common::{self, BenchRow, progress};
+
+/// The in-process target of the issue.
+const INPROC_TARGET: f64 = 300_000.0;
+
+struct Plan {
+    runs: usize,
+    secs: f64,
+}
+
+fn plan(quick: bool) -> Plan {
+    if quick {
+        Plan { runs: 1, secs: 1.0 }
+    } else {
+        Plan { runs: 3, secs: 3.0 }
+    }
+}
+
+/// Builds `herald-mesh`'s `mesh_bench` example in release and returns its path.
+pub fn helper() -> anyhow::Result<PathBuf> {
+    progress("building herald-mesh's mesh_bench helper (release)");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "herald-mesh",
+            "--example",
+            "mesh_bench",
+        ])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("building the mesh_bench helper failed ({status})");
+    }
+    let path = herald_pyenv::target_dir().join("release/examples/mesh_bench");
+    if !path.exists() {
+        bail!("{} was not built", path.display());
+    }
+    Ok(path)
+}
+
+/// One measurement of the helper.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    req_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Runs `mesh_bench <stack> --conc <conc>` `runs` times; returns the median of each
+/// figure.
+fn measure(helper: &PathBuf, stack: &str, conc: usize, plan: &Plan) -> anyhow::Result<Sample> {
+    let mut samples = Vec::new();
+    for run in 0..plan.runs {
+        progress(format!(
+            "mesh {stack}, {conc} in flight, run {}/{}",
+            run + 1,
+            plan.runs
+        ));
+        let out = Command::new(helper)
+            .args([
+                stack,
+                "--secs",
+                &plan.secs.to_string(),
+                "--conc",
+                &conc.to_string(),
+                "--threads",
+                "1",
+            ])
+            .output()
+            .with_context(|| format!("running {}", helper.display()))?;
+        if !out.status.success() {
+            bail!(
+                "mesh_bench {stack} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().context("mesh_bench printed nothing")?;
+        let v: Value = serde_json::from_str(line).with_context(|| format!("parsing {line}"))?;
+        let get = |k: &str| {
+            v[k].as_f64()
+                .with_context(|| format!("{k} missing in {line}"))
+        };
+        samples.push(Sample {
+            req_per_sec: get("req_per_sec")?,
+            p50_us: get("p50_us")?,
+            p99_us: get("p99_us")?,
+        });
+    }
+    let median = |f: fn(&Sample) -> f64| {
+        let mut v: Vec<f64> = samples.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(Sample {
+        req_per_sec: median(|s| s.req_per_sec),
+        p50_us: median(|s| s.p50_us),
+        p99_us: median(|s| s.p99_us),
+    })
+}
+
+fn per_sec(us: f64) -> f64 {
+    if us > 0.0 { 1e6 / us } else { 0.0 }
+}
+
+/// The in-process rows.
+pub fn inproc_rows(quick: bool) -> anyhow::Result<Vec<BenchRow>> {
+    let plan = plan(quick);
+    let helper = helper()?;
+    let mut rows = Vec::new();
+    for conc in [1usize, 32] {
+        let herald = measure(&helper, "inproc", conc, &plan)?;
+        let base = measure(&helper, "channels", conc, &plan)?;
+        let baseline = format!("tokio mpsc+oneshot RPC, {conc} in flight");
+        rows.push(BenchRow::new(
+            format!("mesh in-process req/s, {conc} in flight"),
+            herald.req_per_sec,
+            baseline.clone(),
+            base.req_per_sec,
+        ));
+        rows.push(BenchRow::new(
+            format!("mesh in-process 1/p50 latency, {conc} in flight"),
+            per_sec(herald.p50_us),
+            baseline.clone(),
+            per_sec(base.p50_us),
+        ));
+        rows.push(BenchRow::new(
+            format!("mesh in-process 1/p99 latency, {conc} in flight"),
+            per_sec(herald.p99_us),
+            baseline,
+            per_sec(base.p99_us),
+        ));
+        if conc == 32 {
+            rows.push(BenchRow::new(
+                "mesh in-process req/s, 32 in flight (target)",
+                herald.req_per_sec,
+                "issue target 300 k req/s",
+                INPROC_TARGET,
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+/// `cargo xtask bench mesh [--quick]`.
+pub fn run(quick: bool) -> anyhow::Result<()> {
+    let rows = inproc_rows(quick)?;
+    common::report("mesh", &rows)?;
+    Ok(())
+}
