@@ -276,6 +276,22 @@ impl Drop for Inner {
 #[derive(Clone)]
 pub struct Mesh {
     inner: Arc<Inner>,
+    _handles: Arc<HandleGuard>,
+}
+
+/// Dropped with the last user-held [`Mesh`] clone: stops consuming, the election and
+/// the reply consumer. Handler tasks in flight hold the [`Inner`] (not this guard), so
+/// they still finish and settle; the connection closes when the last of them ends.
+struct HandleGuard {
+    stop_consuming: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        self.stop_consuming.cancel();
+        self.shutdown.cancel();
+    }
 }
 
 impl fmt::Debug for Mesh {
@@ -466,7 +482,14 @@ impl Mesh {
             client_only,
             "mesh connected"
         );
-        Ok(Mesh { inner })
+        let guard = HandleGuard {
+            stop_consuming: inner.stop_consuming.clone(),
+            shutdown: inner.shutdown.clone(),
+        };
+        Ok(Mesh {
+            inner,
+            _handles: Arc::new(guard),
+        })
     }
 
     /// Graceful shutdown: stops taking new deliveries, waits (up to the configured
