@@ -1,9 +1,147 @@
-//! `herald up` (grows as layers land).
+//! `herald up`: Herald's main job on embedded defaults.
+//!
+//! Starts, in one process and without any external service:
+//! - a transport node (default `127.0.0.1:25520`, native handshake or `--casty-compat`),
+//!   printing its URI and one line per received message;
+//! - the rpyc-compatible registry on port 18811, UDP and TCP, printing a line per
+//!   service added or removed;
+//! - the in-process RPC mesh hosting the example service.
+//!
+//! Ctrl-C (or SIGTERM) shuts everything down gracefully.
+
+use std::net::IpAddr;
+
+use anyhow::Context;
 use clap::Args;
+use herald_registry::{CoreConfig, RegistryConfig, RegistryEvent, RegistryServer};
 
+use crate::{mesh_cmd, node_cmd};
+
+/// Flags of `herald up`.
 #[derive(Debug, Args)]
-pub struct UpArgs {}
+pub struct UpArgs {
+    #[command(flatten)]
+    node: node_cmd::NodeArgs,
 
-pub async fn run(_args: UpArgs) -> anyhow::Result<()> {
-    anyhow::bail!("herald up is not available yet")
+    /// Address the registry binds (UDP and TCP); rpyc's registry binds all interfaces.
+    #[arg(long, default_value = "0.0.0.0")]
+    registry_host: IpAddr,
+
+    /// Port of the registry, for both UDP and TCP (rpyc's default is 18811).
+    #[arg(long, default_value_t = herald_registry::REGISTRY_PORT)]
+    registry_port: u16,
+
+    /// Answer registry LIST requests (off by default: listing exposes the inventory).
+    #[arg(long)]
+    registry_listing: bool,
+
+    /// Do not start the registry.
+    #[arg(long)]
+    no_registry: bool,
+
+    /// Name under which the in-process mesh serves the example service.
+    #[arg(long, default_value = mesh_cmd::EXAMPLE_NAME)]
+    mesh_service: String,
+
+    /// Do not start the in-process mesh.
+    #[arg(long)]
+    no_mesh: bool,
+}
+
+/// Runs until Ctrl-C or SIGTERM.
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let node = node_cmd::start_node(&args.node).await?;
+
+    let registry = if args.no_registry {
+        None
+    } else {
+        let config = RegistryConfig {
+            host: args.registry_host,
+            port: args.registry_port,
+            core: CoreConfig {
+                allow_listing: args.registry_listing,
+                ..CoreConfig::default()
+            },
+            ..RegistryConfig::default()
+        };
+        let server = RegistryServer::bind(config).await.with_context(|| {
+            format!(
+                "starting the registry on {}:{} (another registry running? use --registry-port or --no-registry)",
+                args.registry_host, args.registry_port
+            )
+        })?;
+        println!(
+            "registry {} (udp+tcp, listing {})",
+            server.local_addr(),
+            if args.registry_listing { "on" } else { "off" }
+        );
+        let mut events = server.events();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(RegistryEvent::Added { name, addr }) => {
+                        println!("registry added {name} at {addr}");
+                    }
+                    Ok(RegistryEvent::Removed { name, addr, reason }) => {
+                        println!("registry removed {name} at {addr} ({reason:?})");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "registry event printer lagged");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        Some(server)
+    };
+
+    let mesh = if args.no_mesh {
+        None
+    } else {
+        let host = mesh_cmd::start_inprocess_example(&args.mesh_service).await?;
+        println!(
+            "mesh in-process, service {} (instance {})",
+            args.mesh_service,
+            host.service.instance_id()
+        );
+        Some(host)
+    };
+
+    println!("herald up: ready (Ctrl-C to stop)");
+    wait_for_shutdown_signal().await;
+    println!("herald up: shutting down");
+
+    if let Some(mesh) = mesh {
+        if let Err(e) = mesh.shutdown().await {
+            tracing::warn!(error = %e, "mesh shutdown");
+        }
+    }
+    if let Some(registry) = registry {
+        registry.shutdown().await;
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops herald up");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
