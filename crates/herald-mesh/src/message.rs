@@ -459,20 +459,33 @@ pub struct ResponseBody {
 /// assert!(!topic_matches("*.created", "order.item.created"));
 /// ```
 pub fn topic_matches(pattern: &str, key: &str) -> bool {
-    let pat: Vec<&str> = pattern.split('.').collect();
+    // Dynamic programming over (pattern words, key words): linear in the product of
+    // the two lengths, so hostile patterns like `#.#.#.#` cannot blow up.
     let words: Vec<&str> = key.split('.').collect();
-    match_words(&pat, &words)
-}
-
-fn match_words(pat: &[&str], words: &[&str]) -> bool {
-    match pat.split_first() {
-        None => words.is_empty(),
-        Some((&"#", rest)) => (0..=words.len()).any(|skip| match_words(rest, &words[skip..])),
-        Some((&p, rest)) => match words.split_first() {
-            Some((&w, wrest)) if p == "*" || p == w => match_words(rest, wrest),
-            _ => false,
-        },
+    let n = words.len();
+    // row[j]: the pattern words seen so far match the first j key words.
+    let mut row = vec![false; n + 1];
+    row[0] = true;
+    let mut next = vec![false; n + 1];
+    for p in pattern.split('.') {
+        match p {
+            "#" => {
+                let mut any = false;
+                for j in 0..=n {
+                    any |= row[j];
+                    next[j] = any;
+                }
+            }
+            _ => {
+                next[0] = false;
+                for j in 0..n {
+                    next[j + 1] = row[j] && (p == "*" || p == words[j]);
+                }
+            }
+        }
+        std::mem::swap(&mut row, &mut next);
     }
+    row[n]
 }
 
 /// Checks that `pattern` is a usable topic pattern (non-empty words).
@@ -485,4 +498,33 @@ pub fn validate_topic_pattern(pattern: &str) -> Result<(), MeshError> {
         });
     }
     Ok(())
+}
+
+/// Fuzzing entry point (target `mesh_envelope`): decodes arbitrary bytes as a nuropb
+/// body and as a describe document, checks that whatever decodes re-encodes and
+/// decodes to the same value, and runs the topic matcher on the input split at the
+/// first space. Must never panic; used by the fuzz target and by the corpus replay
+/// test.
+pub fn fuzz_envelope(data: &[u8]) {
+    if let Ok(env) = Envelope::from_slice(data) {
+        let payload = Payload::Envelope(Arc::new(env.clone()));
+        if let Ok(bytes) = payload.to_bytes() {
+            let again = Envelope::from_slice(&bytes);
+            assert!(again.is_ok(), "re-encoded envelope does not decode");
+            if let Ok(again) = again {
+                let _ = again.message_type() == env.message_type();
+                assert_eq!(again.correlation_id(), env.correlation_id());
+            }
+        }
+    }
+    if let Ok(desc) = serde_json::from_slice::<crate::service::ServiceDescription>(data) {
+        let _ = serde_json::to_vec(&desc);
+    }
+    let text = String::from_utf8_lossy(data);
+    let (pattern, key) = text.split_once(' ').unwrap_or((&text, ""));
+    let matched = topic_matches(pattern, key);
+    if pattern == key && !pattern.contains(['*', '#']) {
+        assert!(matched, "a literal pattern must match itself");
+    }
+    let _ = validate_topic_pattern(pattern);
 }
