@@ -17,9 +17,12 @@
 //!
 //! Time comes from a [`Clock`] (the system clock by default; [`ManualClock`] in tests),
 //! so the TTL rules are testable without sleeping. Expired entries are reclaimed lazily
-//! by the operations themselves (at most every `sweep_interval`) or on demand with
-//! [`LocalTransport::sweep`]; the TTL rules are applied exactly whenever an entry is
-//! looked at, whatever the sweep schedule.
+//! by operations that touch unregistered paths, `register` and `unregister` (at most
+//! every `sweep_interval`; delivery to a registered mailbox skips this to stay
+//! allocation- and clock-free), on demand with [`LocalTransport::sweep`], or
+//! periodically by [`LocalTransport::spawn_sweeper`]. The TTL rules are applied exactly
+//! whenever an entry is looked at, whatever the sweep schedule, and the caps bound the
+//! memory in any case.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -174,6 +177,10 @@ impl Handler {
     /// A handler that pushes into an unbounded mailbox.
     pub fn from_unbounded(tx: mpsc::UnboundedSender<Envelope>) -> Self {
         Self(HandlerKind::Unbounded(tx))
+    }
+
+    fn is_callback(&self) -> bool {
+        matches!(self.0, HandlerKind::Fn(_))
     }
 
     fn hand(&self, envelope: Envelope) -> Handed {
@@ -803,6 +810,45 @@ impl LocalTransport {
         result
     }
 
+    /// The hot path: when the target path (`envelope.target[start..]`) is registered
+    /// with a mailbox handler and nothing is queued for it, push into the mailbox under
+    /// the lock (a non-blocking, non-reentrant `try_send`), with no allocation. Gives the
+    /// envelope back for the general path otherwise.
+    fn try_direct(
+        &self,
+        envelope: Envelope,
+        start: usize,
+    ) -> Result<Result<(), TransportError>, Envelope> {
+        let mut st = self.lock();
+        if st.shut_down {
+            return Err(envelope);
+        }
+        let Some(route) = st.routes.get_mut(&envelope.target[start..]) else {
+            return Err(envelope);
+        };
+        if route.draining || route.handler.is_callback() {
+            return Err(envelope);
+        }
+        match route.handler.hand(envelope) {
+            Handed::Ok => Ok(Ok(())),
+            Handed::Dropped(e, reason) => {
+                drop(st);
+                self.inner.dead_letters.publish(e, reason);
+                Ok(Ok(()))
+            }
+            Handed::Closed(e) => {
+                let path = e.target[start..].to_string();
+                tracing::debug!(path, "mailbox receiver dropped; unregistering the path");
+                let mut drops = vec![(e, DeadLetterReason::MailboxClosed)];
+                let now = self.inner.clock.now();
+                self.unregister_locked(&mut st, &path, now, &mut drops);
+                drop(st);
+                self.publish(drops);
+                Ok(Ok(()))
+            }
+        }
+    }
+
     fn route(
         &self,
         path: &str,
@@ -1117,6 +1163,28 @@ impl LocalTransport {
         self.publish(drops);
     }
 
+    /// Spawns a tokio task that calls [`sweep`](Self::sweep) every `sweep_interval`,
+    /// so expired buffered messages become dead letters on time even when no operation
+    /// touches the transport. The task ends when the transport is shut down or dropped.
+    /// Must be called inside a tokio runtime.
+    pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        let every = self.inner.config.sweep_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                let local = LocalTransport { inner };
+                if local.is_shut_down() {
+                    break;
+                }
+                local.sweep();
+            }
+        })
+    }
+
     fn maybe_sweep(&self, st: &mut State, now: Instant, drops: &mut Drops) {
         if now >= st.next_sweep {
             self.sweep_locked(st, now, drops);
@@ -1232,9 +1300,15 @@ impl MessageTransport for LocalTransport {
                 reason: "expected scheme://authority/path or /path",
             });
         };
-        // `path` borrows from the envelope, which is moved into the route.
-        let path = path.to_string();
-        self.deliver_to_path(&path, envelope)
+        let start = envelope.target.len() - path.len();
+        match self.try_direct(envelope, start) {
+            Ok(result) => result,
+            Err(envelope) => {
+                // `path` borrows from the envelope, which is moved into the route.
+                let path = envelope.target[start..].to_string();
+                self.deliver_to_path(&path, envelope)
+            }
+        }
     }
 
     fn shutdown(&self) -> BoxFuture<'static, ()> {

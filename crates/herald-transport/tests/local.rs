@@ -678,3 +678,50 @@ fn counters_index_every_reason_separately() {
             + 2
     );
 }
+
+#[tokio::test]
+async fn sweeper_task_expires_buffers_without_other_operations_and_stops_at_shutdown() {
+    let clock = ManualClock::new();
+    let local = LocalTransport::builder()
+        .clock(clock.clone())
+        .pending_ttl(Duration::from_secs(10))
+        .sweep_interval(Duration::from_millis(1))
+        .build();
+    local.deliver(env("/forgotten", 1)).unwrap();
+    let sweeper = local.spawn_sweeper();
+    clock.advance(Duration::from_secs(11));
+    // Bounded wait for the background sweep (no timing assertion).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while local
+        .dead_letters()
+        .count(DeadLetterReason::UnknownPathExpired)
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "sweeper never ran");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(local.stats().pending_messages, 0);
+    local.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(30), sweeper)
+        .await
+        .expect("sweeper stops after shutdown")
+        .unwrap();
+}
+
+#[test]
+fn direct_mailbox_path_handles_full_and_closed_mailboxes() {
+    // The allocation-free path of `deliver` (registered mailbox, nothing queued).
+    let local = LocalTransport::new();
+    let mut rx = local.register_channel("/direct", 1).unwrap();
+    local.deliver(env("/direct", 1)).unwrap();
+    local.deliver(env("/direct", 2)).unwrap();
+    assert_eq!(local.dead_letters().count(DeadLetterReason::MailboxFull), 1);
+    assert_eq!(rx.try_recv().map(|e| seq_of(&e)).ok(), Some(1));
+    drop(rx);
+    local.deliver(env("/direct", 3)).unwrap();
+    assert_eq!(
+        local.dead_letters().count(DeadLetterReason::MailboxClosed),
+        1
+    );
+    assert!(local.is_dead("/direct"));
+}
