@@ -14,6 +14,12 @@
 //! * [`DeadLetters`]: every dropped message with its [`DeadLetterReason`], on a
 //!   broadcast stream, with exact counters; one sink can be shared by several
 //!   transports.
+//! * Networking: [`tcp`] (the TCP transport, casty-v1 and native handshakes, one task
+//!   and one bounded queue per peer), [`tls`] (rustls configuration), [`native`] (the
+//!   native handshake protocol core, without I/O) and [`RemoteTransport`] (one
+//!   `MessageTransport` for a whole node: local paths plus remote peers).
+//!
+//! The user guide is `docs/transport.md` in the repository.
 //!
 //! ```
 //! use herald_transport::{LocalTransport, MessageTransport, DeadLetterReason};
@@ -43,9 +49,9 @@ pub mod local;
 pub mod native;
 pub mod remote;
 pub mod tcp;
-pub mod tls;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tls;
 pub mod transport;
 
 pub use actor_ref::{ASK_PATH_PREFIX, ActorRef, Message, RawMessage, reply};
@@ -55,4 +61,5 @@ pub use local::{
     Clock, Handler, LocalConfig, LocalStats, LocalTransport, LocalTransportBuilder, ManualClock,
     PathMatcher, SystemClock,
 };
+pub use remote::RemoteTransport;
 pub use transport::{BoxFuture, LocalEndpoint, MessageTransport, target_path};
