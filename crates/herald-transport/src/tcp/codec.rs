@@ -75,10 +75,17 @@ pub fn split_frame(
     }))
 }
 
-/// Read side of a connection: a reader plus its buffer.
+/// Read side of a connection: a reader plus its buffers.
+///
+/// Complete frames are moved out of the read buffer in one piece (`ready`) and handed
+/// out as zero-copy slices of it, so a read of many small frames costs one split.
+/// The read size adapts: it grows up to 64 KiB while reads fill the buffer and falls
+/// back to 4 KiB otherwise, so an idle connection holds at most a few KiB.
 pub(crate) struct FrameReader<R> {
     rd: R,
     buf: BytesMut,
+    ready: Bytes,
+    chunk: usize,
     max: usize,
 }
 
@@ -91,55 +98,96 @@ pub(crate) enum ReadError {
     Io(#[from] std::io::Error),
 }
 
-const READ_CHUNK: usize = 16 * 1024;
+const MIN_CHUNK: usize = 4 * 1024;
+const MAX_CHUNK: usize = 64 * 1024;
+
+/// Length of the longest prefix of `buf` made of complete frames, checking every
+/// frame header on the way (zero and oversized lengths are errors).
+fn complete_prefix(buf: &[u8], max: usize) -> Result<usize, FramingError> {
+    let mut at = 0;
+    while buf.len() - at >= 4 {
+        let len = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+        if len == 0 {
+            return Err(FramingError::ZeroLength);
+        }
+        if len > max {
+            return Err(FramingError::TooLarge { len, max });
+        }
+        if buf.len() - at - 4 < len {
+            break;
+        }
+        at += 4 + len;
+    }
+    Ok(at)
+}
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn new(rd: R, max: usize) -> Self {
         FrameReader {
             rd,
             buf: BytesMut::new(),
+            ready: Bytes::new(),
+            chunk: MIN_CHUNK,
             max,
         }
+    }
+
+    fn next_ready(&mut self) -> Option<RawFrame> {
+        if self.ready.len() < 5 {
+            return None;
+        }
+        let r = &self.ready;
+        let len = u32::from_be_bytes([r[0], r[1], r[2], r[3]]) as usize;
+        // Checked by `complete_prefix` before the bytes were moved here.
+        let kind = r[4];
+        let body = self.ready.slice(5..4 + len);
+        self.ready.advance(4 + len);
+        if self.ready.is_empty() {
+            // Do not keep the read allocation alive through an empty handle.
+            self.ready = Bytes::new();
+        }
+        Some(RawFrame { kind, body })
     }
 
     /// The next frame; `Ok(None)` on a clean end of stream (between frames).
     pub(crate) async fn next(&mut self) -> Result<Option<RawFrame>, ReadError> {
         loop {
-            if let Some(f) = split_frame(&mut self.buf, self.max)? {
+            if let Some(f) = self.next_ready() {
                 return Ok(Some(f));
             }
-            let want = if self.buf.len() >= 4 {
-                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
-                    as usize;
-                (4 + len - self.buf.len()).max(READ_CHUNK)
+            let n = complete_prefix(&self.buf, self.max)?;
+            if n > 0 {
+                self.ready = self.buf.split_to(n).freeze();
+                continue;
+            }
+            let need = if self.buf.len() >= 4 {
+                4 + u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize
             } else {
-                READ_CHUNK
+                4
             };
-            self.buf.reserve(want);
-            let n = self.rd.read_buf(&mut self.buf).await?;
-            if n == 0 {
+            if self.buf.is_empty() && self.buf.capacity() > self.chunk {
+                // Give back a large (or shared) buffer between bursts.
+                self.buf = BytesMut::new();
+            }
+            self.buf.reserve((need - self.buf.len()).max(self.chunk));
+            let room = self.buf.capacity() - self.buf.len();
+            let read = self.rd.read_buf(&mut self.buf).await?;
+            if read == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }
-                let need = if self.buf.len() >= 4 {
-                    4 + u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
-                        as usize
-                } else {
-                    4
-                };
                 return Err(FramingError::Truncated {
                     have: self.buf.len(),
                     need,
                 }
                 .into());
             }
-        }
-    }
-
-    /// Frees the read buffer of an idle connection when it grew large.
-    pub(crate) fn shrink_if_idle(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
-            self.buf = BytesMut::new();
+            if read * 4 >= room * 3 {
+                self.chunk = (self.chunk * 2).min(MAX_CHUNK);
+            } else if read * 4 < room {
+                self.chunk = MIN_CHUNK;
+            }
         }
     }
 }

@@ -40,6 +40,7 @@ mod codec;
 mod config;
 mod conn;
 mod error;
+mod fastpath;
 mod peer;
 
 use std::collections::HashMap;
@@ -61,6 +62,7 @@ pub use config::{
 };
 pub use conn::{PeerIdentity, PeerKey};
 pub use error::{ConnectionError, TcpError};
+pub use fastpath::decode_envelope;
 
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
 use crate::error::TransportError;

@@ -642,7 +642,7 @@ async fn read_loop(
         };
         rx_count.fetch_add(1, Ordering::Relaxed);
         match frame.kind {
-            FRAME_MESSAGE => match Envelope::decode(frame.body) {
+            FRAME_MESSAGE => match super::fastpath::decode_envelope(frame.body) {
                 Ok(env) => {
                     shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
                     shared.inbound.on_message(&peer.key, env);
@@ -681,6 +681,5 @@ async fn read_loop(
                 debug!(peer = %peer.key, kind = other, "ignoring frame of unknown kind (casty does the same)")
             }
         }
-        reader.shrink_if_idle();
     }
 }
