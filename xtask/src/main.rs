@@ -5,6 +5,7 @@ use anyhow::bail;
 
 mod bench_mesh;
 mod bench_registry;
+mod bench_wire;
 mod common;
 
 const USAGE: &str = "usage: cargo xtask bench <wire|transport|registry|mesh|all> [--quick]
@@ -41,6 +42,7 @@ fn main() -> anyhow::Result<()> {
 fn run_bench(layer: &str, quick: bool) -> anyhow::Result<()> {
     let _ = quick;
     match layer {
+        "wire" => bench_wire::run(quick),
         "registry" => bench_registry::run(quick),
         "mesh" => bench_mesh::run(quick),
         other => bail!("unknown benchmark layer `{other}`\n{USAGE}"),

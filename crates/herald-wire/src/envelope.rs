@@ -348,7 +348,75 @@ fn not_object(found: &str) -> WireError {
     }
 }
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// `true` if any byte of `w` is zero (exact as a yes/no answer).
+#[inline]
+fn has_zero(w: u64) -> bool {
+    (w.wrapping_sub(LO) & !w & HI) != 0
+}
+
+/// `true` if any byte of `w` is `"`, `\\`, below 0x20 or above 0x7e.
+#[inline]
+fn word_needs_attention(w: u64) -> bool {
+    has_zero(w ^ (LO * u64::from(b'"')))
+        || has_zero(w ^ (LO * u64::from(b'\\')))
+        || has_zero(w ^ (LO * 0x7f))
+        || (w.wrapping_sub(LO * 0x20) & !w & HI) != 0
+        || (w & HI) != 0
+}
+
+/// Reads a JSON string body up to its closing quote when it needs no
+/// unescaping (printable ASCII only, as casty writes plain ASCII values).
+/// Returns `None` when the general parser must handle it.
+#[inline]
+fn plain_str(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    // Skip whole 8-byte words of plain characters, then finish byte by byte.
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        if word_needs_attention(u64::from_le_bytes(word)) {
+            break;
+        }
+        i += 8;
+    }
+    let end = i + bytes[i..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b))?;
+    if bytes[end] != b'"' {
+        return None;
+    }
+    // Printable ASCII is valid UTF-8.
+    let s = std::str::from_utf8(&bytes[..end]).ok()?;
+    Some((s, &bytes[end + 1..]))
+}
+
+/// Fast path for the exact layout casty writes with ASCII-only values:
+/// `{"target": "..", "sender": "..", "type_hint": ".."}`.
+fn parse_header_fast(bytes: &[u8]) -> Option<Header> {
+    let rest = bytes.strip_prefix(br#"{"target": ""#)?;
+    let (target, rest) = plain_str(rest)?;
+    let rest = rest.strip_prefix(br#", "sender": ""#)?;
+    let (sender, rest) = plain_str(rest)?;
+    let rest = rest.strip_prefix(br#", "type_hint": ""#)?;
+    let (type_hint, rest) = plain_str(rest)?;
+    if rest != b"}" {
+        return None;
+    }
+    Some(Header {
+        target: target.to_owned(),
+        sender: sender.to_owned(),
+        type_hint: type_hint.to_owned(),
+        extra: Vec::new(),
+    })
+}
+
 fn parse_header(bytes: &[u8]) -> Result<Header, WireError> {
+    if let Some(h) = parse_header_fast(bytes) {
+        return Ok(h);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed = de
         .deserialize_any(HeaderVisitor)
@@ -460,6 +528,35 @@ mod tests {
         assert!(
             matches!(e, WireError::HeaderTooLarge { max: 10, .. }),
             "{e:?}"
+        );
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_general_parser() {
+        // Every special byte at every position of a value longer than a word.
+        for special in [b'"', b'\\', 0x00, 0x1f, 0x7f, 0x80, b'/'] {
+            for pos in 0..20 {
+                let mut target = vec![b'a'; 20];
+                target[pos] = special;
+                let target = String::from_utf8_lossy(&target).into_owned();
+                let env = Envelope::new(target, "s", "h", Bytes::new());
+                let back = Envelope::decode(env.encode()).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(back, env, "special {special:#x} at {pos}");
+            }
+        }
+        assert!(
+            parse_header_fast(
+                br#"{"target": "abcdefghijklmnop", "sender": "s", "type_hint": "h"}"#
+            )
+            .is_some()
+        );
+        assert!(
+            parse_header_fast(br#"{"target": "abcdefgh\u00e9", "sender": "s", "type_hint": "h"}"#)
+                .is_none()
+        );
+        assert!(
+            parse_header_fast(br#"{"target": "a", "sender": "s", "type_hint": "h", "x": 1}"#)
+                .is_none()
         );
     }
 
