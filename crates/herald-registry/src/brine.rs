@@ -582,7 +582,8 @@ impl<'a> Reader<'a> {
                 available,
             });
         }
-        let mut items = Vec::with_capacity(count as usize);
+        // Grow as items actually decode rather than trusting the declared count.
+        let mut items = Vec::with_capacity(count.min(16) as usize);
         for _ in 0..count {
             items.push(self.value(depth + 1)?);
         }

@@ -28,7 +28,9 @@ use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::brine;
-use crate::core::{CoreConfig, RegistryCore, RegistryEvent, Stats, TableRow, Transport};
+use crate::core::{
+    CoreConfig, HandleError, RegistryCore, RegistryEvent, Stats, TableRow, Transport,
+};
 
 /// Server settings. `Default` is rpyc's: `0.0.0.0:18811`, UDP and TCP, 240 s pruning,
 /// listing off.
@@ -390,6 +392,10 @@ async fn serve_udp(
                     tracing::debug!(%from, error = %e, "udp reply not sent");
                 }
             }
+            // A flooding source would flood the log too: rate-limit drops are debug.
+            Err(e @ HandleError::RateLimited { .. }) => {
+                tracing::debug!(%from, error = %e, "dropped registry datagram")
+            }
             Err(e) => tracing::info!(%from, error = %e, "dropped registry datagram"),
         }
     }
@@ -509,6 +515,9 @@ async fn handle_tcp(
                 Ok(Err(e)) => tracing::debug!(%from, error = %e, "tcp reply not sent"),
                 Err(_) => tracing::info!(%from, "tcp reply not taken in time; closed"),
             }
+        }
+        Err(e @ HandleError::RateLimited { .. }) => {
+            tracing::debug!(%from, error = %e, "dropped registry request")
         }
         Err(e) => tracing::info!(%from, error = %e, "dropped registry request"),
     }
