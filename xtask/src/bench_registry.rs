@@ -71,15 +71,15 @@ fn clk_tck() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32, tck: f64) -> anyhow::Result<f64> {
+/// (utime, stime) of `pid`, in seconds.
+fn cpu_seconds(pid: u32, tck: f64) -> anyhow::Result<(f64, f64)> {
     let stat =
         std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/<pid>/stat")?;
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
     match (ticks(11), ticks(12)) {
-        (Some(u), Some(s)) => Ok((u + s) / tck),
+        (Some(u), Some(s)) => Ok((u / tck, s / tck)),
         _ => bail!("unexpected /proc/{pid}/stat format"),
     }
 }
@@ -148,13 +148,11 @@ fn herald_mode(
         let rate = v["rate"].as_f64().unwrap_or(0.0);
         let total = v["total_replies"].as_f64().unwrap_or(0.0);
         let bad = v["bad_replies"].as_u64().unwrap_or(0);
-        let cost = if total > 0.0 {
-            (c1 - c0) / total * 1e6
-        } else {
-            0.0
-        };
+        let per = |secs: f64| if total > 0.0 { secs / total * 1e6 } else { 0.0 };
+        let cost = per((c1.0 + c1.1) - (c0.0 + c0.1));
+        let user = per(c1.0 - c0.0);
         progress(format!(
-            "herald {mode} run {}: {rate:.0} replies/s, {cost:.2} us server CPU per reply, {bad} bad",
+            "herald {mode} run {}: {rate:.0} replies/s, {cost:.2} us server CPU per reply ({user:.2} us user space), {bad} bad",
             run + 1
         ));
         rates.push(rate);
