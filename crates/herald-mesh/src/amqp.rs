@@ -3,10 +3,11 @@
 //! [`AmqpBackend`] implements [`Backend`]; each [`AmqpConnection`] is one AMQP connection
 //! with:
 //!
-//! * one **publish channel** in confirm mode. Every publish waits for the broker's confirm,
-//!   so a request, command or event is either routed or reported as an error; a `mandatory`
+//! * one **publish channel** in confirm mode. Every request, command and event waits for
+//!   the broker's confirm, so it is either routed or reported as an error; a `mandatory`
 //!   message that matches no queue comes back as [`MeshError::Unroutable`] (nuropb's
-//!   `basic.return` 312 NO_ROUTE);
+//!   `basic.return` 312 NO_ROUTE). Replies go through a second, unconfirmed channel (a
+//!   lost reply is reported by the caller's deadline; see [`AmqpOptions::confirm_replies`]);
 //! * one **channel per consumer**, so each consumer has its own prefetch (`basic.qos`) and a
 //!   refused exclusive consume (403, "in exclusive use") closes only that channel;
 //! * a **topology channel** for declarations. Exchanges and queues are declared by Herald
@@ -60,7 +61,7 @@ use lapin::options::{
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, ConnectionProperties, ErrorKind};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::Mutex;
 
 use crate::backend::{
     Acker, Backend, Connection, ConsumeOptions, Delivery, DeliveryStream, ExchangeKind,
@@ -83,8 +84,13 @@ pub struct AmqpOptions {
     pub reconnect_max: Duration,
     /// How long an operation waits for a lost connection to come back before failing.
     pub reconnect_wait: Duration,
-    /// Wait for the broker's publisher confirm on every publish (default true).
+    /// Wait for the broker's publisher confirm on requests, commands and events
+    /// (default true). An unroutable request is only detected with confirms on.
     pub publisher_confirms: bool,
+    /// Also confirm replies (publishes to the default exchange that are not mandatory).
+    /// Off by default: a lost reply is reported by the caller's deadline, and nuropb
+    /// does not confirm replies either.
+    pub confirm_replies: bool,
 }
 
 impl Default for AmqpOptions {
@@ -94,6 +100,7 @@ impl Default for AmqpOptions {
             reconnect_max: Duration::from_secs(5),
             reconnect_wait: Duration::from_secs(30),
             publisher_confirms: true,
+            confirm_replies: false,
         }
     }
 }
@@ -204,13 +211,17 @@ struct Live {
     generation: u64,
     conn: lapin::Connection,
     publish: Channel,
+    /// Unconfirmed channel for replies.
+    replies: Channel,
     topology: Mutex<Option<Channel>>,
     leader: Mutex<Option<Channel>>,
 }
 
 impl Live {
     fn is_connected(&self) -> bool {
-        self.conn.status().connected() && self.publish.status().connected()
+        self.conn.status().connected()
+            && self.publish.status().connected()
+            && self.replies.status().connected()
     }
 
     /// The topology channel, opened on demand (a failed declaration closes it).
@@ -239,7 +250,6 @@ struct Inner {
     generation: AtomicU64,
     declared: StdMutex<Vec<Declared>>,
     closed: AtomicBool,
-    closed_tx: tokio::sync::watch::Sender<bool>,
 }
 
 /// One connection to RabbitMQ (see the [module docs](self)).
@@ -347,7 +357,6 @@ impl AmqpConnection {
         client_name: &str,
         options: AmqpOptions,
     ) -> Result<Self, MeshError> {
-        let (closed_tx, _) = tokio::sync::watch::channel(false);
         let inner = Arc::new(Inner {
             url: url.to_owned(),
             client_name: client_name.to_owned(),
@@ -357,7 +366,6 @@ impl AmqpConnection {
             generation: AtomicU64::new(0),
             declared: StdMutex::new(Vec::new()),
             closed: AtomicBool::new(false),
-            closed_tx,
         });
         let live = Inner::dial(&inner).await?;
         if let Ok(mut cur) = inner.current.write() {
@@ -463,11 +471,16 @@ impl Inner {
                 .await
                 .map_err(|e| map_err("confirm.select", About::Other("publish channel"), &e))?;
         }
+        let replies = conn
+            .create_channel()
+            .await
+            .map_err(|e| map_err("channel.open", About::Other("reply channel"), &e))?;
         let generation = this.generation.fetch_add(1, Ordering::SeqCst) + 1;
         Ok(Arc::new(Live {
             generation,
             conn,
             publish,
+            replies,
             topology: Mutex::new(None),
             leader: Mutex::new(None),
         }))
@@ -1052,66 +1065,75 @@ async fn start_consumer(
     Ok((ch, consumer))
 }
 
-/// Forwards deliveries until the receiver goes away or the connection is closed,
-/// re-consuming after connection losses.
-async fn pump(
+/// The state behind one [`DeliveryStream`]: the current lapin consumer, restarted on a
+/// new connection after a loss. Polling the stream polls the lapin consumer directly (no
+/// forwarding task in between).
+struct ConsumerState {
     inner: Arc<Inner>,
     queue: String,
     options: ConsumeOptions,
-    mut ch: Channel,
-    mut consumer: lapin::Consumer,
-    tx: mpsc::UnboundedSender<Delivery>,
-) {
-    let mut closed_rx = inner.closed_tx.subscribe();
-    loop {
-        loop {
-            tokio::select! {
-                _ = tx.closed() => {
-                    let _ = ch.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
-                    let _ = ch.close(200, ShortString::from("consumer dropped")).await;
-                    return;
-                }
-                _ = closed_rx.changed() => return,
-                item = consumer.next() => match item {
-                    Some(Ok(d)) => {
-                        if tx.send(to_delivery(&queue, d, options.auto_ack)).is_err() {
-                            // The receiver is gone; the dropped delivery requeues itself.
-                            continue;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(queue = %queue, error = %e, "consumer error");
-                        break;
-                    }
-                    None => break,
-                },
-            }
+    current: Option<(Channel, lapin::Consumer)>,
+}
+
+impl Drop for ConsumerState {
+    fn drop(&mut self) {
+        let Some((ch, consumer)) = self.current.take() else {
+            return;
+        };
+        if self.inner.is_closed() {
+            return;
         }
-        // The consumer ended: connection or channel lost, or cancelled by the broker.
-        let mut delay = inner.options.reconnect_initial;
+        // The stream was dropped: cancel the consumer and close its channel, which
+        // requeues whatever it still had unsettled.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = ch
+                    .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                    .await;
+                let _ = ch.close(200, ShortString::from("consumer dropped")).await;
+            });
+        }
+    }
+}
+
+impl ConsumerState {
+    /// The next delivery, re-consuming (with backoff) after the connection or channel was
+    /// lost; `None` once the connection is closed.
+    async fn next(&mut self) -> Option<Delivery> {
+        let mut delay = self.inner.options.reconnect_initial;
         loop {
-            if inner.is_closed() || tx.is_closed() {
-                return;
+            if self.inner.is_closed() {
+                self.current = None;
+                return None;
             }
-            tokio::select! {
-                _ = tx.closed() => return,
-                _ = closed_rx.changed() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            match inner.live().await {
-                Ok(live) => match start_consumer(&live, &queue, options).await {
-                    Ok((c, k)) => {
-                        tracing::info!(queue = %queue, generation = live.generation, "consumer restarted");
-                        ch = c;
-                        consumer = k;
-                        break;
+            if let Some((_, consumer)) = self.current.as_mut() {
+                match consumer.next().await {
+                    Some(Ok(d)) => return Some(to_delivery(&self.queue, d, self.options.auto_ack)),
+                    Some(Err(e)) => {
+                        tracing::warn!(queue = %self.queue, error = %e, "consumer error");
+                        self.current = None;
                     }
-                    Err(e) => tracing::warn!(queue = %queue, error = %e, "re-consuming failed"),
-                },
-                Err(MeshError::Disconnected) => return,
-                Err(e) => tracing::warn!(queue = %queue, error = %e, "still reconnecting"),
+                    None => self.current = None,
+                }
+                continue;
             }
-            delay = (delay * 2).min(inner.options.reconnect_max);
+            // The consumer ended: connection or channel lost, or cancelled by the broker.
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.inner.options.reconnect_max);
+            match self.inner.live().await {
+                Ok(live) => match start_consumer(&live, &self.queue, self.options).await {
+                    Ok(c) => {
+                        tracing::info!(queue = %self.queue, generation = live.generation, "consumer restarted");
+                        self.current = Some(c);
+                        delay = self.inner.options.reconnect_initial;
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = %self.queue, error = %e, "re-consuming failed")
+                    }
+                },
+                Err(MeshError::Disconnected) => return None,
+                Err(e) => tracing::warn!(queue = %self.queue, error = %e, "still reconnecting"),
+            }
         }
     }
 }
@@ -1151,8 +1173,15 @@ impl Connection for AmqpConnection {
             let key_s = short("routing key", routing_key)?;
             let live = self.inner.live().await?;
             let about = About::Exchange(exchange);
-            let confirm = live
-                .publish
+            let opts = &self.inner.options;
+            let confirmed = opts.publisher_confirms
+                && (opts.confirm_replies || message.properties.mandatory || !exchange.is_empty());
+            let channel = if confirmed {
+                &live.publish
+            } else {
+                &live.replies
+            };
+            let confirm = channel
                 .basic_publish(
                     exchange_s,
                     key_s,
@@ -1165,7 +1194,7 @@ impl Connection for AmqpConnection {
                 )
                 .await
                 .map_err(|e| map_err("basic.publish", about, &e))?;
-            if !self.inner.options.publisher_confirms {
+            if !confirmed {
                 drop(confirm);
                 return Ok(());
             }
@@ -1197,20 +1226,17 @@ impl Connection for AmqpConnection {
     ) -> BoxFuture<'a, Result<DeliveryStream, MeshError>> {
         Box::pin(async move {
             let live = self.inner.live().await?;
-            let (ch, consumer) = start_consumer(&live, queue, options).await?;
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(pump(
-                self.inner.clone(),
-                queue.to_owned(),
+            let current = start_consumer(&live, queue, options).await?;
+            let state = ConsumerState {
+                inner: self.inner.clone(),
+                queue: queue.to_owned(),
                 options,
-                ch,
-                consumer,
-                tx,
-            ));
+                current: Some(current),
+            };
             let stream =
                 futures::stream::unfold(
-                    rx,
-                    |mut rx| async move { rx.recv().await.map(|d| (d, rx)) },
+                    state,
+                    |mut st| async move { st.next().await.map(|d| (d, st)) },
                 );
             Ok(Box::pin(stream) as DeliveryStream)
         })
@@ -1251,7 +1277,6 @@ impl Connection for AmqpConnection {
             if self.inner.closed.swap(true, Ordering::SeqCst) {
                 return Ok(());
             }
-            let _ = self.inner.closed_tx.send(true);
             let live = self.inner.current.write().ok().and_then(|mut c| c.take());
             if let Some(live) = live {
                 if live.conn.status().connected() {
