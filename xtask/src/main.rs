@@ -5,6 +5,7 @@ use anyhow::bail;
 
 mod bench_mesh;
 mod bench_registry;
+mod bench_transport;
 mod bench_wire;
 mod common;
 
@@ -43,6 +44,7 @@ fn run_bench(layer: &str, quick: bool) -> anyhow::Result<()> {
     let _ = quick;
     match layer {
         "wire" => bench_wire::run(quick),
+        "transport" => bench_transport::run(quick),
         "registry" => bench_registry::run(quick),
         "mesh" => bench_mesh::run(quick),
         other => bail!("unknown benchmark layer `{other}`\n{USAGE}"),
