@@ -506,10 +506,9 @@ async fn handle_tcp(
     };
     match result {
         Ok(_) => {
-            let write = async {
-                stream.write_all(&reply).await?;
-                stream.shutdown().await
-            };
+            // Dropping the stream afterwards closes it (FIN after the reply), which is
+            // all rpyc's client waits for; no separate shutdown call needed.
+            let write = stream.write_all(&reply);
             match tokio::time::timeout(deadline, write).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(%from, error = %e, "tcp reply not sent"),
