@@ -303,6 +303,7 @@ impl TryFrom<&str> for ActorAddress {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

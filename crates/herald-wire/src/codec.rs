@@ -240,6 +240,7 @@ impl Iterator for FrameIter {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

@@ -432,6 +432,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, WireError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

@@ -101,15 +101,12 @@ impl Handshake {
             }
         };
         let port = match map.remove("port") {
-            Some(Value::Number(n)) if n.is_u64() || n.is_i64() => {
-                let p = n
-                    .as_u64()
-                    .and_then(|p| u16::try_from(p).ok())
-                    .ok_or_else(|| WireError::PortOutOfRange {
-                        port: n.to_string(),
-                    })?;
-                p
-            }
+            Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .ok_or_else(|| WireError::PortOutOfRange {
+                    port: n.to_string(),
+                })?,
             Some(other) => {
                 return Err(WireError::WrongFieldType {
                     what: HS,
@@ -221,6 +218,7 @@ impl Frame {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

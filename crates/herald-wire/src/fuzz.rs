@@ -52,12 +52,12 @@ pub fn address(data: &[u8]) {
 
 /// `casty_json_tree` target: [`CastyValue::from_json_bytes`].
 pub fn casty_json_tree(data: &[u8]) {
-    if let Ok(tree) = CastyValue::from_json_bytes(data) {
-        if let Ok(bytes) = tree.to_json_bytes() {
-            let again = CastyValue::from_json_bytes(&bytes);
-            let again = again.and_then(|t| t.to_json_bytes());
-            assert_eq!(again.as_deref(), Ok(&bytes[..]), "re-encode");
-        }
+    if let Ok(tree) = CastyValue::from_json_bytes(data)
+        && let Ok(bytes) = tree.to_json_bytes()
+    {
+        let again = CastyValue::from_json_bytes(&bytes);
+        let again = again.and_then(|t| t.to_json_bytes());
+        assert_eq!(again.as_deref(), Ok(&bytes[..]), "re-encode");
     }
 }
 

@@ -7,6 +7,8 @@
 //! floats go both ways: casty must decode what Herald encodes, and Herald's
 //! bytes must equal casty's own for the same values.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,12 +58,18 @@ impl Rng {
     fn float(&mut self) -> f64 {
         match self.next() % 4 {
             0 => (self.next() % 1000) as f64 / 8.0,
-            1 => f64::from_bits(self.next() >> 2) * if self.next() % 2 == 0 { 1.0 } else { -1.0 },
+            1 => {
+                f64::from_bits(self.next() >> 2)
+                    * if self.next().is_multiple_of(2) {
+                        1.0
+                    } else {
+                        -1.0
+                    }
+            }
             2 => (self.next() as f64) * 1e-12,
             _ => (self.next() % 100_000) as f64 * 1e10,
         }
-        .max(-1e300)
-        .min(1e300)
+        .clamp(-1e300, 1e300)
     }
 }
 
@@ -93,7 +101,7 @@ fn casty_and_herald_agree_byte_for_byte() {
     let inners: Vec<Inner> = (0..300)
         .map(|_| Inner {
             x: rng.float(),
-            flag: rng.next() % 2 == 0,
+            flag: rng.next().is_multiple_of(2),
         })
         .collect();
     // Rust-encoded payloads that casty must decode to the same object. Only

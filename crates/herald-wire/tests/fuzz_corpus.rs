@@ -2,6 +2,8 @@
 //! (`fuzz/corpus/<target>/*`) through the same entry functions the fuzz targets
 //! call, so every `cargo test` run exercises them.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::path::PathBuf;
 
 fn replay(target: &str, run: fn(&[u8])) {

@@ -1,6 +1,8 @@
 //! Property tests: encode/decode round trips for envelopes, frames, addresses
 //! and payload codecs, with arbitrary Unicode (astral characters, controls).
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use bytes::{Bytes, BytesMut};
 use herald_wire::payload::{
     CastyJson, CastyMsgpack, CastyValue, Json, MessagePack, PayloadCodec, Protobuf,

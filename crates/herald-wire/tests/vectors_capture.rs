@@ -2,6 +2,8 @@
 //! wrote to and accepted from real sockets. Every frame given in full hex is
 //! decoded, checked against the recorded fields, and re-encoded byte-exact.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use herald_wire::payload::{CastyValue, TreeFormat};
@@ -26,10 +28,9 @@ fn full_frames(v: &Value, out: &mut Vec<Value>) {
             if let (Some(hex), Some(raw_len)) = (
                 map.get("hex").and_then(Value::as_str),
                 map.get("raw_len").and_then(Value::as_u64),
-            ) {
-                if hex.len() as u64 == raw_len * 2 {
-                    out.push(v.clone());
-                }
+            ) && hex.len() as u64 == raw_len * 2
+            {
+                out.push(v.clone());
             }
             map.values().for_each(|c| full_frames(c, out));
         }

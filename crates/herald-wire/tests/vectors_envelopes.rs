@@ -1,6 +1,8 @@
 //! Ground truth: every vector of `../shared/vectors/casty_envelopes.json`
 //! (bytes written by casty 0.21.0): encode equality and decode equality.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use bytes::Bytes;
 use herald_wire::{Envelope, Frame, FrameCodec, Handshake, WireError};
 use serde_json::Value;

@@ -2,6 +2,8 @@
 //! msgpack serializers). Encode equality and decode equality for every
 //! deterministic vector; pickle and zlib variants are out of scope (see docs/wire.md).
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use herald_wire::payload::{
     ByteBuf, CastyJson, CastyMsgpack, CastyRef, CastyValue, FrozenSet, PayloadCodec, TreeFormat,
     TypeHint, TypeRegistry,
@@ -114,10 +116,8 @@ where
     let serializer = vector["serializer"].as_str().unwrap_or_default();
     let name = vector["message"].as_str().unwrap_or_default();
     assert_eq!(vector["type_hint"].as_str(), Some(T::TYPE_HINT), "{name}");
-    let (enc, dec): (
-        Result<bytes::Bytes, WireError>,
-        fn(&[u8]) -> Result<T, WireError>,
-    ) = match serializer {
+    type Decode<T> = fn(&[u8]) -> Result<T, WireError>;
+    let (enc, dec): (Result<bytes::Bytes, WireError>, Decode<T>) = match serializer {
         "json" => (CastyJson.encode(msg), |b| CastyJson.decode(b)),
         "msgpack" => (CastyMsgpack.encode(msg), |b| CastyMsgpack.decode(b)),
         _ => return,

@@ -119,16 +119,16 @@ fn from_tree<T: DeserializeOwned + TypeHint>(
     tree: CastyValue,
     codec: &'static str,
 ) -> Result<T, WireError> {
-    if let CastyValue::Object { type_name, .. } = &tree {
-        if type_name != T::TYPE_HINT {
-            return Err(WireError::Payload {
-                codec,
-                message: format!(
-                    "payload is a {type_name:?} dataclass, expected {:?}",
-                    T::TYPE_HINT
-                ),
-            });
-        }
+    if let CastyValue::Object { type_name, .. } = &tree
+        && type_name != T::TYPE_HINT
+    {
+        return Err(WireError::Payload {
+            codec,
+            message: format!(
+                "payload is a {type_name:?} dataclass, expected {:?}",
+                T::TYPE_HINT
+            ),
+        });
     }
     from_value(tree).map_err(|e| {
         tree_err(

@@ -743,7 +743,7 @@ impl<'a> MsgpackReader<'a> {
             0xc0 => Raw::Nil,
             0xc2 => Raw::Bool(false),
             0xc3 => Raw::Bool(true),
-            0xc4 | 0xc5 | 0xc6 => {
+            0xc4..=0xc6 => {
                 let n = self.be(1 << (m - 0xc4), "bin length")? as usize;
                 Raw::Bin(self.take(n, "bin data")?.to_vec())
             }
@@ -754,7 +754,7 @@ impl<'a> MsgpackReader<'a> {
             0xd1 => Raw::Int(i128::from(self.be(2, "int16")? as u16 as i16)),
             0xd2 => Raw::Int(i128::from(self.be(4, "int32")? as u32 as i32)),
             0xd3 => Raw::Int(i128::from(self.be(8, "int64")? as i64)),
-            0xd9 | 0xda | 0xdb => {
+            0xd9..=0xdb => {
                 let n = self.be(1 << (m - 0xd9), "str length")? as usize;
                 self.str(n)?
             }
@@ -806,13 +806,12 @@ impl<'a> MsgpackReader<'a> {
             let at = self.pos;
             let k = self.read(depth + 1)?;
             let v = self.read(depth + 1)?;
-            if let Raw::Str(s) = &k {
-                if pairs
+            if let Raw::Str(s) = &k
+                && pairs
                     .iter()
                     .any(|(pk, _)| matches!(pk, Raw::Str(p) if p == s))
-                {
-                    return Err(mp_err(format!("duplicate map key {s:?} at offset {at}")));
-                }
+            {
+                return Err(mp_err(format!("duplicate map key {s:?} at offset {at}")));
             }
             pairs.push((k, v));
         }
@@ -821,6 +820,7 @@ impl<'a> MsgpackReader<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 
