@@ -95,6 +95,14 @@ fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The exchange and routing key a message was published with.
+type Origin = Arc<(String, String)>;
+
+enum Targets {
+    One(Arc<Queue>),
+    Many(Vec<Arc<Queue>>),
+}
+
 struct Entry {
     message: Message,
     expires: Option<Instant>,
@@ -142,13 +150,17 @@ impl Queue {
     }
 
     /// Pops the next live entry; expired ones are returned in `dead`.
-    fn pop(&self, now: Instant, dead: &mut Vec<Entry>) -> Pop {
+    fn pop(&self, dead: &mut Vec<Entry>) -> Pop {
         if self.deleted.load(Ordering::Acquire) {
             return Pop::Deleted;
         }
+        // The clock is read only for messages that carry a ttl.
+        let mut now: Option<Instant> = None;
         let mut st = self.lock();
         while let Some(e) = st.ready.pop_front() {
-            if e.expires.is_some_and(|t| t <= now) {
+            if e.expires
+                .is_some_and(|t| t <= *now.get_or_insert_with(Instant::now))
+            {
                 dead.push(e);
                 continue;
             }
@@ -166,7 +178,8 @@ impl Queue {
 #[derive(Debug)]
 struct Exchange {
     spec: ExchangeSpec,
-    direct: HashMap<String, Vec<Arc<Queue>>>,
+    /// Routing key -> bound queues, and the shared dead-letter origin of the key.
+    direct: HashMap<String, (Vec<Arc<Queue>>, Origin)>,
     patterns: Vec<(String, Arc<Queue>)>,
 }
 
@@ -193,14 +206,20 @@ impl Broker {
         self.topo.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn route(&self, exchange: &str, routing_key: &str) -> Result<Vec<Arc<Queue>>, MeshError> {
+    /// The queues `routing_key` reaches on `exchange`, and the (exchange, routing key)
+    /// origin to remember for dead-lettering (shared, not allocated, on direct
+    /// bindings: the hot request path).
+    fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(Targets, Option<Origin>), MeshError> {
         let topo = self.topo_read();
-        let mut out: Vec<Arc<Queue>> = Vec::new();
         if exchange == DEFAULT_EXCHANGE {
-            if let Some(q) = topo.queues.get(routing_key) {
-                out.push(q.clone());
-            }
-            return Ok(out);
+            return Ok(match topo.queues.get(routing_key) {
+                Some(q) => (Targets::One(q.clone()), None),
+                None => (Targets::Many(Vec::new()), None),
+            });
         }
         let ex = topo
             .exchanges
@@ -208,10 +227,14 @@ impl Broker {
             .ok_or_else(|| MeshError::NoSuchExchange {
                 exchange: exchange.to_owned(),
             })?;
+        let mut out: Vec<Arc<Queue>> = Vec::new();
         match ex.spec.kind {
             ExchangeKind::Direct => {
-                if let Some(qs) = ex.direct.get(routing_key) {
-                    out.extend(qs.iter().cloned());
+                if let Some((qs, origin)) = ex.direct.get(routing_key) {
+                    if let [q] = qs.as_slice() {
+                        return Ok((Targets::One(q.clone()), Some(origin.clone())));
+                    }
+                    return Ok((Targets::Many(qs.clone()), Some(origin.clone())));
                 }
             }
             ExchangeKind::Topic => {
@@ -229,7 +252,7 @@ impl Broker {
                 }
             }
         }
-        Ok(out)
+        Ok((Targets::Many(out), None))
     }
 
     fn publish(
@@ -239,7 +262,11 @@ impl Broker {
         message: Message,
     ) -> Result<(), MeshError> {
         inc(&self.stats.published);
-        let targets = self.route(exchange, routing_key)?;
+        let (targets, origin) = self.route(exchange, routing_key)?;
+        let targets: &[Arc<Queue>] = match &targets {
+            Targets::One(q) => std::slice::from_ref(q),
+            Targets::Many(v) => v,
+        };
         if targets.is_empty() {
             inc(&self.stats.unroutable);
             if message.properties.mandatory {
@@ -255,17 +282,19 @@ impl Broker {
             .properties
             .expiration_ms
             .map(|ms| Instant::now() + Duration::from_millis(ms));
-        let origin = if targets
-            .iter()
-            .any(|q| q.spec.dead_letter_exchange.is_some())
-        {
-            Some(Arc::new((exchange.to_owned(), routing_key.to_owned())))
-        } else {
-            None
+        let origin = match origin {
+            Some(o) => Some(o),
+            None if targets
+                .iter()
+                .any(|q| q.spec.dead_letter_exchange.is_some()) =>
+            {
+                Some(Arc::new((exchange.to_owned(), routing_key.to_owned())))
+            }
+            None => None,
         };
         let n = targets.len();
         let mut message = Some(message);
-        for (i, q) in targets.into_iter().enumerate() {
+        for (i, q) in targets.iter().enumerate() {
             let m = if i + 1 == n {
                 message.take()
             } else {
@@ -273,7 +302,7 @@ impl Broker {
             };
             let Some(m) = m else { break };
             self.push(
-                &q,
+                q,
                 Entry {
                     message: m,
                     expires,
@@ -416,10 +445,10 @@ impl Broker {
             topo.queues.remove(&q.spec.name);
         }
         for ex in topo.exchanges.values_mut() {
-            for qs in ex.direct.values_mut() {
+            for (qs, _) in ex.direct.values_mut() {
                 qs.retain(|x| !Arc::ptr_eq(x, q));
             }
-            ex.direct.retain(|_, qs| !qs.is_empty());
+            ex.direct.retain(|_, (qs, _)| !qs.is_empty());
             ex.patterns.retain(|(_, x)| !Arc::ptr_eq(x, q));
         }
         q.deleted.store(true, Ordering::Release);
@@ -680,7 +709,10 @@ impl InProcConnection {
             };
             match ex.spec.kind {
                 ExchangeKind::Direct => {
-                    let v = ex.direct.entry(b.routing_key.clone()).or_default();
+                    let exchange = ex.spec.name.clone();
+                    let (v, _) = ex.direct.entry(b.routing_key.clone()).or_insert_with(|| {
+                        (Vec::new(), Arc::new((exchange, b.routing_key.clone())))
+                    });
                     if !v.iter().any(|x| Arc::ptr_eq(x, &q)) {
                         v.push(q.clone());
                     }
@@ -831,7 +863,7 @@ impl Consumer {
             if self.cancel.is_cancelled() {
                 return None;
             }
-            let popped = self.queue.pop(Instant::now(), &mut dead);
+            let popped = self.queue.pop(&mut dead);
             if !dead.is_empty() {
                 self.broker
                     .expire_all(std::mem::take(&mut dead), &self.queue);

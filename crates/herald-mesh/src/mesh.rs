@@ -199,20 +199,37 @@ struct Pending {
     session: Option<Box<dyn SessionKey>>,
 }
 
-#[derive(Default)]
+/// Calls waiting for a reply, keyed by the counter part of their correlation id
+/// (`<16 hex prefix><16 hex counter>`); ids with another prefix are never ours.
 struct PendingMap {
-    map: Mutex<HashMap<String, Pending>>,
+    prefix: String,
+    map: Mutex<HashMap<u64, Pending>>,
     unpaired: AtomicU64,
 }
 
 impl PendingMap {
-    fn insert(&self, id: String, p: Pending) {
-        if let Ok(mut m) = self.map.lock() {
-            m.insert(id, p);
+    fn new(prefix: u64) -> Self {
+        Self {
+            prefix: format!("{prefix:016x}"),
+            map: Mutex::new(HashMap::new()),
+            unpaired: AtomicU64::new(0),
+        }
+    }
+    fn key(&self, id: &str) -> Option<u64> {
+        let counter = id.strip_prefix(self.prefix.as_str())?;
+        if counter.len() != 16 {
+            return None;
+        }
+        u64::from_str_radix(counter, 16).ok()
+    }
+    fn insert(&self, id: &str, p: Pending) {
+        if let (Some(k), Ok(mut m)) = (self.key(id), self.map.lock()) {
+            m.insert(k, p);
         }
     }
     fn remove(&self, id: &str) -> Option<Pending> {
-        self.map.lock().ok().and_then(|mut m| m.remove(id))
+        let k = self.key(id)?;
+        self.map.lock().ok().and_then(|mut m| m.remove(&k))
     }
     fn fail_all(&self) {
         if let Ok(mut m) = self.map.lock() {
@@ -415,7 +432,10 @@ impl Mesh {
 
         let stop_consuming = CancellationToken::new();
         let shutdown = CancellationToken::new();
-        let pending = Arc::new(PendingMap::default());
+        // Stops the tasks started below if a later step of connect fails.
+        let stop_on_error = shutdown.clone().drop_guard();
+        let id_prefix = random_u64();
+        let pending = Arc::new(PendingMap::new(id_prefix));
         tokio::spawn(reply_loop(replies, pending.clone(), shutdown.clone()));
 
         let mut service_stream = None;
@@ -447,6 +467,7 @@ impl Mesh {
             LeaderWatch::never()
         };
 
+        stop_on_error.disarm();
         let inner = Arc::new(Inner {
             backend_name: backend.name(),
             conn,
@@ -457,7 +478,7 @@ impl Mesh {
             config,
             serving,
             pending,
-            id_prefix: random_u64(),
+            id_prefix,
             counter: AtomicU64::new(0),
             sub_counter: AtomicU64::new(0),
             describe_cache: Mutex::new(HashMap::new()),
@@ -645,7 +666,7 @@ impl Mesh {
         let (tx, rx) = oneshot::channel();
         self.inner
             .pending
-            .insert(id.clone(), Pending { tx, session });
+            .insert(&id, Pending { tx, session });
         let _guard = PendingGuard {
             pending: &self.inner.pending,
             id: &id,
@@ -737,21 +758,30 @@ impl Mesh {
         msg.headers.deadline_ms = Some(now_ms().saturating_add(ttl_ms));
         let mut session = None;
         if opts.encrypted {
-            let cipher = self.inner.config.client_cipher.clone().ok_or_else(|| {
-                MeshError::Encryption("no client cipher configured for encrypted calls".into())
-            })?;
-            let desc: Arc<ServiceDescription> =
-                Box::pin(self.describe_service(service, false)).await?;
-            let key = desc.public_key.clone().ok_or_else(|| {
-                MeshError::Encryption(format!("service {service:?} publishes no public key"))
-            })?;
-            let plain = msg.payload.to_bytes()?;
-            let (sealed, s) = cipher.seal_request(&key, &plain)?;
-            msg.payload = Payload::Bytes(Bytes::from(sealed));
-            msg.headers.encrypted = true;
-            session = Some(s);
+            // Boxed: keeps the common (clear) path's future small.
+            session = Some(Box::pin(self.encrypt_call(service, &mut msg)).await?);
         }
         Ok((msg, session))
+    }
+
+    /// Seals a call for `service`'s public key (fetched with describe).
+    async fn encrypt_call(
+        &self,
+        service: &str,
+        msg: &mut Message,
+    ) -> Result<Box<dyn SessionKey>, MeshError> {
+        let cipher = self.inner.config.client_cipher.clone().ok_or_else(|| {
+            MeshError::Encryption("no client cipher configured for encrypted calls".into())
+        })?;
+        let desc: Arc<ServiceDescription> = Box::pin(self.describe_service(service, false)).await?;
+        let key = desc.public_key.clone().ok_or_else(|| {
+            MeshError::Encryption(format!("service {service:?} publishes no public key"))
+        })?;
+        let plain = msg.payload.to_bytes()?;
+        let (sealed, s) = cipher.seal_request(&key, &plain)?;
+        msg.payload = Payload::Bytes(Bytes::from(sealed));
+        msg.headers.encrypted = true;
+        Ok(s)
     }
 
     /// Publishes an event on the events exchange with routing key `topic`.
@@ -1255,9 +1285,12 @@ async fn send_reply(
         warning: None,
         reply_to: Some(reply_to.to_owned()),
     };
-    let mut msg = Message::from_envelope(Envelope::Response(body));
-    msg.headers.trace_id = trace_id;
-    msg.properties = Properties::new(correlation_id);
+    let mut msg = Message {
+        properties: Properties::new(correlation_id),
+        headers: Headers::new(MessageType::Response, trace_id),
+        payload: Payload::Envelope(Arc::new(Envelope::Response(body))),
+        death: None,
+    };
     if let Some(s) = session {
         let sealed = msg.payload.to_bytes().and_then(|plain| s.seal(&plain));
         match sealed {
