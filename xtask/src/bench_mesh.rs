@@ -166,7 +166,159 @@ pub fn inproc_rows(quick: bool) -> anyhow::Result<Vec<BenchRow>> {
 
 /// `cargo xtask bench mesh [--quick]`.
 pub fn run(quick: bool) -> anyhow::Result<()> {
-    let rows = inproc_rows(quick)?;
+    let mut rows = inproc_rows(quick)?;
+    rows.extend(amqp_rows(quick)?);
     common::report("mesh", &rows)?;
     Ok(())
+}
+
+// ---------------------------------------------------------------- RabbitMQ ---
+//
+// Herald over RabbitMQ (client and service on their own connections) beside a raw
+// lapin RPC (both measured by `herald-mesh`'s `amqp_bench` example, runs interleaved)
+// and the real nuropb 0.1.8 (`../shared/peers/nuropb_bench.py`, service and client in
+// separate Python processes), same broker, same run. Service prefetch 64 for all three
+// (nuropb's best setting). The broker is `HERALD_AMQP_URL`, else the local default.
+
+const AMQP_DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn amqp_url() -> Option<String> {
+    let url = std::env::var("HERALD_AMQP_URL").unwrap_or_else(|_| AMQP_DEFAULT_URL.into());
+    let hostport = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.rsplit('@').next())
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("127.0.0.1:5672")
+        .to_string();
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&hostport)
+        .ok()
+        .and_then(|mut a| a.next())?;
+    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3)).ok()?;
+    Some(url)
+}
+
+/// One `{"stack", "concurrency", "median_rps", "p50_ms", "p99_ms"}` line.
+#[derive(Clone, Debug)]
+struct AmqpSample {
+    stack: String,
+    conc: u64,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn parse_samples(text: &str) -> anyhow::Result<Vec<AmqpSample>> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
+        let v: Value = serde_json::from_str(line).with_context(|| format!("parsing {line}"))?;
+        let num = |k: &str| v[k].as_f64().with_context(|| format!("{k} missing in {line}"));
+        out.push(AmqpSample {
+            stack: v["stack"].as_str().unwrap_or_default().to_string(),
+            conc: v["concurrency"].as_u64().unwrap_or_default(),
+            rps: num("median_rps")?,
+            p50_ms: num("p50_ms")?,
+            p99_ms: num("p99_ms")?,
+        });
+    }
+    Ok(out)
+}
+
+fn amqp_helper() -> anyhow::Result<PathBuf> {
+    progress("building herald-mesh's amqp_bench helper (release)");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-q", "-p", "herald-mesh", "--example", "amqp_bench"])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("building the amqp_bench helper failed ({status})");
+    }
+    Ok(herald_pyenv::target_dir().join("release/examples/amqp_bench"))
+}
+
+fn run_capture(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The RabbitMQ rows (empty, with a note, when no broker answers).
+pub fn amqp_rows(quick: bool) -> anyhow::Result<Vec<BenchRow>> {
+    let Some(url) = amqp_url() else {
+        progress("SKIPPED RabbitMQ rows: no broker answers at HERALD_AMQP_URL / 127.0.0.1:5672");
+        return Ok(Vec::new());
+    };
+    let (secs, runs) = if quick { ("1", "1") } else { ("5", "3") };
+    let helper = amqp_helper()?;
+    progress(format!("mesh over RabbitMQ: herald and raw lapin, {runs} run(s) of {secs} s each"));
+    let text = run_capture(
+        Command::new(&helper).args([
+            "run", "--url", &url, "--stack", "herald,lapin", "--secs", secs, "--runs", runs,
+            "--conc", "1,32", "--prefetch", "64",
+        ]),
+        "amqp_bench",
+    )?;
+    let mut samples = parse_samples(&text)?;
+
+    progress("nuropb 0.1.8 client -> nuropb service (Python venv)");
+    let python = herald_pyenv::ensure_venv(&herald_pyenv::NUROPB)
+        .map_err(|e| anyhow::anyhow!("the nuropb venv is needed for the baseline: {e}"))?;
+    let script = herald_pyenv::shared_dir().join("peers/nuropb_bench.py");
+    let nuropb = run_capture(
+        Command::new(&python).arg(&script).args([
+            "run", "--stack", "nuropb", "--url", &url, "--secs", secs, "--runs", runs,
+            "--conc", "1,32", "--prefetch", "64",
+        ]),
+        "nuropb_bench.py",
+    );
+    // nuropb's bench leaves its durable service queue and its dead-letter queue behind.
+    let _ = run_capture(
+        Command::new(&helper).args([
+            "cleanup", "--url", &url, "nuropb-bench-calc-sq", "nuropb-bench-calc-dl",
+        ]),
+        "amqp_bench cleanup",
+    );
+    samples.extend(parse_samples(&nuropb?)?);
+
+    let find = |stack: &str, conc: u64| {
+        samples
+            .iter()
+            .find(|s| s.stack == stack && s.conc == conc)
+            .cloned()
+            .with_context(|| format!("no {stack} sample with {conc} in flight"))
+    };
+    let per_ms = |ms: f64| if ms > 0.0 { 1000.0 / ms } else { 0.0 };
+    let mut rows = Vec::new();
+    for conc in [1u64, 32] {
+        let h = find("herald", conc)?;
+        for (stack, label) in [("lapin", "raw lapin RPC"), ("nuropb", "nuropb 0.1.8 -> nuropb")] {
+            let b = find(stack, conc)?;
+            let base = format!("{label}, {conc} in flight");
+            rows.push(BenchRow::new(
+                format!("mesh RabbitMQ req/s, {conc} in flight"),
+                h.rps,
+                base.clone(),
+                b.rps,
+            ));
+            rows.push(BenchRow::new(
+                format!("mesh RabbitMQ 1/p50 latency, {conc} in flight"),
+                per_ms(h.p50_ms),
+                base.clone(),
+                per_ms(b.p50_ms),
+            ));
+            rows.push(BenchRow::new(
+                format!("mesh RabbitMQ 1/p99 latency, {conc} in flight"),
+                per_ms(h.p99_ms),
+                base,
+                per_ms(b.p99_ms),
+            ));
+        }
+    }
+    Ok(rows)
 }
