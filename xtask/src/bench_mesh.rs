@@ -212,7 +212,10 @@ fn parse_samples(text: &str) -> anyhow::Result<Vec<AmqpSample>> {
     let mut out = Vec::new();
     for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
         let v: Value = serde_json::from_str(line).with_context(|| format!("parsing {line}"))?;
-        let num = |k: &str| v[k].as_f64().with_context(|| format!("{k} missing in {line}"));
+        let num = |k: &str| {
+            v[k].as_f64()
+                .with_context(|| format!("{k} missing in {line}"))
+        };
         out.push(AmqpSample {
             stack: v["stack"].as_str().unwrap_or_default().to_string(),
             conc: v["concurrency"].as_u64().unwrap_or_default(),
@@ -227,7 +230,15 @@ fn parse_samples(text: &str) -> anyhow::Result<Vec<AmqpSample>> {
 fn amqp_helper() -> anyhow::Result<PathBuf> {
     progress("building herald-mesh's amqp_bench helper (release)");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-q", "-p", "herald-mesh", "--example", "amqp_bench"])
+        .args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "herald-mesh",
+            "--example",
+            "amqp_bench",
+        ])
         .status()
         .context("running cargo build")?;
     if !status.success() {
@@ -256,11 +267,24 @@ pub fn amqp_rows(quick: bool) -> anyhow::Result<Vec<BenchRow>> {
     };
     let (secs, runs) = if quick { ("1", "1") } else { ("5", "3") };
     let helper = amqp_helper()?;
-    progress(format!("mesh over RabbitMQ: herald and raw lapin, {runs} run(s) of {secs} s each"));
+    progress(format!(
+        "mesh over RabbitMQ: herald and raw lapin, {runs} run(s) of {secs} s each"
+    ));
     let text = run_capture(
         Command::new(&helper).args([
-            "run", "--url", &url, "--stack", "herald,lapin", "--secs", secs, "--runs", runs,
-            "--conc", "1,32", "--prefetch", "64",
+            "run",
+            "--url",
+            &url,
+            "--stack",
+            "herald,lapin",
+            "--secs",
+            secs,
+            "--runs",
+            runs,
+            "--conc",
+            "1,32",
+            "--prefetch",
+            "64",
         ]),
         "amqp_bench",
     )?;
@@ -272,15 +296,30 @@ pub fn amqp_rows(quick: bool) -> anyhow::Result<Vec<BenchRow>> {
     let script = herald_pyenv::shared_dir().join("peers/nuropb_bench.py");
     let nuropb = run_capture(
         Command::new(&python).arg(&script).args([
-            "run", "--stack", "nuropb", "--url", &url, "--secs", secs, "--runs", runs,
-            "--conc", "1,32", "--prefetch", "64",
+            "run",
+            "--stack",
+            "nuropb",
+            "--url",
+            &url,
+            "--secs",
+            secs,
+            "--runs",
+            runs,
+            "--conc",
+            "1,32",
+            "--prefetch",
+            "64",
         ]),
         "nuropb_bench.py",
     );
     // nuropb's bench leaves its durable service queue and its dead-letter queue behind.
     let _ = run_capture(
         Command::new(&helper).args([
-            "cleanup", "--url", &url, "nuropb-bench-calc-sq", "nuropb-bench-calc-dl",
+            "cleanup",
+            "--url",
+            &url,
+            "nuropb-bench-calc-sq",
+            "nuropb-bench-calc-dl",
         ]),
         "amqp_bench cleanup",
     );
@@ -297,7 +336,10 @@ pub fn amqp_rows(quick: bool) -> anyhow::Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
     for conc in [1u64, 32] {
         let h = find("herald", conc)?;
-        for (stack, label) in [("lapin", "raw lapin RPC"), ("nuropb", "nuropb 0.1.8 -> nuropb")] {
+        for (stack, label) in [
+            ("lapin", "raw lapin RPC"),
+            ("nuropb", "nuropb 0.1.8 -> nuropb"),
+        ] {
             let b = find(stack, conc)?;
             let base = format!("{label}, {conc} in flight");
             rows.push(BenchRow::new(
