@@ -159,12 +159,26 @@ impl Encoder<&Frame> for FrameCodec {
 impl Encoder<&Envelope> for FrameCodec {
     type Error = WireError;
     fn encode(&mut self, item: &Envelope, dst: &mut BytesMut) -> Result<(), WireError> {
-        let body_len = item.encoded_len();
-        self.check_len(body_len + 1)?;
-        dst.reserve(FRAME_LEN_PREFIX + 1 + body_len);
-        bytes::BufMut::put_u32(dst, (body_len + 1) as u32);
+        // Write the envelope after a placeholder prefix, then check the size and
+        // patch the length: one pass over the strings instead of two.
+        let start = dst.len();
+        bytes::BufMut::put_u32(dst, 0);
         bytes::BufMut::put_u8(dst, FRAME_MESSAGE);
         item.encode_into(dst);
+        let len = dst.len() - start - FRAME_LEN_PREFIX;
+        if let Err(e) = self.check_len(len) {
+            dst.truncate(start);
+            return Err(e);
+        }
+        // `len` <= max_frame_size; a max above u32::MAX can't be honoured on the wire.
+        let Ok(len32) = u32::try_from(len) else {
+            dst.truncate(start);
+            return Err(WireError::FrameTooLarge {
+                len,
+                max: u32::MAX as usize,
+            });
+        };
+        dst[start..start + FRAME_LEN_PREFIX].copy_from_slice(&len32.to_be_bytes());
         Ok(())
     }
 }

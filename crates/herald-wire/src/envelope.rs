@@ -136,28 +136,34 @@ impl Envelope {
 
     /// Appends the envelope to `dst`, byte-exact with casty's `MessageEnvelope.to_bytes()`.
     pub fn encode_into(&self, dst: &mut BytesMut) {
-        let extra = if self.extra.is_empty() {
-            Vec::new()
-        } else {
-            self.extra_json()
-        };
-        let header_len = HEADER_FIXED
-            + pyjson::escaped_len(&self.target)
-            + pyjson::escaped_len(&self.sender)
-            + pyjson::escaped_len(&self.type_hint)
-            + extra.len();
-        dst.reserve(HEADER_LEN_PREFIX + header_len + self.payload.len());
-        // Header lengths above u32::MAX cannot be represented; saturate so the
-        // decoder reports an overrun rather than silently wrapping.
-        dst.put_u32(u32::try_from(header_len).unwrap_or(u32::MAX));
+        // Reserve for the common case (no escapes), write the header, then
+        // patch its length: the strings are scanned once, not twice.
+        dst.reserve(
+            HEADER_LEN_PREFIX
+                + HEADER_FIXED
+                + 6
+                + self.target.len()
+                + self.sender.len()
+                + self.type_hint.len()
+                + self.payload.len(),
+        );
+        let start = dst.len();
+        dst.put_u32(0);
         dst.put_slice(br#"{"target": "#);
         pyjson::write_str(dst, &self.target);
         dst.put_slice(br#", "sender": "#);
         pyjson::write_str(dst, &self.sender);
         dst.put_slice(br#", "type_hint": "#);
         pyjson::write_str(dst, &self.type_hint);
-        dst.put_slice(&extra);
+        if !self.extra.is_empty() {
+            dst.put_slice(&self.extra_json());
+        }
         dst.put_u8(b'}');
+        let header_len = dst.len() - start - HEADER_LEN_PREFIX;
+        // Header lengths above u32::MAX cannot be represented; saturate so the
+        // decoder reports an overrun rather than silently wrapping.
+        let prefix = u32::try_from(header_len).unwrap_or(u32::MAX).to_be_bytes();
+        dst[start..start + HEADER_LEN_PREFIX].copy_from_slice(&prefix);
         dst.put_slice(&self.payload);
     }
 
@@ -348,40 +354,12 @@ fn not_object(found: &str) -> WireError {
     }
 }
 
-const LO: u64 = 0x0101_0101_0101_0101;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-/// `true` if any byte of `w` is zero (exact as a yes/no answer).
-#[inline]
-fn has_zero(w: u64) -> bool {
-    (w.wrapping_sub(LO) & !w & HI) != 0
-}
-
-/// `true` if any byte of `w` is `"`, `\\`, below 0x20 or above 0x7e.
-#[inline]
-fn word_needs_attention(w: u64) -> bool {
-    has_zero(w ^ (LO * u64::from(b'"')))
-        || has_zero(w ^ (LO * u64::from(b'\\')))
-        || has_zero(w ^ (LO * 0x7f))
-        || (w.wrapping_sub(LO * 0x20) & !w & HI) != 0
-        || (w & HI) != 0
-}
-
 /// Reads a JSON string body up to its closing quote when it needs no
 /// unescaping (printable ASCII only, as casty writes plain ASCII values).
 /// Returns `None` when the general parser must handle it.
 #[inline]
 fn plain_str(bytes: &[u8]) -> Option<(&str, &[u8])> {
-    // Skip whole 8-byte words of plain characters, then finish byte by byte.
-    let mut i = 0;
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        if word_needs_attention(u64::from_le_bytes(word)) {
-            break;
-        }
-        i += 8;
-    }
+    let i = pyjson::plain_prefix_words(bytes);
     let end = i + bytes[i..]
         .iter()
         .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b))?;

@@ -22,10 +22,48 @@ fn is_plain(b: u8) -> bool {
     (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\'
 }
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// `true` if any byte of `w` is zero (exact as a yes/no answer).
+#[inline]
+fn has_zero(w: u64) -> bool {
+    (w.wrapping_sub(LO) & !w & HI) != 0
+}
+
+/// `true` if any byte of `w` is `"`, `\\`, below 0x20 or above 0x7e, i.e.
+/// anything that is not copied verbatim into (or out of) a JSON string.
+#[inline]
+fn word_needs_attention(w: u64) -> bool {
+    has_zero(w ^ (LO * u64::from(b'"')))
+        || has_zero(w ^ (LO * u64::from(b'\\')))
+        || has_zero(w ^ (LO * 0x7f))
+        || (w.wrapping_sub(LO * 0x20) & !w & HI) != 0
+        || (w & HI) != 0
+}
+
+/// Length of the longest prefix of `bytes`, in whole 8-byte words, made only
+/// of bytes that are copied verbatim into a JSON string (printable ASCII other
+/// than `"` and `\\`). The caller finishes byte by byte.
+#[inline]
+pub(crate) fn plain_prefix_words(bytes: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        if word_needs_attention(u64::from_le_bytes(word)) {
+            break;
+        }
+        i += 8;
+    }
+    i
+}
+
 /// Length in bytes of `s` once escaped and quoted the `json.dumps` way.
 pub fn escaped_len(s: &str) -> usize {
     let bytes = s.as_bytes();
-    if bytes.iter().all(|&b| is_plain(b)) {
+    let words = plain_prefix_words(bytes);
+    if bytes[words..].iter().all(|&b| is_plain(b)) {
         return bytes.len() + 2;
     }
     let mut n = 2;
@@ -58,7 +96,7 @@ pub fn write_str<B: BufMut>(dst: &mut B, s: &str) {
     let bytes = s.as_bytes();
     // Copy maximal runs of plain ASCII in one go.
     let mut start = 0;
-    let mut i = 0;
+    let mut i = plain_prefix_words(bytes);
     while i < bytes.len() {
         let b = bytes[i];
         if is_plain(b) {
