@@ -104,9 +104,17 @@ impl Decoder for FrameCodec {
         };
         let len = u32::from_be_bytes(*prefix) as usize;
         if len == 0 {
+            tracing::warn!("frame with length 0: stream out of sync");
             return Err(WireError::EmptyFrame);
         }
-        self.check_len(len)?;
+        if let Err(e) = self.check_len(len) {
+            tracing::warn!(
+                len,
+                max = self.max_frame_size,
+                "oversized frame rejected before buffering"
+            );
+            return Err(e);
+        }
         let total = FRAME_LEN_PREFIX + len;
         if src.len() < total {
             // Safe to reserve: `len` is within the configured limit.
