@@ -37,6 +37,7 @@ struct Args {
     runs: usize,
     conc: Vec<usize>,
     prefetch: u16,
+    threads: usize,
     rest: Vec<String>,
 }
 
@@ -50,6 +51,7 @@ fn parse_args() -> AnyResult<Args> {
         runs: 3,
         conc: vec![1, 32],
         prefetch: 64,
+        threads: 2,
         rest: Vec::new(),
     };
     while let Some(arg) = it.next() {
@@ -66,6 +68,7 @@ fn parse_args() -> AnyResult<Args> {
                     .collect::<Result<_, _>>()?
             }
             "--prefetch" => a.prefetch = value()?.parse()?,
+            "--threads" => a.threads = value()?.parse()?,
             other if other.starts_with("--") => {
                 return Err(format!("unknown option {other}").into());
             }
@@ -327,9 +330,22 @@ async fn cleanup(url: &str, queues: &[String]) -> AnyResult<()> {
     Ok(())
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> AnyResult<()> {
+fn main() -> AnyResult<()> {
     let a = parse_args()?;
+    let rt = if a.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.threads)
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(run(a))
+}
+
+async fn run(a: Args) -> AnyResult<()> {
     match a.cmd.as_str() {
         "cleanup" => cleanup(&a.url, &a.rest).await,
         "run" => {
