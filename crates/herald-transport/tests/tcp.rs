@@ -444,3 +444,29 @@ async fn send_after_shutdown_is_refused() {
         })
     ));
 }
+
+#[test]
+fn send_works_from_a_thread_outside_the_runtime() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (a, mut b) = rt.block_on(async {
+        (
+            start(TcpConfig::loopback()).await,
+            start(TcpConfig::loopback()).await,
+        )
+    });
+    let to = b.node.advertised().clone();
+    // Plain thread, no runtime context: creating the peer and sending must not panic.
+    std::thread::scope(|s| {
+        s.spawn(|| a.node.send(&to, env(&to, 1)).expect("queued"));
+    });
+    let (_, e) = rt.block_on(recv(&mut b.rx));
+    assert_eq!(e.payload.as_ref(), b"{\"n\": 1}");
+    rt.block_on(async {
+        a.node.shutdown().await;
+        b.node.shutdown().await;
+    });
+}

@@ -40,7 +40,6 @@ mod codec;
 mod config;
 mod conn;
 mod error;
-mod fastpath;
 mod peer;
 
 use std::collections::HashMap;
@@ -62,7 +61,6 @@ pub use config::{
 };
 pub use conn::{PeerIdentity, PeerKey};
 pub use error::{ConnectionError, TcpError};
-pub use fastpath::decode_envelope;
 
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
 use crate::error::TransportError;
@@ -146,6 +144,9 @@ pub(crate) struct Shared {
     peers: Mutex<Peers>,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// The runtime the node was started on: tasks are spawned there, so `send` works
+    /// from any thread (inside a runtime or not).
+    runtime: tokio::runtime::Handle,
     stats: Counters,
     tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
     tls_connector: Option<tokio_rustls::TlsConnector>,
@@ -251,7 +252,8 @@ impl Shared {
         drop(peers);
         let task_peer = peer.clone();
         let shared = self.clone();
-        self.tasks.spawn(async move { task_peer.run(shared).await });
+        self.tasks
+            .spawn_on(async move { task_peer.run(shared).await }, &self.runtime);
         peer
     }
 }
@@ -452,6 +454,7 @@ impl TcpNode {
             peers: Mutex::new(Peers::default()),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
             stats: Counters::default(),
             tls_acceptor,
             tls_connector,

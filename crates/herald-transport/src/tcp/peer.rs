@@ -332,13 +332,16 @@ impl Peer {
         let shared2 = shared.clone();
         let stop = shared.cancel.child_token();
         let stop2 = stop.clone();
-        shared.tasks.spawn(async move {
-            let r = tokio::select! {
-                r = read_loop(reader, &shared2, &peer, &label, &rx_count) => r,
-                _ = stop2.cancelled() => Ok(()),
-            };
-            let _ = tx.send(r);
-        });
+        shared.tasks.spawn_on(
+            async move {
+                let r = tokio::select! {
+                    r = read_loop(reader, &shared2, &peer, &label, &rx_count) => r,
+                    _ = stop2.cancelled() => Ok(()),
+                };
+                let _ = tx.send(r);
+            },
+            &shared.runtime,
+        );
         ReaderHandle { done: rx, stop }
     }
 
@@ -642,7 +645,7 @@ async fn read_loop(
         };
         rx_count.fetch_add(1, Ordering::Relaxed);
         match frame.kind {
-            FRAME_MESSAGE => match super::fastpath::decode_envelope(frame.body) {
+            FRAME_MESSAGE => match Envelope::decode(frame.body) {
                 Ok(env) => {
                     shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
                     shared.inbound.on_message(&peer.key, env);
