@@ -571,3 +571,43 @@ async fn registrar_keeps_alive_retries_and_unregisters() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_closed_and_udp_still_answers() {
+    let server = RegistryServer::bind(RegistryConfig {
+        max_tcp_connections: 2,
+        tcp_deadline: Duration::from_secs(60),
+        ..config()
+    })
+    .await
+    .expect("bind");
+    let addr = server.local_addr();
+    let idle1 = TcpStream::connect(addr).await.expect("connect");
+    let idle2 = TcpStream::connect(addr).await.expect("connect");
+    // A third is turned away (poll: it may reach the server before the first two).
+    let mut refused = false;
+    for _ in 0..100 {
+        if tcp_reply(addr, &query("x")).await.is_none() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        refused,
+        "a connection over the cap is closed without a reply"
+    );
+    let udp = UdpRegistryClient::unicast(addr);
+    assert!(udp.discover("x").await.expect("UDP unaffected").is_empty());
+    drop((idle1, idle2));
+    let mut served = false;
+    for _ in 0..250 {
+        if tcp_reply(addr, &query("x")).await.is_some() {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "TCP served again once the idle connections left");
+    server.shutdown().await;
+}
