@@ -271,6 +271,23 @@ fn print_event(ev: &RegistryEvent, as_json: bool) {
     }
 }
 
+/// Ctrl-C, or SIGTERM on Unix (how service managers stop a registry).
+async fn stop_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+    }
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let prune_timeout = seconds(args.prune_timeout, "--prune-timeout")?;
     let rate_limit = match args.rate_limit {
@@ -315,6 +332,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             if args.listing { "on" } else { "off" }
         );
     }
+    let stop = stop_signal();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
@@ -324,8 +343,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
-            r = tokio::signal::ctrl_c() => {
-                r.context("waiting for Ctrl-C")?;
+            r = &mut stop => {
+                r?;
                 break;
             }
         }
@@ -365,9 +384,7 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
         client,
         RegistrarConfig::new(args.aliases.clone(), port.clone()).with_interval(interval),
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    stop_signal().await?;
     registrar
         .shutdown()
         .await

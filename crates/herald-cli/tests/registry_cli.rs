@@ -60,11 +60,15 @@ impl Serve {
             .next()
             .and_then(|p| p.parse().ok())
             .expect("port");
-        assert_eq!(
-            first["tcp"].as_str(),
-            Some(udp),
-            "same port for UDP and TCP"
-        );
+        if extra.contains(&"--udp-only") {
+            assert!(first["tcp"].is_null(), "{first}");
+        } else {
+            assert_eq!(
+                first["tcp"].as_str(),
+                Some(udp),
+                "same port for UDP and TCP"
+            );
+        }
         serve
     }
 
@@ -259,5 +263,30 @@ fn bad_input_exits_2_and_names_the_value() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn serve_stops_cleanly_on_sigterm() {
+    let mut serve = Serve::start(&["--udp-only"]);
+    let status = Command::new("kill")
+        .args(["-TERM", &serve.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let stopped = serve.next_json();
+    assert_eq!(stopped["event"], "stopped");
+    assert!(stopped["stats"]["requests"].is_u64(), "{stopped}");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(code) = serve.child.try_wait().expect("wait") {
+            assert!(code.success(), "{code:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve exits after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
