@@ -347,6 +347,9 @@ impl Drop for RegistryServer {
     }
 }
 
+/// How long a UDP reply may wait for room in the send buffer.
+const UDP_SEND_WAIT: Duration = Duration::from_millis(20);
+
 async fn serve_udp(
     sock: UdpSocket,
     shared: Arc<Shared>,
@@ -387,11 +390,18 @@ async fn serve_udp(
             r
         };
         match result {
-            Ok(_) => {
-                if let Err(e) = sock.send_to(&reply, from).await {
-                    tracing::debug!(%from, error = %e, "udp reply not sent");
+            Ok(_) => match sock.try_send_to(&reply, from) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Send buffer full: wait briefly, never stall the loop for long
+                    // (the client retries on its timeout).
+                    let wait = tokio::time::timeout(UDP_SEND_WAIT, sock.send_to(&reply, from));
+                    if !matches!(wait.await, Ok(Ok(_))) {
+                        tracing::debug!(%from, "udp reply dropped: send buffer full");
+                    }
                 }
-            }
+                Err(e) => tracing::debug!(%from, error = %e, "udp reply not sent"),
+            },
             // A flooding source would flood the log too: rate-limit drops are debug.
             Err(e @ HandleError::RateLimited { .. }) => {
                 tracing::debug!(%from, error = %e, "dropped registry datagram")
