@@ -103,6 +103,30 @@ impl Default for CoreConfig {
     }
 }
 
+/// Which command a request was (what [`RegistryCore::handle`] answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommandKind {
+    /// REGISTER.
+    Register,
+    /// UNREGISTER.
+    Unregister,
+    /// QUERY.
+    Query,
+    /// LIST.
+    List,
+}
+
+impl CommandKind {
+    fn of(cmd: &Command) -> Self {
+        match cmd {
+            Command::Register { .. } => CommandKind::Register,
+            Command::Unregister { .. } => CommandKind::Unregister,
+            Command::Query { .. } => CommandKind::Query,
+            Command::List { .. } => CommandKind::List,
+        }
+    }
+}
+
 /// Why an entry left the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RemoveReason {
@@ -311,7 +335,7 @@ impl RegistryCore {
         transport: Transport,
         request: &[u8],
         reply: &mut Vec<u8>,
-    ) -> Result<Command, HandleError> {
+    ) -> Result<CommandKind, HandleError> {
         reply.clear();
         self.stats.requests += 1;
         let source = normalize_ip(source);
@@ -338,17 +362,22 @@ impl RegistryCore {
         transport: Transport,
         request: &[u8],
         reply: &mut Vec<u8>,
-    ) -> Result<Command, HandleError> {
+    ) -> Result<CommandKind, HandleError> {
         self.check_rate(now, source)?;
+        // Fast path for the common case: a QUERY exactly as rpyc clients encode it,
+        // read in place without building a value tree.
+        if let Some(name) = proto::canonical_query_name(request) {
+            self.query(now, name, reply);
+            self.stats.queries += 1;
+            return Ok(CommandKind::Query);
+        }
         let cmd = match proto::parse_request(request) {
             Ok((cmd, _trailing_ignored)) => cmd,
             Err(RequestError::BytesName(_)) => {
                 // rpyc upper-cases a bytes name, which never matches a str key.
                 self.stats.queries += 1;
                 reply.extend_from_slice(&proto::REPLY_EMPTY);
-                return Ok(Command::Query {
-                    name: String::new(),
-                });
+                return Ok(CommandKind::Query);
             }
             Err(e) => return Err(e.into()),
         };
@@ -378,7 +407,7 @@ impl RegistryCore {
                 self.stats.lists += 1;
             }
         }
-        Ok(cmd)
+        Ok(CommandKind::of(&cmd))
     }
 
     fn check_rate(&mut self, now: Instant, source: IpAddr) -> Result<(), HandleError> {

@@ -37,7 +37,7 @@ pub mod proto;
 pub mod registrar;
 pub mod server;
 
-pub use crate::core::{CoreConfig, RegistryEvent, RemoveReason, Stats, Transport};
+pub use crate::core::{CommandKind, CoreConfig, RegistryEvent, RemoveReason, Stats, Transport};
 pub use crate::proto::{Command, Port, ServiceAddr};
 pub use client::{ClientError, RegistryClient, TcpRegistryClient, UdpRegistryClient};
 /// CIDR network type of the allow-lists (re-exported from `ipnet`).

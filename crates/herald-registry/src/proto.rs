@@ -325,6 +325,27 @@ pub fn parse_request_value(value: Value) -> Result<Command, RequestError> {
     }
 }
 
+/// `("RPYC", "QUERY", (` followed by a str tag, as rpyc clients encode it.
+const QUERY_PREFIX: &[u8] = b"\x12\x08\x0dRPYC\x08\x0e\x05QUERY\x10\x08";
+
+/// The name of a QUERY encoded exactly as rpyc clients do (`"RPYC"`, `"QUERY"`, one
+/// str argument; trailing bytes ignored), read in place; `None` for anything else,
+/// which then takes the general [`parse_request`] path.
+pub fn canonical_query_name(bytes: &[u8]) -> Option<&str> {
+    let rest = bytes.strip_prefix(QUERY_PREFIX)?;
+    let (&tag, rest) = rest.split_first()?;
+    let (len, rest) = match tag {
+        0x01 => (0, rest),
+        0x0a..=0x0d => (usize::from(tag - 0x0a + 1), rest),
+        0x0e => {
+            let (&n, rest) = rest.split_first()?;
+            (usize::from(n), rest)
+        }
+        _ => return None,
+    };
+    std::str::from_utf8(rest.get(..len)?).ok()
+}
+
 fn request_header(command: &str, out: &mut Vec<u8>) {
     brine::encode_tuple_header(3, out);
     brine::encode_str(MAGIC, out);
@@ -480,6 +501,38 @@ mod tests {
             parse_request_value(v),
             Err(RequestError::BadArgument { what: "filter", .. })
         ));
+    }
+
+    #[test]
+    fn canonical_query_fast_path_agrees_with_the_parser() {
+        for name in [
+            "",
+            "A",
+            "ABCD",
+            "foo",
+            "x".repeat(255).as_str(),
+            "\u{e9}t\u{e9}",
+        ] {
+            let req = encode_request(&Command::Query { name: name.into() });
+            assert_eq!(canonical_query_name(&req), Some(name));
+            let mut junk = req.clone();
+            junk.extend_from_slice(b"\xff\xff");
+            assert_eq!(canonical_query_name(&junk), Some(name));
+            // Every strict prefix is refused (the parser reports truncation).
+            for cut in 0..req.len() {
+                assert_eq!(canonical_query_name(&req[..cut]), None, "cut {cut}");
+            }
+        }
+        let long = encode_request(&Command::Query {
+            name: "y".repeat(256),
+        });
+        assert_eq!(
+            canonical_query_name(&long),
+            None,
+            "4-byte length form: general path"
+        );
+        let bad_utf8 = [QUERY_PREFIX, &[0x0a, 0xff]].concat();
+        assert_eq!(canonical_query_name(&bad_utf8), None);
     }
 
     #[test]
