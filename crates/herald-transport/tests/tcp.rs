@@ -470,3 +470,30 @@ fn send_works_from_a_thread_outside_the_runtime() {
         b.node.shutdown().await;
     });
 }
+
+#[tokio::test]
+async fn departed_client_only_peers_are_forgotten() {
+    let mut server = start(native("c")).await;
+    let mut ccfg = native("c");
+    ccfg.client_only = true;
+    let client = start(ccfg).await;
+    let to = server.node.advertised().clone();
+    client.node.send(&to, env(&to, 1)).expect("queued");
+    let (from, _) = recv(&mut server.rx).await;
+    assert_eq!(from, PeerKey::Node(client.node.node_id()));
+    client.node.shutdown().await;
+    let id = client.node.node_id();
+    wait_until("the departed client is forgotten", || {
+        server.node.node_key(id).is_none()
+    })
+    .await;
+    assert!(server.node.connected_peers().is_empty());
+    assert!(matches!(
+        server.node.send_to_node(id, env(&to, 2)),
+        Err(TransportError::Refused {
+            reason: DeadLetterReason::NoRoute,
+            ..
+        })
+    ));
+    server.node.shutdown().await;
+}

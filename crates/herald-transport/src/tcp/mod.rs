@@ -233,6 +233,24 @@ impl Shared {
         }
     }
 
+    /// Removes `peer` from the table if it is still the entry for its key and has
+    /// nothing pending; returns whether it was removed.
+    fn forget_peer(&self, peer: &Arc<Peer>) -> bool {
+        let mut peers = lock(&self.peers);
+        let same = peers
+            .by_key
+            .get(&peer.key)
+            .is_some_and(|p| Arc::ptr_eq(p, peer));
+        if !same || !peer.idle_for_removal() {
+            return false;
+        }
+        peers.by_key.remove(&peer.key);
+        if let PeerKey::Node(id) = &peer.key {
+            peers.nodes.remove(id);
+        }
+        true
+    }
+
     /// The peer for `key`, created (with its task) if needed.
     fn peer(self: &Arc<Self>, key: PeerKey) -> Arc<Peer> {
         let mut peers = lock(&self.peers);

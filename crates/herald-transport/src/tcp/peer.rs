@@ -38,6 +38,7 @@ struct PeerState {
     breaker_until: Option<Instant>,
     failures: u32,
     closed: bool,
+    forgotten: bool,
 }
 
 /// A peer: its queue and the state its task shares with senders.
@@ -94,12 +95,18 @@ impl Peer {
             Err(TransportError::Refused { target, reason })
         };
         if st.closed {
-            return refuse(
-                st,
-                env,
-                DeadLetterReason::Shutdown,
-                format!("transport to {} is shut down", self.key),
-            );
+            let (reason, detail) = if st.forgotten {
+                (
+                    DeadLetterReason::PeerUnreachable,
+                    format!("{} disconnected and cannot be dialed", self.key),
+                )
+            } else {
+                (
+                    DeadLetterReason::Shutdown,
+                    format!("transport to {} is shut down", self.key),
+                )
+            };
+            return refuse(st, env, reason, detail);
         }
         if let Some(until) = st.breaker_until {
             let now = Instant::now();
@@ -198,29 +205,53 @@ impl Peer {
 
     /// The peer task.
     pub(crate) async fn run(self: Arc<Self>, shared: Arc<Shared>) {
+        let mut forgotten = false;
         loop {
             let Some(conn) = self.obtain(&shared).await else {
                 break;
             };
-            if let ConnEnd::Shutdown = self.run_conn(&shared, conn).await {
-                break;
+            match self.run_conn(&shared, conn).await {
+                ConnEnd::Shutdown => break,
+                // An inbound-only peer (client-only node) that went away is forgotten, so
+                // such peers do not accumulate; if it comes back it gets a fresh entry.
+                ConnEnd::Lost if self.dial_addr.is_none() => {
+                    if shared.forget_peer(&self) {
+                        forgotten = true;
+                        break;
+                    }
+                }
+                ConnEnd::Lost => {}
             }
         }
         let adopt = {
             let mut st = lock(&self.state);
             st.closed = true;
+            st.forgotten = forgotten;
             st.connected = None;
             std::mem::take(&mut st.adopt)
         };
         for c in adopt {
             retire(c.writer, None);
         }
-        self.drain_to_dead_letters(
-            &shared,
-            DeadLetterReason::Shutdown,
-            "transport shut down before the message was written",
-        );
-        debug!(peer = %self.key, "peer task ended");
+        let (reason, detail) = if forgotten {
+            (
+                DeadLetterReason::PeerUnreachable,
+                "the peer disconnected and cannot be dialed",
+            )
+        } else {
+            (
+                DeadLetterReason::Shutdown,
+                "transport shut down before the message was written",
+            )
+        };
+        self.drain_to_dead_letters(&shared, reason, detail);
+        debug!(peer = %self.key, forgotten, "peer task ended");
+    }
+
+    /// True when the task may end: nothing is waiting to be adopted.
+    pub(crate) fn idle_for_removal(&self) -> bool {
+        let st = lock(&self.state);
+        st.adopt.is_empty() && st.connected.is_none()
     }
 
     /// Waits for an adopted connection, or dials when there is something to send.
