@@ -15,7 +15,8 @@
 //! multi-thread one with N workers.
 //!
 //! Prints one JSON line per (stack, concurrency):
-//! `{"stack", "conc", "requests", "secs", "req_per_sec", "p50_us", "p99_us"}`.
+//! `{"stack", "conc", "requests", "secs", "req_per_sec", "p50_us", "p99_us",
+//! "cpu_secs", "req_per_cpu_sec"}`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,7 +67,24 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-fn report(stack: &str, conc: usize, mut lat_ns: Vec<u64>, elapsed: Duration) {
+/// CPU time (user + system) of this process so far, from `/proc/self/stat` (Linux;
+/// 0 elsewhere). Requests per CPU-second do not depend on how much of the machine
+/// other processes take, unlike requests per wall-clock second.
+fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which ends with ')'): utime is field 14, stime 15.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 are at indexes 11 and 12 after the state field (3).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn report(stack: &str, conc: usize, mut lat_ns: Vec<u64>, elapsed: Duration, cpu: f64) {
     lat_ns.sort_unstable();
     let n = lat_ns.len();
     let pct = |p: f64| -> f64 {
@@ -84,12 +102,14 @@ fn report(stack: &str, conc: usize, mut lat_ns: Vec<u64>, elapsed: Duration) {
         "req_per_sec": n as f64 / elapsed.as_secs_f64(),
         "p50_us": pct(0.50),
         "p99_us": pct(0.99),
+        "cpu_secs": cpu,
+        "req_per_cpu_sec": if cpu > 0.0 { n as f64 / cpu } else { 0.0 },
     });
     println!("{line}");
 }
 
 /// Runs `conc` workers calling `call` until `secs` pass; returns latencies.
-async fn drive<F, Fut>(conc: usize, secs: f64, call: F) -> (Vec<u64>, Duration)
+async fn drive<F, Fut>(conc: usize, secs: f64, call: F) -> (Vec<u64>, Duration, f64)
 where
     F: Fn() -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -98,6 +118,7 @@ where
     for _ in 0..1000 {
         call().await;
     }
+    let cpu0 = cpu_secs();
     let start = Instant::now();
     let stop = start + Duration::from_secs_f64(secs);
     let workers: Vec<_> = (0..conc)
@@ -125,7 +146,8 @@ where
             all.extend(l);
         }
     }
-    (all, start.elapsed())
+    let elapsed = start.elapsed();
+    (all, elapsed, cpu_secs() - cpu0)
 }
 
 async fn bench_inproc(conc: usize, secs: f64) -> Result<(), Box<dyn std::error::Error>> {
@@ -137,7 +159,7 @@ async fn bench_inproc(conc: usize, secs: f64) -> Result<(), Box<dyn std::error::
     .await?;
     let client = Mesh::connect(broker, MeshConfig::client()).await?;
     let c = client.clone();
-    let (lat, elapsed) = drive(conc, secs, move || {
+    let (lat, elapsed, cpu) = drive(conc, secs, move || {
         let c = c.clone();
         async move {
             c.request_with(
@@ -151,7 +173,7 @@ async fn bench_inproc(conc: usize, secs: f64) -> Result<(), Box<dyn std::error::
         }
     })
     .await;
-    report("inproc", conc, lat, elapsed);
+    report("inproc", conc, lat, elapsed, cpu);
     client.disconnect().await?;
     service.disconnect().await?;
     Ok(())
@@ -170,7 +192,7 @@ async fn bench_channels(conc: usize, secs: f64) -> Result<(), Box<dyn std::error
             });
         }
     });
-    let (lat, elapsed) = drive(conc, secs, move || {
+    let (lat, elapsed, cpu) = drive(conc, secs, move || {
         let tx = tx.clone();
         async move {
             let (rtx, rrx) = oneshot::channel();
@@ -181,7 +203,7 @@ async fn bench_channels(conc: usize, secs: f64) -> Result<(), Box<dyn std::error
         }
     })
     .await;
-    report("channels", conc, lat, elapsed);
+    report("channels", conc, lat, elapsed, cpu);
     Ok(())
 }
 
