@@ -93,10 +93,10 @@ struct Counter {
 impl Counter {
     fn hit(&self) {
         let n = self.n.fetch_add(1, Ordering::Relaxed) + 1;
-        if n == WARMUP {
-            if let Ok(mut s) = self.start.lock() {
-                *s = Some(Instant::now());
-            }
+        if n == WARMUP
+            && let Ok(mut s) = self.start.lock()
+        {
+            *s = Some(Instant::now());
         }
         if n == self.total {
             let started = self.start.lock().ok().and_then(|s| *s);

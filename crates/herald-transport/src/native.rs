@@ -718,8 +718,8 @@ fn version_reject(kind: u8, err: &NativeError) -> Step {
 
 /// Decodes a raw handshake frame and feeds it to a state machine, turning decode
 /// errors into the right reject (bad version or malformed).
-pub fn decode_for_handshake(kind: u8, body: &[u8]) -> Result<NativeFrame, Step> {
-    NativeFrame::decode(kind, body).map_err(|e| version_reject(kind, &e))
+pub fn decode_for_handshake(kind: u8, body: &[u8]) -> Result<NativeFrame, Box<Step>> {
+    NativeFrame::decode(kind, body).map_err(|e| Box::new(version_reject(kind, &e)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -49,7 +49,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
 use crate::error::TransportError;
 use crate::local::LocalTransport;
 use crate::native::NodeId;
-use crate::tcp::{PeerAddr, PeerKey, TcpConfig, TcpError, TcpNode};
+use crate::tcp::{PeerAddr, PeerKey, SendFailureHook, TcpConfig, TcpError, TcpNode};
 use crate::transport::{BoxFuture, LocalEndpoint, MessageTransport};
 
 /// Decides whether an inbound type hint is acceptable.
@@ -68,7 +68,7 @@ pub struct RemoteTransportBuilder {
     tcp: TcpConfig,
     local: Option<LocalTransport>,
     type_filter: Option<TypeHintFilter>,
-    on_send_failure: Option<Arc<dyn Fn(&DeadLetter) + Send + Sync>>,
+    on_send_failure: Option<SendFailureHook>,
 }
 
 impl fmt::Debug for RemoteTransportBuilder {
@@ -161,23 +161,22 @@ fn deliver_inbound(
     from: &PeerKey,
     env: Envelope,
 ) {
-    if let Some(target_sys) = target_system(&env.target) {
-        if target_sys != system {
-            warn!(%from, target = %env.target, expected = system, "dropping message for another actor system");
-            let detail = format!(
-                "message from {from} targets system {target_sys:?}, this node is {system:?}"
-            );
-            dead.publish_with_detail(env, DeadLetterReason::WrongSystem, detail);
-            return;
-        }
+    if let Some(target_sys) = target_system(&env.target)
+        && target_sys != system
+    {
+        warn!(%from, target = %env.target, expected = system, "dropping message for another actor system");
+        let detail =
+            format!("message from {from} targets system {target_sys:?}, this node is {system:?}");
+        dead.publish_with_detail(env, DeadLetterReason::WrongSystem, detail);
+        return;
     }
-    if let Some(f) = filter {
-        if !f(&env.type_hint) {
-            warn!(%from, type_hint = %env.type_hint, target = %env.target, "dropping message with an unknown type hint");
-            let detail = format!("unknown type hint {:?} from {from}", env.type_hint);
-            dead.publish_with_detail(env, DeadLetterReason::DecodeFailed, detail);
-            return;
-        }
+    if let Some(f) = filter
+        && !f(&env.type_hint)
+    {
+        warn!(%from, type_hint = %env.type_hint, target = %env.target, "dropping message with an unknown type hint");
+        let detail = format!("unknown type hint {:?} from {from}", env.type_hint);
+        dead.publish_with_detail(env, DeadLetterReason::DecodeFailed, detail);
+        return;
     }
     // LocalTransport reports its own drops (dead path, buffer full, ...).
     let _ = deliver_local(local, env);
@@ -316,10 +315,10 @@ impl RemoteTransport {
 
     /// Where `address` leads (the local-versus-remote decision).
     pub fn route(&self, address: &ActorAddress) -> Route {
-        if let Some(id) = address.node_id() {
-            if id == self.inner.node_id {
-                return Route::Local;
-            }
+        if let Some(id) = address.node_id()
+            && id == self.inner.node_id
+        {
+            return Route::Local;
         }
         match (address.host(), address.port()) {
             (Some(host), Some(port)) => {

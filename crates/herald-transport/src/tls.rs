@@ -152,7 +152,7 @@ impl TlsConfig {
                 .with_single_cert(chain.clone(), key(private_key, "private key")?)
         }
         .map_err(rustls_err)?;
-        let client = Self::client_config(roots, mutual.then(|| (chain, private_key)))?;
+        let client = Self::client_config(roots, mutual.then_some((chain, private_key)))?;
         Ok(TlsConfig {
             server: Some(Arc::new(server)),
             client: Some(Arc::new(client)),

@@ -213,7 +213,7 @@ async fn dial_inner(
             let f = read_one(&mut reader, &label).await?;
             let step = match native::decode_for_handshake(f.kind, &f.body) {
                 Ok(frame) => dialer.on_frame(frame),
-                Err(step) => step,
+                Err(step) => *step,
             };
             match step {
                 Step::SendAndDone(confirm, info) => {
@@ -342,7 +342,7 @@ async fn accept_inner(
             loop {
                 let step = match native::decode_for_handshake(frame.kind, &frame.body) {
                     Ok(f) => acceptor.on_frame(f, &admit),
-                    Err(step) => step,
+                    Err(step) => *step,
                 };
                 match step {
                     Step::Send(reply) => {

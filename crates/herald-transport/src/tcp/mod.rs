@@ -210,26 +210,26 @@ impl Shared {
         if let Some(info) = &identity.node {
             peers.nodes.insert(info.node_id, key.clone());
         }
-        if let PeerKey::Addr(dialed) = key {
-            if identity.addr != *dialed
-                && identity.addr.port != 0
-                && !peers
-                    .by_key
-                    .contains_key(&PeerKey::Addr(identity.addr.clone()))
-            {
-                debug!(dialed = %dialed, canonical = %identity.addr, "remembering address alias");
-                peers.aliases.insert(identity.addr.clone(), key.clone());
-            }
+        if let PeerKey::Addr(dialed) = key
+            && identity.addr != *dialed
+            && identity.addr.port != 0
+            && !peers
+                .by_key
+                .contains_key(&PeerKey::Addr(identity.addr.clone()))
+        {
+            debug!(dialed = %dialed, canonical = %identity.addr, "remembering address alias");
+            peers.aliases.insert(identity.addr.clone(), key.clone());
         }
     }
 
     fn unregister_connection(&self, key: &PeerKey, identity: &PeerIdentity) {
         let mut peers = lock(&self.peers);
         peers.aliases.retain(|_, k| k != key);
-        if let Some(info) = &identity.node {
-            if peers.nodes.get(&info.node_id) == Some(key) && !matches!(key, PeerKey::Addr(_)) {
-                peers.nodes.remove(&info.node_id);
-            }
+        if let Some(info) = &identity.node
+            && peers.nodes.get(&info.node_id) == Some(key)
+            && !matches!(key, PeerKey::Addr(_))
+        {
+            peers.nodes.remove(&info.node_id);
         }
     }
 

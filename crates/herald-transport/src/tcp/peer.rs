@@ -637,13 +637,12 @@ async fn tick(i: &mut Option<tokio::time::Interval>) {
 fn retire(mut writer: BoxWrite, reader: Option<ReaderHandle>) {
     tokio::spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(5), writer.shutdown()).await;
-        if let Some(r) = reader {
-            if tokio::time::timeout(Duration::from_secs(30), r.done)
+        if let Some(r) = reader
+            && tokio::time::timeout(Duration::from_secs(30), r.done)
                 .await
                 .is_err()
-            {
-                r.stop.cancel();
-            }
+        {
+            r.stop.cancel();
         }
     });
 }
