@@ -136,8 +136,12 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-async fn herald_run(a: &Args, conc: usize) -> AnyResult<RunResult> {
-    let backend = Arc::new(AmqpBackend::new(&a.url)?);
+async fn herald_run(a: &Args, conc: usize, confirms: bool) -> AnyResult<RunResult> {
+    let options = AmqpOptions {
+        publisher_confirms: confirms,
+        ..AmqpOptions::default()
+    };
+    let backend = Arc::new(AmqpBackend::with_options(&a.url, options)?);
     let name = unique("bench-herald");
     let service = Mesh::connect(
         backend.clone(),
@@ -356,7 +360,10 @@ async fn run(a: Args) -> AnyResult<()> {
                 for _ in 0..a.runs {
                     for stack in &a.stacks {
                         let r = match stack.as_str() {
-                            "herald" => herald_run(&a, conc).await?,
+                            "herald" => herald_run(&a, conc, true).await?,
+                            // Without publisher confirms (unroutable requests then end
+                            // with their deadline instead of NotFound).
+                            "herald-noconfirm" => herald_run(&a, conc, false).await?,
                             "lapin" => lapin_run(&a, conc).await?,
                             other => return Err(format!("unknown stack {other}").into()),
                         };

@@ -7,7 +7,9 @@
 //!   the broker's confirm, so it is either routed or reported as an error; a `mandatory`
 //!   message that matches no queue comes back as [`MeshError::Unroutable`] (nuropb's
 //!   `basic.return` 312 NO_ROUTE). Replies go through a second, unconfirmed channel (a
-//!   lost reply is reported by the caller's deadline; see [`AmqpOptions::confirm_replies`]);
+//!   lost reply is reported by the caller's deadline; see [`AmqpOptions::confirm_replies`]).
+//!   A request whose reply arrives before its confirm is done at once: the reply proves
+//!   it was routed, so the confirm never adds latency to a call;
 //! * one **channel per consumer**, so each consumer has its own prefetch (`basic.qos`) and a
 //!   refused exclusive consume (403, "in exclusive use") closes only that channel;
 //! * a **topology channel** for declarations. Exchanges and queues are declared by Herald
@@ -43,9 +45,10 @@
 //! ```
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, RwLock};
 use std::time::Duration;
 
@@ -61,7 +64,7 @@ use lapin::options::{
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, ConnectionProperties, ErrorKind};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
 
 use crate::backend::{
     Acker, Backend, Connection, ConsumeOptions, Delivery, DeliveryStream, ExchangeKind,
@@ -249,6 +252,10 @@ struct Inner {
     reconnecting: Mutex<()>,
     generation: AtomicU64,
     declared: StdMutex<Vec<Declared>>,
+    /// Requests awaiting their publisher confirm, by correlation id: a reply arriving
+    /// first proves the request was routed, so the publish need not wait for the confirm.
+    awaiting_confirm: StdMutex<HashMap<String, oneshot::Sender<()>>>,
+    awaiting_count: AtomicUsize,
     closed: AtomicBool,
 }
 
@@ -365,6 +372,8 @@ impl AmqpConnection {
             reconnecting: Mutex::new(()),
             generation: AtomicU64::new(0),
             declared: StdMutex::new(Vec::new()),
+            awaiting_confirm: StdMutex::new(HashMap::new()),
+            awaiting_count: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
         let live = Inner::dial(&inner).await?;
@@ -441,7 +450,58 @@ impl AmqpConnection {
     }
 }
 
+/// A registration in [`Inner::awaiting_confirm`], removed when dropped.
+struct ReplyProof {
+    inner: Arc<Inner>,
+    id: String,
+    rx: oneshot::Receiver<()>,
+}
+
+impl ReplyProof {
+    fn register(inner: &Arc<Inner>, id: &str) -> Self {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut map) = inner.awaiting_confirm.lock() {
+            map.insert(id.to_owned(), tx);
+            inner.awaiting_count.fetch_add(1, Ordering::SeqCst);
+        }
+        Self {
+            inner: inner.clone(),
+            id: id.to_owned(),
+            rx,
+        }
+    }
+}
+
+impl Drop for ReplyProof {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.inner.awaiting_confirm.lock() {
+            if map.remove(&self.id).is_some() {
+                self.inner.awaiting_count.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
 impl Inner {
+    /// A reply arrived: release a publish still waiting for the confirm of its request.
+    fn reply_seen(&self, d: &LapinDelivery) {
+        if self.awaiting_count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let Some(cid) = d.properties.correlation_id() else {
+            return;
+        };
+        let tx = self
+            .awaiting_confirm
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(cid.as_str()));
+        if let Some(tx) = tx {
+            self.awaiting_count.fetch_sub(1, Ordering::SeqCst);
+            let _ = tx.send(());
+        }
+    }
+
     /// Opens a broker connection with its publish channel.
     async fn dial(this: &Arc<Self>) -> Result<Arc<Live>, MeshError> {
         let props = ConnectionProperties::default()
@@ -1108,7 +1168,12 @@ impl ConsumerState {
             }
             if let Some((_, consumer)) = self.current.as_mut() {
                 match consumer.next().await {
-                    Some(Ok(d)) => return Some(to_delivery(&self.queue, d, self.options.auto_ack)),
+                    Some(Ok(d)) => {
+                        if self.options.auto_ack {
+                            self.inner.reply_seen(&d);
+                        }
+                        return Some(to_delivery(&self.queue, d, self.options.auto_ack));
+                    }
                     Some(Err(e)) => {
                         tracing::warn!(queue = %self.queue, error = %e, "consumer error");
                         self.current = None;
@@ -1174,6 +1239,18 @@ impl Connection for AmqpConnection {
             let live = self.inner.live().await?;
             let about = About::Exchange(exchange);
             let opts = &self.inner.options;
+            let reply_proof = if opts.publisher_confirms
+                && message.properties.mandatory
+                && message.properties.reply_to.is_some()
+                && !message.properties.correlation_id.is_empty()
+            {
+                Some(ReplyProof::register(
+                    &self.inner,
+                    &message.properties.correlation_id,
+                ))
+            } else {
+                None
+            };
             let confirmed = opts.publisher_confirms
                 && (opts.confirm_replies || message.properties.mandatory || !exchange.is_empty());
             let channel = if confirmed {
@@ -1198,10 +1275,24 @@ impl Connection for AmqpConnection {
                 drop(confirm);
                 return Ok(());
             }
-            match confirm
-                .await
-                .map_err(|e| map_err("publisher confirm", about, &e))?
-            {
+            let confirmation = match reply_proof {
+                Some(mut proof) => {
+                    let mut confirm = confirm;
+                    let outcome = tokio::select! {
+                        c = &mut confirm => Some(c),
+                        _ = &mut proof.rx => None,
+                    };
+                    drop(proof);
+                    match outcome {
+                        Some(c) => c,
+                        // A reply already came back: the request was routed. The confirm
+                        // is left to lapin (dropped confirms are tracked there).
+                        None => return Ok(()),
+                    }
+                }
+                None => confirm.await,
+            };
+            match confirmation.map_err(|e| map_err("publisher confirm", about, &e))? {
                 Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
                 Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
                     Err(MeshError::Unroutable {
