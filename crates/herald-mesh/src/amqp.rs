@@ -233,10 +233,10 @@ impl Live {
         slot: &'a Mutex<Option<Channel>>,
     ) -> Result<Channel, lapin::Error> {
         let mut guard = slot.lock().await;
-        if let Some(ch) = guard.as_ref() {
-            if ch.status().connected() {
-                return Ok(ch.clone());
-            }
+        if let Some(ch) = guard.as_ref()
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
         }
         let ch = self.conn.create_channel().await?;
         *guard = Some(ch.clone());
@@ -474,10 +474,10 @@ impl ReplyProof {
 
 impl Drop for ReplyProof {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.inner.awaiting_confirm.lock() {
-            if map.remove(&self.id).is_some() {
-                self.inner.awaiting_count.fetch_sub(1, Ordering::SeqCst);
-            }
+        if let Ok(mut map) = self.inner.awaiting_confirm.lock()
+            && map.remove(&self.id).is_some()
+        {
+            self.inner.awaiting_count.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -560,16 +560,16 @@ impl Inner {
         if self.is_closed() {
             return Err(MeshError::Disconnected);
         }
-        if let Some(live) = self.current() {
-            if live.is_connected() {
-                return Ok(live);
-            }
+        if let Some(live) = self.current()
+            && live.is_connected()
+        {
+            return Ok(live);
         }
         let _guard = self.reconnecting.lock().await;
-        if let Some(live) = self.current() {
-            if live.is_connected() {
-                return Ok(live);
-            }
+        if let Some(live) = self.current()
+            && live.is_connected()
+        {
+            return Ok(live);
         }
         let deadline = tokio::time::Instant::now() + self.options.reconnect_wait;
         let mut delay = self.options.reconnect_initial;
@@ -1369,18 +1369,16 @@ impl Connection for AmqpConnection {
                 return Ok(());
             }
             let live = self.inner.current.write().ok().and_then(|mut c| c.take());
-            if let Some(live) = live {
-                if live.conn.status().connected() {
-                    // Best effort: the broker drops our channels, requeues unsettled
-                    // deliveries and deletes auto-delete/exclusive queues either way.
-                    if let Err(e) = live
-                        .conn
-                        .close(200, ShortString::from("herald: closing"))
-                        .await
-                    {
-                        tracing::debug!(error = %e, "amqp connection.close");
-                    }
-                }
+            // Best effort: the broker drops our channels, requeues unsettled deliveries
+            // and deletes auto-delete/exclusive queues either way.
+            if let Some(live) = live
+                && live.conn.status().connected()
+                && let Err(e) = live
+                    .conn
+                    .close(200, ShortString::from("herald: closing"))
+                    .await
+            {
+                tracing::debug!(error = %e, "amqp connection.close");
             }
             Ok(())
         })
@@ -1392,6 +1390,7 @@ impl Connection for AmqpConnection {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::message::{Envelope, MessageType, RequestBody};

@@ -558,6 +558,7 @@ impl ClientCipher for NuropbCipher {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
