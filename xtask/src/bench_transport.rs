@@ -222,22 +222,29 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let mut herald_rate = Vec::new();
     let mut raw_rate = Vec::new();
     for run in 1..=runs {
-        progress(format!("one-way {n} frames, run {run}/{runs}: herald"));
-        herald_rate.push(one_way(&bin, "herald", n)?);
-        progress(format!("one-way {n} frames, run {run}/{runs}: raw tokio"));
-        raw_rate.push(one_way(&bin, "raw", n)?);
+        let h = one_way(&bin, "herald", n)?;
+        let r = one_way(&bin, "raw", n)?;
+        progress(format!(
+            "one-way {n} frames, run {run}/{runs}: herald {h:.0}/s, raw tokio {r:.0}/s"
+        ));
+        herald_rate.push(h);
+        raw_rate.push(r);
     }
     let (mut h50, mut h99, mut r50, mut r99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
-        progress(format!(
-            "request/reply {pings} round trips, run {run}/{runs}"
-        ));
         let (a, b) = rtt(&bin, "herald", pings)?;
+        let (c, d) = rtt(&bin, "raw", pings)?;
+        progress(format!(
+            "request/reply {pings} round trips, run {run}/{runs}: herald p50 {:.1} µs p99 {:.1} µs, raw p50 {:.1} µs p99 {:.1} µs",
+            a / 1e3,
+            b / 1e3,
+            c / 1e3,
+            d / 1e3
+        ));
         h50.push(a);
         h99.push(b);
-        let (a, b) = rtt(&bin, "raw", pings)?;
-        r50.push(a);
-        r99.push(b);
+        r50.push(c);
+        r99.push(d);
     }
     progress(format!("memory of {conns} idle connections"));
     let herald_idle = idle_memory(&bin, "herald", conns)?;
