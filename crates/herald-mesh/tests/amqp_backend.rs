@@ -393,3 +393,114 @@ async fn unreachable_broker_is_a_clear_error() {
     );
     assert!(!text.contains("secret"), "password leaked: {text}");
 }
+
+/// Hands out `AmqpConnection`s and keeps a handle on each, so a test can cut them.
+#[derive(Debug)]
+struct Recording {
+    inner: AmqpBackend,
+    made: std::sync::Mutex<Vec<AmqpConnection>>,
+}
+
+impl Backend for Recording {
+    fn name(&self) -> &'static str {
+        "amqp"
+    }
+    fn mesh_name(&self) -> &str {
+        self.inner.mesh_name()
+    }
+    fn connect<'a>(
+        &'a self,
+        client_name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Arc<dyn Connection>, MeshError>> {
+        Box::pin(async move {
+            let conn =
+                AmqpConnection::open(self.inner.url(), client_name, AmqpOptions::default()).await?;
+            self.made.lock().expect("lock").push(conn.clone());
+            Ok(Arc::new(conn) as Arc<dyn Connection>)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_keeps_serving_and_leading_across_a_connection_loss() {
+    use herald_mesh::example::ExampleService;
+    use herald_mesh::{Mesh, MeshConfig};
+    use serde_json::json;
+
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let recording = Arc::new(Recording {
+        inner: AmqpBackend::new(&url).expect("url"),
+        made: std::sync::Mutex::new(Vec::new()),
+    });
+    let name = unique("survive");
+    let service = Mesh::connect(
+        recording.clone(),
+        MeshConfig::service(&name, ExampleService::new()),
+    )
+    .await
+    .expect("service");
+    let client = Mesh::connect(
+        Arc::new(AmqpBackend::new(&url).expect("url")),
+        MeshConfig::client(),
+    )
+    .await
+    .expect("client");
+    let add = |a: i64| {
+        let client = &client;
+        let name = &name;
+        async move {
+            client
+                .request(
+                    name,
+                    "add",
+                    json!({"a": a, "b": 1}),
+                    json!({}),
+                    Some(WAIT),
+                    None,
+                )
+                .await
+        }
+    };
+    assert_eq!(add(1).await.expect("before"), json!(2));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !service.is_leader() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never became leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let conn = recording.made.lock().expect("lock")[0].clone();
+    conn.simulate_connection_loss().await;
+    // The request waits in the durable service queue until the service is back.
+    assert_eq!(add(41).await.expect("after the loss"), json!(42));
+    assert!(conn.generation() >= 2, "the service reconnected");
+    // Leadership is re-acquired on the new connection (the old exclusive queue died).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if service.is_leader() && conn.try_lead(&name).await.expect("try_lead") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "leadership not regained"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    client.disconnect().await.expect("disconnect");
+    service.disconnect().await.expect("disconnect");
+    let admin = connect(&url).await;
+    admin
+        .delete_queue(&service_queue(&name))
+        .await
+        .expect("cleanup");
+    admin
+        .delete_queue(&dead_letter_queue(&name))
+        .await
+        .expect("cleanup");
+    admin.close().await.expect("close");
+}
