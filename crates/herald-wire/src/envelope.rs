@@ -197,11 +197,14 @@ impl Envelope {
         }
         let end = HEADER_LEN_PREFIX + header_len;
         let header = parse_header(&buf[HEADER_LEN_PREFIX..end])?;
+        // Advance the owned handle instead of slicing it: no reference-count traffic.
+        let mut payload = buf;
+        bytes::Buf::advance(&mut payload, end);
         Ok(Envelope {
             target: header.target,
             sender: header.sender,
             type_hint: header.type_hint,
-            payload: buf.slice(end..),
+            payload,
             extra: header.extra,
         })
     }
