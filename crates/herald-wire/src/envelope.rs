@@ -188,15 +188,31 @@ impl Envelope {
     /// Like [`Envelope::decode`], rejecting headers longer than `max_header_len`
     /// ([`WireError::HeaderTooLarge`]) before parsing them.
     pub fn decode_with_limit(buf: Bytes, max_header_len: usize) -> Result<Envelope, WireError> {
-        let header_len = Self::peek_header_len(&buf)?;
+        Self::decode_or_return(buf, max_header_len).map_err(|(e, _)| e)
+    }
+
+    /// Decodes, handing the input back with the error so that a caller (the
+    /// frame codec) can keep the raw bytes without cloning them up front.
+    pub(crate) fn decode_or_return(
+        buf: Bytes,
+        max_header_len: usize,
+    ) -> Result<Envelope, (WireError, Bytes)> {
+        let header_len = match Self::peek_header_len(&buf) {
+            Ok(n) => n,
+            Err(e) => return Err((e, buf)),
+        };
         if header_len > max_header_len {
-            return Err(WireError::HeaderTooLarge {
+            let e = WireError::HeaderTooLarge {
                 header_len,
                 max: max_header_len,
-            });
+            };
+            return Err((e, buf));
         }
         let end = HEADER_LEN_PREFIX + header_len;
-        let header = parse_header(&buf[HEADER_LEN_PREFIX..end])?;
+        let header = match parse_header(&buf[HEADER_LEN_PREFIX..end]) {
+            Ok(h) => h,
+            Err(e) => return Err((e, buf)),
+        };
         // Advance the owned handle instead of slicing it: no reference-count traffic.
         let mut payload = buf;
         bytes::Buf::advance(&mut payload, end);

@@ -188,12 +188,17 @@ impl Frame {
     /// Builds a frame from its type byte and body. Never fails: a bad body
     /// becomes [`Frame::Malformed`].
     pub fn from_parts(kind: u8, body: Bytes) -> Frame {
-        let decoded = match kind {
-            FRAME_HANDSHAKE => Handshake::decode(&body).map(Frame::Handshake),
-            FRAME_MESSAGE => Envelope::decode(body.clone()).map(Frame::Message),
-            _ => return Frame::Other { kind, body },
-        };
-        decoded.unwrap_or_else(|error| Frame::Malformed { kind, body, error })
+        match kind {
+            FRAME_HANDSHAKE => match Handshake::decode(&body) {
+                Ok(h) => Frame::Handshake(h),
+                Err(error) => Frame::Malformed { kind, body, error },
+            },
+            FRAME_MESSAGE => match Envelope::decode_or_return(body, usize::MAX) {
+                Ok(env) => Frame::Message(env),
+                Err((error, body)) => Frame::Malformed { kind, body, error },
+            },
+            _ => Frame::Other { kind, body },
+        }
     }
 
     /// Appends the frame (length prefix, type, body) without a size check.
