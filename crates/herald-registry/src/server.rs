@@ -364,9 +364,11 @@ async fn serve_udp(
             r = sock.recv_from(&mut buf) => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // ICMP port-unreachable from an earlier reply and the like: the
-                    // socket is still fine.
+                    // Transient (e.g. an ICMP error queued by an earlier reply): the
+                    // socket is still fine. Pause a moment so that a persistent error
+                    // cannot spin the loop.
                     tracing::debug!(error = %e, "udp recv error");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                     continue;
                 }
             },
