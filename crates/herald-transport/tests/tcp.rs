@@ -497,3 +497,68 @@ async fn departed_client_only_peers_are_forgotten() {
     ));
     server.node.shutdown().await;
 }
+
+#[tokio::test]
+async fn connect_timeout_bounds_a_dial_to_a_silent_listener() {
+    // Accepts TCP but never answers the handshake.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let dead = DeadLetters::default();
+    let mut cfg = fast_fail(TcpConfig::loopback(), 1);
+    cfg.connect_timeout = Duration::from_millis(200);
+    let a = start_with(cfg, dead.clone()).await;
+    let to = PeerAddr::new("127.0.0.1", port);
+    let waiter = first_dead_letter_detail(&dead, DeadLetterReason::PeerUnreachable);
+    a.node.send(&to, env(&to, 1)).expect("queued");
+    let detail = waiter.await;
+    assert!(detail.contains("timed out after 200ms"), "{detail}");
+    a.node.shutdown().await;
+    holder.abort();
+}
+
+#[tokio::test]
+async fn native_identity_is_the_node_id_not_the_claimed_address() {
+    use herald_transport::native::NodeId;
+    let mut server = start(native("c")).await;
+    let to = server.node.advertised().clone();
+    let claimed = PeerAddr::new("10.9.9.9", 7000);
+    let client = |id: u64, incarnation: u64, dead: DeadLetters| {
+        let mut cfg = fast_fail(native("c"), 1);
+        cfg.advertise = Some(claimed.clone());
+        cfg.node_id = NodeId(id);
+        cfg.incarnation = incarnation;
+        start_with(cfg, dead)
+    };
+    // The first node claiming 10.9.9.9:7000 gets it.
+    let first = client(1, 10, DeadLetters::default()).await;
+    first.node.send(&to, env(&to, 1)).expect("queued");
+    recv(&mut server.rx).await;
+    // Another node id claiming the same address is refused while the first is connected.
+    let dead = DeadLetters::default();
+    let spoofer = client(2, 10, dead.clone()).await;
+    let waiter = first_dead_letter_detail(&dead, DeadLetterReason::PeerUnreachable);
+    spoofer.node.send(&to, env(&to, 2)).expect("queued");
+    let detail = waiter.await;
+    assert!(detail.contains("address in use"), "{detail}");
+    // An older incarnation of the same node id is refused too.
+    let dead = DeadLetters::default();
+    let stale = client(1, 9, dead.clone()).await;
+    let waiter = first_dead_letter_detail(&dead, DeadLetterReason::PeerUnreachable);
+    stale.node.send(&to, env(&to, 3)).expect("queued");
+    let detail = waiter.await;
+    assert!(detail.contains("stale incarnation"), "{detail}");
+    // The legitimate node is still served.
+    first.node.send(&to, env(&to, 4)).expect("queued");
+    assert_eq!(recv(&mut server.rx).await.1.payload.as_ref(), b"{\"n\": 4}");
+    for n in [first, spoofer, stale, server] {
+        n.node.shutdown().await;
+    }
+}
