@@ -150,7 +150,7 @@ fn serve_register_discover_list_unregister_over_udp_and_tcp() {
                 .as_array()
                 .expect("array")
                 .iter()
-                .any(|a| a["port"].to_string() == port),
+                .any(|a| a["port"].as_u64() == port.parse::<u64>().ok()),
             "{found}"
         );
         let names = with(&["registry", "list"]);
