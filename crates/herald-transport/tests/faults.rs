@@ -362,3 +362,79 @@ async fn unknown_type_hint_is_dropped_with_a_reason_and_others_flow() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_does_not_delay_the_others() {
+    // A casty-speaking peer that completes the handshake, then never reads again.
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let stuck_port = stuck.local_addr().expect("addr").port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = stuck.accept().await {
+            let mut len = [0u8; 4];
+            if s.read_exact(&mut len).await.is_err() {
+                continue;
+            }
+            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+            if s.read_exact(&mut body).await.is_err() {
+                continue;
+            }
+            let _ = s.write_all(&casty_handshake(stuck_port)).await;
+            held.push(s); // never read from again
+        }
+    });
+    let mut c = start(TcpConfig::loopback()).await;
+    let to_c = c.node.advertised().clone();
+    let mut cfg = TcpConfig::loopback();
+    cfg.queue_capacity = 64;
+    cfg.write_timeout = Duration::from_millis(500);
+    let a = start(cfg).await;
+    let mut letters = a.dead.subscribe();
+    let to_stuck = herald_transport::tcp::PeerAddr::new("127.0.0.1", stuck_port);
+    // Far more than the socket buffers hold: the stuck peer's writer blocks, its queue
+    // fills and overflows (dead letters), and `send` never waits.
+    let big = Envelope::new(
+        "casty://sys@127.0.0.1:1/x",
+        "",
+        "t.Big",
+        vec![b'x'; 64 * 1024],
+    );
+    let started = std::time::Instant::now();
+    for _ in 0..400 {
+        a.node
+            .send(&to_stuck, big.clone())
+            .expect("send never blocks");
+    }
+    assert!(
+        started.elapsed() < WAIT,
+        "send must not wait for the network"
+    );
+    // Meanwhile another peer is served (50 messages fit its own queue of 64).
+    for n in 0..50 {
+        a.node.send(&to_c, env(n)).expect("queued");
+    }
+    for n in 0..50 {
+        assert_eq!(recv(&mut c.rx).await.payload, format!("{n}").into_bytes());
+    }
+    assert!(a.dead.count(DeadLetterReason::QueueOverflow) > 0);
+    // The stalled write is detected: the connection is dropped with a clear reason.
+    let stalled = loop {
+        let l = match tokio::time::timeout(WAIT, letters.recv())
+            .await
+            .expect("a dead letter in time")
+        {
+            Ok(l) => l,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(e) => panic!("dead-letter stream: {e}"),
+        };
+        if l.reason == DeadLetterReason::PeerUnreachable {
+            break l.detail.map(|d| d.to_string()).unwrap_or_default();
+        }
+    };
+    assert!(stalled.contains("write stalled"), "{stalled}");
+    a.node.shutdown().await;
+    c.node.shutdown().await;
+    holder.abort();
+}

@@ -212,6 +212,9 @@ pub struct TcpConfig {
     pub address_map: Option<AddressMap>,
     /// Largest batch written at once, in bytes (frames are coalesced up to this size).
     pub max_batch_bytes: usize,
+    /// A write that makes no progress for this long closes the connection (the peer
+    /// stopped reading); the batch becomes dead letters and the peer is redialled.
+    pub write_timeout: Duration,
 }
 
 impl fmt::Debug for TcpConfig {
@@ -233,6 +236,7 @@ impl fmt::Debug for TcpConfig {
             .field("keepalive", &self.keepalive)
             .field("address_map", &self.address_map.is_some())
             .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("write_timeout", &self.write_timeout)
             .finish()
     }
 }
@@ -265,6 +269,7 @@ impl TcpConfig {
             keepalive: Some(Keepalive::default()),
             address_map: None,
             max_batch_bytes: 256 * 1024,
+            write_timeout: Duration::from_secs(30),
         }
     }
 

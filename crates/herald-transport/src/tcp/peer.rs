@@ -564,11 +564,20 @@ impl Peer {
             if buf.is_empty() {
                 break;
             }
-            let r = async {
-                cur.writer.write_all(buf).await?;
-                cur.writer.flush().await
-            }
-            .await;
+            let write_timeout = shared.cfg.write_timeout;
+            let r = tokio::select! {
+                r = async {
+                    cur.writer.write_all(buf).await?;
+                    cur.writer.flush().await
+                } => r,
+                _ = tokio::time::sleep(write_timeout) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("write stalled for {write_timeout:?} (the peer is not reading)"),
+                )),
+                _ = shared.cancel.cancelled() => Err(std::io::Error::other(
+                    "transport shut down while writing",
+                )),
+            };
             let n = chunk.len() as u64;
             let bytes = buf.len() as u64;
             buf.clear();
