@@ -77,7 +77,7 @@ pub struct DecodeArgs {
     /// Print JSON (payload as hex) instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Also decode the payload as casty's tagged tree (`json` or `msgpack`).
+    /// Also decode the payload as casty's tagged tree (`json`, `msgpack`, `json+zlib`, `msgpack+zlib`).
     #[arg(long, value_name = "FORMAT")]
     pub payload_format: Option<String>,
 }
@@ -93,7 +93,7 @@ pub struct FrameDecodeArgs {
     /// Largest frame length accepted.
     #[arg(long, default_value_t = DEFAULT_MAX_FRAME_SIZE)]
     pub max_frame_size: usize,
-    /// Also decode message payloads as casty's tagged tree (`json` or `msgpack`).
+    /// Also decode message payloads as casty's tagged tree (`json`, `msgpack`, `json+zlib`, `msgpack+zlib`).
     #[arg(long, value_name = "FORMAT")]
     pub payload_format: Option<String>,
 }

@@ -8,7 +8,7 @@
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
-use crate::payload::CastyValue;
+use crate::payload::{CastyValue, zlib_decompress};
 use crate::{ActorAddress, Envelope, FrameCodec, FrameIter};
 
 /// `envelope` target: [`Envelope::decode`].
@@ -50,8 +50,20 @@ pub fn address(data: &[u8]) {
     }
 }
 
-/// `casty_json_tree` target: [`CastyValue::from_json_bytes`].
+/// Fuzz-time bound on inflated payloads.
+const FUZZ_MAX_INFLATE: usize = 1 << 20;
+
+/// `casty_json_tree` target: [`CastyValue::from_json_bytes`], also behind
+/// casty's zlib wrapper ([`zlib_decompress`]).
 pub fn casty_json_tree(data: &[u8]) {
+    if let Ok(inflated) = zlib_decompress(data, FUZZ_MAX_INFLATE) {
+        assert!(inflated.len() <= FUZZ_MAX_INFLATE);
+        json_tree_invariants(&inflated);
+    }
+    json_tree_invariants(data);
+}
+
+fn json_tree_invariants(data: &[u8]) {
     if let Ok(tree) = CastyValue::from_json_bytes(data)
         && let Ok(bytes) = tree.to_json_bytes()
     {
@@ -61,8 +73,17 @@ pub fn casty_json_tree(data: &[u8]) {
     }
 }
 
-/// `casty_msgpack_tree` target: [`CastyValue::from_msgpack_bytes`].
+/// `casty_msgpack_tree` target: [`CastyValue::from_msgpack_bytes`], also
+/// behind casty's zlib wrapper.
 pub fn casty_msgpack_tree(data: &[u8]) {
+    if let Ok(inflated) = zlib_decompress(data, FUZZ_MAX_INFLATE) {
+        assert!(inflated.len() <= FUZZ_MAX_INFLATE);
+        msgpack_tree_invariants(&inflated);
+    }
+    msgpack_tree_invariants(data);
+}
+
+fn msgpack_tree_invariants(data: &[u8]) {
     if let Ok(tree) = CastyValue::from_msgpack_bytes(data) {
         let bytes = tree.to_msgpack_bytes();
         assert!(bytes.is_ok(), "a decoded tree must re-encode: {bytes:?}");

@@ -233,3 +233,74 @@ fn missing_fields_use_serde_defaults_like_casty() {
         }
     );
 }
+
+/// casty's `json` serializer inside its zlib wrapper (`json+zlib6` vectors):
+/// Herald inflates them to the same values; its own level-6 output inflates back.
+#[test]
+fn json_zlib_vectors_decode() {
+    use herald_wire::payload::Zlib;
+    let all = vectors();
+    let mut n = 0;
+    for v in all.iter().filter(|v| v["serializer"] == "json+zlib6") {
+        let name = v["message"].as_str().unwrap_or_default();
+        let Some(hex_str) = v["payload_hex"].as_str() else {
+            continue; // the bytes TypeError vector
+        };
+        let bytes = hex::decode(hex_str).unwrap_or_else(|e| panic!("{e}"));
+        let plain = all
+            .iter()
+            .find(|p| p["serializer"] == "json" && p["message"] == name)
+            .and_then(|p| p["payload_hex"].as_str())
+            .map(|h| hex::decode(h).unwrap_or_default())
+            .unwrap_or_else(|| panic!("no json vector for {name}"));
+        let tree = TreeFormat::JsonZlib
+            .decode(&bytes)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(tree.to_json_bytes().ok(), Some(plain.clone()), "{name}");
+        let again = TreeFormat::JsonZlib
+            .encode(&tree)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            TreeFormat::JsonZlib.decode(&again).ok(),
+            Some(tree),
+            "{name}"
+        );
+        n += 1;
+    }
+    assert_eq!(n, 7);
+    let ping = all
+        .iter()
+        .find(|v| v["serializer"] == "json+zlib6" && v["message"] == "ping")
+        .and_then(|v| v["payload_hex"].as_str())
+        .map(|h| hex::decode(h).unwrap_or_default())
+        .unwrap_or_default();
+    let p: Ping = Zlib::new(CastyJson)
+        .decode(&ping)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p, Ping { value: 42 });
+}
+
+#[test]
+fn zlib_bombs_and_garbage_are_errors() {
+    use herald_wire::payload::{Zlib, zlib_compress, zlib_decompress};
+    let bomb = zlib_compress(&vec![b' '; 4 * 1024 * 1024]);
+    assert!(bomb.len() < 64 * 1024);
+    let e = zlib_decompress(&bomb, 1024 * 1024).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "zlib payload codec failed: decompressed payload exceeds the limit of 1048576 bytes"
+    );
+    let e = PayloadCodec::<Ping>::decode(&Zlib::new(CastyJson).with_max_decompressed(10), &bomb)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("exceeds the limit of 10 bytes"),
+        "{e}"
+    );
+    let e = zlib_decompress(b"\x78\x9cnot deflate", 1024).unwrap_err();
+    assert!(
+        e.to_string().contains("invalid zlib stream of 13 bytes"),
+        "{e}"
+    );
+    let truncated = &zlib_compress(b"hello hello hello")[..6];
+    assert!(zlib_decompress(truncated, 1024).is_err());
+}

@@ -7,6 +7,7 @@
 //! | [`Json`] | plain `serde_json` | `Serialize + DeserializeOwned` |
 //! | [`MessagePack`] | `rmp-serde` with named fields | `Serialize + DeserializeOwned` |
 //! | [`Protobuf`] | `prost` | `prost::Message + Default` |
+//! | [`Zlib`]`<C>` | casty's zlib compression wrapper around any of the above (bounded inflate) | as `C` |
 //!
 //! A Rust type declares the type hint casty puts in envelopes
 //! (`<module>.<qualname>`) by implementing [`TypeHint`], by hand or with
@@ -242,6 +243,88 @@ impl<T: prost::Message + Default> PayloadCodec<T> for Protobuf {
     }
 }
 
+/// Default bound on a decompressed payload (16 MiB, the default frame limit).
+pub const DEFAULT_MAX_DECOMPRESSED: usize = 16 * 1024 * 1024;
+
+/// casty's zlib compression wrapper (`CompressedSerializer`, default level 6)
+/// around another codec: `zlib(inner bytes)`, no marker byte, so both sides
+/// must be configured alike.
+///
+/// Decoding inflates at most `max_decompressed` bytes (a decompression bomb is an
+/// error, not an allocation). Encoding uses level 6 like casty; the compressed
+/// bytes are valid zlib but not guaranteed identical to CPython's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Zlib<C> {
+    inner: C,
+    max_decompressed: usize,
+}
+
+impl<C> Zlib<C> {
+    /// Wraps `inner` with the default bound ([`DEFAULT_MAX_DECOMPRESSED`]).
+    pub fn new(inner: C) -> Self {
+        Zlib {
+            inner,
+            max_decompressed: DEFAULT_MAX_DECOMPRESSED,
+        }
+    }
+
+    /// Sets the largest decompressed payload accepted.
+    pub fn with_max_decompressed(mut self, max: usize) -> Self {
+        self.max_decompressed = max;
+        self
+    }
+}
+
+/// Compresses with zlib at level 6 (casty's default).
+pub fn zlib_compress(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::ZlibEncoder::new(
+        Vec::with_capacity(data.len() / 2 + 16),
+        flate2::Compression::new(6),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+/// Inflates a zlib stream, refusing to produce more than `max` bytes.
+///
+/// # Errors
+/// [`WireError::Payload`] (codec `"zlib"`) for a corrupt or truncated stream, or
+/// when the output would exceed `max`.
+pub fn zlib_decompress(data: &[u8], max: usize) -> Result<Vec<u8>, WireError> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(max));
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    flate2::read::ZlibDecoder::new(data)
+        .take(limit)
+        .read_to_end(&mut out)
+        .map_err(|e| WireError::Payload {
+            codec: "zlib",
+            message: format!("invalid zlib stream of {} bytes: {e}", data.len()),
+        })?;
+    if out.len() > max {
+        return Err(WireError::Payload {
+            codec: "zlib",
+            message: format!("decompressed payload exceeds the limit of {max} bytes"),
+        });
+    }
+    Ok(out)
+}
+
+impl<T, C: PayloadCodec<T>> PayloadCodec<T> for Zlib<C> {
+    fn name(&self) -> &'static str {
+        "zlib"
+    }
+    fn encode(&self, value: &T) -> Result<Bytes, WireError> {
+        Ok(zlib_compress(&self.inner.encode(value)?).into())
+    }
+    fn decode(&self, payload: &[u8]) -> Result<T, WireError> {
+        self.inner
+            .decode(&zlib_decompress(payload, self.max_decompressed)?)
+    }
+}
+
 /// Builds an envelope for `msg`: type hint from [`TypeHint`], payload from `codec`.
 ///
 /// # Errors
@@ -267,6 +350,10 @@ pub enum TreeFormat {
     Json,
     /// casty `msgpack` serializer.
     Msgpack,
+    /// `json` inside casty's zlib wrapper (inflate bounded by [`DEFAULT_MAX_DECOMPRESSED`]).
+    JsonZlib,
+    /// `msgpack` inside casty's zlib wrapper.
+    MsgpackZlib,
 }
 
 impl TreeFormat {
@@ -278,6 +365,12 @@ impl TreeFormat {
         match self {
             TreeFormat::Json => CastyValue::from_json_bytes(payload),
             TreeFormat::Msgpack => CastyValue::from_msgpack_bytes(payload),
+            TreeFormat::JsonZlib => {
+                CastyValue::from_json_bytes(&zlib_decompress(payload, DEFAULT_MAX_DECOMPRESSED)?)
+            }
+            TreeFormat::MsgpackZlib => {
+                CastyValue::from_msgpack_bytes(&zlib_decompress(payload, DEFAULT_MAX_DECOMPRESSED)?)
+            }
         }
     }
 
@@ -289,6 +382,8 @@ impl TreeFormat {
         match self {
             TreeFormat::Json => value.to_json_bytes(),
             TreeFormat::Msgpack => value.to_msgpack_bytes(),
+            TreeFormat::JsonZlib => value.to_json_bytes().map(|b| zlib_compress(&b)),
+            TreeFormat::MsgpackZlib => value.to_msgpack_bytes().map(|b| zlib_compress(&b)),
         }
     }
 }
@@ -299,9 +394,13 @@ impl FromStr for TreeFormat {
         match s {
             "json" | "casty-json" => Ok(TreeFormat::Json),
             "msgpack" | "casty-msgpack" => Ok(TreeFormat::Msgpack),
+            "json+zlib" | "casty-json+zlib" => Ok(TreeFormat::JsonZlib),
+            "msgpack+zlib" | "casty-msgpack+zlib" => Ok(TreeFormat::MsgpackZlib),
             other => Err(WireError::Payload {
                 codec: "tree",
-                message: format!("unknown tree format {other:?} (expected json or msgpack)"),
+                message: format!(
+                    "unknown tree format {other:?} (expected json, msgpack, json+zlib or msgpack+zlib)"
+                ),
             }),
         }
     }
@@ -312,6 +411,8 @@ impl fmt::Display for TreeFormat {
         f.write_str(match self {
             TreeFormat::Json => "json",
             TreeFormat::Msgpack => "msgpack",
+            TreeFormat::JsonZlib => "json+zlib",
+            TreeFormat::MsgpackZlib => "msgpack+zlib",
         })
     }
 }
