@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// Maximum number of entries in the table.
     #[arg(long, default_value_t = 100_000)]
     max_entries: usize,
+    /// Answer remote QUERYs for services registered over loopback with the registry's
+    /// own address instead of 127.0.0.1 (rpyc issue #568; changes replies, so opt-in;
+    /// over UDP only when --host is a specific address).
+    #[arg(long)]
+    rewrite_loopback: bool,
     /// Print events as JSON lines.
     #[arg(long)]
     json: bool,
@@ -310,6 +315,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             list_allow: parse_cidrs(&args.list_allow, "--list-allow")?,
             rate_limit,
             max_entries: args.max_entries,
+            rewrite_loopback: args.rewrite_loopback,
             ..CoreConfig::default()
         },
         ..RegistryConfig::default()

@@ -86,6 +86,11 @@ pub struct CoreConfig {
     pub max_entries_per_host: usize,
     /// Maximum length of a service name in bytes.
     pub max_name_len: usize,
+    /// Opt-in answer to rpyc issue #568: when a QUERY comes from another host, report
+    /// servers registered over loopback at the registry's own address the query
+    /// arrived on (when the I/O layer knows it), instead of `127.0.0.1`, which would
+    /// point the client at itself. Changes replies, so off by default.
+    pub rewrite_loopback: bool,
 }
 
 impl Default for CoreConfig {
@@ -99,6 +104,7 @@ impl Default for CoreConfig {
             max_entries: 100_000,
             max_entries_per_host: 10_000,
             max_name_len: 255,
+            rewrite_loopback: false,
         }
     }
 }
@@ -282,6 +288,14 @@ pub fn normalize_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// The host a QUERY reply shows for `s`: `loopback_as` replaces a loopback address.
+fn shown_host<'a>(s: &'a Server, loopback_as: Option<&'a str>) -> &'a str {
+    match loopback_as {
+        Some(h) if s.ip.is_loopback() => h,
+        _ => &s.host,
+    }
+}
+
 fn allowed(list: &[IpNet], ip: IpAddr) -> bool {
     list.is_empty() || list.iter().any(|net| net.contains(&ip))
 }
@@ -336,10 +350,40 @@ impl RegistryCore {
         request: &[u8],
         reply: &mut Vec<u8>,
     ) -> Result<CommandKind, HandleError> {
+        self.handle_via(now, source, None, transport, request, reply)
+    }
+
+    /// Like [`Self::handle`], also told the registry's own address the request arrived
+    /// on (`local`), which [`CoreConfig::rewrite_loopback`] uses.
+    pub fn handle_via(
+        &mut self,
+        now: Instant,
+        source: IpAddr,
+        local: Option<IpAddr>,
+        transport: Transport,
+        request: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<CommandKind, HandleError> {
         reply.clear();
         self.stats.requests += 1;
         let source = normalize_ip(source);
-        let result = self.dispatch(now, source, transport, request, reply);
+        let loopback_as = local
+            .map(normalize_ip)
+            .filter(|l| {
+                self.config.rewrite_loopback
+                    && !source.is_loopback()
+                    && !l.is_loopback()
+                    && !l.is_unspecified()
+            })
+            .map(|l| l.to_string());
+        let result = self.dispatch(
+            now,
+            source,
+            loopback_as.as_deref(),
+            transport,
+            request,
+            reply,
+        );
         match &result {
             Ok(_) => self.stats.replies += 1,
             Err(e) => {
@@ -359,6 +403,7 @@ impl RegistryCore {
         &mut self,
         now: Instant,
         source: IpAddr,
+        loopback_as: Option<&str>,
         transport: Transport,
         request: &[u8],
         reply: &mut Vec<u8>,
@@ -367,7 +412,7 @@ impl RegistryCore {
         // Fast path for the common case: a QUERY exactly as rpyc clients encode it,
         // read in place without building a value tree.
         if let Some(name) = proto::canonical_query_name(request) {
-            self.query(now, name, reply);
+            self.query(now, name, loopback_as, reply);
             self.stats.queries += 1;
             return Ok(CommandKind::Query);
         }
@@ -399,7 +444,7 @@ impl RegistryCore {
                 reply.extend_from_slice(&proto::REPLY_OK);
             }
             Command::Query { name } => {
-                self.query(now, name, reply);
+                self.query(now, name, loopback_as, reply);
                 self.stats.queries += 1;
             }
             Command::List { filter } => {
@@ -617,7 +662,7 @@ impl RegistryCore {
     /// Answers QUERY into `reply`: stale entries of the name are pruned first (like
     /// rpyc), then the rest are encoded oldest refresh first, keeping the freshest ones
     /// if they do not all fit in [`MAX_CLIENT_READ`] bytes.
-    fn query(&mut self, now: Instant, name: &str, reply: &mut Vec<u8>) {
+    fn query(&mut self, now: Instant, name: &str, loopback_as: Option<&str>, reply: &mut Vec<u8>) {
         let key = if name
             .bytes()
             .all(|b| !b.is_ascii_lowercase() && b.is_ascii())
@@ -661,7 +706,7 @@ impl RegistryCore {
         let servers = &entry.servers;
         brine::encode_tuple_header(servers.len(), reply);
         for s in servers {
-            proto::encode_addr(&s.host, &s.port, reply);
+            proto::encode_addr(shown_host(s, loopback_as), &s.port, reply);
         }
         if reply.len() > MAX_CLIENT_READ {
             // Keep the freshest entries that fit, still oldest first.
@@ -669,7 +714,7 @@ impl RegistryCore {
                 .iter()
                 .map(|s| {
                     let mut b = Vec::new();
-                    proto::encode_addr(&s.host, &s.port, &mut b);
+                    proto::encode_addr(shown_host(s, loopback_as), &s.port, &mut b);
                     b.len()
                 })
                 .collect();
@@ -686,7 +731,7 @@ impl RegistryCore {
             reply.clear();
             brine::encode_tuple_header(keep, reply);
             for s in &servers[servers.len() - keep..] {
-                proto::encode_addr(&s.host, &s.port, reply);
+                proto::encode_addr(shown_host(s, loopback_as), &s.port, reply);
             }
             self.stats.capped_replies += 1;
             tracing::warn!(

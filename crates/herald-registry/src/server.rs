@@ -252,8 +252,12 @@ impl RegistryServer {
                 source,
             })?;
             udp_addr = sock.local_addr().ok();
+            // Without IP_PKTINFO a wildcard-bound UDP socket does not know which of the
+            // host's addresses a datagram arrived on.
+            let local = Some(config.host).filter(|h| !h.is_unspecified());
             tasks.push(tokio::spawn(serve_udp(
                 sock,
+                local,
                 shared.clone(),
                 config.udp_max_request,
                 stop_rx.clone(),
@@ -352,6 +356,7 @@ const UDP_SEND_WAIT: Duration = Duration::from_millis(20);
 
 async fn serve_udp(
     sock: UdpSocket,
+    local: Option<IpAddr>,
     shared: Arc<Shared>,
     max_request: usize,
     mut stop: watch::Receiver<bool>,
@@ -381,9 +386,10 @@ async fn serve_udp(
         }
         let result = {
             let mut core = shared.lock();
-            let r = core.handle(
+            let r = core.handle_via(
                 Instant::now(),
                 from.ip(),
+                local,
                 Transport::Udp,
                 &buf[..len],
                 &mut reply,
@@ -504,11 +510,13 @@ async fn handle_tcp(
         }
     };
     let mut reply = Vec::with_capacity(256);
+    let local = stream.local_addr().ok().map(|a| a.ip());
     let result = {
         let mut core = shared.lock();
-        let r = core.handle(
+        let r = core.handle_via(
             Instant::now(),
             from.ip(),
+            local,
             Transport::Tcp,
             &request,
             &mut reply,

@@ -458,3 +458,71 @@ fn malformed_requests_are_dropped_and_leave_the_table_intact() {
     assert_eq!(h.servers("keep"), ["10.0.0.1:1"]);
     assert_eq!(h.core.stats().dropped, 19);
 }
+
+#[test]
+fn opt_in_loopback_rewrite_answers_remote_clients_with_the_registry_address() {
+    for enabled in [false, true] {
+        let mut core = RegistryCore::new(CoreConfig {
+            rewrite_loopback: enabled,
+            ..CoreConfig::default()
+        });
+        let now = Instant::now();
+        let mut reply = Vec::new();
+        let local = Some(ip("192.168.1.10"));
+        core.handle_via(
+            now,
+            ip("127.0.0.1"),
+            local,
+            Transport::Tcp,
+            &reg(&["svc"], 1),
+            &mut reply,
+        )
+        .expect("ok");
+        core.handle_via(
+            now,
+            ip("10.0.0.7"),
+            local,
+            Transport::Tcp,
+            &reg(&["svc"], 2),
+            &mut reply,
+        )
+        .expect("ok");
+        let hosts = |core: &mut RegistryCore, src: &str, local: Option<IpAddr>| {
+            let mut reply = Vec::new();
+            core.handle_via(
+                now,
+                ip(src),
+                local,
+                Transport::Tcp,
+                &query("svc"),
+                &mut reply,
+            )
+            .expect("answered");
+            parse_query_reply(&reply)
+                .expect("reply")
+                .into_iter()
+                .map(|a| a.host)
+                .collect::<Vec<_>>()
+        };
+        let remote = hosts(&mut core, "10.0.0.9", local);
+        if enabled {
+            assert_eq!(remote, ["192.168.1.10", "10.0.0.7"]);
+        } else {
+            assert_eq!(remote, ["127.0.0.1", "10.0.0.7"]);
+        }
+        // Local clients and unknown local addresses always see what was recorded.
+        assert_eq!(
+            hosts(&mut core, "127.0.0.1", local),
+            ["127.0.0.1", "10.0.0.7"]
+        );
+        assert_eq!(
+            hosts(&mut core, "10.0.0.9", None),
+            ["127.0.0.1", "10.0.0.7"]
+        );
+        assert_eq!(
+            core.entries(now)[0].host,
+            "127.0.0.1",
+            "the table is unchanged"
+        );
+    }
+}
