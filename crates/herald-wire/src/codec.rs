@@ -104,11 +104,11 @@ impl Decoder for FrameCodec {
         };
         let len = u32::from_be_bytes(*prefix) as usize;
         if len == 0 {
-            tracing::warn!("frame with length 0: stream out of sync");
+            tracing::debug!("frame with length 0: stream out of sync");
             return Err(WireError::EmptyFrame);
         }
         if let Err(e) = self.check_len(len) {
-            tracing::warn!(
+            tracing::debug!(
                 len,
                 max = self.max_frame_size,
                 "oversized frame rejected before buffering"
