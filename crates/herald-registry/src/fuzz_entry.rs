@@ -39,13 +39,20 @@ pub fn registry_datagram(data: &[u8]) {
     };
     let mut core = RegistryCore::new(CoreConfig {
         allow_listing: selector & 0x80 == 0,
+        rewrite_loopback: selector & 0x40 != 0,
         max_entries: 64,
         max_entries_per_host: 16,
         prune_timeout: Duration::from_secs(1),
         ..CoreConfig::default()
     });
     let now = Instant::now();
-    let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, selector & 0x07));
+    // Bit 4 picks a loopback or a remote source, bit 3 whether the local address is known.
+    let source = if selector & 0x10 == 0 {
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, selector & 0x07))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, selector & 0x07))
+    };
+    let local = (selector & 0x08 != 0).then_some(IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1)));
     let mut reply = Vec::new();
     for (i, transport) in [Transport::Udp, Transport::Tcp, Transport::Udp]
         .into_iter()
@@ -53,7 +60,7 @@ pub fn registry_datagram(data: &[u8]) {
     {
         let at = now + Duration::from_millis(700 * i as u64);
         if core
-            .handle(at, source, transport, request, &mut reply)
+            .handle_via(at, source, local, transport, request, &mut reply)
             .is_ok()
         {
             assert!(
