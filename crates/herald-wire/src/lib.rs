@@ -10,10 +10,15 @@
 //!   [`tokio_util::codec`] codec with a maximum frame size;
 //! - [`ActorAddress`]: `casty://system@host:port/path` URIs;
 //! - [`payload`]: casty's tagged JSON / MessagePack trees ([`payload::CastyValue`]),
-//!   plain JSON, MessagePack and Protobuf behind one trait, [`payload::PayloadCodec`];
+//!   plain JSON, MessagePack and Protobuf behind one trait, [`payload::PayloadCodec`],
+//!   casty's zlib wrapper ([`payload::Zlib`]), type hints ([`payload::TypeHint`]) and a
+//!   hint-to-decoder registry ([`payload::TypeRegistry`]);
 //! - [`WireError`]: the one error type; every message names the bad value.
 //!
-//! Decoders never panic on untrusted input; each has a `cargo fuzz` target.
+//! Decoders never panic on untrusted input; each has a `cargo fuzz` target
+//! (entry points in [`fuzz`]). There is no I/O here: `herald-transport` runs
+//! [`FrameCodec`] on sockets. A frame whose body is bad is yielded as
+//! [`Frame::Malformed`] so the connection keeps going; see [`FrameCodec`].
 //!
 //! ```
 //! use bytes::Bytes;
