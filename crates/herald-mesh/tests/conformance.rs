@@ -315,20 +315,42 @@ pub async fn deadline(b: Arc<dyn Backend>) {
 /// dead-lettered with reason `expired` and the caller gets an error.
 pub async fn ttl_expiry(b: Arc<dyn Backend>) {
     let svc = unique("ttl");
-    let s = Mesh::connect(
-        b.clone(),
-        MeshConfig::service(&svc, ExampleService::new()).prefetch(1),
-    )
-    .await
-    .unwrap();
+    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+    let router = ServiceRouter::new("1", "busy")
+        .method(
+            MethodInfo::new("block", "signals, then holds the only prefetch slot")
+                .param("ms", "int", ""),
+            move |p: WorkParams, _ctx: Arc<RequestContext>| {
+                let started_tx = started_tx.clone();
+                async move {
+                    let _ = started_tx.send(());
+                    tokio::time::sleep(Duration::from_millis(p.ms)).await;
+                    Ok::<_, ServiceError>(json!(p.ms))
+                }
+            },
+        )
+        .method(
+            MethodInfo::new("add", "a + b")
+                .param("a", "int", "")
+                .param("b", "int", ""),
+            |p: AddParams, _ctx: Arc<RequestContext>| async move {
+                Ok::<_, ServiceError>(json!(p.a + p.b))
+            },
+        );
+    let s = Mesh::connect(b.clone(), MeshConfig::service(&svc, router).prefetch(1))
+        .await
+        .unwrap();
     let c = client(&b).await;
     let busy = {
         let c = c.clone();
         let svc = svc.clone();
-        tokio::spawn(async move { call(&c, &svc, "slow", json!({"seconds": 2.0})).await })
+        tokio::spawn(async move { call(&c, &svc, "block", json!({"ms": 2000})).await })
     };
-    // Let the slow call occupy the only prefetch slot.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The only prefetch slot is taken once the handler has started.
+    tokio::time::timeout(WAIT, started.recv())
+        .await
+        .expect("block started")
+        .expect("handler alive");
     let r = tokio::time::timeout(
         WAIT,
         c.request(
@@ -359,7 +381,7 @@ pub async fn ttl_expiry(b: Arc<dyn Backend>) {
         Envelope::Request(body) => assert_eq!(body.params.get("a"), Some(&json!(40))),
         other => panic!("expected the request in the DLQ, got {other:?}"),
     }
-    assert_eq!(busy.await.unwrap().unwrap(), json!(2.0));
+    assert_eq!(busy.await.unwrap().unwrap(), json!(2000));
     probe.close().await.unwrap();
     c.disconnect().await.unwrap();
     s.disconnect().await.unwrap();
@@ -784,6 +806,12 @@ pub async fn encryption(b: Arc<dyn Backend>) {
 #[derive(Deserialize)]
 struct WorkParams {
     ms: u64,
+}
+
+#[derive(Deserialize)]
+struct AddParams {
+    a: i64,
+    b: i64,
 }
 
 /// Graceful shutdown: requests in flight when `disconnect` starts are finished and
