@@ -181,15 +181,14 @@ pub struct NodeArgs {
 
 /// A running node started by [`start_node`].
 #[derive(Debug)]
-#[allow(dead_code)] // used by `herald up` (up.rs)
 pub struct NodeHandle {
     /// The node's transport (register actors on `transport.local()`).
     pub transport: RemoteTransport,
-    /// The node's URI root, `casty://system@host:port`.
+    /// The node's URI root, `casty://system@host:port` (already printed by [`start_node`]).
+    #[allow(dead_code)] // for callers of `start_node`; `herald up` only needs the transport
     pub uri: String,
 }
 
-#[allow(dead_code)] // used by `herald up` (up.rs)
 impl NodeHandle {
     /// Stops the node (connections closed gracefully).
     pub async fn shutdown(&self) {
@@ -197,7 +196,6 @@ impl NodeHandle {
     }
 }
 
-#[allow(dead_code)] // used by `herald up` (up.rs)
 fn parse_advertise(s: &str) -> anyhow::Result<PeerAddr> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (h, p) = rest
@@ -218,7 +216,6 @@ fn parse_advertise(s: &str) -> anyhow::Result<PeerAddr> {
 }
 
 /// Formats a payload for a log line: UTF-8 text as is, anything else as hex.
-#[allow(dead_code)] // used by `herald up` (up.rs)
 fn show_payload(payload: &[u8]) -> String {
     match std::str::from_utf8(payload) {
         Ok(s) => s.to_owned(),
@@ -226,7 +223,6 @@ fn show_payload(payload: &[u8]) -> String {
     }
 }
 
-#[allow(dead_code)] // used by `herald up` (up.rs)
 /// Starts a node: binds, prints `node <uri> ...`, and prints one `message ...` line per
 /// message received on a path no actor registered.
 pub async fn start_node(args: &NodeArgs) -> anyhow::Result<NodeHandle> {
