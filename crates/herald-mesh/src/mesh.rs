@@ -664,9 +664,7 @@ impl Mesh {
             )
             .await?;
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .pending
-            .insert(&id, Pending { tx, session });
+        self.inner.pending.insert(&id, Pending { tx, session });
         let _guard = PendingGuard {
             pending: &self.inner.pending,
             id: &id,
