@@ -438,3 +438,53 @@ async fn a_peer_that_stops_reading_does_not_delay_the_others() {
     c.node.shutdown().await;
     holder.abort();
 }
+
+#[tokio::test]
+async fn a_flood_of_silent_clients_is_capped() {
+    let mut cfg = TcpConfig::loopback();
+    cfg.handshake_timeout = Duration::from_secs(600);
+    cfg.max_pending_handshakes = 2;
+    let mut b = start(cfg).await;
+    let silent1 = connect(&b).await;
+    let silent2 = connect(&b).await;
+    // Make sure the node has accepted both before the third arrives.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut third = loop {
+        let mut s = connect(&b).await;
+        // Closed at once (long before the 600 s handshake timeout): over the cap.
+        if tokio::time::timeout(Duration::from_millis(500), s.read_u8())
+            .await
+            .is_ok()
+        {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cap never applied"
+        );
+    };
+    assert!(read_until_closed(&mut third).await.is_empty());
+    assert!(b.node.stats().handshake_failures >= 1);
+    // Once the silent clients leave, the node accepts handshakes again.
+    drop((silent1, silent2));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let sender = TcpNode::builder(TcpConfig::loopback())
+            .start()
+            .await
+            .expect("start");
+        let to = b.node.advertised().clone();
+        sender.send(&to, env(77)).expect("queued");
+        let got = tokio::time::timeout(Duration::from_millis(500), b.rx.recv()).await;
+        sender.shutdown().await;
+        if let Ok(Some(e)) = got {
+            assert_eq!(e.payload.as_ref(), b"77");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node never recovered"
+        );
+    }
+    b.node.shutdown().await;
+}

@@ -198,6 +198,9 @@ pub struct TcpConfig {
     pub connect_timeout: Duration,
     /// Budget for an inbound connection to complete its handshake.
     pub handshake_timeout: Duration,
+    /// Inbound connections allowed in their handshake at the same time; more are closed
+    /// at once (bounds what a flood of silent clients can hold).
+    pub max_pending_handshakes: usize,
     /// Largest accepted frame (`LEN` field), both directions.
     pub max_frame_size: usize,
     /// Capacity of each peer's outbound queue, in messages.
@@ -229,6 +232,7 @@ impl fmt::Debug for TcpConfig {
             .field("tls", &self.tls.is_some())
             .field("connect_timeout", &self.connect_timeout)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_pending_handshakes", &self.max_pending_handshakes)
             .field("max_frame_size", &self.max_frame_size)
             .field("queue_capacity", &self.queue_capacity)
             .field("overflow", &self.overflow)
@@ -262,6 +266,7 @@ impl TcpConfig {
             tls: None,
             connect_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
+            max_pending_handshakes: 1024,
             max_frame_size: herald_wire::DEFAULT_MAX_FRAME_SIZE,
             queue_capacity: 8192,
             overflow: OverflowPolicy::DropNewest,

@@ -650,6 +650,9 @@ impl Drop for TcpNode {
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let pending = Arc::new(tokio::sync::Semaphore::new(
+        shared.cfg.max_pending_handshakes.max(1),
+    ));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -657,9 +660,22 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         };
         match accepted {
             Ok((tcp, remote)) => {
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    // Too many sockets are still in their handshake (a flood of silent
+                    // clients, for instance): refuse this one at once.
+                    shared
+                        .stats
+                        .handshake_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(peer = %remote, limit = shared.cfg.max_pending_handshakes, "refused inbound connection: too many pending handshakes");
+                    drop(tcp);
+                    continue;
+                };
                 let s = shared.clone();
                 shared.tasks.spawn(async move {
-                    match conn::accept(&s, tcp, remote).await {
+                    let result = conn::accept(&s, tcp, remote).await;
+                    drop(permit);
+                    match result {
                         Ok(est) => {
                             let key = est.identity.key();
                             s.peer(key).adopt(est);
