@@ -504,3 +504,39 @@ async fn a_service_keeps_serving_and_leading_across_a_connection_loss() {
         .expect("cleanup");
     admin.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn wrong_credentials_and_unknown_vhost_are_clear_errors() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let hostport = url
+        .split('@')
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("host:port in HERALD_AMQP_URL")
+        .to_owned();
+    let bad = format!("amqp://guest:not-the-password@{hostport}/%2f");
+    let err = AmqpBackend::new(&bad)
+        .expect("valid url")
+        .connect("x")
+        .await
+        .expect_err("wrong password");
+    let text = err.to_string();
+    assert!(
+        text.contains("cannot connect to amqp://guest:***@"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("not-the-password"),
+        "password leaked: {text}"
+    );
+
+    let novhost = url.rsplit_once('/').expect("vhost").0.to_owned() + "/no-such-vhost-herald";
+    let err = AmqpBackend::new(&novhost)
+        .expect("valid url")
+        .connect("x")
+        .await
+        .expect_err("unknown vhost");
+    assert!(err.to_string().contains("cannot connect"), "{err}");
+}
