@@ -531,6 +531,10 @@ async fn wrong_credentials_and_unknown_vhost_are_clear_errors() {
         !text.contains("not-the-password"),
         "password leaked: {text}"
     );
+    assert!(
+        text.contains("ACCESS_REFUSED"),
+        "the broker's reason is kept: {text}"
+    );
 
     let novhost = url.rsplit_once('/').expect("vhost").0.to_owned() + "/no-such-vhost-herald";
     let err = AmqpBackend::new(&novhost)
@@ -538,5 +542,9 @@ async fn wrong_credentials_and_unknown_vhost_are_clear_errors() {
         .connect("x")
         .await
         .expect_err("unknown vhost");
-    assert!(err.to_string().contains("cannot connect"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("vhost no-such-vhost-herald not found"),
+        "{err}"
+    );
 }
