@@ -582,3 +582,62 @@ async fn dropping_the_last_handle_stops_the_instance() {
     }
     follower.disconnect().await.unwrap();
 }
+
+/// Event handlers are awaited; a failing one dead-letters its event (reason
+/// `rejected`) and the service keeps handling events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_event_handlers_dead_letter_the_event() {
+    use herald_mesh::ServiceError;
+    use herald_mesh::service::ServiceRouter;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let broker = InProcBroker::new();
+    let b: Arc<dyn herald_mesh::Backend> = Arc::new(broker.clone());
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = handled.clone();
+    let router = ServiceRouter::new("1", "events").on_event("jobs.*", move |ev| {
+        let h = h.clone();
+        async move {
+            // Awaited: the counter moves only after the await.
+            tokio::task::yield_now().await;
+            h.fetch_add(1, Ordering::SeqCst);
+            if ev.event == json!("bad") {
+                Err(ServiceError::handling("cannot handle a bad job"))
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let svc = Mesh::connect(b.clone(), MeshConfig::service("evsvc", router))
+        .await
+        .unwrap();
+    let client = Mesh::connect(b, MeshConfig::client()).await.unwrap();
+    for e in [json!("ok"), json!("bad"), json!("ok")] {
+        client
+            .publish_event("jobs.run", e, json!({}), None)
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while handled.load(Ordering::SeqCst) < 3 || broker.queue_len("nuropb-evsvc-dl") != Some(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events not all handled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let probe = broker.open("probe");
+    let mut dl = probe
+        .consume("nuropb-evsvc-dl", ConsumeOptions::manual(1))
+        .await
+        .unwrap();
+    let d = next(&mut dl).await;
+    assert_eq!(
+        d.message.death.as_ref().unwrap().reason,
+        DeathReason::Rejected
+    );
+    assert_eq!(value_of(&d), json!("bad"));
+    d.ack().await.unwrap();
+    client.disconnect().await.unwrap();
+    svc.disconnect().await.unwrap();
+}
