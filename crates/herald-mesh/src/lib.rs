@@ -9,8 +9,8 @@
 //!   describe_service, is_leader, disconnect).
 //! * [`Service`] / [`ServiceRouter`]: how a service exposes methods with serde-typed
 //!   parameters; the [`RequestContext`] reaches the handler.
-//! * [`Backend`](backend::Backend): the broker abstraction;
-//!   [`InProcBroker`](inproc::InProcBroker) is the default (no broker needed).
+//! * [`Backend`]: the broker abstraction;
+//!   [`InProcBroker`] is the default (no broker needed).
 //! * [`example::ExampleService`]: the example service of `herald mesh serve-example`.
 //!
 //! ```
