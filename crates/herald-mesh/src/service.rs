@@ -505,3 +505,77 @@ pub trait ClientCipher: Send + Sync + fmt::Debug {
         plaintext: &[u8],
     ) -> Result<(Vec<u8>, Box<dyn SessionKey>), MeshError>;
 }
+
+/// Builds a [`ServiceRouter`] from function-like method definitions.
+///
+/// Each method lists the request context's name first, then its parameters with their
+/// types (they become a serde-typed parameter struct, so the calling crate needs
+/// `serde` with `derive`), an optional `requires_encryption` marker, and a body
+/// returning `Result<impl Serialize, ServiceError>`. Doc comments become the method
+/// descriptions of the describe document.
+///
+/// ```
+/// use herald_mesh::{ServiceError, service_router};
+///
+/// let calc = service_router! {
+///     version: "1.0", description: "A calculator";
+///
+///     /// Returns a + b.
+///     fn add(_ctx, a: i64, b: i64) {
+///         Ok::<_, ServiceError>(a + b)
+///     }
+///
+///     /// Echoes a secret; calls must be encrypted.
+///     fn reveal(ctx, text: String) requires_encryption {
+///         Ok::<_, ServiceError>(format!("{text} (trace {:?})", ctx.trace_id))
+///     }
+/// };
+/// let add = calc.method_info("add").unwrap();
+/// assert_eq!(add.description, " Returns a + b.");
+/// assert_eq!(add.params.len(), 2);
+/// assert!(calc.method_info("reveal").unwrap().requires_encryption);
+/// ```
+#[macro_export]
+macro_rules! service_router {
+    (
+        version: $version:expr, description: $description:expr;
+        $(
+            $(#[doc = $doc:expr])*
+            fn $name:ident ( $ctx:ident $(, $param:ident : $ty:ty)* $(,)? ) $($marker:ident)? $body:block
+        )*
+    ) => {{
+        let router = $crate::service::ServiceRouter::new($version, $description);
+        $(
+            let router = {
+                #[derive(::serde::Deserialize)]
+                #[allow(non_camel_case_types)]
+                struct $name {
+                    $($param: $ty,)*
+                }
+                let info = $crate::service::MethodInfo::new(stringify!($name), concat!("" $(, $doc)*))
+                    $(.param(stringify!($param), stringify!($ty), ""))*;
+                $(let info = $crate::__service_router_marker!(info, $marker);)?
+                router.method(
+                    info,
+                    |params: $name, $ctx: ::std::sync::Arc<$crate::service::RequestContext>| async move {
+                        let $name { $($param,)* } = params;
+                        $body
+                    },
+                )
+            };
+        )*
+        router
+    }};
+}
+
+/// Implementation detail of [`service_router!`]: applies a method marker.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __service_router_marker {
+    ($info:ident, requires_encryption) => {
+        $info.requires_encryption()
+    };
+    ($info:ident, hidden) => {
+        $info.hidden()
+    };
+}
