@@ -488,3 +488,52 @@ async fn a_flood_of_silent_clients_is_capped() {
     }
     b.node.shutdown().await;
 }
+
+#[tokio::test]
+async fn claimed_addresses_of_departed_clients_do_not_accumulate() {
+    let mut b = start(TcpConfig::loopback()).await;
+    for i in 0..50u16 {
+        let mut s = connect(&b).await;
+        s.write_all(&casty_handshake(30_000 + i))
+            .await
+            .expect("write");
+        read_frame(&mut s).await.expect("handshake reply");
+        drop(s);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.node.known_peers() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} peer entries left",
+            b.node.known_peers()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    still_serving(&mut b).await;
+    b.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_handle_survives_its_peer_restarting() {
+    let mut b = start(TcpConfig::loopback()).await;
+    let port = b.node.local_addr().expect("bound").port();
+    let to = b.node.advertised().clone();
+    let a = start(TcpConfig::loopback()).await;
+    let handle = a.node.peer(&to);
+    handle.send(env(1)).expect("queued");
+    assert_eq!(recv(&mut b.rx).await.payload.as_ref(), b"1");
+    b.node.shutdown().await;
+    drop(b);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while handle.connected().is_some() || a.node.known_peers() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "loss not detected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut cfg = TcpConfig::loopback();
+    cfg.bind = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut b2 = start(cfg).await;
+    handle.send(env(2)).expect("the old handle still sends");
+    assert_eq!(recv(&mut b2.rx).await.payload.as_ref(), b"2");
+    a.node.shutdown().await;
+    b2.node.shutdown().await;
+}

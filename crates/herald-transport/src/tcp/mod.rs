@@ -65,7 +65,7 @@ pub use error::{ConnectionError, TcpError};
 use crate::dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
 use crate::error::TransportError;
 use crate::native::{HandshakeConfig, NodeId, PeerInfo, RejectReason};
-use peer::{Peer, lock};
+use peer::{Enqueue, Peer, lock};
 
 /// Receives every message envelope that arrives on any connection.
 ///
@@ -241,7 +241,7 @@ impl Shared {
             .by_key
             .get(&peer.key)
             .is_some_and(|p| Arc::ptr_eq(p, peer));
-        if !same || !peer.idle_for_removal() {
+        if !same || !peer.try_retire() {
             return false;
         }
         peers.by_key.remove(&peer.key);
@@ -359,7 +359,22 @@ impl fmt::Debug for PeerHandle {
 impl PeerHandle {
     /// Queues a message for this peer (see [`TcpNode::send`]).
     pub fn send(&self, envelope: Envelope) -> Result<(), TransportError> {
-        self.peer.enqueue(&self.shared, envelope)
+        let mut env = match self.peer.enqueue(&self.shared, envelope) {
+            Ok(()) => return Ok(()),
+            Err(Enqueue::Refused(e)) => return Err(e),
+            Err(Enqueue::Retry(env)) => env,
+        };
+        // The entry this handle points to was retired after its connection closed: use
+        // the current one (created if needed). Retirement needs an idle peer, so this
+        // settles within a couple of rounds.
+        loop {
+            let current = self.shared.peer(self.peer.key.clone());
+            match current.enqueue(&self.shared, env) {
+                Ok(()) => return Ok(()),
+                Err(Enqueue::Refused(e)) => return Err(e),
+                Err(Enqueue::Retry(back)) => env = back,
+            }
+        }
     }
 
     /// The peer's key.
@@ -590,6 +605,12 @@ impl TcpNode {
         if let Some(p) = peer {
             p.clear_blacklist();
         }
+    }
+
+    /// Peer entries currently held (connected, dialing, or with queued messages). Idle
+    /// peers whose connection closed are forgotten, so this stays bounded.
+    pub fn known_peers(&self) -> usize {
+        lock(&self.shared.peers).by_key.len()
     }
 
     /// Peers with a live connection, with their identity.

@@ -52,6 +52,14 @@ pub(crate) struct Peer {
     settled: watch::Sender<u64>,
 }
 
+/// Why [`Peer::enqueue`] did not queue a message.
+pub(crate) enum Enqueue {
+    /// Refused (and reported as a dead letter).
+    Refused(TransportError),
+    /// The peer entry was retired; look the peer up again and retry.
+    Retry(Envelope),
+}
+
 enum ConnEnd {
     Lost,
     Shutdown,
@@ -86,8 +94,24 @@ impl Peer {
     }
 
     /// Queues `env`, applying the breaker and the overflow policy.
-    pub(crate) fn enqueue(&self, shared: &Shared, env: Envelope) -> Result<(), TransportError> {
-        let mut st = lock(&self.state);
+    ///
+    /// `Err(Retry(env))`: this peer entry was retired (its connection closed with nothing
+    /// queued) and the caller should look the peer up again.
+    pub(crate) fn enqueue(&self, shared: &Shared, env: Envelope) -> Result<(), Enqueue> {
+        let st = lock(&self.state);
+        if st.closed && st.forgotten && self.dial_addr.is_some() {
+            return Err(Enqueue::Retry(env));
+        }
+        self.enqueue_locked(shared, st, env)
+            .map_err(Enqueue::Refused)
+    }
+
+    fn enqueue_locked(
+        &self,
+        shared: &Shared,
+        mut st: MutexGuard<'_, PeerState>,
+        env: Envelope,
+    ) -> Result<(), TransportError> {
         let refuse = |st: MutexGuard<'_, PeerState>, env: Envelope, reason, detail: String| {
             drop(st);
             let target = env.target.clone();
@@ -212,21 +236,21 @@ impl Peer {
             };
             match self.run_conn(&shared, conn).await {
                 ConnEnd::Shutdown => break,
-                // An inbound-only peer (client-only node) that went away is forgotten, so
-                // such peers do not accumulate; if it comes back it gets a fresh entry.
-                ConnEnd::Lost if self.dial_addr.is_none() => {
+                // A peer whose connection is gone and that has nothing queued is
+                // forgotten, so peers (for instance addresses claimed by inbound clients)
+                // do not accumulate; the next send to it makes a fresh entry and dials.
+                ConnEnd::Lost => {
                     if shared.forget_peer(&self) {
                         forgotten = true;
                         break;
                     }
                 }
-                ConnEnd::Lost => {}
             }
         }
         let adopt = {
             let mut st = lock(&self.state);
             st.closed = true;
-            st.forgotten = forgotten;
+            st.forgotten |= forgotten;
             st.connected = None;
             std::mem::take(&mut st.adopt)
         };
@@ -248,10 +272,19 @@ impl Peer {
         debug!(peer = %self.key, forgotten, "peer task ended");
     }
 
-    /// True when the task may end: nothing is waiting to be adopted.
-    pub(crate) fn idle_for_removal(&self) -> bool {
-        let st = lock(&self.state);
-        st.adopt.is_empty() && st.connected.is_none()
+    /// Marks the peer retired if it is idle: no connection, nothing to adopt, and (for a
+    /// dialable peer) nothing queued. Done under the state lock, so no message can slip
+    /// in between the check and the mark.
+    pub(crate) fn try_retire(&self) -> bool {
+        let mut st = lock(&self.state);
+        let idle = st.adopt.is_empty()
+            && st.connected.is_none()
+            && (self.dial_addr.is_none() || st.msgs.is_empty());
+        if idle {
+            st.closed = true;
+            st.forgotten = true;
+        }
+        idle
     }
 
     /// Waits for an adopted connection, or dials when there is something to send.
