@@ -362,7 +362,7 @@ impl PeerHandle {
         let mut env = match self.peer.enqueue(&self.shared, envelope) {
             Ok(()) => return Ok(()),
             Err(Enqueue::Refused(e)) => return Err(e),
-            Err(Enqueue::Retry(env)) => env,
+            Err(Enqueue::Retry(env)) => *env,
         };
         // The entry this handle points to was retired after its connection closed: use
         // the current one (created if needed). Retirement needs an idle peer, so this
@@ -372,7 +372,7 @@ impl PeerHandle {
             match current.enqueue(&self.shared, env) {
                 Ok(()) => return Ok(()),
                 Err(Enqueue::Refused(e)) => return Err(e),
-                Err(Enqueue::Retry(back)) => env = back,
+                Err(Enqueue::Retry(back)) => env = *back,
             }
         }
     }

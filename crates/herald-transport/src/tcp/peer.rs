@@ -57,7 +57,7 @@ pub(crate) enum Enqueue {
     /// Refused (and reported as a dead letter).
     Refused(TransportError),
     /// The peer entry was retired; look the peer up again and retry.
-    Retry(Envelope),
+    Retry(Box<Envelope>),
 }
 
 enum ConnEnd {
@@ -100,7 +100,7 @@ impl Peer {
     pub(crate) fn enqueue(&self, shared: &Shared, env: Envelope) -> Result<(), Enqueue> {
         let st = lock(&self.state);
         if st.closed && st.forgotten && self.dial_addr.is_some() {
-            return Err(Enqueue::Retry(env));
+            return Err(Enqueue::Retry(Box::new(env)));
         }
         self.enqueue_locked(shared, st, env)
             .map_err(Enqueue::Refused)
