@@ -13,11 +13,9 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::codec::{Decoder, FramedRead};
 
 fn capture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/vectors/casty_wire_capture.json"
-    );
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let path = herald_pyenv::shared_dir().join("vectors/casty_wire_capture.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"))
 }
 

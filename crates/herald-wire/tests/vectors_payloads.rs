@@ -100,11 +100,9 @@ fn rich() -> Rich {
 }
 
 fn vectors() -> Vec<Value> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/vectors/casty_payloads.json"
-    );
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let path = herald_pyenv::shared_dir().join("vectors/casty_payloads.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
     v["payloads"].as_array().cloned().unwrap_or_default()
 }
