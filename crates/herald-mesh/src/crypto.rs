@@ -410,7 +410,7 @@ impl ServiceKey {
                 })?;
         let text = self
             .private
-            .decrypt(Oaep::new::<Sha256>(), &sealed)
+            .decrypt_blinded(&mut rand::rngs::OsRng, Oaep::new::<Sha256>(), &sealed)
             .map_err(|source| CryptoError::Rsa {
                 op: "decrypt",
                 source,
