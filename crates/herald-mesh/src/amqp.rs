@@ -94,6 +94,10 @@ pub struct AmqpOptions {
     /// Off by default: a lost reply is reported by the caller's deadline, and nuropb
     /// does not confirm replies either.
     pub confirm_replies: bool,
+    /// Largest message body published (bigger ones are refused before they reach the
+    /// broker, which would close the channel). Default 16 MiB (RabbitMQ 4's default
+    /// `max_message_size`).
+    pub max_message_bytes: usize,
 }
 
 impl Default for AmqpOptions {
@@ -104,6 +108,7 @@ impl Default for AmqpOptions {
             reconnect_wait: Duration::from_secs(30),
             publisher_confirms: true,
             confirm_replies: false,
+            max_message_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -213,18 +218,53 @@ enum Declared {
 struct Live {
     generation: u64,
     conn: lapin::Connection,
-    publish: Channel,
-    /// Unconfirmed channel for replies.
-    replies: Channel,
+    /// Reopened on the same connection when the broker closes one of them (a publish
+    /// to a missing exchange closes its channel with 404).
+    channels: RwLock<PublishChannels>,
     topology: Mutex<Option<Channel>>,
     leader: Mutex<Option<Channel>>,
 }
 
+/// The publishing channels of a connection.
+#[derive(Clone)]
+struct PublishChannels {
+    /// Confirm mode: requests, commands, events.
+    publish: Channel,
+    /// Unconfirmed: replies.
+    replies: Channel,
+}
+
+impl PublishChannels {
+    async fn open(conn: &lapin::Connection, confirms: bool) -> Result<Self, MeshError> {
+        let publish = conn
+            .create_channel()
+            .await
+            .map_err(|e| map_err("channel.open", About::Other("publish channel"), &e))?;
+        if confirms {
+            publish
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| map_err("confirm.select", About::Other("publish channel"), &e))?;
+        }
+        let replies = conn
+            .create_channel()
+            .await
+            .map_err(|e| map_err("channel.open", About::Other("reply channel"), &e))?;
+        Ok(Self { publish, replies })
+    }
+
+    fn usable(&self) -> bool {
+        self.publish.status().connected() && self.replies.status().connected()
+    }
+}
+
 impl Live {
+    fn channels(&self) -> Option<PublishChannels> {
+        self.channels.read().ok().map(|c| c.clone())
+    }
+
     fn is_connected(&self) -> bool {
-        self.conn.status().connected()
-            && self.publish.status().connected()
-            && self.replies.status().connected()
+        self.conn.status().connected() && self.channels().is_some_and(|c| c.usable())
     }
 
     /// The topology channel, opened on demand (a failed declaration closes it).
@@ -521,26 +561,12 @@ impl Inner {
                 backend: BACKEND,
                 reason: format!("cannot connect to {}: {e}", redact(&this.url)),
             })?;
-        let publish = conn
-            .create_channel()
-            .await
-            .map_err(|e| map_err("channel.open", About::Other("publish channel"), &e))?;
-        if this.options.publisher_confirms {
-            publish
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(|e| map_err("confirm.select", About::Other("publish channel"), &e))?;
-        }
-        let replies = conn
-            .create_channel()
-            .await
-            .map_err(|e| map_err("channel.open", About::Other("reply channel"), &e))?;
+        let channels = PublishChannels::open(&conn, this.options.publisher_confirms).await?;
         let generation = this.generation.fetch_add(1, Ordering::SeqCst) + 1;
         Ok(Arc::new(Live {
             generation,
             conn,
-            publish,
-            replies,
+            channels: RwLock::new(channels),
             topology: Mutex::new(None),
             leader: Mutex::new(None),
         }))
@@ -566,10 +592,24 @@ impl Inner {
             return Ok(live);
         }
         let _guard = self.reconnecting.lock().await;
-        if let Some(live) = self.current()
-            && live.is_connected()
-        {
-            return Ok(live);
+        if let Some(live) = self.current() {
+            if live.is_connected() {
+                return Ok(live);
+            }
+            // The connection is fine but the broker closed a publishing channel:
+            // reopen the channels rather than the connection.
+            if live.conn.status().connected() {
+                match PublishChannels::open(&live.conn, self.options.publisher_confirms).await {
+                    Ok(fresh) => {
+                        if let Ok(mut c) = live.channels.write() {
+                            *c = fresh;
+                        }
+                        tracing::info!("amqp publishing channels reopened");
+                        return Ok(live);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reopening publishing channels failed"),
+                }
+            }
         }
         let deadline = tokio::time::Instant::now() + self.options.reconnect_wait;
         let mut delay = self.options.reconnect_initial;
@@ -1233,6 +1273,16 @@ impl Connection for AmqpConnection {
     ) -> BoxFuture<'a, Result<(), MeshError>> {
         Box::pin(async move {
             let body = message.payload.to_bytes()?;
+            let max = self.inner.options.max_message_bytes;
+            if body.len() > max {
+                return Err(MeshError::InvalidArgument {
+                    what: "message body",
+                    value: format!("{} bytes", body.len()),
+                    reason: format!(
+                        "exceeds the {max}-byte limit (AmqpOptions::max_message_bytes)"
+                    ),
+                });
+            }
             let props = amqp_properties(&message)?;
             let exchange_s = short("exchange name", exchange)?;
             let key_s = short("routing key", routing_key)?;
@@ -1253,10 +1303,11 @@ impl Connection for AmqpConnection {
             };
             let confirmed = opts.publisher_confirms
                 && (opts.confirm_replies || message.properties.mandatory || !exchange.is_empty());
+            let channels = live.channels().ok_or(MeshError::Disconnected)?;
             let channel = if confirmed {
-                &live.publish
+                &channels.publish
             } else {
-                &live.replies
+                &channels.replies
             };
             let confirm = channel
                 .basic_publish(

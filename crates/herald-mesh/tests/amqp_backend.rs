@@ -548,3 +548,59 @@ async fn wrong_credentials_and_unknown_vhost_are_clear_errors() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_refused_publish_does_not_break_the_connection() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let conn = connect(&url).await;
+    let service = unique("refused");
+    let sq = service_topology(&conn, &service).await;
+
+    // The broker closes the publishing channel (404) for a missing exchange.
+    let err = conn
+        .publish("herald-no-such-exchange", "x", request(&service, "lost"))
+        .await
+        .expect_err("missing exchange");
+    assert!(
+        matches!(&err, MeshError::NoSuchExchange { exchange } if exchange == "herald-no-such-exchange"),
+        "{err:?}"
+    );
+    // An oversized body is refused before it reaches the broker.
+    let mut big = request(&service, "big");
+    big.payload = herald_mesh::message::Payload::Bytes(bytes::Bytes::from(vec![
+        b' ';
+        AmqpOptions::default().max_message_bytes
+            + 1
+    ]));
+    let err = conn
+        .publish(RPC_EXCHANGE, &service, big)
+        .await
+        .expect_err("too big");
+    assert!(
+        matches!(
+            &err,
+            MeshError::InvalidArgument {
+                what: "message body",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    // The channels are reopened on the same connection; nothing else is disturbed.
+    conn.publish(RPC_EXCHANGE, &service, request(&service, "fine"))
+        .await
+        .expect("publish after the refusals");
+    assert_eq!(conn.generation(), 1, "no reconnect was needed");
+    let mut stream = conn
+        .consume(&sq.name, ConsumeOptions::manual(4))
+        .await
+        .expect("consume");
+    let d = next(&mut stream).await;
+    assert_eq!(d.message.properties.correlation_id, "fine");
+    d.ack().await.expect("ack");
+    conn.delete_queue(&sq.name).await.expect("cleanup");
+    conn.close().await.expect("close");
+}
