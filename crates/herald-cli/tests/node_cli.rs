@@ -118,3 +118,70 @@ async fn tell_bad_input_exits_2_and_unreachable_exits_1() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("not delivered"), "{stderr}");
 }
+
+/// `herald tell --casty-compat` to a real casty 0.21.0 node (json serializer): casty
+/// decodes the tagged JSON payload into its dataclass.
+#[test]
+fn tell_reaches_a_real_casty_node() {
+    use std::io::{BufRead, BufReader};
+    let Some(python) = herald_pyenv::peer_or_skip(&herald_pyenv::CASTY) else {
+        return;
+    };
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../herald-transport/tests/py/casty_peer.py");
+    let mut child = Command::new(python)
+        .arg(script)
+        .env("PYTHONPATH", herald_pyenv::shared_dir().join("peers"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start casty");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().expect("stdout");
+    let _guard = Kill(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait = Duration::from_secs(30);
+    let port = loop {
+        let line = rx.recv_timeout(wait).expect("casty prints its port");
+        if let Some(p) = line.strip_prefix("PORT ") {
+            break p.trim().to_string();
+        }
+    };
+    let out = herald()
+        .args([
+            "tell",
+            &format!("casty://casty@127.0.0.1:{port}/sink"),
+            "--casty-compat",
+            "--type-hint",
+            "casty_vec_msgs.Ping",
+            "--json",
+            r#"{"value": 5}"#,
+        ])
+        .output()
+        .expect("run herald");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = loop {
+        let line = rx.recv_timeout(wait).expect("casty received the message");
+        if line.starts_with("GOT /sink") {
+            break line;
+        }
+    };
+    assert!(got.contains("Ping(value=5)"), "{got}");
+}

@@ -434,8 +434,14 @@ impl Peer {
             reader,
             rx_count,
         };
+        // Keepalive only with native peers that said they answer pings.
+        let answers_pings = cur
+            .identity
+            .node
+            .as_ref()
+            .is_some_and(|n| n.capabilities & crate::native::CAP_KEEPALIVE != 0);
         let keepalive = match (&shared.hs, shared.cfg.keepalive) {
-            (Some(_), Some(k)) => Some(k),
+            (Some(_), Some(k)) if answers_pings => Some(k),
             _ => None,
         };
         let mut ka = keepalive.map(|k| {
