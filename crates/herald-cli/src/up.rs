@@ -111,10 +111,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     wait_for_shutdown_signal().await;
     println!("herald up: shutting down");
 
-    if let Some(mesh) = mesh {
-        if let Err(e) = mesh.shutdown().await {
-            tracing::warn!(error = %e, "mesh shutdown");
-        }
+    if let Some(mesh) = mesh
+        && let Err(e) = mesh.shutdown().await
+    {
+        tracing::warn!(error = %e, "mesh shutdown");
     }
     if let Some(registry) = registry {
         registry.shutdown().await;

@@ -1,6 +1,9 @@
 //! `herald mesh` end to end: the real binary on the in-process mesh, and on RabbitMQ
 //! when `HERALD_AMQP_URL` is set.
 
+// Test code: an unwrap that fails is the test's failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -16,6 +16,9 @@
 //! Every wait is bounded ([`WAIT`]) and polls; no timing assertions.
 //!
 //! This file compiled on its own is an empty test target.
+
+// Test code: an unwrap that fails is the test's failure report.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code, unused_macros)]
 
 use std::sync::{Arc, OnceLock};

@@ -1,6 +1,9 @@
 //! In-process broker semantics (below the mesh) and in-process-only proofs (broker
 //! counters for exactly-once settlement).
 
+// Test code: an unwrap that fails is the test's failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,6 +1,9 @@
 //! Leadership changes are reported through `LeaderWatch`, and client-only handles never
 //! lead.
 
+// Test code: an unwrap that fails is the test's failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -156,21 +156,20 @@ pub fn find_python(version: &str) -> Result<PathBuf, PyEnvError> {
     if let Some(home) = std::env::var_os("PYENV_ROOT")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")))
+        && let Ok(entries) = fs::read_dir(home.join("versions"))
     {
-        if let Ok(entries) = fs::read_dir(home.join("versions")) {
-            let mut found: Vec<PathBuf> = entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&format!("{version}.")))
-                })
-                .map(|p| p.join("bin").join(format!("python{version}")))
-                .collect();
-            found.sort();
-            candidates.extend(found.into_iter().rev());
-        }
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{version}.")))
+            })
+            .map(|p| p.join("bin").join(format!("python{version}")))
+            .collect();
+        found.sort();
+        candidates.extend(found.into_iter().rev());
     }
     candidates.push(PathBuf::from("python3"));
     let mut tried = Vec::new();
@@ -179,10 +178,11 @@ pub fn find_python(version: &str) -> Result<PathBuf, PyEnvError> {
         let out = Command::new(&cand)
             .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
             .output();
-        if let Ok(out) = out {
-            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == version {
-                return Ok(cand);
-            }
+        if let Ok(out) = out
+            && out.status.success()
+            && String::from_utf8_lossy(&out.stdout).trim() == version
+        {
+            return Ok(cand);
         }
     }
     Err(PyEnvError::NoInterpreter {
