@@ -135,7 +135,6 @@ pub async fn run(cmd: MeshCommand) -> anyhow::Result<()> {
 }
 
 /// The in-process mesh hosting the example service (for `herald up`).
-#[allow(dead_code)] // used by `herald up` (up.rs)
 #[derive(Debug)]
 pub struct ExampleHost {
     /// The broker; connect more handles to it with `Mesh::connect(Arc::new(broker.clone()), ..)`.
@@ -144,7 +143,6 @@ pub struct ExampleHost {
     pub service: Mesh,
 }
 
-#[allow(dead_code)] // used by `herald up` (up.rs)
 impl ExampleHost {
     /// A client handle on the same in-process broker.
     pub async fn client(&self) -> anyhow::Result<Mesh> {
@@ -160,7 +158,6 @@ impl ExampleHost {
 
 /// Starts the in-process broker with the example service under `name` (no keys:
 /// `secret_echo` then refuses every call). Used by `herald up`.
-#[allow(dead_code)] // used by `herald up` (up.rs)
 pub async fn start_inprocess_example(name: &str) -> anyhow::Result<ExampleHost> {
     let broker = InProcBroker::new();
     let service = Mesh::connect(

@@ -104,6 +104,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             args.mesh_service,
             host.service.instance_id()
         );
+        // One real call through the broker, so "ready" means the mesh answers.
+        let client = host.client().await?;
+        let sum = client
+            .request(
+                &args.mesh_service,
+                "add",
+                serde_json::json!({"a": 2, "b": 3}),
+                serde_json::json!({}),
+                None,
+                None,
+            )
+            .await
+            .context("mesh self-check call add(2, 3)")?;
+        println!("mesh self-check: {}.add(2, 3) = {sum}", args.mesh_service);
+        client.disconnect().await?;
         Some(host)
     };
 

@@ -117,6 +117,7 @@ async fn up_serves_node_registry_and_mesh_then_stops_on_sigterm() {
         "{registry_line}"
     );
     up.expect_line("mesh in-process, service calc");
+    up.expect_line("mesh self-check: calc.add(2, 3) = 5");
     up.expect_line("ready");
 
     // A message told to the node is printed with its path and payload.
