@@ -73,6 +73,21 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// Maps an OS error of `op` with the registry at `addr`.
+    fn io(op: &'static str, addr: SocketAddr) -> impl Fn(io::Error) -> ClientError + Copy {
+        move |source| ClientError::Io { op, addr, source }
+    }
+}
+
+/// The REGISTER request both clients send.
+fn register_command<S: AsRef<str>>(aliases: &[S], port: impl Into<Port>) -> Command {
+    Command::Register {
+        aliases: aliases.iter().map(|a| a.as_ref().to_owned()).collect(),
+        port: port.into(),
+    }
+}
+
 fn is_broadcast(ip: IpAddr) -> bool {
     match ip {
         // rpyc's rule: any dotted component equal to 255 means broadcast.
@@ -138,11 +153,7 @@ impl UdpRegistryClient {
     }
 
     fn socket(&self) -> Result<UdpSocket, ClientError> {
-        let io = |source| ClientError::Io {
-            op: "socket setup",
-            addr: self.target,
-            source,
-        };
+        let io = ClientError::io("socket setup", self.target);
         let local = SocketAddr::new(self.interface, 0);
         let sock = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))
             .map_err(io)?;
@@ -154,22 +165,23 @@ impl UdpRegistryClient {
         UdpSocket::from_std(sock.into()).map_err(io)
     }
 
-    /// Sends `request` and returns the first reply that comes from the registry port
+    /// Sends `command` from a fresh socket, which is returned for the reply.
+    async fn send(&self, command: &Command) -> Result<UdpSocket, ClientError> {
+        let sock = self.socket()?;
+        sock.send_to(&proto::encode_request(command), self.target)
+            .await
+            .map_err(ClientError::io("send", self.target))?;
+        Ok(sock)
+    }
+
+    /// Sends `command` and returns the first reply that comes from the registry port
     /// and that `accept` turns into a value; other datagrams are ignored.
     async fn call<T>(
         &self,
-        command: &'static str,
-        request: &[u8],
+        command: &Command,
         mut accept: impl FnMut(&[u8]) -> Option<T>,
     ) -> Result<T, ClientError> {
-        let sock = self.socket()?;
-        sock.send_to(request, self.target)
-            .await
-            .map_err(|source| ClientError::Io {
-                op: "send",
-                addr: self.target,
-                source,
-            })?;
+        let sock = self.send(command).await?;
         let deadline = Instant::now() + self.timeout;
         let mut buf = vec![0u8; 65_536];
         loop {
@@ -177,7 +189,7 @@ impl UdpRegistryClient {
             let (n, from) = match recv {
                 Err(_) => {
                     return Err(ClientError::Timeout {
-                        command,
+                        command: command.name(),
                         addr: self.target,
                         timeout: self.timeout,
                     });
@@ -215,33 +227,25 @@ impl UdpRegistryClient {
         aliases: &[S],
         port: impl Into<Port>,
     ) -> Result<(), ClientError> {
-        let req = proto::encode_request(&Command::Register {
-            aliases: aliases.iter().map(|a| a.as_ref().to_owned()).collect(),
-            port: port.into(),
-        });
-        self.call("REGISTER", &req, |r| proto::is_ok_reply(r).then_some(()))
-            .await
+        self.call(&register_command(aliases, port), |r| {
+            proto::is_ok_reply(r).then_some(())
+        })
+        .await
     }
 
     /// Sends UNREGISTER (fire and forget, like rpyc; the reply is not awaited).
     pub async fn unregister(&self, port: impl Into<Port>) -> Result<(), ClientError> {
-        let req = proto::encode_request(&Command::Unregister { port: port.into() });
-        let sock = self.socket()?;
-        sock.send_to(&req, self.target)
+        self.send(&Command::Unregister { port: port.into() })
             .await
-            .map_err(|source| ClientError::Io {
-                op: "send",
-                addr: self.target,
-                source,
-            })?;
-        Ok(())
+            .map(drop)
     }
 
     /// The servers registered under `name` (empty when unknown).
     pub async fn discover(&self, name: &str) -> Result<Vec<ServiceAddr>, ClientError> {
-        let req = proto::encode_request(&Command::Query { name: name.into() });
-        self.call("QUERY", &req, |r| proto::parse_query_reply(r).ok())
-            .await
+        self.call(&Command::Query { name: name.into() }, |r| {
+            proto::parse_query_reply(r).ok()
+        })
+        .await
     }
 
     /// The registered names (optionally only those with a server on `filter_host`);
@@ -250,11 +254,10 @@ impl UdpRegistryClient {
         &self,
         filter_host: Option<&str>,
     ) -> Result<Option<Vec<String>>, ClientError> {
-        let req = proto::encode_request(&Command::List {
+        let list = Command::List {
             filter: filter_host.map(str::to_owned),
-        });
-        self.call("LIST", &req, |r| proto::parse_list_reply(r).ok())
-            .await
+        };
+        self.call(&list, |r| proto::parse_list_reply(r).ok()).await
     }
 }
 
@@ -285,45 +288,37 @@ impl TcpRegistryClient {
         self.target
     }
 
-    async fn connect(
-        &self,
-        command: &'static str,
-        request: &[u8],
-    ) -> Result<TcpStream, ClientError> {
-        let timeout = || ClientError::Timeout {
-            command,
+    fn timeout_error(&self, command: &Command) -> ClientError {
+        ClientError::Timeout {
+            command: command.name(),
             addr: self.target,
             timeout: self.timeout,
-        };
+        }
+    }
+
+    /// Connects and sends `command`; the stream is returned for the reply.
+    async fn connect(&self, command: &Command) -> Result<TcpStream, ClientError> {
+        let timeout = |_| self.timeout_error(command);
         let mut stream = tokio::time::timeout(self.timeout, TcpStream::connect(self.target))
             .await
-            .map_err(|_| timeout())?
-            .map_err(|source| ClientError::Io {
-                op: "connect",
-                addr: self.target,
-                source,
-            })?;
+            .map_err(timeout)?
+            .map_err(ClientError::io("connect", self.target))?;
         let _ = stream.set_nodelay(true);
-        tokio::time::timeout(self.timeout, stream.write_all(request))
-            .await
-            .map_err(|_| timeout())?
-            .map_err(|source| ClientError::Io {
-                op: "send",
-                addr: self.target,
-                source,
-            })?;
+        tokio::time::timeout(
+            self.timeout,
+            stream.write_all(&proto::encode_request(command)),
+        )
+        .await
+        .map_err(timeout)?
+        .map_err(ClientError::io("send", self.target))?;
         Ok(stream)
     }
 
     /// Sends one request and reads one complete brine reply.
-    async fn call(&self, command: &'static str, request: &[u8]) -> Result<Vec<u8>, ClientError> {
+    async fn call(&self, command: &Command) -> Result<Vec<u8>, ClientError> {
         let deadline = Instant::now() + self.timeout;
-        let timeout = || ClientError::Timeout {
-            command,
-            addr: self.target,
-            timeout: self.timeout,
-        };
-        let mut stream = tokio::time::timeout_at(deadline, self.connect(command, request))
+        let timeout = || self.timeout_error(command);
+        let mut stream = tokio::time::timeout_at(deadline, self.connect(command))
             .await
             .map_err(|_| timeout())??;
         let mut buf = Vec::new();
@@ -332,29 +327,34 @@ impl TcpRegistryClient {
             let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
                 .await
                 .map_err(|_| timeout())?
-                .map_err(|source| ClientError::Io {
-                    op: "receive",
-                    addr: self.target,
-                    source,
-                })?;
+                .map_err(ClientError::io("receive", self.target))?;
             buf.extend_from_slice(&chunk[..n]);
             match brine::decode(&buf) {
                 Ok(_) => return Ok(buf),
                 Err(e) if e.is_truncated() && n > 0 && buf.len() < 1 << 20 => continue,
-                Err(e) if n == 0 && buf.is_empty() => {
-                    let _ = e;
-                    // Closed without a reply: the registry dropped the request.
-                    return Err(timeout());
-                }
-                Err(e) => {
-                    return Err(ClientError::BadReply {
-                        command,
-                        addr: self.target,
-                        source: e.into(),
-                    });
-                }
+                // Closed without a reply: the registry dropped the request.
+                Err(_) if n == 0 && buf.is_empty() => return Err(timeout()),
+                Err(e) => return Err(self.bad_reply(command, e.into())),
             }
         }
+    }
+
+    fn bad_reply(&self, command: &Command, source: ReplyError) -> ClientError {
+        ClientError::BadReply {
+            command: command.name(),
+            addr: self.target,
+            source,
+        }
+    }
+
+    /// [`call`](Self::call), then `parse` the reply.
+    async fn call_parsed<T>(
+        &self,
+        command: &Command,
+        parse: fn(&[u8]) -> Result<T, ReplyError>,
+    ) -> Result<T, ClientError> {
+        let reply = self.call(command).await?;
+        parse(&reply).map_err(|source| self.bad_reply(command, source))
     }
 
     /// Registers `port` under `aliases`; `Ok` once the registry answered `"OK"`.
@@ -363,11 +363,7 @@ impl TcpRegistryClient {
         aliases: &[S],
         port: impl Into<Port>,
     ) -> Result<(), ClientError> {
-        let req = proto::encode_request(&Command::Register {
-            aliases: aliases.iter().map(|a| a.as_ref().to_owned()).collect(),
-            port: port.into(),
-        });
-        let reply = self.call("REGISTER", &req).await?;
+        let reply = self.call(&register_command(aliases, port)).await?;
         if proto::is_ok_reply(&reply) {
             Ok(())
         } else {
@@ -382,21 +378,20 @@ impl TcpRegistryClient {
 
     /// Sends UNREGISTER and closes without reading (like rpyc).
     pub async fn unregister(&self, port: impl Into<Port>) -> Result<(), ClientError> {
-        let req = proto::encode_request(&Command::Unregister { port: port.into() });
-        let mut stream = self.connect("UNREGISTER", &req).await?;
+        let mut stream = self
+            .connect(&Command::Unregister { port: port.into() })
+            .await?;
         let _ = stream.shutdown().await;
         Ok(())
     }
 
     /// The servers registered under `name` (empty when unknown).
     pub async fn discover(&self, name: &str) -> Result<Vec<ServiceAddr>, ClientError> {
-        let req = proto::encode_request(&Command::Query { name: name.into() });
-        let reply = self.call("QUERY", &req).await?;
-        proto::parse_query_reply(&reply).map_err(|source| ClientError::BadReply {
-            command: "QUERY",
-            addr: self.target,
-            source,
-        })
+        self.call_parsed(
+            &Command::Query { name: name.into() },
+            proto::parse_query_reply,
+        )
+        .await
     }
 
     /// The registered names; `None` when the registry does not allow listing.
@@ -404,15 +399,10 @@ impl TcpRegistryClient {
         &self,
         filter_host: Option<&str>,
     ) -> Result<Option<Vec<String>>, ClientError> {
-        let req = proto::encode_request(&Command::List {
+        let list = Command::List {
             filter: filter_host.map(str::to_owned),
-        });
-        let reply = self.call("LIST", &req).await?;
-        proto::parse_list_reply(&reply).map_err(|source| ClientError::BadReply {
-            command: "LIST",
-            addr: self.target,
-            source,
-        })
+        };
+        self.call_parsed(&list, proto::parse_list_reply).await
     }
 }
 
