@@ -257,11 +257,25 @@ struct Server {
     last_seen: Instant,
 }
 
+impl Server {
+    /// Not refreshed for longer than `timeout` at `now`.
+    fn is_stale(&self, now: Instant, timeout: Duration) -> bool {
+        now.saturating_duration_since(self.last_seen) > timeout
+    }
+}
+
 #[derive(Debug)]
 struct Name {
     seq: u64,
     /// Ordered by `last_seen`, oldest first (a refresh moves the entry to the end).
     servers: Vec<Server>,
+}
+
+impl Name {
+    /// Takes out the servers `gone` picks; the others keep their order.
+    fn take_servers(&mut self, gone: impl Fn(&Server) -> bool) -> Vec<Server> {
+        self.servers.extract_if(.., |s| gone(s)).collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -597,66 +611,39 @@ impl RegistryCore {
         });
     }
 
-    /// Removes `source:port` from every name; returns how many entries went.
-    pub fn unregister(&mut self, source: IpAddr, port: &Port) -> usize {
-        let source = normalize_ip(source);
+    /// Removes the servers `gone` picks from every name (and names left empty);
+    /// returns how many entries went.
+    fn remove_where(&mut self, gone: impl Fn(&Server) -> bool, reason: RemoveReason) -> usize {
         let mut removed = Vec::new();
         self.names.retain(|name, entry| {
-            entry.servers.retain(|s| {
-                if s.ip == source && s.port == *port {
-                    removed.push((
-                        name.clone(),
-                        Server {
-                            host: s.host.clone(),
-                            port: s.port.clone(),
-                            ..*s
-                        },
-                    ));
-                    false
-                } else {
-                    true
-                }
-            });
+            removed.extend(
+                entry
+                    .take_servers(&gone)
+                    .into_iter()
+                    .map(|s| (name.clone(), s)),
+            );
             !entry.servers.is_empty()
         });
         let n = removed.len();
         for (name, s) in removed {
-            self.forget(&name, &s, RemoveReason::Unregistered);
+            self.forget(&name, &s, reason);
         }
         n
     }
 
-    fn is_stale(&self, now: Instant, s: &Server) -> bool {
-        now.saturating_duration_since(s.last_seen) > self.config.prune_timeout
+    /// Removes `source:port` from every name; returns how many entries went.
+    pub fn unregister(&mut self, source: IpAddr, port: &Port) -> usize {
+        let source = normalize_ip(source);
+        self.remove_where(
+            |s| s.ip == source && s.port == *port,
+            RemoveReason::Unregistered,
+        )
     }
 
     /// Removes every stale entry (and names left empty); returns how many went.
     pub fn prune(&mut self, now: Instant) -> usize {
         let timeout = self.config.prune_timeout;
-        let mut removed = Vec::new();
-        self.names.retain(|name, entry| {
-            entry.servers.retain(|s| {
-                if now.saturating_duration_since(s.last_seen) > timeout {
-                    removed.push((
-                        name.clone(),
-                        Server {
-                            host: s.host.clone(),
-                            port: s.port.clone(),
-                            ..*s
-                        },
-                    ));
-                    false
-                } else {
-                    true
-                }
-            });
-            !entry.servers.is_empty()
-        });
-        let n = removed.len();
-        for (name, s) in removed {
-            self.forget(&name, &s, RemoveReason::Pruned);
-        }
-        n
+        self.remove_where(|s| s.is_stale(now, timeout), RemoveReason::Pruned)
     }
 
     /// Answers QUERY into `reply`: stale entries of the name are pruned first (like
@@ -671,29 +658,11 @@ impl RegistryCore {
         } else {
             std::borrow::Cow::Owned(name.to_uppercase())
         };
-        let has_stale = self
-            .names
-            .get(key.as_ref())
-            .is_some_and(|e| e.servers.iter().any(|s| self.is_stale(now, s)));
-        if has_stale {
-            let timeout = self.config.prune_timeout;
-            let mut removed = Vec::new();
-            if let Some(entry) = self.names.get_mut(key.as_ref()) {
-                entry.servers.retain(|s| {
-                    if now.saturating_duration_since(s.last_seen) > timeout {
-                        removed.push(Server {
-                            host: s.host.clone(),
-                            port: s.port.clone(),
-                            ..*s
-                        });
-                        false
-                    } else {
-                        true
-                    }
-                });
-                if entry.servers.is_empty() {
-                    self.names.remove(key.as_ref());
-                }
+        let timeout = self.config.prune_timeout;
+        if let Some(entry) = self.names.get_mut(key.as_ref()) {
+            let removed = entry.take_servers(|s| s.is_stale(now, timeout));
+            if entry.servers.is_empty() {
+                self.names.remove(key.as_ref());
             }
             for s in removed {
                 self.forget(&key, &s, RemoveReason::Pruned);
