@@ -137,11 +137,15 @@ impl Shared {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, core: &mut RegistryCore) {
+    /// Runs `f` on the table, then publishes the events it raised.
+    fn update<R>(&self, f: impl FnOnce(&mut RegistryCore) -> R) -> R {
+        let mut core = self.lock();
+        let r = f(&mut core);
         for ev in core.drain_events() {
             // No receivers is fine.
             let _ = self.events.send(ev);
         }
+        r
     }
 }
 
@@ -384,19 +388,16 @@ async fn serve_udp(
             tracing::info!(%from, len, max = max_request, "dropped oversized registry datagram");
             continue;
         }
-        let result = {
-            let mut core = shared.lock();
-            let r = core.handle_via(
+        let result = shared.update(|core| {
+            core.handle_via(
                 Instant::now(),
                 from.ip(),
                 local,
                 Transport::Udp,
                 &buf[..len],
                 &mut reply,
-            );
-            shared.publish(&mut core);
-            r
-        };
+            )
+        });
         match result {
             Ok(_) => match sock.try_send_to(&reply, from) {
                 Ok(_) => {}
@@ -511,19 +512,16 @@ async fn handle_tcp(
     };
     let mut reply = Vec::with_capacity(256);
     let local = stream.local_addr().ok().map(|a| a.ip());
-    let result = {
-        let mut core = shared.lock();
-        let r = core.handle_via(
+    let result = shared.update(|core| {
+        core.handle_via(
             Instant::now(),
             from.ip(),
             local,
             Transport::Tcp,
             &request,
             &mut reply,
-        );
-        shared.publish(&mut core);
-        r
-    };
+        )
+    });
     match result {
         Ok(_) => {
             // Dropping the stream afterwards closes it (FIN after the reply), which is
@@ -550,10 +548,7 @@ async fn prune_timer(shared: Arc<Shared>, every: Duration, mut stop: watch::Rece
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let mut core = shared.lock();
-        let n = core.prune(Instant::now());
-        shared.publish(&mut core);
-        drop(core);
+        let n = shared.update(|core| core.prune(Instant::now()));
         if n > 0 {
             tracing::info!(removed = n, "pruned stale registry entries");
         }
