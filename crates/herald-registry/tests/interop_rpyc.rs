@@ -22,17 +22,39 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Runs the Python script `name` with `args` to completion (bounded by [`WAIT`]).
+async fn run_script(python: &Path, name: &str, args: &[&str]) -> std::process::Output {
+    let out = Command::new(python)
+        .arg(script(name))
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(WAIT, out)
+        .await
+        .expect("python script finished in time")
+        .expect("run python")
+}
+
+/// Polls `check` up to `tries` times, `every` apart; whether it ever held.
+async fn eventually(tries: usize, every: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..tries {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(every).await;
+    }
+    false
+}
+
 /// Runs `rpyc_call.py` and returns its JSON output.
 async fn rpyc_call(python: &Path, mode: &str, host: &str, port: u16, args: &[&str]) -> Json {
-    let mut cmd = Command::new(python);
-    cmd.arg(script("rpyc_call.py"))
-        .args([mode, host, &port.to_string()])
-        .args(args)
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(WAIT, cmd.output())
-        .await
-        .expect("rpyc client finished in time")
-        .expect("run python");
+    let port = port.to_string();
+    let out = run_script(
+        python,
+        "rpyc_call.py",
+        &[&[mode, host, &port], args].concat(),
+    )
+    .await;
     assert!(
         out.status.success(),
         "rpyc_call {args:?} failed: {}",
@@ -96,14 +118,18 @@ fn server_config(prune: Duration) -> RegistryConfig {
     }
 }
 
+/// A Herald registry with `config`, and its port.
+async fn herald_registry(config: RegistryConfig) -> (RegistryServer, u16) {
+    let server = RegistryServer::bind(config).await.expect("bind");
+    let port = server.local_addr().port();
+    (server, port)
+}
+
 async fn rpyc_clients_against_herald(mode: &str) {
     let Some(python) = herald_pyenv::peer_or_skip(&herald_pyenv::RPYC) else {
         return;
     };
-    let server = RegistryServer::bind(server_config(Duration::from_secs(240)))
-        .await
-        .expect("bind");
-    let port = server.local_addr().port();
+    let (server, port) = herald_registry(server_config(Duration::from_secs(240))).await;
     let call = |args: &'static [&'static str]| rpyc_call(&python, mode, "127.0.0.1", port, args);
     assert_eq!(
         call(&["register", "18812", "foo", "Bar"]).await,
@@ -132,22 +158,15 @@ async fn rpyc_clients_against_herald(mode: &str) {
     assert_eq!(call(&["list", "10.9.9.9"]).await, json!([]));
     assert_eq!(call(&["unregister", "18813"]).await, json!(null));
     // UNREGISTER is fire-and-forget: poll.
-    let mut gone = false;
-    for _ in 0..100 {
-        if call(&["discover", "FOO"]).await == json!([["127.0.0.1", 18812]]) {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let gone = eventually(100, Duration::from_millis(50), async || {
+        call(&["discover", "FOO"]).await == json!([["127.0.0.1", 18812]])
+    })
+    .await;
     assert!(gone, "18813 unregistered");
     server.shutdown().await;
 
     // Listing off (the default): rpyc sees None / ForbiddenError.
-    let server = RegistryServer::bind(RegistryConfig::localhost_ephemeral())
-        .await
-        .expect("bind");
-    let port = server.local_addr().port();
+    let (server, port) = herald_registry(RegistryConfig::localhost_ephemeral()).await;
     assert_eq!(
         rpyc_call(&python, mode, "127.0.0.1", port, &["list"]).await,
         json!(null)
@@ -174,13 +193,11 @@ async fn rpyc_broadcast_client_against_herald_and_pruning() {
     let Some(python) = herald_pyenv::peer_or_skip(&herald_pyenv::RPYC) else {
         return;
     };
-    let server = RegistryServer::bind(RegistryConfig {
+    let (server, port) = herald_registry(RegistryConfig {
         host: "0.0.0.0".parse().expect("ip"),
         ..server_config(Duration::from_secs(1))
     })
-    .await
-    .expect("bind");
-    let port = server.local_addr().port();
+    .await;
     let mut events = server.events();
     assert_eq!(
         rpyc_call(
@@ -228,10 +245,7 @@ async fn rpyc_broadcast_client_against_herald_and_pruning() {
 
 /// A port free for UDP and TCP (the OS picks it; released before use).
 async fn free_port() -> u16 {
-    let probe = RegistryServer::bind(RegistryConfig::localhost_ephemeral())
-        .await
-        .expect("probe");
-    let port = probe.local_addr().port();
+    let (probe, port) = herald_registry(RegistryConfig::localhost_ephemeral()).await;
     probe.shutdown().await;
     port
 }
@@ -254,14 +268,10 @@ async fn herald_client_against_rpyc_server(mode: &str) {
         TcpRegistryClient::new(addr).into()
     };
     // The server starts listening just after READY: retry the first call.
-    let mut ok = false;
-    for _ in 0..50 {
-        if client.register(&["herald", "Other"], 9001u16).await.is_ok() {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ok = eventually(50, Duration::from_millis(100), async || {
+        client.register(&["herald", "Other"], 9001u16).await.is_ok()
+    })
+    .await;
     assert!(ok, "rpyc's {mode} server answered REGISTER");
     client
         .register(&["HERALD"], Port::Path("/tmp/herald.sock".into()))
@@ -279,14 +289,10 @@ async fn herald_client_against_rpyc_server(mode: &str) {
         Some(vec![])
     );
     client.unregister(9001u16).await.expect("unregister");
-    let mut gone = false;
-    for _ in 0..100 {
-        if client.discover("other").await.expect("query").is_empty() {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let gone = eventually(100, Duration::from_millis(50), async || {
+        client.discover("other").await.expect("query").is_empty()
+    })
+    .await;
     assert!(gone, "rpyc's server processed Herald's UNREGISTER");
 }
 
@@ -304,10 +310,7 @@ async fn threaded_server_with_herald_registry(mode: &str) {
     let Some(python) = herald_pyenv::peer_or_skip(&herald_pyenv::RPYC) else {
         return;
     };
-    let server = RegistryServer::bind(server_config(Duration::from_secs(240)))
-        .await
-        .expect("bind");
-    let port = server.local_addr().port();
+    let (server, port) = herald_registry(server_config(Duration::from_secs(240))).await;
     let mut events = server.events();
     let mut service = Peer::spawn(&python, "rpyc_service.py", &[mode.into(), port.to_string()]);
     let line = service.line().await;
@@ -330,15 +333,12 @@ async fn threaded_server_with_herald_registry(mode: &str) {
     added.sort();
     assert_eq!(added, ["ECHO", "PARROT"]);
 
-    let out = Command::new(&python)
-        .arg(script("rpyc_connect.py"))
-        .args([mode, &port.to_string(), "parrot", "hello from herald"])
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(WAIT, out)
-        .await
-        .expect("in time")
-        .expect("run");
+    let out = run_script(
+        &python,
+        "rpyc_connect.py",
+        &[mode, &port.to_string(), "parrot", "hello from herald"],
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
