@@ -57,12 +57,32 @@ impl Serialize for Untagged<'_> {
                 seq(s, self.0)
             }
         }
+        /// casty's one-key tagged form, e.g. `{"__tuple__": [..]}`.
+        fn tagged<S: Serializer, V: Serialize + ?Sized>(
+            s: S,
+            tag: &str,
+            value: &V,
+        ) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(Some(1))?;
+            m.serialize_entry(tag, value)?;
+            m.end()
+        }
+        /// A dict item as a two-element list `[k, v]`.
+        struct Pair<'a>(&'a CastyValue, &'a CastyValue);
+        impl Serialize for Pair<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(Some(2))?;
+                seq.serialize_element(&Untagged(self.0))?;
+                seq.serialize_element(&Untagged(self.1))?;
+                seq.end()
+            }
+        }
         struct Pairs<'a>(&'a [(CastyValue, CastyValue)]);
         impl Serialize for Pairs<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let mut seq = s.serialize_seq(Some(self.0.len()))?;
                 for (k, v) in self.0 {
-                    seq.serialize_element(&Seq(&[k.clone(), v.clone()]))?;
+                    seq.serialize_element(&Pair(k, v))?;
                 }
                 seq.end()
             }
@@ -79,21 +99,9 @@ impl Serialize for Untagged<'_> {
             CastyValue::Str(v) => s.serialize_str(v),
             CastyValue::Bytes(b) => s.serialize_bytes(b),
             CastyValue::List(items) => seq(s, items),
-            CastyValue::Tuple(items) => {
-                let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("__tuple__", &Seq(items))?;
-                m.end()
-            }
-            CastyValue::FrozenSet(items) => {
-                let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("__frozenset__", &Seq(items))?;
-                m.end()
-            }
-            CastyValue::Dict(pairs) => {
-                let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("__dict__", &Pairs(pairs))?;
-                m.end()
-            }
+            CastyValue::Tuple(items) => tagged(s, "__tuple__", &Seq(items)),
+            CastyValue::FrozenSet(items) => tagged(s, "__frozenset__", &Seq(items)),
+            CastyValue::Dict(pairs) => tagged(s, "__dict__", &Pairs(pairs)),
             CastyValue::Object { type_name, fields } => {
                 let mut m = s.serialize_map(Some(fields.len() + 1))?;
                 m.serialize_entry("_type", type_name)?;
@@ -102,11 +110,7 @@ impl Serialize for Untagged<'_> {
                 }
                 m.end()
             }
-            CastyValue::Ref(uri) => {
-                let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("__ref__", uri)?;
-                m.end()
-            }
+            CastyValue::Ref(uri) => tagged(s, "__ref__", uri),
             CastyValue::Enum { type_name, member } => {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("__enum__", type_name)?;
@@ -307,6 +311,18 @@ enum SeqKind {
     Tuple,
 }
 
+/// Pre-allocation cap: a length hint is not trusted beyond this.
+const MAX_PREALLOC: usize = 4096;
+
+impl SeqBuilder {
+    fn new(kind: SeqKind, len: usize) -> Self {
+        SeqBuilder {
+            kind,
+            items: Vec::with_capacity(len.min(MAX_PREALLOC)),
+        }
+    }
+}
+
 /// Collects a map into a `dict`.
 #[doc(hidden)]
 pub struct MapBuilder {
@@ -319,6 +335,24 @@ pub struct MapBuilder {
 pub struct StructBuilder {
     type_name: String,
     fields: Vec<(String, CastyValue)>,
+}
+
+impl StructBuilder {
+    fn new(type_name: &str, len: usize) -> Self {
+        StructBuilder {
+            type_name: type_name.to_owned(),
+            fields: Vec::with_capacity(len),
+        }
+    }
+}
+
+/// `Serializer` methods for integer types that fit a Python int (`i128`).
+macro_rules! serialize_ints {
+    ($($method:ident: $ty:ty,)*) => {$(
+        fn $method(self, v: $ty) -> Result<CastyValue, TreeError> {
+            Ok(CastyValue::Int(v.into()))
+        }
+    )*};
 }
 
 impl Serializer for ValueSerializer {
@@ -335,32 +369,16 @@ impl Serializer for ValueSerializer {
     fn serialize_bool(self, v: bool) -> Result<CastyValue, TreeError> {
         Ok(CastyValue::Bool(v))
     }
-    fn serialize_i8(self, v: i8) -> Result<CastyValue, TreeError> {
-        Ok(CastyValue::Int(v.into()))
-    }
-    fn serialize_i16(self, v: i16) -> Result<CastyValue, TreeError> {
-        Ok(CastyValue::Int(v.into()))
-    }
-    fn serialize_i32(self, v: i32) -> Result<CastyValue, TreeError> {
-        Ok(CastyValue::Int(v.into()))
-    }
-    fn serialize_i64(self, v: i64) -> Result<CastyValue, TreeError> {
-        Ok(CastyValue::Int(v.into()))
-    }
-    fn serialize_i128(self, v: i128) -> Result<CastyValue, TreeError> {
-        Ok(CastyValue::Int(v))
-    }
-    fn serialize_u8(self, v: u8) -> Result<CastyValue, TreeError> {
-        Ok(CastyValue::Int(v.into()))
-    }
-    fn serialize_u16(self, v: u16) -> Result<CastyValue, TreeError> {
-        Ok(CastyValue::Int(v.into()))
-    }
-    fn serialize_u32(self, v: u32) -> Result<CastyValue, TreeError> {
-        Ok(CastyValue::Int(v.into()))
-    }
-    fn serialize_u64(self, v: u64) -> Result<CastyValue, TreeError> {
-        Ok(CastyValue::Int(v.into()))
+    serialize_ints! {
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_i128: i128,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
     }
     fn serialize_f32(self, v: f32) -> Result<CastyValue, TreeError> {
         Ok(CastyValue::Float(v.into()))
@@ -438,16 +456,10 @@ impl Serializer for ValueSerializer {
         value.serialize(self)
     }
     fn serialize_seq(self, len: Option<usize>) -> Result<SeqBuilder, TreeError> {
-        Ok(SeqBuilder {
-            kind: SeqKind::List,
-            items: Vec::with_capacity(len.unwrap_or(0).min(4096)),
-        })
+        Ok(SeqBuilder::new(SeqKind::List, len.unwrap_or(0)))
     }
     fn serialize_tuple(self, len: usize) -> Result<SeqBuilder, TreeError> {
-        Ok(SeqBuilder {
-            kind: SeqKind::Tuple,
-            items: Vec::with_capacity(len.min(4096)),
-        })
+        Ok(SeqBuilder::new(SeqKind::Tuple, len))
     }
     fn serialize_tuple_struct(
         self,
@@ -469,15 +481,12 @@ impl Serializer for ValueSerializer {
     }
     fn serialize_map(self, len: Option<usize>) -> Result<MapBuilder, TreeError> {
         Ok(MapBuilder {
-            pairs: Vec::with_capacity(len.unwrap_or(0).min(4096)),
+            pairs: Vec::with_capacity(len.unwrap_or(0).min(MAX_PREALLOC)),
             key: None,
         })
     }
     fn serialize_struct(self, name: &'static str, len: usize) -> Result<StructBuilder, TreeError> {
-        Ok(StructBuilder {
-            type_name: name.to_owned(),
-            fields: Vec::with_capacity(len),
-        })
+        Ok(StructBuilder::new(name, len))
     }
     fn serialize_struct_variant(
         self,
@@ -486,10 +495,7 @@ impl Serializer for ValueSerializer {
         variant: &'static str,
         len: usize,
     ) -> Result<StructBuilder, TreeError> {
-        Ok(StructBuilder {
-            type_name: variant.to_owned(),
-            fields: Vec::with_capacity(len),
-        })
+        Ok(StructBuilder::new(variant, len))
     }
 }
 
