@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
-use crate::error::{WireError, json_kind, preview_json};
+use crate::error::WireError;
 use crate::pyjson;
 
 /// Size of the header-length prefix.
@@ -266,12 +266,7 @@ struct HeaderVisitor;
 fn take_string(key: &'static str, value: Value) -> Result<String, WireError> {
     match value {
         Value::String(s) => Ok(s),
-        other => Err(WireError::WrongFieldType {
-            what: WHAT,
-            key: key.to_owned(),
-            expected: "a string",
-            found: format!("{} {}", json_kind(&other), preview_json(&other)),
-        }),
+        other => Err(WireError::wrong_field_type(WHAT, key, "a string", &other)),
     }
 }
 
@@ -471,6 +466,13 @@ mod tests {
         assert!(matches!(err, Err(WireError::DuplicateField { ref key, .. }) if key == "target"));
     }
 
+    /// Decodes an envelope made of `hdr` (no payload), expecting an error.
+    fn decode_header_err(hdr: &[u8]) -> WireError {
+        let mut buf = (hdr.len() as u32).to_be_bytes().to_vec();
+        buf.extend_from_slice(hdr);
+        Envelope::decode(Bytes::from(buf)).unwrap_err()
+    }
+
     #[test]
     fn errors_name_the_problem() {
         let e = Envelope::decode(Bytes::from_static(b"\x00\x00")).unwrap_err();
@@ -492,30 +494,22 @@ mod tests {
             "envelope header must be a JSON object, got an array"
         );
         let hdr = br#"{"target": "a", "sender": "b"}"#;
-        let mut buf = (hdr.len() as u32).to_be_bytes().to_vec();
-        buf.extend_from_slice(hdr);
-        let e = Envelope::decode(Bytes::from(buf)).unwrap_err();
+        let e = decode_header_err(hdr);
         assert_eq!(
             e.to_string(),
             "envelope header is missing required key `type_hint`"
         );
         let hdr = br#"{"target": 5, "sender": "b", "type_hint": "c"}"#;
-        let mut buf = (hdr.len() as u32).to_be_bytes().to_vec();
-        buf.extend_from_slice(hdr);
-        let e = Envelope::decode(Bytes::from(buf)).unwrap_err();
+        let e = decode_header_err(hdr);
         assert_eq!(
             e.to_string(),
             "envelope header key `target` must be a string, got a number 5"
         );
         let hdr = br#"{"target": "a", "target": "b", "sender": "b", "type_hint": "c"}"#;
-        let mut buf = (hdr.len() as u32).to_be_bytes().to_vec();
-        buf.extend_from_slice(hdr);
-        let e = Envelope::decode(Bytes::from(buf)).unwrap_err();
+        let e = decode_header_err(hdr);
         assert_eq!(e.to_string(), "envelope header has duplicate key `target`");
         let hdr = br#"{"target": "a", "sender": "b", "type_hint": "c"} x"#;
-        let mut buf = (hdr.len() as u32).to_be_bytes().to_vec();
-        buf.extend_from_slice(hdr);
-        let e = Envelope::decode(Bytes::from(buf)).unwrap_err();
+        let e = decode_header_err(hdr);
         assert!(matches!(e, WireError::InvalidJson { .. }), "{e:?}");
     }
 

@@ -163,6 +163,24 @@ pub(crate) fn preview(s: &str, max: usize) -> String {
     }
 }
 
+impl WireError {
+    /// [`WireError::WrongFieldType`] for `key` of `what`, naming the JSON type and
+    /// value found.
+    pub(crate) fn wrong_field_type(
+        what: &'static str,
+        key: &str,
+        expected: &'static str,
+        found: &serde_json::Value,
+    ) -> Self {
+        WireError::WrongFieldType {
+            what,
+            key: key.to_owned(),
+            expected,
+            found: format!("{} {}", json_kind(found), preview_json(found)),
+        }
+    }
+}
+
 /// Renders a JSON value for an error message (truncated).
 pub(crate) fn preview_json(v: &serde_json::Value) -> String {
     let s = v.to_string();

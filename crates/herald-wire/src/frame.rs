@@ -13,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::Value;
 
 use crate::envelope::Envelope;
-use crate::error::{WireError, json_kind, preview_json};
+use crate::error::{WireError, json_kind};
 use crate::pyjson;
 
 /// Frame type of a handshake.
@@ -83,43 +83,28 @@ impl Handshake {
                 found: json_kind(&value).to_owned(),
             });
         };
-        let host = match map.remove("host") {
-            Some(Value::String(s)) => s,
-            Some(other) => {
-                return Err(WireError::WrongFieldType {
-                    what: HS,
-                    key: "host".into(),
-                    expected: "a string",
-                    found: format!("{} {}", json_kind(&other), preview_json(&other)),
-                });
-            }
-            None => {
-                return Err(WireError::MissingField {
-                    what: HS,
-                    key: "host",
-                });
-            }
+        let mut field = |key| {
+            map.remove(key)
+                .ok_or(WireError::MissingField { what: HS, key })
         };
-        let port = match map.remove("port") {
-            Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n
+        let host = match field("host")? {
+            Value::String(s) => s,
+            other => return Err(WireError::wrong_field_type(HS, "host", "a string", &other)),
+        };
+        let port = match field("port")? {
+            Value::Number(n) if n.is_u64() || n.is_i64() => n
                 .as_u64()
                 .and_then(|p| u16::try_from(p).ok())
                 .ok_or_else(|| WireError::PortOutOfRange {
                     port: n.to_string(),
                 })?,
-            Some(other) => {
-                return Err(WireError::WrongFieldType {
-                    what: HS,
-                    key: "port".into(),
-                    expected: "an integer",
-                    found: format!("{} {}", json_kind(&other), preview_json(&other)),
-                });
-            }
-            None => {
-                return Err(WireError::MissingField {
-                    what: HS,
-                    key: "port",
-                });
+            other => {
+                return Err(WireError::wrong_field_type(
+                    HS,
+                    "port",
+                    "an integer",
+                    &other,
+                ));
             }
         };
         Ok(Handshake { host, port })

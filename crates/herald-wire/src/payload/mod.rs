@@ -97,6 +97,14 @@ pub trait PayloadCodec<T> {
     fn decode(&self, payload: &[u8]) -> Result<T, WireError>;
 }
 
+/// Maps the error of a serde format crate to [`WireError::Payload`] of `codec`.
+fn payload_err<E: std::fmt::Display>(codec: &'static str) -> impl FnOnce(E) -> WireError {
+    move |e| WireError::Payload {
+        codec,
+        message: e.to_string(),
+    }
+}
+
 fn tree_err(codec: &'static str, e: TreeError) -> WireError {
     WireError::Payload {
         codec,
@@ -187,16 +195,10 @@ impl<T: Serialize + DeserializeOwned> PayloadCodec<T> for Json {
     fn encode(&self, value: &T) -> Result<Bytes, WireError> {
         serde_json::to_vec(value)
             .map(Bytes::from)
-            .map_err(|e| WireError::Payload {
-                codec: "json",
-                message: e.to_string(),
-            })
+            .map_err(payload_err("json"))
     }
     fn decode(&self, payload: &[u8]) -> Result<T, WireError> {
-        serde_json::from_slice(payload).map_err(|e| WireError::Payload {
-            codec: "json",
-            message: e.to_string(),
-        })
+        serde_json::from_slice(payload).map_err(payload_err("json"))
     }
 }
 
@@ -211,16 +213,10 @@ impl<T: Serialize + DeserializeOwned> PayloadCodec<T> for MessagePack {
     fn encode(&self, value: &T) -> Result<Bytes, WireError> {
         rmp_serde::to_vec_named(value)
             .map(Bytes::from)
-            .map_err(|e| WireError::Payload {
-                codec: "msgpack",
-                message: e.to_string(),
-            })
+            .map_err(payload_err("msgpack"))
     }
     fn decode(&self, payload: &[u8]) -> Result<T, WireError> {
-        rmp_serde::from_slice(payload).map_err(|e| WireError::Payload {
-            codec: "msgpack",
-            message: e.to_string(),
-        })
+        rmp_serde::from_slice(payload).map_err(payload_err("msgpack"))
     }
 }
 
@@ -236,10 +232,7 @@ impl<T: prost::Message + Default> PayloadCodec<T> for Protobuf {
         Ok(value.encode_to_vec().into())
     }
     fn decode(&self, payload: &[u8]) -> Result<T, WireError> {
-        T::decode(payload).map_err(|e| WireError::Payload {
-            codec: "protobuf",
-            message: e.to_string(),
-        })
+        T::decode(payload).map_err(payload_err("protobuf"))
     }
 }
 
