@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::common::{self, BenchRow, progress};
+use crate::common::{self, BenchRow, median, progress};
 
 struct Plan {
     runs: usize,
@@ -35,30 +35,6 @@ impl Drop for ServerProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn helper() -> anyhow::Result<PathBuf> {
-    progress("building herald-registry's registry_bench helper (release)");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            "herald-registry",
-            "--example",
-            "registry_bench",
-        ])
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building the registry_bench helper failed ({status})");
-    }
-    let path = herald_pyenv::target_dir().join("release/examples/registry_bench");
-    if !path.exists() {
-        bail!("{} was not built", path.display());
-    }
-    Ok(path)
 }
 
 fn clk_tck() -> f64 {
@@ -102,14 +78,6 @@ fn start_server(bin: &PathBuf) -> anyhow::Result<ServerProc> {
         .parse()
         .with_context(|| format!("bad port line {line:?}"))?;
     Ok(ServerProc { child, port })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Median (replies/s, server CPU µs per reply) of Herald's server under `mode` load.
@@ -204,7 +172,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             warmup: 0.5,
         }
     };
-    let bin = helper()?;
+    let bin = common::build_example("herald-registry", "registry_bench")?;
     let server = start_server(&bin)?;
     let (udp_rate, udp_cost) = herald_mode(&bin, &server, "udp", 4, &plan)?;
     let (tcp_rate, tcp_cost) = herald_mode(&bin, &server, "tcp", 8, &plan)?;

@@ -59,7 +59,7 @@ fn rate(plan: &Plan, mut op: impl FnMut()) -> f64 {
         }
         batch *= 4;
     }
-    let mut rates: Vec<f64> = (0..plan.runs)
+    let rates = (0..plan.runs)
         .map(|_| {
             let t = Instant::now();
             for _ in 0..batch {
@@ -68,8 +68,7 @@ fn rate(plan: &Plan, mut op: impl FnMut()) -> f64 {
             batch as f64 / t.elapsed().as_secs_f64()
         })
         .collect();
-    rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
+    common::median(rates)
 }
 
 struct HeraldFigures {

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use serde::Serialize;
 
 /// One comparison.
@@ -90,6 +90,44 @@ pub fn human(v: f64) -> String {
         out.push(c);
     }
     out
+}
+
+/// Builds `package`'s example `example` in release mode (a benchmark's helper
+/// process) and returns the path of its binary.
+pub fn build_example(package: &str, example: &str) -> anyhow::Result<PathBuf> {
+    progress(format!("building {package}'s {example} helper (release)"));
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--release",
+                "-q",
+                "-p",
+                package,
+                "--example",
+                example,
+            ])
+            .status()
+            .context("running cargo build")?;
+    if !status.success() {
+        bail!("building the {example} helper failed ({status})");
+    }
+    let path = herald_pyenv::target_dir()
+        .join("release/examples")
+        .join(example);
+    if !path.exists() {
+        bail!("{} was not built", path.display());
+    }
+    Ok(path)
+}
+
+/// The median of `v` (the upper one for an even count; 0 when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Progress line on stderr (long benchmarks say what they are doing).
