@@ -200,6 +200,19 @@ fn addr_json(a: &ServiceAddr) -> serde_json::Value {
     json!({ "host": a.host, "port": port_json(&a.port) })
 }
 
+fn unregistered_json(port: &Port, registry: SocketAddr) -> serde_json::Value {
+    json!({ "unregistered": port_json(port), "registry": registry.to_string() })
+}
+
+/// Prints one result: `json` with `--json`, else the human-readable `text`.
+fn print_result(as_json: bool, json: serde_json::Value, text: std::fmt::Arguments<'_>) {
+    if as_json {
+        println!("{json}");
+    } else {
+        println!("{text}");
+    }
+}
+
 /// Resolves `HOST`, `HOST:PORT` or `[V6]:PORT`.
 async fn resolve(spec: &str) -> anyhow::Result<SocketAddr> {
     let default_port = herald_registry::REGISTRY_PORT;
@@ -233,14 +246,14 @@ async fn client(t: &TargetArgs) -> anyhow::Result<RegistryClient> {
     let timeout = seconds(t.timeout, "--timeout")?;
     let addr = match &t.registry {
         Some(spec) => resolve(spec).await?,
-        None if t.tcp => SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            herald_registry::REGISTRY_PORT,
-        ),
-        None => SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::BROADCAST),
-            herald_registry::REGISTRY_PORT,
-        ),
+        None => {
+            let ip = if t.tcp {
+                Ipv4Addr::LOCALHOST
+            } else {
+                Ipv4Addr::BROADCAST
+            };
+            SocketAddr::new(IpAddr::V4(ip), herald_registry::REGISTRY_PORT)
+        }
     };
     Ok(if t.tcp {
         TcpRegistryClient::new(addr).with_timeout(timeout).into()
@@ -325,19 +338,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the registry")?;
     let mut events = server.events();
     let show = |a: Option<SocketAddr>| a.map(|a| a.to_string());
-    if args.json {
-        println!(
-            "{}",
-            json!({ "event": "listening", "udp": show(server.udp_addr()), "tcp": show(server.tcp_addr()), "listing": args.listing })
-        );
-    } else {
-        println!(
+    let (udp, tcp) = (show(server.udp_addr()), show(server.tcp_addr()));
+    print_result(
+        args.json,
+        json!({ "event": "listening", "udp": udp, "tcp": tcp, "listing": args.listing }),
+        format_args!(
             "registry listening on udp {} tcp {} (listing {})",
-            show(server.udp_addr()).unwrap_or_else(|| "off".into()),
-            show(server.tcp_addr()).unwrap_or_else(|| "off".into()),
+            udp.as_deref().unwrap_or("off"),
+            tcp.as_deref().unwrap_or("off"),
             if args.listing { "on" } else { "off" }
-        );
-    }
+        ),
+    );
     let stop = stop_signal();
     tokio::pin!(stop);
     loop {
@@ -372,17 +383,14 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
         .register(&args.aliases, port.clone())
         .await
         .with_context(|| format!("registering with {target}"))?;
-    if args.target.json {
-        println!(
-            "{}",
-            json!({ "registered": true, "aliases": args.aliases, "port": port_json(&port), "registry": target.to_string() })
-        );
-    } else {
-        println!(
+    print_result(
+        args.target.json,
+        json!({ "registered": true, "aliases": args.aliases, "port": port_json(&port), "registry": target.to_string() }),
+        format_args!(
             "registered {} port {port} with {target}",
             args.aliases.join(" ")
-        );
-    }
+        ),
+    );
     if !args.keepalive {
         return Ok(());
     }
@@ -395,14 +403,11 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
         .shutdown()
         .await
         .with_context(|| format!("unregistering from {target}"))?;
-    if args.target.json {
-        println!(
-            "{}",
-            json!({ "unregistered": port_json(&port), "registry": target.to_string() })
-        );
-    } else {
-        println!("unregistered port {port} from {target}");
-    }
+    print_result(
+        args.target.json,
+        unregistered_json(&port, target),
+        format_args!("unregistered port {port} from {target}"),
+    );
     Ok(())
 }
 
@@ -456,13 +461,10 @@ async fn unregister(args: UnregisterArgs) -> anyhow::Result<()> {
         .unregister(port.clone())
         .await
         .with_context(|| format!("unregistering from {target}"))?;
-    if args.target.json {
-        println!(
-            "{}",
-            json!({ "unregistered": port_json(&port), "registry": target.to_string() })
-        );
-    } else {
-        println!("sent UNREGISTER for port {port} to {target}");
-    }
+    print_result(
+        args.target.json,
+        unregistered_json(&port, target),
+        format_args!("sent UNREGISTER for port {port} to {target}"),
+    );
     Ok(())
 }
