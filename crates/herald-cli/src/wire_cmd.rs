@@ -125,13 +125,10 @@ pub fn run_envelope(cmd: EnvelopeCommand) -> anyhow::Result<()> {
             let bytes = read_input(&args.input)?;
             let env = Envelope::decode(bytes)
                 .map_err(|e| bad_input(anyhow::Error::new(e).context("decoding envelope")))?;
-            let tree =
-                match format {
-                    Some(f) => Some(f.decode(&env.payload).map_err(|e| {
-                        bad_input(anyhow::Error::new(e).context("decoding payload"))
-                    })?),
-                    None => None,
-                };
+            let tree = format
+                .map(|f| f.decode(&env.payload))
+                .transpose()
+                .map_err(|e| bad_input(anyhow::Error::new(e).context("decoding payload")))?;
             if args.json {
                 let mut v = envelope_json(&env);
                 if let Some(t) = &tree {
