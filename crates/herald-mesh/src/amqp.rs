@@ -63,7 +63,9 @@ use lapin::options::{
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, ConnectionProperties, ErrorKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, ConnectionProperties, ErrorKind, PublisherConfirm,
+};
 use tokio::sync::{Mutex, oneshot};
 
 use crate::backend::{
@@ -296,6 +298,11 @@ struct Inner {
     /// first proves the request was routed, so the publish need not wait for the confirm.
     awaiting_confirm: StdMutex<HashMap<String, oneshot::Sender<()>>>,
     awaiting_count: AtomicUsize,
+    /// Confirms of requests completed by their reply before the broker confirmed them.
+    /// lapin keeps every confirm dropped unresolved until `wait_for_confirms`, which
+    /// Herald never calls, so they are kept here instead and released once resolved.
+    orphan_confirms: StdMutex<Vec<PublisherConfirm>>,
+    orphan_count: AtomicUsize,
     closed: AtomicBool,
 }
 
@@ -414,6 +421,8 @@ impl AmqpConnection {
             declared: StdMutex::new(Vec::new()),
             awaiting_confirm: StdMutex::new(HashMap::new()),
             awaiting_count: AtomicUsize::new(0),
+            orphan_confirms: StdMutex::new(Vec::new()),
+            orphan_count: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
         let live = Inner::dial(&inner).await?;
@@ -523,6 +532,29 @@ impl Drop for ReplyProof {
 }
 
 impl Inner {
+    /// Keeps a confirm that is no longer awaited until it resolves (see
+    /// [`Inner::orphan_confirms`]).
+    fn adopt_confirm(&self, confirm: PublisherConfirm) {
+        if let Ok(mut orphans) = self.orphan_confirms.lock() {
+            orphans.push(confirm);
+            self.orphan_count.store(orphans.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Releases the adopted confirms that have resolved (polled without a waker: their
+    /// outcome no longer matters, the replies proved the requests were routed).
+    fn release_confirms(&self) {
+        if self.orphan_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let Ok(mut orphans) = self.orphan_confirms.lock() else {
+            return;
+        };
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        orphans.retain_mut(|c| std::pin::Pin::new(c).poll(&mut cx).is_pending());
+        self.orphan_count.store(orphans.len(), Ordering::Relaxed);
+    }
+
     /// A reply arrived: release a publish still waiting for the confirm of its request.
     fn reply_seen(&self, d: &LapinDelivery) {
         if self.awaiting_count.load(Ordering::SeqCst) == 0 {
@@ -1303,6 +1335,9 @@ impl Connection for AmqpConnection {
             };
             let confirmed = opts.publisher_confirms
                 && (opts.confirm_replies || message.properties.mandatory || !exchange.is_empty());
+            if confirmed {
+                self.inner.release_confirms();
+            }
             let channels = live.channels().ok_or(MeshError::Disconnected)?;
             let channel = if confirmed {
                 &channels.publish
@@ -1337,8 +1372,11 @@ impl Connection for AmqpConnection {
                     match outcome {
                         Some(c) => c,
                         // A reply already came back: the request was routed. The confirm
-                        // is left to lapin (dropped confirms are tracked there).
-                        None => return Ok(()),
+                        // is kept until the broker sends it, then released.
+                        None => {
+                            self.inner.adopt_confirm(confirm);
+                            return Ok(());
+                        }
                     }
                 }
                 None => confirm.await,

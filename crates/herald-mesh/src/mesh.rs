@@ -329,6 +329,19 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// `<16 hex digits of prefix><16 hex digits of n>` (what `format!("{:016x}{:016x}")`
+/// gives, without the formatting machinery: this runs once per call).
+fn correlation_id(prefix: u64, n: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, v) in [prefix, n].into_iter().enumerate() {
+        for (j, slot) in out[i * 16..(i + 1) * 16].iter_mut().enumerate() {
+            *slot = HEX[((v >> (60 - 4 * j)) & 0xf) as usize];
+        }
+    }
+    out.iter().map(|&b| char::from(b)).collect()
+}
+
 fn random_u64() -> u64 {
     let u = uuid::Uuid::new_v4();
     let b = u.as_bytes();
@@ -588,7 +601,7 @@ impl Mesh {
 
     fn next_id(&self) -> String {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{:016x}", self.inner.id_prefix, n)
+        correlation_id(self.inner.id_prefix, n)
     }
 
     fn ensure_open(&self) -> Result<(), MeshError> {
@@ -1008,8 +1021,33 @@ async fn dispatch_loop(
         };
         let Some(d) = d else { break };
         let Some(inner) = inner.upgrade() else { break };
+        // Encrypted calls start with an RSA decryption (milliseconds of CPU): they go
+        // to their own task at once so that they can run in parallel.
+        let heavy = d.message.headers.encrypted;
         // Boxed so that spawning moves a pointer, not the whole state machine.
-        tracker.spawn(Box::pin(handle_delivery(inner, d)));
+        let mut fut = tracker.track_future(Box::pin(handle_delivery(inner, d)));
+        // Everything else runs inline up to its first suspension: a handler that does
+        // not wait (like most) is decoded, answered and settled without a task spawn
+        // and its scheduling hop; one that waits continues on its own task.
+        // A panicking handler is contained as it would be on its own task: its
+        // delivery is dropped unsettled (requeued) and the service keeps consuming.
+        let done = !heavy
+            && std::future::poll_fn(|cx| {
+                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    std::pin::Pin::new(&mut fut).poll(cx)
+                }));
+                std::task::Poll::Ready(match polled {
+                    Ok(p) => p.is_ready(),
+                    Err(_) => {
+                        warn!("a service handler panicked; its delivery is requeued");
+                        true
+                    }
+                })
+            })
+            .await;
+        if !done {
+            tokio::spawn(fut);
+        }
     }
     debug!("service consumer stopped");
 }
@@ -1304,5 +1342,28 @@ async fn send_reply(
     }
     if let Err(e) = inner.conn.publish(DEFAULT_EXCHANGE, reply_to, msg).await {
         warn!(service = %inner.service_name, reply_to = %reply_to, error = %e, "publishing a reply failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn correlation_ids_match_the_formatted_layout() {
+        for (p, n) in [
+            (0, 0),
+            (0x0123_4567_89ab_cdef, 42),
+            (u64::MAX, u64::MAX),
+            (7, 1 << 63),
+        ] {
+            assert_eq!(correlation_id(p, n), format!("{p:016x}{n:016x}"));
+        }
+        let pending = PendingMap::new(0x0123_4567_89ab_cdef);
+        assert_eq!(
+            pending.key(&correlation_id(0x0123_4567_89ab_cdef, 99)),
+            Some(99)
+        );
+        assert_eq!(pending.key(&correlation_id(1, 99)), None);
     }
 }

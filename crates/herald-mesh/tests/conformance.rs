@@ -915,6 +915,59 @@ pub async fn unpaired_and_single_instance(b: Arc<dyn Backend>) {
     s.disconnect().await.unwrap();
 }
 
+/// A handler that panics (on the inline fast path or on its own task) loses only its
+/// own attempt: the delivery is requeued and redelivered, and the service keeps serving.
+pub async fn handler_panic(b: Arc<dyn Backend>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    #[derive(Deserialize)]
+    struct NoParams {}
+    let svc = unique("panic");
+    let inline_calls = Arc::new(AtomicUsize::new(0));
+    let later_calls = Arc::new(AtomicUsize::new(0));
+    let (i, l) = (inline_calls.clone(), later_calls.clone());
+    let router = ServiceRouter::new("1.0", "panics once per method")
+        .method(
+            MethodInfo::new("flaky", "panics on its first call, before any await"),
+            move |_: NoParams, _ctx: Arc<RequestContext>| {
+                let first = i.fetch_add(1, Ordering::SeqCst) == 0;
+                assert!(!first, "deliberate panic of the handler_panic test");
+                async move { Ok::<_, ServiceError>("recovered") }
+            },
+        )
+        .method(
+            MethodInfo::new("flaky_later", "panics on its first call, after an await"),
+            move |_: NoParams, _ctx: Arc<RequestContext>| {
+                let first = l.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    tokio::task::yield_now().await;
+                    assert!(!first, "deliberate panic of the handler_panic test");
+                    Ok::<_, ServiceError>("recovered later")
+                }
+            },
+        );
+    let s = Mesh::connect(b.clone(), MeshConfig::service(&svc, router))
+        .await
+        .unwrap();
+    let c = client(&b).await;
+    assert_eq!(
+        call(&c, &svc, "flaky", json!({})).await.unwrap(),
+        json!("recovered")
+    );
+    assert_eq!(inline_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        call(&c, &svc, "flaky_later", json!({})).await.unwrap(),
+        json!("recovered later")
+    );
+    assert_eq!(later_calls.load(Ordering::SeqCst), 2);
+    // The service still serves new calls.
+    assert_eq!(
+        call(&c, &svc, "flaky", json!({})).await.unwrap(),
+        json!("recovered")
+    );
+    c.disconnect().await.unwrap();
+    s.disconnect().await.unwrap();
+}
+
 /// Generates one `#[tokio::test]` per suite function; `$backend` is an expression of
 /// type `Option<Arc<dyn Backend>>` evaluated per test (`None` skips).
 macro_rules! conformance_tests {
@@ -922,7 +975,7 @@ macro_rules! conformance_tests {
         conformance_tests!(@each $backend;
             request_response, errors, deadline, ttl_expiry, poison_messages, exactly_one_ack,
             command, events, leader, describe, encryption, graceful_shutdown,
-            unpaired_and_single_instance);
+            unpaired_and_single_instance, handler_panic);
     };
     (@each $backend:expr; $($name:ident),*) => {
         $(
