@@ -56,11 +56,17 @@ const FUZZ_MAX_INFLATE: usize = 1 << 20;
 /// `casty_json_tree` target: [`CastyValue::from_json_bytes`], also behind
 /// casty's zlib wrapper ([`zlib_decompress`]).
 pub fn casty_json_tree(data: &[u8]) {
+    raw_and_inflated(data, json_tree_invariants);
+}
+
+/// Checks `invariants` on `data` as inflated by casty's zlib wrapper (when it
+/// inflates) and on `data` itself.
+fn raw_and_inflated(data: &[u8], invariants: fn(&[u8])) {
     if let Ok(inflated) = zlib_decompress(data, FUZZ_MAX_INFLATE) {
         assert!(inflated.len() <= FUZZ_MAX_INFLATE);
-        json_tree_invariants(&inflated);
+        invariants(&inflated);
     }
-    json_tree_invariants(data);
+    invariants(data);
 }
 
 fn json_tree_invariants(data: &[u8]) {
@@ -76,11 +82,7 @@ fn json_tree_invariants(data: &[u8]) {
 /// `casty_msgpack_tree` target: [`CastyValue::from_msgpack_bytes`], also
 /// behind casty's zlib wrapper.
 pub fn casty_msgpack_tree(data: &[u8]) {
-    if let Ok(inflated) = zlib_decompress(data, FUZZ_MAX_INFLATE) {
-        assert!(inflated.len() <= FUZZ_MAX_INFLATE);
-        msgpack_tree_invariants(&inflated);
-    }
-    msgpack_tree_invariants(data);
+    raw_and_inflated(data, msgpack_tree_invariants);
 }
 
 fn msgpack_tree_invariants(data: &[u8]) {

@@ -21,6 +21,13 @@ fn s<'a>(v: &'a Value, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("vector field {key} missing in {v}"))
 }
 
+/// The `count` cases listed under `key`.
+fn cases<'a>(v: &'a Value, key: &str, count: usize) -> &'a [Value] {
+    let list = v[key].as_array().unwrap_or_else(|| panic!("no {key}"));
+    assert_eq!(list.len(), count);
+    list
+}
+
 fn unhex(s: &str) -> Vec<u8> {
     hex::decode(s).unwrap_or_else(|e| panic!("bad hex in vector: {e}"))
 }
@@ -28,11 +35,7 @@ fn unhex(s: &str) -> Vec<u8> {
 #[test]
 fn every_envelope_vector_encodes_and_decodes_exactly() {
     let v = vectors();
-    let envs = v["envelopes"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no envelopes"));
-    assert_eq!(envs.len(), 12);
-    for vec in envs {
+    for vec in cases(&v, "envelopes", 12) {
         let name = s(vec, "name");
         let payload = unhex(s(vec, "payload_hex"));
         assert_eq!(
@@ -82,11 +85,7 @@ fn every_envelope_vector_encodes_and_decodes_exactly() {
 #[test]
 fn decode_only_vectors_behave_as_documented() {
     let v = vectors();
-    let cases = v["decode_only"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no decode_only"));
-    assert_eq!(cases.len(), 5);
-    for case in cases {
+    for case in cases(&v, "decode_only", 5) {
         let name = s(case, "name");
         let bytes = Bytes::from(unhex(s(case, "envelope_hex")));
         let got = Envelope::decode(bytes);
@@ -137,11 +136,7 @@ fn decode_only_vectors_behave_as_documented() {
 #[test]
 fn handshake_vectors_are_byte_exact() {
     let v = vectors();
-    let hs = v["handshake_frames"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no handshake_frames"));
-    assert_eq!(hs.len(), 4);
-    for h in hs {
+    for h in cases(&v, "handshake_frames", 4) {
         let port = h["port"]
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
