@@ -199,26 +199,10 @@ async fn rpyc_broadcast_client_against_herald_and_pruning() {
     })
     .await;
     let mut events = server.events();
+    let bcast = |args| rpyc_call(&python, "bcast", "127.255.255.255", port, args);
+    assert_eq!(bcast(&["register", "4000", "bcast"]).await, json!(true));
     assert_eq!(
-        rpyc_call(
-            &python,
-            "bcast",
-            "127.255.255.255",
-            port,
-            &["register", "4000", "bcast"]
-        )
-        .await,
-        json!(true)
-    );
-    assert_eq!(
-        rpyc_call(
-            &python,
-            "bcast",
-            "127.255.255.255",
-            port,
-            &["discover", "BCAST"]
-        )
-        .await,
+        bcast(&["discover", "BCAST"]).await,
         json!([["127.0.0.1", 4000]])
     );
     // Without keep-alive the timer prunes it; rpyc then sees it gone from LIST too.
