@@ -170,9 +170,10 @@ async fn send_herald(port: u16, total: u64) -> Result<(), BoxError> {
             peer.send(template.clone())?;
         }
         sent += batch;
-        // Backpressure for the benchmark: keep the queue under half its capacity.
-        while peer.queued() > 1 << 15 {
-            tokio::task::yield_now().await;
+        // Backpressure for the benchmark: keep the queue under half its capacity
+        // (sleeps until the peer task has written enough; no polling).
+        if !peer.queued_at_most(1 << 15, Duration::from_secs(60)).await {
+            return Err("the queue did not drain within 60 s".into());
         }
     }
     peer.flushed(Duration::from_secs(300)).await;

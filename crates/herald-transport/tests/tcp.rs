@@ -562,3 +562,65 @@ async fn native_identity_is_the_node_id_not_the_claimed_address() {
         n.node.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn queued_messages_become_dead_letters_unchanged() {
+    // Nothing listens and the breaker opens on the 2nd failed dial: the queue is drained
+    // to dead letters. The queue holds encoded frames; each dead letter must carry the
+    // very envelope that was sent (fields, extra header keys, payload), in order.
+    let port = free_port().await;
+    let to = PeerAddr::new("127.0.0.1", port);
+    let dead = DeadLetters::default();
+    let mut sub = dead.subscribe();
+    let a = start_with(fast_fail(TcpConfig::loopback(), 2), dead.clone()).await;
+    let peer = a.node.peer(&to);
+    let sent: Vec<Envelope> = (0..3)
+        .map(|n| {
+            env(&to, n)
+                .with_extra_header("trace_id", format!("t-{n}"))
+                .expect("not a standard key")
+        })
+        .chain([Envelope::new(
+            "casty://s@h:1/ü \"q\"",
+            "",
+            "x.Y",
+            &b"\x00\xff"[..],
+        )])
+        .collect();
+    for e in &sent {
+        peer.send(e.clone()).expect("queued");
+    }
+    assert!(peer.queued_at_most(0, WAIT).await, "the queue drains");
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        let l = tokio::time::timeout(WAIT, sub.recv())
+            .await
+            .expect("dead letter within the wait bound")
+            .expect("subscription open");
+        assert_eq!(l.reason, DeadLetterReason::PeerUnreachable);
+        got.push(l.envelope);
+    }
+    assert_eq!(got, sent);
+    a.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn queued_at_most_waits_for_the_writer() {
+    let mut cfg = TcpConfig::loopback();
+    cfg.queue_capacity = 16_384;
+    let a = start(cfg).await;
+    let mut b = start(TcpConfig::loopback()).await;
+    let to = b.node.advertised().clone();
+    let peer = a.node.peer(&to);
+    for n in 0..5_000 {
+        peer.send(env(&to, n)).expect("queued");
+    }
+    assert!(peer.queued_at_most(0, WAIT).await);
+    assert_eq!(peer.queued(), 0);
+    for n in 0..5_000 {
+        let (_, e) = recv(&mut b.rx).await;
+        assert_eq!(e.payload, format!("{{\"n\": {n}}}").into_bytes());
+    }
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}

@@ -397,6 +397,27 @@ impl PeerHandle {
         self.peer.flushed(timeout).await
     }
 
+    /// Waits until at most `limit` messages are queued for this peer; `false` on timeout.
+    ///
+    /// The sender-side backpressure for producers that must not overflow the queue:
+    /// it sleeps (no polling) until the peer task has written enough, waking each time
+    /// a batch was written or dropped.
+    ///
+    /// ```no_run
+    /// # async fn demo(peer: herald_transport::tcp::PeerHandle, msgs: Vec<herald_wire::Envelope>) {
+    /// use std::time::Duration;
+    /// for m in msgs {
+    ///     if !peer.queued_at_most(1024, Duration::from_secs(5)).await {
+    ///         break; // the peer is not draining its queue
+    ///     }
+    ///     let _ = peer.send(m);
+    /// }
+    /// # }
+    /// ```
+    pub async fn queued_at_most(&self, limit: usize, timeout: Duration) -> bool {
+        self.peer.queued_at_most(limit, timeout).await
+    }
+
     /// Lifts this peer's circuit breaker and retries at once.
     pub fn clear_blacklist(&self) {
         self.peer.clear_blacklist()

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use herald_wire::{Envelope, FRAME_HANDSHAKE, FRAME_MESSAGE};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, oneshot, watch};
@@ -30,7 +30,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[derive(Default)]
 struct PeerState {
-    msgs: VecDeque<Envelope>,
+    msgs: OutQueue,
+    /// Header bytes of the last envelope queued (senders repeat their headers).
+    headers: HeaderCache,
     control: Vec<NativeFrame>,
     adopt: Vec<Established>,
     enqueued: u64,
@@ -154,6 +156,7 @@ impl Peer {
                 format!("{} is not connected and cannot be dialed", self.key),
             );
         }
+        let max_frame = shared.cfg.max_frame_size;
         if st.msgs.len() >= shared.cfg.queue_capacity {
             let detail = format!(
                 "outbound queue of {} is full ({} messages)",
@@ -169,23 +172,41 @@ impl Peer {
                     return refuse(st, env, DeadLetterReason::QueueOverflow, detail);
                 }
                 OverflowPolicy::DropOldest => {
+                    let pushed = {
+                        let PeerState { msgs, headers, .. } = &mut *st;
+                        msgs.push(headers, &env, max_frame)
+                    };
+                    if let Err(too_large) = pushed {
+                        drop(st);
+                        fail_too_large(shared, env, too_large);
+                        return Ok(());
+                    }
                     let oldest = st.msgs.pop_front();
-                    st.msgs.push_back(env);
                     st.enqueued += 1;
                     drop(st);
                     if let Some(old) = oldest {
                         self.settle(1);
-                        shared.fail(old, DeadLetterReason::QueueOverflow, detail);
+                        fail_frame(shared, &old, DeadLetterReason::QueueOverflow, detail);
                     }
                     self.msg_ready.notify_one();
                     return Ok(());
                 }
             }
         }
-        st.msgs.push_back(env);
+        let pushed = {
+            let PeerState { msgs, headers, .. } = &mut *st;
+            msgs.push(headers, &env, max_frame)
+        };
+        if let Err(too_large) = pushed {
+            drop(st);
+            fail_too_large(shared, env, too_large);
+            return Ok(());
+        }
         st.enqueued += 1;
         drop(st);
         self.msg_ready.notify_one();
+        // Dropped here, on the sender's thread, where its memory was allocated.
+        drop(env);
         Ok(())
     }
 
@@ -196,6 +217,18 @@ impl Peer {
         tokio::time::timeout(timeout, rx.wait_for(|s| *s >= target))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits until at most `limit` messages are queued (checked each time messages
+    /// settle, i.e. were written or dropped).
+    pub(crate) async fn queued_at_most(&self, limit: usize, timeout: Duration) -> bool {
+        let mut rx = self.settled.subscribe();
+        tokio::time::timeout(
+            timeout,
+            rx.wait_for(|_| lock(&self.state).msgs.len() <= limit),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
     }
 
     /// Hands an established inbound connection to this peer's task.
@@ -219,10 +252,10 @@ impl Peer {
     }
 
     fn drain_to_dead_letters(&self, shared: &Shared, reason: DeadLetterReason, detail: &str) {
-        let msgs = std::mem::take(&mut lock(&self.state).msgs);
+        let mut msgs = std::mem::take(&mut lock(&self.state).msgs);
         let n = msgs.len() as u64;
-        for m in msgs {
-            shared.fail(m, reason, detail.to_owned());
+        while let Some(frame) = msgs.pop_front() {
+            fail_frame(shared, &frame, reason, detail.to_owned());
         }
         self.settle(n);
     }
@@ -452,8 +485,7 @@ impl Peer {
         let mut ka_seen = 0u64;
         let mut ka_idle = Duration::ZERO;
         let mut ka_seq = 0u64;
-        let mut batch: VecDeque<Envelope> = VecDeque::new();
-        let mut chunk: Vec<Envelope> = Vec::new();
+        let mut batch = OutQueue::default();
         let mut buf = BytesMut::new();
 
         let end = loop {
@@ -496,7 +528,7 @@ impl Peer {
             }
             if !ctrl.is_empty() || !batch.is_empty() {
                 if let Err(e) = self
-                    .write_batch(shared, &mut cur, ctrl, &mut batch, &mut chunk, &mut buf)
+                    .write_batch(shared, &mut cur, ctrl, &mut batch, &mut buf)
                     .await
                 {
                     warn!(peer = %self.key, error = %e, "connection lost while writing");
@@ -504,6 +536,10 @@ impl Peer {
                 }
                 continue;
             }
+            // Going idle: give back a queue buffer grown by a burst. (While busy, the
+            // two buffers swapped with the senders keep their capacity, so a steady
+            // stream does not regrow and copy the queue on every batch.)
+            batch.shrink_when_idle();
             tokio::select! {
                 biased;
                 _ = shared.cancel.cancelled() => {
@@ -543,9 +579,9 @@ impl Peer {
         // Anything taken out of the queue but not written goes back in front, in order.
         if !batch.is_empty() {
             let mut st = lock(&self.state);
-            while let Some(m) = batch.pop_back() {
-                st.msgs.push_front(m);
-            }
+            let behind = std::mem::take(&mut st.msgs);
+            batch.append(behind);
+            st.msgs = batch;
         }
         lock(&self.state).connected = None;
         shared.unregister_connection(&self.key, &cur.identity);
@@ -563,95 +599,271 @@ impl Peer {
         end
     }
 
+    /// Writes the control frames, then the queued messages in pieces of about
+    /// `max_batch_bytes` (whole frames), settling each piece once it is written.
     async fn write_batch(
         &self,
         shared: &Shared,
         cur: &mut Current,
         ctrl: Vec<NativeFrame>,
-        batch: &mut VecDeque<Envelope>,
-        chunk: &mut Vec<Envelope>,
+        batch: &mut OutQueue,
         buf: &mut BytesMut,
     ) -> Result<(), ConnectionError> {
-        for f in &ctrl {
-            f.encode_frame(buf);
-        }
-        let max_frame = shared.cfg.max_frame_size;
-        let max_batch = shared.cfg.max_batch_bytes;
-        let mut dropped = 0u64;
-        loop {
-            let env = batch.pop_front();
-            if let Some(env) = env {
-                let len = env.encoded_len() + 1;
-                if len > max_frame {
-                    dropped += 1;
-                    shared.fail(
-                        env,
-                        DeadLetterReason::FrameTooLarge,
-                        format!("frame of {len} bytes exceeds the maximum of {max_frame}"),
-                    );
-                    continue;
-                }
-                buf.reserve(4 + len);
-                buf.put_u32(len as u32);
-                buf.put_u8(FRAME_MESSAGE);
-                env.encode_into(buf);
-                chunk.push(env);
-                if buf.len() < max_batch {
-                    continue;
-                }
+        let max_batch = shared.cfg.max_batch_bytes.max(1);
+        if !ctrl.is_empty() {
+            for f in &ctrl {
+                f.encode_frame(buf);
             }
-            if buf.is_empty() {
-                break;
-            }
-            let write_timeout = shared.cfg.write_timeout;
-            let r = tokio::select! {
-                r = async {
-                    cur.writer.write_all(buf).await?;
-                    cur.writer.flush().await
-                } => r,
-                _ = tokio::time::sleep(write_timeout) => Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("write stalled for {write_timeout:?} (the peer is not reading)"),
-                )),
-                _ = shared.cancel.cancelled() => Err(std::io::Error::other(
-                    "transport shut down while writing",
-                )),
-            };
-            let n = chunk.len() as u64;
+            let r = write_timed(shared, cur, buf).await;
             let bytes = buf.len() as u64;
             buf.clear();
+            if let Err(source) = r {
+                return Err(ConnectionError::Io {
+                    peer: cur.label.clone(),
+                    source,
+                });
+            }
+            shared.stats.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        }
+        while !batch.is_empty() {
+            let (n, bytes) = batch.prefix(max_batch);
+            let r = write_timed(shared, cur, &batch.bytes[..bytes]).await;
             if let Err(source) = r {
                 let err = ConnectionError::Io {
                     peer: cur.label.clone(),
                     source,
                 };
-                for m in chunk.drain(..) {
-                    shared.fail(
-                        m,
-                        DeadLetterReason::PeerUnreachable,
-                        format!("connection to {} failed while writing: {err}", self.key),
-                    );
+                let detail = format!("connection to {} failed while writing: {err}", self.key);
+                for _ in 0..n {
+                    if let Some(frame) = batch.pop_front() {
+                        fail_frame(
+                            shared,
+                            &frame,
+                            DeadLetterReason::PeerUnreachable,
+                            detail.clone(),
+                        );
+                    }
                 }
-                self.settle(n + dropped);
+                self.settle(n as u64);
                 return Err(err);
             }
-            chunk.clear();
-            shared.stats.messages_out.fetch_add(n, Ordering::Relaxed);
-            shared.stats.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-            self.settle(n + dropped);
-            dropped = 0;
-            if batch.is_empty() {
-                break;
-            }
+            batch.consume(n, bytes);
+            shared
+                .stats
+                .messages_out
+                .fetch_add(n as u64, Ordering::Relaxed);
+            shared
+                .stats
+                .bytes_out
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+            self.settle(n as u64);
         }
-        self.settle(dropped);
+        batch.clear();
         if buf.capacity() > 2 * max_batch {
             *buf = BytesMut::new();
         }
-        if batch.capacity() > 4 * 1024 && batch.is_empty() {
-            *batch = VecDeque::new();
-        }
         Ok(())
+    }
+}
+
+/// Writes `bytes` and flushes, within the write timeout and until shutdown.
+async fn write_timed(shared: &Shared, cur: &mut Current, bytes: &[u8]) -> std::io::Result<()> {
+    let write_timeout = shared.cfg.write_timeout;
+    tokio::select! {
+        r = async {
+            cur.writer.write_all(bytes).await?;
+            cur.writer.flush().await
+        } => r,
+        _ = tokio::time::sleep(write_timeout) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("write stalled for {write_timeout:?} (the peer is not reading)"),
+        )),
+        _ = shared.cancel.cancelled() => Err(std::io::Error::other(
+            "transport shut down while writing",
+        )),
+    }
+}
+
+/// A message too large for one frame.
+struct TooLarge {
+    /// Frame length (kind byte included).
+    len: usize,
+    max: usize,
+}
+
+fn fail_too_large(shared: &Shared, env: Envelope, t: TooLarge) {
+    shared.fail(
+        env,
+        DeadLetterReason::FrameTooLarge,
+        format!("frame of {} bytes exceeds the maximum of {}", t.len, t.max),
+    );
+}
+
+/// Reports a queued (already encoded) message as a dead letter, decoding it back into
+/// the envelope it was made from (the encoding round-trips exactly).
+fn fail_frame(shared: &Shared, frame: &[u8], reason: DeadLetterReason, detail: String) {
+    // A copy, so the dead letter does not pin the queue's buffer.
+    let body = Bytes::copy_from_slice(frame.get(5..).unwrap_or_default());
+    match Envelope::decode(body) {
+        Ok(env) => shared.fail(env, reason, detail),
+        Err(e) => {
+            warn!(error = %e, "queued message could not be decoded for its dead letter");
+            shared.dead.record_without_envelope(reason, &detail);
+        }
+    }
+}
+
+/// The outbound queue: messages already encoded as complete frames
+/// (`u32 BE len | 0x01 | envelope`), back to back in one buffer, with each frame's size.
+///
+/// Encoding happens in [`Peer::enqueue`], on the sender's thread, while the envelope's
+/// fields are still in its cache; the peer task then writes runs of bytes with no
+/// per-message work, and the envelope is freed where it was allocated.
+#[derive(Default)]
+pub(crate) struct OutQueue {
+    bytes: BytesMut,
+    /// Size of each queued frame, prefix included.
+    lens: VecDeque<u32>,
+}
+
+impl OutQueue {
+    /// Messages queued.
+    pub(crate) fn len(&self) -> usize {
+        self.lens.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    /// Encodes `env` as a message frame at the back of the queue.
+    fn push(
+        &mut self,
+        headers: &mut HeaderCache,
+        env: &Envelope,
+        max_frame: usize,
+    ) -> Result<(), TooLarge> {
+        if env.payload.len() >= max_frame {
+            // Too large whatever its header: do not encode it at all.
+            return Err(TooLarge {
+                len: env.encoded_len() + 1,
+                max: max_frame,
+            });
+        }
+        let start = self.bytes.len();
+        self.bytes.put_u32(0);
+        self.bytes.put_u8(FRAME_MESSAGE);
+        headers.encode_into(env, &mut self.bytes);
+        let len = self.bytes.len() - start - 4;
+        let frame_len = u32::try_from(len);
+        match frame_len {
+            Ok(l) if len <= max_frame => {
+                self.bytes[start..start + 4].copy_from_slice(&l.to_be_bytes());
+                self.lens.push_back(l + 4);
+                Ok(())
+            }
+            _ => {
+                self.bytes.truncate(start);
+                Err(TooLarge {
+                    len,
+                    max: max_frame,
+                })
+            }
+        }
+    }
+
+    /// Removes the oldest frame.
+    fn pop_front(&mut self) -> Option<BytesMut> {
+        let len = self.lens.pop_front()? as usize;
+        Some(self.bytes.split_to(len))
+    }
+
+    /// The first frames making at least `max_bytes` (or all): (count, bytes).
+    fn prefix(&self, max_bytes: usize) -> (usize, usize) {
+        let mut n = 0;
+        let mut bytes = 0;
+        for &l in &self.lens {
+            n += 1;
+            bytes += l as usize;
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        (n, bytes)
+    }
+
+    /// Drops the first `n` frames (`bytes` long), once written.
+    fn consume(&mut self, n: usize, bytes: usize) {
+        self.lens.drain(..n);
+        bytes::Buf::advance(&mut self.bytes, bytes);
+    }
+
+    fn clear(&mut self) {
+        self.lens.clear();
+        self.bytes.clear();
+    }
+
+    /// Moves `behind` after this queue's frames.
+    fn append(&mut self, behind: OutQueue) {
+        self.bytes.extend_from_slice(&behind.bytes);
+        self.lens.extend(behind.lens);
+    }
+
+    /// Gives back buffers grown by a burst (called when the writer goes idle; while
+    /// busy, the two queues swapped with the senders keep their capacity).
+    fn shrink_when_idle(&mut self) {
+        if self.is_empty() {
+            if self.bytes.capacity() > 256 * 1024 {
+                self.bytes = BytesMut::new();
+            }
+            if self.lens.capacity() > 4 * 1024 {
+                self.lens = VecDeque::new();
+            }
+        }
+    }
+}
+
+/// The encoded header (`u32 BE len | JSON`) of the last envelope written on a
+/// connection, with the fields it was made from.
+///
+/// Senders usually repeat the same target, sender and type hint, so an envelope whose
+/// three fields equal the cached ones (and that has no extra header keys) gets the
+/// cached bytes instead of escaping its strings again. The bytes are exactly what
+/// [`Envelope::encode_into`] writes.
+#[derive(Default)]
+struct HeaderCache {
+    target: String,
+    sender: String,
+    type_hint: String,
+    /// Empty when nothing is cached.
+    encoded: Vec<u8>,
+}
+
+impl HeaderCache {
+    /// Appends `env` to `dst` as [`Envelope::encode_into`] would.
+    fn encode_into(&mut self, env: &Envelope, dst: &mut BytesMut) {
+        if !env.extra_headers().is_empty() {
+            env.encode_into(dst);
+            return;
+        }
+        if !self.encoded.is_empty()
+            && env.type_hint == self.type_hint
+            && env.target == self.target
+            && env.sender == self.sender
+        {
+            dst.reserve(self.encoded.len() + env.payload.len());
+            dst.put_slice(&self.encoded);
+            dst.put_slice(&env.payload);
+            return;
+        }
+        let start = dst.len();
+        env.encode_into(dst);
+        let header_end = dst.len() - env.payload.len();
+        self.encoded.clear();
+        self.encoded.extend_from_slice(&dst[start..header_end]);
+        self.target.clone_from(&env.target);
+        self.sender.clone_from(&env.sender);
+        self.type_hint.clone_from(&env.type_hint);
     }
 }
 
