@@ -213,16 +213,21 @@ impl Envelope {
             Ok(h) => h,
             Err(e) => return Err((e, buf)),
         };
+        Ok(Self::assemble(buf, end, header))
+    }
+
+    /// The envelope of `header` whose payload is `buf` after `end`.
+    fn assemble(buf: Bytes, end: usize, header: Header) -> Envelope {
         // Advance the owned handle instead of slicing it: no reference-count traffic.
         let mut payload = buf;
         bytes::Buf::advance(&mut payload, end);
-        Ok(Envelope {
+        Envelope {
             target: header.target,
             sender: header.sender,
             type_hint: header.type_hint,
             payload,
             extra: header.extra,
-        })
+        }
     }
 
     /// Reads and checks the header length prefix.
@@ -243,6 +248,90 @@ impl Envelope {
             });
         }
         Ok(header_len)
+    }
+}
+
+/// Longest header [`EnvelopeDecoder`] remembers.
+const CACHED_HEADER_MAX: usize = 1024;
+
+/// A decoder for a stream of envelopes (one connection's, say) that remembers the last
+/// header it parsed: when the next envelope's header is byte-for-byte the same (a
+/// sender repeats its target, sender and type hint), its fields are copied from the
+/// previous result instead of being parsed and validated again.
+///
+/// The results, errors included, are exactly those of [`Envelope::decode`] and
+/// [`Envelope::decode_with_limit`]; only the work differs. Headers with extra keys
+/// and headers over 1 KiB are always parsed.
+///
+/// ```
+/// use herald_wire::{Envelope, EnvelopeDecoder};
+///
+/// let env = Envelope::new("casty://a@h:1/x", "casty://b@h:2/", "m.Ping", &b"{}"[..]);
+/// let mut decoder = EnvelopeDecoder::new();
+/// for _ in 0..3 {
+///     assert_eq!(decoder.decode(env.encode()), Ok(env.clone()));
+/// }
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct EnvelopeDecoder {
+    /// The header bytes of `fields` (empty: nothing cached).
+    raw: Vec<u8>,
+    target: String,
+    sender: String,
+    type_hint: String,
+}
+
+impl EnvelopeDecoder {
+    /// A decoder with nothing remembered.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Like [`Envelope::decode`].
+    ///
+    /// # Errors
+    /// Those of [`Envelope::decode`].
+    pub fn decode(&mut self, buf: Bytes) -> Result<Envelope, WireError> {
+        self.decode_with_limit(buf, usize::MAX)
+    }
+
+    /// Like [`Envelope::decode_with_limit`].
+    ///
+    /// # Errors
+    /// Those of [`Envelope::decode_with_limit`].
+    pub fn decode_with_limit(
+        &mut self,
+        buf: Bytes,
+        max_header_len: usize,
+    ) -> Result<Envelope, WireError> {
+        let header_len = Envelope::peek_header_len(&buf)?;
+        if header_len > max_header_len {
+            return Err(WireError::HeaderTooLarge {
+                header_len,
+                max: max_header_len,
+            });
+        }
+        let end = HEADER_LEN_PREFIX + header_len;
+        let raw = &buf[HEADER_LEN_PREFIX..end];
+        let header = if !self.raw.is_empty() && raw == self.raw.as_slice() {
+            Header {
+                target: self.target.clone(),
+                sender: self.sender.clone(),
+                type_hint: self.type_hint.clone(),
+                extra: Vec::new(),
+            }
+        } else {
+            let header = parse_header(raw)?;
+            self.raw.clear();
+            if header.extra.is_empty() && raw.len() <= CACHED_HEADER_MAX {
+                self.raw.extend_from_slice(raw);
+                self.target.clone_from(&header.target);
+                self.sender.clone_from(&header.sender);
+                self.type_hint.clone_from(&header.type_hint);
+            }
+            header
+        };
+        Ok(Envelope::assemble(buf, end, header))
     }
 }
 
@@ -427,6 +516,48 @@ fn parse_header(bytes: &[u8]) -> Result<Header, WireError> {
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
+
+    #[test]
+    fn envelope_decoder_agrees_with_decode_and_follows_header_changes() {
+        let a = Envelope::new("casty://a@h:1/x", "casty://b@h:2/", "m.Ping", &b"{}"[..]);
+        let b = Envelope::new("casty://a@h:1/y", "casty://b@h:2/", "m.Ping", &b"[1]"[..]);
+        let with_extra = a.clone().with_extra_header("trace_id", "t").unwrap();
+        let spaced = Bytes::from_static(
+            b"\0\0\0\x2c{ \"type_hint\":\"t\",\"sender\":\"s\",\"target\":\"x\"}p",
+        );
+        let inputs = [
+            a.encode(),
+            a.encode(),
+            b.encode(),
+            a.encode(),
+            with_extra.encode(),
+            with_extra.encode(),
+            Bytes::from_static(b"\0\0\0\x02{}"),
+            Bytes::from_static(b"\0\0"),
+            spaced.clone(),
+            spaced,
+            Bytes::from_static(b"\0\0\0\x09{\"target\"}"),
+            a.encode(),
+        ];
+        let mut decoder = EnvelopeDecoder::new();
+        for (i, input) in inputs.iter().enumerate() {
+            assert_eq!(
+                decoder.decode(input.clone()),
+                Envelope::decode(input.clone()),
+                "input {i}"
+            );
+        }
+        assert_eq!(decoder.decode(a.encode()), Ok(a.clone()));
+        assert_eq!(decoder.decode(b.encode()), Ok(b));
+        assert_eq!(
+            decoder.decode_with_limit(a.encode(), 10),
+            Envelope::decode_with_limit(a.encode(), 10)
+        );
+        assert!(matches!(
+            decoder.decode_with_limit(a.encode(), 10),
+            Err(WireError::HeaderTooLarge { .. })
+        ));
+    }
 
     #[test]
     fn smallest_envelope_is_49_bytes() {

@@ -9,11 +9,30 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
 use crate::payload::{CastyValue, zlib_decompress};
-use crate::{ActorAddress, Envelope, FrameCodec, FrameIter};
+use crate::{ActorAddress, Envelope, EnvelopeDecoder, FrameCodec, FrameIter};
 
-/// `envelope` target: [`Envelope::decode`].
+/// `envelope` target: [`Envelope::decode`], and [`EnvelopeDecoder`] agreeing with it
+/// (the same input twice, so the second decode can come from its header cache, then a
+/// different header through the same decoder).
 pub fn envelope(data: &[u8]) {
-    if let Ok(env) = Envelope::decode(Bytes::copy_from_slice(data)) {
+    let plain = Envelope::decode(Bytes::copy_from_slice(data));
+    let mut decoder = EnvelopeDecoder::new();
+    for round in 0..2 {
+        let cached = decoder.decode(Bytes::copy_from_slice(data));
+        assert_eq!(cached, plain, "EnvelopeDecoder, round {round}");
+    }
+    let other = Envelope::new("casty://o@h:1/x", "", "o.T", &b"p"[..]);
+    assert_eq!(
+        decoder.decode(other.encode()),
+        Ok(other),
+        "EnvelopeDecoder, other"
+    );
+    assert_eq!(
+        decoder.decode(Bytes::copy_from_slice(data)),
+        plain,
+        "EnvelopeDecoder, after another header"
+    );
+    if let Ok(env) = plain {
         let bytes = env.encode();
         assert_eq!(bytes.len(), env.encoded_len(), "encoded_len");
         let again = Envelope::decode(bytes);

@@ -48,6 +48,6 @@ pub mod pyjson;
 
 pub use address::ActorAddress;
 pub use codec::{FrameCodec, FrameIter};
-pub use envelope::Envelope;
+pub use envelope::{Envelope, EnvelopeDecoder};
 pub use error::WireError;
 pub use frame::{DEFAULT_MAX_FRAME_SIZE, FRAME_HANDSHAKE, FRAME_MESSAGE, Frame, Handshake};

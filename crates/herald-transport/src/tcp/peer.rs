@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_wire::{Envelope, FRAME_HANDSHAKE, FRAME_MESSAGE};
+use herald_wire::{Envelope, EnvelopeDecoder, FRAME_HANDSHAKE, FRAME_MESSAGE};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -915,6 +915,8 @@ async fn read_loop(
     rx_count: &AtomicU64,
 ) -> Result<(), ConnectionError> {
     let native = shared.hs.is_some();
+    // Remembers the last header: a peer usually repeats target, sender and type hint.
+    let mut decoder = EnvelopeDecoder::new();
     loop {
         let frame = match reader.next().await {
             Ok(Some(f)) => f,
@@ -935,7 +937,7 @@ async fn read_loop(
         };
         rx_count.fetch_add(1, Ordering::Relaxed);
         match frame.kind {
-            FRAME_MESSAGE => match Envelope::decode(frame.body) {
+            FRAME_MESSAGE => match decoder.decode(frame.body) {
                 Ok(env) => {
                     shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
                     shared.inbound.on_message(&peer.key, env);
