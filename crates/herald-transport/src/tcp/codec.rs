@@ -157,6 +157,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// `true` when a complete frame is buffered ([`FrameReader::next`] returns it
+    /// without reading).
+    pub(crate) fn has_ready(&self) -> bool {
+        self.ready.len() >= 5
+    }
+
     fn next_ready(&mut self) -> Option<RawFrame> {
         if self.ready.len() < 5 {
             return None;

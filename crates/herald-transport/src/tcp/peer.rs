@@ -203,8 +203,13 @@ impl Peer {
             return Ok(());
         }
         st.enqueued += 1;
+        // Only the first message wakes the peer task: it checks the queue under this
+        // lock before it waits, and takes everything queued each time it wakes.
+        let first = st.msgs.len() == 1;
         drop(st);
-        self.msg_ready.notify_one();
+        if first {
+            self.msg_ready.notify_one();
+        }
         // Dropped here, on the sender's thread, where its memory was allocated.
         drop(env);
         Ok(())
@@ -487,6 +492,7 @@ impl Peer {
         let mut ka_seq = 0u64;
         let mut batch = OutQueue::default();
         let mut buf = BytesMut::new();
+        let mut release_at: Option<tokio::time::Instant> = None;
 
         let end = loop {
             let (ctrl, adopt) = {
@@ -527,6 +533,7 @@ impl Peer {
                 }
             }
             if !ctrl.is_empty() || !batch.is_empty() {
+                release_at = None;
                 if let Err(e) = self
                     .write_batch(shared, &mut cur, ctrl, &mut batch, &mut buf)
                     .await
@@ -536,10 +543,12 @@ impl Peer {
                 }
                 continue;
             }
-            // Going idle: give back a queue buffer grown by a burst. (While busy, the
-            // two buffers swapped with the senders keep their capacity, so a steady
-            // stream does not regrow and copy the queue on every batch.)
-            batch.shrink_when_idle();
+            // Idle for a second after a burst: give back the queue buffers it grew.
+            // (Between bursts they keep their capacity, so a busy stream does not regrow
+            // and copy its queue every time the writer catches up.)
+            if release_at.is_none() && batch.is_large() {
+                release_at = Some(tokio::time::Instant::now() + IDLE_RELEASE);
+            }
             tokio::select! {
                 biased;
                 _ = shared.cancel.cancelled() => {
@@ -556,6 +565,14 @@ impl Peer {
                 }
                 _ = self.msg_ready.notified() => {}
                 _ = self.wake.notified() => {}
+                _ = release(release_at) => {
+                    release_at = None;
+                    batch = OutQueue::default();
+                    let mut st = lock(&self.state);
+                    if st.msgs.is_empty() && st.msgs.is_large() {
+                        st.msgs = OutQueue::default();
+                    }
+                }
                 _ = tick(&mut ka) => {
                     if let Some(k) = keepalive {
                         let seen = cur.rx_count.load(Ordering::Relaxed);
@@ -809,17 +826,9 @@ impl OutQueue {
         self.lens.extend(behind.lens);
     }
 
-    /// Gives back buffers grown by a burst (called when the writer goes idle; while
-    /// busy, the two queues swapped with the senders keep their capacity).
-    fn shrink_when_idle(&mut self) {
-        if self.is_empty() {
-            if self.bytes.capacity() > 256 * 1024 {
-                self.bytes = BytesMut::new();
-            }
-            if self.lens.capacity() > 4 * 1024 {
-                self.lens = VecDeque::new();
-            }
-        }
+    /// Holds buffers worth giving back when idle.
+    fn is_large(&self) -> bool {
+        self.bytes.capacity() > 64 * 1024 || self.lens.capacity() > 1024
     }
 }
 
@@ -882,6 +891,16 @@ struct ReaderHandle {
     stop: CancellationToken,
 }
 
+/// How long a peer task stays idle before it frees queue buffers grown by a burst.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
+
+async fn release(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending::<()>().await,
+    }
+}
+
 async fn tick(i: &mut Option<tokio::time::Interval>) {
     match i {
         Some(i) => {
@@ -917,7 +936,21 @@ async fn read_loop(
     let native = shared.hs.is_some();
     // Remembers the last header: a peer usually repeats target, sender and type hint.
     let mut decoder = EnvelopeDecoder::new();
+    // Counted locally and published once per read's worth of frames (before the
+    // handler of the last one runs), not with two atomic operations per frame.
+    let mut frames = 0u64;
+    let mut decoded = 0u64;
+    let publish = |frames: &mut u64, decoded: &mut u64| {
+        rx_count.fetch_add(std::mem::take(frames), Ordering::Relaxed);
+        let n = std::mem::take(decoded);
+        if n > 0 {
+            shared.stats.messages_in.fetch_add(n, Ordering::Relaxed);
+        }
+    };
     loop {
+        if !reader.has_ready() && frames > 0 {
+            publish(&mut frames, &mut decoded);
+        }
         let frame = match reader.next().await {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(()),
@@ -935,11 +968,14 @@ async fn read_loop(
                 });
             }
         };
-        rx_count.fetch_add(1, Ordering::Relaxed);
+        frames += 1;
         match frame.kind {
             FRAME_MESSAGE => match decoder.decode(frame.body) {
                 Ok(env) => {
-                    shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                    decoded += 1;
+                    if !reader.has_ready() {
+                        publish(&mut frames, &mut decoded);
+                    }
                     shared.inbound.on_message(&peer.key, env);
                 }
                 Err(e) => {
