@@ -222,7 +222,9 @@ struct Live {
     conn: lapin::Connection,
     /// Reopened on the same connection when the broker closes one of them (a publish
     /// to a missing exchange closes its channel with 404).
-    channels: RwLock<PublishChannels>,
+    /// Behind an `Arc`: a publish takes a reference count, not a clone of two lapin
+    /// channels (each a dozen reference counts shared with the I/O thread).
+    channels: RwLock<Arc<PublishChannels>>,
     topology: Mutex<Option<Channel>>,
     leader: Mutex<Option<Channel>>,
 }
@@ -261,12 +263,12 @@ impl PublishChannels {
 }
 
 impl Live {
-    fn channels(&self) -> Option<PublishChannels> {
-        self.channels.read().ok().map(|c| c.clone())
+    fn channels(&self) -> Option<Arc<PublishChannels>> {
+        self.channels.read().ok().map(|c| Arc::clone(&c))
     }
 
     fn is_connected(&self) -> bool {
-        self.conn.status().connected() && self.channels().is_some_and(|c| c.usable())
+        self.conn.status().connected() && self.channels.read().is_ok_and(|c| c.usable())
     }
 
     /// The topology channel, opened on demand (a failed declaration closes it).
@@ -598,7 +600,7 @@ impl Inner {
         Ok(Arc::new(Live {
             generation,
             conn,
-            channels: RwLock::new(channels),
+            channels: RwLock::new(Arc::new(channels)),
             topology: Mutex::new(None),
             leader: Mutex::new(None),
         }))
@@ -634,7 +636,7 @@ impl Inner {
                 match PublishChannels::open(&live.conn, self.options.publisher_confirms).await {
                     Ok(fresh) => {
                         if let Ok(mut c) = live.channels.write() {
-                            *c = fresh;
+                            *c = Arc::new(fresh);
                         }
                         tracing::info!("amqp publishing channels reopened");
                         return Ok(live);
