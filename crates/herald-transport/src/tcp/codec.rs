@@ -217,7 +217,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if read * 4 >= room * 3 {
                 self.chunk = (self.chunk * 2).min(MAX_CHUNK);
             } else if read * 4 < room {
-                self.chunk = MIN_CHUNK;
+                self.chunk = (self.chunk / 2).max(MIN_CHUNK);
             }
         }
     }
