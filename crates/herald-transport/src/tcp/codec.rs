@@ -104,8 +104,8 @@ pub fn fuzz_tcp_stream(data: &[u8]) {
 ///
 /// Complete frames are moved out of the read buffer in one piece (`ready`) and handed
 /// out as zero-copy slices of it, so a read of many small frames costs one split.
-/// The read size adapts: it grows up to 64 KiB while reads fill the buffer and falls
-/// back to 4 KiB otherwise, so an idle connection holds at most a few KiB.
+/// The read size adapts: it doubles up to 64 KiB while reads fill the buffer and halves
+/// back toward 4 KiB after short reads, so an idle connection holds at most a few KiB.
 pub(crate) struct FrameReader<R> {
     rd: R,
     buf: BytesMut,
