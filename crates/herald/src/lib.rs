@@ -43,8 +43,8 @@
 #[cfg(feature = "wire")]
 pub mod wire {
     pub use herald_wire::payload::{
-        CastyJson, CastyMsgpack, CastyValue, Json, MessagePack, PayloadCodec, Protobuf,
-        TypeHint, TypeRegistry,
+        CastyJson, CastyMsgpack, CastyValue, Json, MessagePack, PayloadCodec, Protobuf, TypeHint,
+        TypeRegistry,
     };
     pub use herald_wire::{
         ActorAddress, DEFAULT_MAX_FRAME_SIZE, Envelope, FRAME_HANDSHAKE, FRAME_MESSAGE, Frame,
@@ -63,8 +63,8 @@ pub mod transport {
     };
     pub use herald_transport::tls::{TlsConfig, TlsError};
     pub use herald_transport::{
-        ActorRef, DeadLetter, DeadLetterReason, DeadLetters, LocalConfig, LocalTransport,
-        Message, MessageTransport, RemoteTransport, TransportError,
+        ActorRef, DeadLetter, DeadLetterReason, DeadLetters, LocalConfig, LocalTransport, Message,
+        MessageTransport, RemoteTransport, TransportError,
     };
 
     /// The whole `herald-transport` crate (includes the `testkit` for implementers).
@@ -76,8 +76,8 @@ pub mod transport {
 pub mod registry {
     pub use herald_registry::{
         ClientError, CoreConfig, Port, REGISTRY_PORT, Registrar, RegistrarConfig, RegistryClient,
-        RegistryConfig, RegistryEvent, RegistryServer, ServerError, ServiceAddr,
-        TcpRegistryClient, UdpRegistryClient,
+        RegistryConfig, RegistryEvent, RegistryServer, ServerError, ServiceAddr, TcpRegistryClient,
+        UdpRegistryClient,
     };
 
     /// The whole `herald-registry` crate.
@@ -89,8 +89,8 @@ pub mod registry {
 pub mod mesh {
     pub use herald_mesh::amqp::AmqpBackend;
     pub use herald_mesh::{
-        Backend, InProcBroker, Mesh, MeshConfig, MeshError, RequestContext, Service,
-        ServiceError, ServiceKeys, ServiceRouter, example,
+        Backend, InProcBroker, Mesh, MeshConfig, MeshError, RequestContext, Service, ServiceError,
+        ServiceKeys, ServiceRouter, example,
     };
 
     /// The whole `herald-mesh` crate.
