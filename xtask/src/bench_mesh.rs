@@ -36,31 +36,6 @@ fn plan(quick: bool) -> Plan {
     }
 }
 
-/// Builds `herald-mesh`'s `mesh_bench` example in release and returns its path.
-pub fn helper() -> anyhow::Result<PathBuf> {
-    progress("building herald-mesh's mesh_bench helper (release)");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            "herald-mesh",
-            "--example",
-            "mesh_bench",
-        ])
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building the mesh_bench helper failed ({status})");
-    }
-    let path = herald_pyenv::target_dir().join("release/examples/mesh_bench");
-    if !path.exists() {
-        bail!("{} was not built", path.display());
-    }
-    Ok(path)
-}
-
 /// One measurement of the helper.
 #[derive(Clone, Copy, Debug, Default)]
 struct Sample {
@@ -113,11 +88,7 @@ fn measure(helper: &PathBuf, stack: &str, conc: usize, plan: &Plan) -> anyhow::R
             req_per_cpu_sec: v["req_per_cpu_sec"].as_f64().unwrap_or(0.0),
         });
     }
-    let median = |f: fn(&Sample) -> f64| {
-        let mut v: Vec<f64> = samples.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let median = |f: fn(&Sample) -> f64| common::median(samples.iter().map(f).collect());
     Ok(Sample {
         req_per_sec: median(|s| s.req_per_sec),
         p50_us: median(|s| s.p50_us),
@@ -133,7 +104,7 @@ fn per_sec(us: f64) -> f64 {
 /// The in-process rows.
 pub fn inproc_rows(quick: bool) -> anyhow::Result<Vec<BenchRow>> {
     let plan = plan(quick);
-    let helper = helper()?;
+    let helper = common::build_example("herald-mesh", "mesh_bench")?;
     let mut rows = Vec::new();
     for conc in [1usize, 32] {
         let herald = measure(&helper, "inproc", conc, &plan)?;
@@ -244,26 +215,6 @@ fn parse_samples(text: &str) -> anyhow::Result<Vec<AmqpSample>> {
     Ok(out)
 }
 
-fn amqp_helper() -> anyhow::Result<PathBuf> {
-    progress("building herald-mesh's amqp_bench helper (release)");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            "herald-mesh",
-            "--example",
-            "amqp_bench",
-        ])
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building the amqp_bench helper failed ({status})");
-    }
-    Ok(herald_pyenv::target_dir().join("release/examples/amqp_bench"))
-}
-
 fn run_capture(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {what}"))?;
     if !out.status.success() {
@@ -283,7 +234,7 @@ pub fn amqp_rows(quick: bool) -> anyhow::Result<Vec<BenchRow>> {
         return Ok(Vec::new());
     };
     let (secs, runs) = if quick { ("1", "1") } else { ("5", "3") };
-    let helper = amqp_helper()?;
+    let helper = common::build_example("herald-mesh", "amqp_bench")?;
     progress(format!(
         "mesh over RabbitMQ: herald and raw lapin, {runs} run(s) of {secs} s each"
     ));

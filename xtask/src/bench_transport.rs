@@ -14,14 +14,14 @@
 //! release mode here) and `crates/herald-transport/tests/py/casty_transport_bench.py`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 
-use crate::common::{BenchRow, progress, report};
+use crate::common::{BenchRow, build_example, median, progress, report};
 
 const LINE_WAIT: Duration = Duration::from_secs(300);
 
@@ -94,14 +94,6 @@ fn peer(bin: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(bin);
     c.args(args);
     c
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    if xs.is_empty() {
-        return 0.0;
-    }
-    xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
 }
 
 fn one_way(bin: &Path, kind: &str, n: u64) -> anyhow::Result<f64> {
@@ -184,30 +176,9 @@ fn casty(root: &Path, n: u64, runs: u64, pings: u64) -> anyhow::Result<Option<Ca
     }))
 }
 
-fn build(root: &Path) -> anyhow::Result<PathBuf> {
-    progress("building bench_peer (release)");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "herald-transport",
-            "--example",
-            "bench_peer",
-        ])
-        .current_dir(root)
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building bench_peer failed: {status}");
-    }
-    Ok(herald_pyenv::target_dir().join("release/examples/bench_peer"))
-}
-
 pub fn run(quick: bool) -> anyhow::Result<()> {
     let root = herald_pyenv::workspace_root();
-    let bin = build(&root)?;
+    let bin = build_example("herald-transport", "bench_peer")?;
     let (n, runs, pings, conns) = if quick {
         (300_000u64, 1usize, 2_000u64, 500u64)
     } else {
