@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use herald_wire::{FRAME_HANDSHAKE, Handshake};
@@ -127,6 +128,96 @@ fn tune(tcp: &TcpStream) {
     }
 }
 
+/// Runs `step` (connect or accept, then the handshake) within `budget`; a timeout
+/// is reported as `what` with `label`'s peer.
+async fn within<T>(
+    budget: Duration,
+    what: &'static str,
+    label: String,
+    step: impl Future<Output = Result<T, ConnectionError>>,
+) -> Result<T, ConnectionError> {
+    match tokio::time::timeout(budget, step).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectionError::Timeout {
+            what,
+            peer: label,
+            after: budget,
+        }),
+    }
+}
+
+/// Splits the result of a TLS handshake with `label`'s peer into boxed halves.
+fn split_tls<S>(
+    tls: std::io::Result<S>,
+    label: &str,
+) -> Result<(BoxRead, BoxWrite), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let tls = tls.map_err(|e| ConnectionError::Tls {
+        peer: label.to_owned(),
+        message: e.to_string(),
+    })?;
+    let (r, w) = tokio::io::split(tls);
+    Ok((Box::new(r), Box::new(w)))
+}
+
+/// Writes our own casty-v1 handshake frame.
+async fn write_casty_handshake(
+    shared: &Shared,
+    writer: &mut BoxWrite,
+    label: &str,
+) -> Result<(), ConnectionError> {
+    let mut buf = BytesMut::new();
+    let hs = Handshake::new(shared.self_addr.host.clone(), shared.self_addr.port);
+    put_frame(&mut buf, FRAME_HANDSHAKE, &hs.encode());
+    write_raw(writer, &buf, label).await
+}
+
+/// The identity in the peer's casty-v1 handshake frame `f`.
+fn casty_identity(f: &RawFrame, label: &str) -> Result<PeerIdentity, ConnectionError> {
+    if f.kind != FRAME_HANDSHAKE {
+        return Err(ConnectionError::NotAHandshake {
+            peer: label.to_owned(),
+            kind: f.kind,
+            expected: FRAME_HANDSHAKE,
+        });
+    }
+    let theirs = Handshake::decode(&f.body).map_err(|source| ConnectionError::BadHandshake {
+        peer: label.to_owned(),
+        source,
+    })?;
+    Ok(PeerIdentity {
+        addr: PeerAddr::new(theirs.host, theirs.port),
+        node: None,
+    })
+}
+
+/// The identity the native handshake established.
+fn native_identity(info: PeerInfo) -> PeerIdentity {
+    PeerIdentity {
+        addr: PeerAddr::new(info.host.clone(), info.port),
+        node: Some(info),
+    }
+}
+
+/// A failed native handshake: sends the handshake's last word (if any, best effort)
+/// and returns the error.
+async fn native_failure(
+    writer: &mut BoxWrite,
+    reply: Option<NativeFrame>,
+    error: native::HandshakeError,
+    label: String,
+) -> ConnectionError {
+    if let Some(reply) = reply {
+        let _ = write_native(writer, &reply, &label).await;
+    }
+    ConnectionError::Handshake {
+        peer: label,
+        source: error,
+    }
+}
+
 /// Dials `target` (after the address map), with TLS if configured, and runs the
 /// handshake, all within `connect_timeout`.
 pub(crate) async fn dial(
@@ -138,15 +229,13 @@ pub(crate) async fn dial(
         None => target.clone(),
     };
     let label = mapped.to_string();
-    let budget = shared.cfg.connect_timeout;
-    match tokio::time::timeout(budget, dial_inner(shared, &mapped, label.clone())).await {
-        Ok(r) => r,
-        Err(_) => Err(ConnectionError::Timeout {
-            what: "connect and handshake",
-            peer: label,
-            after: budget,
-        }),
-    }
+    within(
+        shared.cfg.connect_timeout,
+        "connect and handshake",
+        label.clone(),
+        dial_inner(shared, &mapped, label),
+    )
+    .await
 }
 
 async fn dial_inner(
@@ -169,15 +258,7 @@ async fn dial_inner(
                     message: e.to_string(),
                 }
             })?;
-            let tls = connector
-                .connect(name, tcp)
-                .await
-                .map_err(|e| ConnectionError::Tls {
-                    peer: label.clone(),
-                    message: e.to_string(),
-                })?;
-            let (r, w) = tokio::io::split(tls);
-            (Box::new(r) as BoxRead, Box::new(w) as BoxWrite)
+            split_tls(connector.connect(name, tcp).await, &label)?
         }
         None => split_plain(tcp),
     };
@@ -185,27 +266,9 @@ async fn dial_inner(
     let mut writer = wr;
     let identity = match &shared.hs {
         None => {
-            let mut buf = BytesMut::new();
-            let hs = Handshake::new(shared.self_addr.host.clone(), shared.self_addr.port);
-            put_frame(&mut buf, FRAME_HANDSHAKE, &hs.encode());
-            write_raw(&mut writer, &buf, &label).await?;
+            write_casty_handshake(shared, &mut writer, &label).await?;
             let f = read_one(&mut reader, &label).await?;
-            if f.kind != FRAME_HANDSHAKE {
-                return Err(ConnectionError::NotAHandshake {
-                    peer: label,
-                    kind: f.kind,
-                    expected: FRAME_HANDSHAKE,
-                });
-            }
-            let theirs =
-                Handshake::decode(&f.body).map_err(|source| ConnectionError::BadHandshake {
-                    peer: label.clone(),
-                    source,
-                })?;
-            PeerIdentity {
-                addr: PeerAddr::new(theirs.host, theirs.port),
-                node: None,
-            }
+            casty_identity(&f, &label)?
         }
         Some(cfg) => {
             let (mut dialer, hello) = Dialer::start(cfg.clone());
@@ -218,19 +281,10 @@ async fn dial_inner(
             match step {
                 Step::SendAndDone(confirm, info) => {
                     write_native(&mut writer, &confirm, &label).await?;
-                    PeerIdentity {
-                        addr: PeerAddr::new(info.host.clone(), info.port),
-                        node: Some(info),
-                    }
+                    native_identity(info)
                 }
                 Step::Fail { reply, error } => {
-                    if let Some(reply) = reply {
-                        let _ = write_native(&mut writer, &reply, &label).await;
-                    }
-                    return Err(ConnectionError::Handshake {
-                        peer: label,
-                        source: error,
-                    });
+                    return Err(native_failure(&mut writer, reply, error, label).await);
                 }
                 Step::Send(_) | Step::Done(_) => {
                     return Err(ConnectionError::Handshake {
@@ -262,15 +316,13 @@ pub(crate) async fn accept(
     remote: SocketAddr,
 ) -> Result<Established, ConnectionError> {
     let label = remote.to_string();
-    let budget = shared.cfg.handshake_timeout;
-    match tokio::time::timeout(budget, accept_inner(shared, tcp, label.clone())).await {
-        Ok(r) => r,
-        Err(_) => Err(ConnectionError::Timeout {
-            what: "inbound handshake",
-            peer: label,
-            after: budget,
-        }),
-    }
+    within(
+        shared.cfg.handshake_timeout,
+        "inbound handshake",
+        label.clone(),
+        accept_inner(shared, tcp, label),
+    )
+    .await
 }
 
 async fn accept_inner(
@@ -280,17 +332,7 @@ async fn accept_inner(
 ) -> Result<Established, ConnectionError> {
     tune(&tcp);
     let (rd, wr) = match &shared.tls_acceptor {
-        Some(acceptor) => {
-            let tls = acceptor
-                .accept(tcp)
-                .await
-                .map_err(|e| ConnectionError::Tls {
-                    peer: label.clone(),
-                    message: e.to_string(),
-                })?;
-            let (r, w) = tokio::io::split(tls);
-            (Box::new(r) as BoxRead, Box::new(w) as BoxWrite)
-        }
+        Some(acceptor) => split_tls(acceptor.accept(tcp).await, &label)?,
         None => split_plain(tcp),
     };
     let mut reader = FrameReader::new(rd, shared.cfg.max_frame_size);
@@ -298,27 +340,10 @@ async fn accept_inner(
     let first = read_one(&mut reader, &label).await?;
     let identity = match &shared.hs {
         None => {
-            if first.kind != FRAME_HANDSHAKE {
-                // casty closes without writing anything; so do we.
-                return Err(ConnectionError::NotAHandshake {
-                    peer: label,
-                    kind: first.kind,
-                    expected: FRAME_HANDSHAKE,
-                });
-            }
-            let theirs =
-                Handshake::decode(&first.body).map_err(|source| ConnectionError::BadHandshake {
-                    peer: label.clone(),
-                    source,
-                })?;
-            let mut buf = BytesMut::new();
-            let hs = Handshake::new(shared.self_addr.host.clone(), shared.self_addr.port);
-            put_frame(&mut buf, FRAME_HANDSHAKE, &hs.encode());
-            write_raw(&mut writer, &buf, &label).await?;
-            PeerIdentity {
-                addr: PeerAddr::new(theirs.host, theirs.port),
-                node: None,
-            }
+            // Not a handshake: casty closes without writing anything; so do we.
+            let identity = casty_identity(&first, &label)?;
+            write_casty_handshake(shared, &mut writer, &label).await?;
+            identity
         }
         Some(cfg) => {
             if first.kind != FRAME_HELLO {
@@ -350,19 +375,10 @@ async fn accept_inner(
                         frame = read_one(&mut reader, &label).await?;
                     }
                     Step::Done(info) | Step::SendAndDone(_, info) => {
-                        break PeerIdentity {
-                            addr: PeerAddr::new(info.host.clone(), info.port),
-                            node: Some(info),
-                        };
+                        break native_identity(info);
                     }
                     Step::Fail { reply, error } => {
-                        if let Some(reply) = reply {
-                            let _ = write_native(&mut writer, &reply, &label).await;
-                        }
-                        return Err(ConnectionError::Handshake {
-                            peer: label,
-                            source: error,
-                        });
+                        return Err(native_failure(&mut writer, reply, error, label).await);
                     }
                 }
             }
