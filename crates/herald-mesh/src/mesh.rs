@@ -194,6 +194,16 @@ impl RequestOptions {
 
 type Reply = Result<(ResponseBody, Headers), MeshError>;
 
+/// A request or command ready to publish.
+struct Call {
+    msg: Message,
+    /// The session key of an encrypted call (decrypts its reply).
+    session: Option<Box<dyn SessionKey>>,
+    /// Its correlation id.
+    id: String,
+    ttl: Duration,
+}
+
 struct Pending {
     tx: oneshot::Sender<Reply>,
     session: Option<Box<dyn SessionKey>>,
@@ -659,39 +669,22 @@ impl Mesh {
         params: Value,
         opts: RequestOptions,
     ) -> Result<ResponseBody, MeshError> {
-        self.ensure_open()?;
-        validate_name("service name", service)?;
-        let params = params_object(params)?;
-        let ttl = opts.ttl.unwrap_or(self.inner.config.default_ttl);
-        let deadline = opts.timeout.unwrap_or(ttl);
-        let id = self.next_id();
-        let (msg, session) = self
-            .build_call(
-                MessageType::Request,
-                service,
-                method,
-                params,
-                &opts,
-                &id,
-                ttl,
-            )
+        let Call {
+            msg,
+            session,
+            id,
+            ttl,
+        } = self
+            .build_call(MessageType::Request, service, method, params, &opts)
             .await?;
+        let deadline = opts.timeout.unwrap_or(ttl);
         let (tx, rx) = oneshot::channel();
         self.inner.pending.insert(&id, Pending { tx, session });
         let _guard = PendingGuard {
             pending: &self.inner.pending,
             id: &id,
         };
-        match self.inner.conn.publish(RPC_EXCHANGE, service, msg).await {
-            Ok(()) => {}
-            Err(MeshError::Unroutable { .. }) => {
-                return Err(MeshError::NotFound {
-                    service: service.to_owned(),
-                    method: method.to_owned(),
-                });
-            }
-            Err(e) => return Err(e),
-        }
+        self.publish_call(service, method, msg).await?;
         match tokio::time::timeout(deadline, rx).await {
             Ok(Ok(Ok((body, _headers)))) => Ok(body),
             Ok(Ok(Err(e))) => Err(e),
@@ -713,22 +706,20 @@ impl Mesh {
         params: Value,
         opts: RequestOptions,
     ) -> Result<(), MeshError> {
-        self.ensure_open()?;
-        validate_name("service name", service)?;
-        let params = params_object(params)?;
-        let ttl = opts.ttl.unwrap_or(self.inner.config.default_ttl);
-        let id = self.next_id();
-        let (msg, _session) = self
-            .build_call(
-                MessageType::Command,
-                service,
-                method,
-                params,
-                &opts,
-                &id,
-                ttl,
-            )
+        let call = self
+            .build_call(MessageType::Command, service, method, params, &opts)
             .await?;
+        self.publish_call(service, method, call.msg).await
+    }
+
+    /// Publishes a call on the RPC exchange; a call no queue takes is
+    /// [`MeshError::NotFound`].
+    async fn publish_call(
+        &self,
+        service: &str,
+        method: &str,
+        msg: Message,
+    ) -> Result<(), MeshError> {
         match self.inner.conn.publish(RPC_EXCHANGE, service, msg).await {
             Err(MeshError::Unroutable { .. }) => Err(MeshError::NotFound {
                 service: service.to_owned(),
@@ -738,22 +729,26 @@ impl Mesh {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Checks the handle and the call's arguments and builds the request or command
+    /// message, with a fresh correlation id and the ttl from `opts` (or the default).
     async fn build_call(
         &self,
         kind: MessageType,
         service: &str,
         method: &str,
-        params: Map<String, Value>,
+        params: Value,
         opts: &RequestOptions,
-        id: &str,
-        ttl: Duration,
-    ) -> Result<(Message, Option<Box<dyn SessionKey>>), MeshError> {
+    ) -> Result<Call, MeshError> {
+        self.ensure_open()?;
+        validate_name("service name", service)?;
+        let params = params_object(params)?;
+        let ttl = opts.ttl.unwrap_or(self.inner.config.default_ttl);
+        let id = self.next_id();
         let body = RequestBody {
             service: service.to_owned(),
             method: method.to_owned(),
             params,
-            correlation_id: id.to_owned(),
+            correlation_id: id.clone(),
             context: context_object(opts.context.clone()),
             trace_id: opts.trace_id.clone(),
         };
@@ -772,7 +767,12 @@ impl Mesh {
             // Boxed: keeps the common (clear) path's future small.
             session = Some(Box::pin(self.encrypt_call(service, &mut msg)).await?);
         }
-        Ok((msg, session))
+        Ok(Call {
+            msg,
+            session,
+            id,
+            ttl,
+        })
     }
 
     /// Seals a call for `service`'s public key (fetched with describe).
