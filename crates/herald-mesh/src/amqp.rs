@@ -455,49 +455,51 @@ impl AmqpConnection {
 
     /// Deletes a queue (test and tooling helper). Missing queues are not an error.
     pub async fn delete_queue(&self, queue: &str) -> Result<(), MeshError> {
-        let live = self.inner.live().await?;
-        let ch = live
-            .conn
-            .create_channel()
-            .await
-            .map_err(|e| map_err("channel.open", About::Queue(queue), &e))?;
-        let res = ch
-            .queue_delete(
-                short("queue name", queue)?,
-                lapin::options::QueueDeleteOptions::default(),
-            )
-            .await;
-        let _ = ch.close(200, ShortString::from("done")).await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) => match map_err("queue.delete", About::Queue(queue), &e) {
-                MeshError::NoSuchQueue { .. } => Ok(()),
-                other => Err(other),
-            },
-        }
+        self.on_queue_channel(queue, |ch| async move {
+            let res = ch
+                .queue_delete(
+                    short("queue name", queue)?,
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+            match res {
+                Ok(_) => Ok(()),
+                Err(e) => match map_err("queue.delete", About::Queue(queue), &e) {
+                    MeshError::NoSuchQueue { .. } => Ok(()),
+                    other => Err(other),
+                },
+            }
+        })
+        .await
     }
 
     /// Number of ready messages in `queue` (passive declare).
     pub async fn queue_len(&self, queue: &str) -> Result<u32, MeshError> {
+        self.on_queue_channel(queue, |ch| async move {
+            declare_passive(&ch, short("queue name", queue)?, About::Queue(queue)).await
+        })
+        .await
+    }
+
+    /// Runs `op` on a channel opened for it (a tool's operation on `queue`), then
+    /// closes the channel.
+    async fn on_queue_channel<T, Fut>(
+        &self,
+        queue: &str,
+        op: impl FnOnce(lapin::Channel) -> Fut,
+    ) -> Result<T, MeshError>
+    where
+        Fut: Future<Output = Result<T, MeshError>>,
+    {
         let live = self.inner.live().await?;
         let ch = live
             .conn
             .create_channel()
             .await
             .map_err(|e| map_err("channel.open", About::Queue(queue), &e))?;
-        let res = ch
-            .queue_declare(
-                short("queue name", queue)?,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
+        let res = op(ch.clone()).await;
         let _ = ch.close(200, ShortString::from("done")).await;
-        res.map(|q| q.message_count())
-            .map_err(|e| map_err("queue.declare(passive)", About::Queue(queue), &e))
+        res
     }
 }
 
@@ -763,6 +765,26 @@ pub fn queue_arguments(spec: &QueueSpec) -> FieldTable {
     args
 }
 
+/// Declares the queue `name` passively (it must exist); returns its count of ready
+/// messages.
+async fn declare_passive(
+    ch: &lapin::Channel,
+    name: ShortString,
+    about: About<'_>,
+) -> Result<u32, MeshError> {
+    ch.queue_declare(
+        name,
+        QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map(|q| q.message_count())
+    .map_err(|e| map_err("queue.declare(passive)", about, &e))
+}
+
 async fn declare_queue_on(live: &Live, spec: &QueueSpec) -> Result<(), MeshError> {
     let about = About::Queue(&spec.name);
     let name = short("queue name", &spec.name)?;
@@ -792,16 +814,7 @@ async fn declare_queue_on(live: &Live, spec: &QueueSpec) -> Result<(), MeshError
                 .channel(&live.topology)
                 .await
                 .map_err(|e| map_err("channel.open", about, &e))?;
-            ch.queue_declare(
-                name.clone(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| map_err("queue.declare(passive)", about, &e))?;
+            declare_passive(&ch, name.clone(), about).await?;
         } else {
             return Err(err);
         }
