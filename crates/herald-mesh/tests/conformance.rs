@@ -32,7 +32,9 @@ use herald_mesh::message::{
     self, DeathReason, Envelope, Headers, Message, MessageType, Payload, Properties, RPC_EXCHANGE,
 };
 use herald_mesh::service::{MethodInfo, RequestContext, ServiceRouter};
-use herald_mesh::{Mesh, MeshConfig, MeshError, RequestOptions, ServiceError};
+use herald_mesh::{
+    EventBody, EventSubscription, Mesh, MeshConfig, MeshError, RequestOptions, ServiceError,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -79,9 +81,39 @@ async fn client(b: &Arc<dyn Backend>) -> Mesh {
         .expect("connect client")
 }
 
+/// Connects an example service under a fresh name (`prefix-…`) and a client.
+async fn example_and_client(b: &Arc<dyn Backend>, prefix: &str) -> (String, Mesh, Mesh) {
+    let svc = unique(prefix);
+    let s = example(b, &svc).await;
+    let c = client(b).await;
+    (svc, s, c)
+}
+
+/// Disconnects every handle, in order.
+async fn disconnect_all(handles: impl IntoIterator<Item = Mesh>) {
+    for m in handles {
+        m.disconnect().await.unwrap();
+    }
+}
+
 async fn call(c: &Mesh, svc: &str, method: &str, params: Value) -> Result<Value, MeshError> {
     c.request(svc, method, params, json!({}), Some(WAIT), None)
         .await
+}
+
+/// [`call`] that must succeed.
+async fn call_ok(c: &Mesh, svc: &str, method: &str, params: Value) -> Value {
+    call(c, svc, method, params)
+        .await
+        .unwrap_or_else(|e| panic!("{svc}.{method} failed: {e:?}"))
+}
+
+/// The next event of `sub`, within [`WAIT`].
+async fn next_event(sub: &mut EventSubscription) -> EventBody {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("an event within WAIT")
+        .expect("subscription open")
 }
 
 /// Takes dead letters of `service` from its dead-letter queue until `n` are seen
@@ -135,22 +167,16 @@ fn raw_request(service: &str, body: &[u8], protocol: &'static str, kind: &'stati
 
 /// request/response: results, echo of params and context, trace id, correlation ids.
 pub async fn request_response(b: Arc<dyn Backend>) {
-    let svc = unique("rr");
-    let s = example(&b, &svc).await;
-    let c = client(&b).await;
+    let (svc, s, c) = example_and_client(&b, "rr").await;
     assert!(c.client_only());
     assert!(!s.client_only());
     assert_eq!(s.service_name(), svc);
     assert_eq!(
-        call(&c, &svc, "add", json!({"a": 2, "b": 3}))
-            .await
-            .unwrap(),
+        call_ok(&c, &svc, "add", json!({"a": 2, "b": 3})).await,
         json!(5)
     );
     assert_eq!(
-        call(&c, &svc, "add", json!({"a": 1.5, "b": 2}))
-            .await
-            .unwrap(),
+        call_ok(&c, &svc, "add", json!({"a": 1.5, "b": 2})).await,
         json!(3.5)
     );
     let echoed = c
@@ -192,16 +218,13 @@ pub async fn request_response(b: Arc<dyn Backend>) {
     for (i, r) in futures::future::join_all(calls).await {
         assert_eq!(r.unwrap(), json!(i + 1000));
     }
-    c.disconnect().await.unwrap();
-    s.disconnect().await.unwrap();
+    disconnect_all([c, s]).await;
 }
 
 /// Errors: handler errors keep their class, unknown and private methods, bad
 /// parameters, unknown services, invalid arguments; the service keeps serving.
 pub async fn errors(b: Arc<dyn Backend>) {
-    let svc = unique("err");
-    let s = example(&b, &svc).await;
-    let c = client(&b).await;
+    let (svc, s, c) = example_and_client(&b, "err").await;
     match call(
         &c,
         &svc,
@@ -274,21 +297,16 @@ pub async fn errors(b: Arc<dyn Backend>) {
         Err(MeshError::InvalidArgument { .. })
     ));
     assert_eq!(
-        call(&c, &svc, "add", json!({"a": 4, "b": 4}))
-            .await
-            .unwrap(),
+        call_ok(&c, &svc, "add", json!({"a": 4, "b": 4})).await,
         json!(8)
     );
-    c.disconnect().await.unwrap();
-    s.disconnect().await.unwrap();
+    disconnect_all([c, s]).await;
 }
 
 /// A client-side deadline: a reply slower than the deadline gives `Timeout`, never a
 /// hang, and the late reply is ignored.
 pub async fn deadline(b: Arc<dyn Backend>) {
-    let svc = unique("dl");
-    let s = example(&b, &svc).await;
-    let c = client(&b).await;
+    let (svc, s, c) = example_and_client(&b, "dl").await;
     let opts = RequestOptions {
         timeout: Some(Duration::from_millis(300)),
         ..RequestOptions::default()
@@ -305,13 +323,10 @@ pub async fn deadline(b: Arc<dyn Backend>) {
     })
     .await;
     assert_eq!(
-        call(&c, &svc, "add", json!({"a": 1, "b": 2}))
-            .await
-            .unwrap(),
+        call_ok(&c, &svc, "add", json!({"a": 1, "b": 2})).await,
         json!(3)
     );
-    c.disconnect().await.unwrap();
-    s.disconnect().await.unwrap();
+    disconnect_all([c, s]).await;
 }
 
 /// ttl expiry: a request whose ttl passes while queued behind a busy service is
@@ -386,17 +401,14 @@ pub async fn ttl_expiry(b: Arc<dyn Backend>) {
     }
     assert_eq!(busy.await.unwrap().unwrap(), json!(2000));
     probe.close().await.unwrap();
-    c.disconnect().await.unwrap();
-    s.disconnect().await.unwrap();
+    disconnect_all([c, s]).await;
 }
 
 /// Poison messages (bad JSON, wrong protocol, unknown type, a list body, a stray
 /// response) are dead-lettered once each with reason `rejected`, the caller of a
 /// decodable-but-bad request gets an error reply, and the service keeps serving.
 pub async fn poison_messages(b: Arc<dyn Backend>) {
-    let svc = unique("poison");
-    let s = example(&b, &svc).await;
-    let c = client(&b).await;
+    let (svc, s, c) = example_and_client(&b, "poison").await;
     let conn = b.connect("poison-probe").await.unwrap();
     let poison = [
         raw_request(&svc, b"not json at all", "0.1.1", "request"),
@@ -425,30 +437,23 @@ pub async fn poison_messages(b: Arc<dyn Backend>) {
     .await;
     for i in 0..10 {
         assert_eq!(
-            call(&c, &svc, "add", json!({"a": i, "b": 1}))
-                .await
-                .unwrap(),
+            call_ok(&c, &svc, "add", json!({"a": i, "b": 1})).await,
             json!(i + 1)
         );
     }
     conn.close().await.unwrap();
-    c.disconnect().await.unwrap();
-    s.disconnect().await.unwrap();
+    disconnect_all([c, s]).await;
 }
 
 /// Exactly one settlement per delivery: after a mix of successes, handler errors,
 /// commands and poison, exactly the poison messages are in the DLQ (no duplicates)
 /// and the service still answers (a double ack would kill a RabbitMQ channel).
 pub async fn exactly_one_ack(b: Arc<dyn Backend>) {
-    let svc = unique("ack");
-    let s = example(&b, &svc).await;
-    let c = client(&b).await;
+    let (svc, s, c) = example_and_client(&b, "ack").await;
     let conn = b.connect("ack-probe").await.unwrap();
     for i in 0..20i64 {
         assert_eq!(
-            call(&c, &svc, "add", json!({"a": i, "b": i}))
-                .await
-                .unwrap(),
+            call_ok(&c, &svc, "add", json!({"a": i, "b": i})).await,
             json!(2 * i)
         );
         assert!(
@@ -484,22 +489,17 @@ pub async fn exactly_one_ack(b: Arc<dyn Backend>) {
     let next = dead_letters(&conn, &svc, 1).await;
     assert_eq!(next[0].properties.correlation_id, "ack-marker");
     assert_eq!(
-        call(&c, &svc, "add", json!({"a": 7, "b": 7}))
-            .await
-            .unwrap(),
+        call_ok(&c, &svc, "add", json!({"a": 7, "b": 7})).await,
         json!(14)
     );
     conn.close().await.unwrap();
-    c.disconnect().await.unwrap();
-    s.disconnect().await.unwrap();
+    disconnect_all([c, s]).await;
 }
 
 /// Commands: no reply, executed (observed through an emitted event); unknown service
 /// is an error.
 pub async fn command(b: Arc<dyn Backend>) {
-    let svc = unique("cmd");
-    let s = example(&b, &svc).await;
-    let c = client(&b).await;
+    let (svc, s, c) = example_and_client(&b, "cmd").await;
     let topic = format!("cmd.{}", unique("t"));
     let mut sub = c.subscribe(&topic).await.unwrap();
     c.command(
@@ -510,10 +510,7 @@ pub async fn command(b: Arc<dyn Backend>) {
     )
     .await
     .unwrap();
-    let ev = tokio::time::timeout(WAIT, sub.next())
-        .await
-        .expect("event")
-        .expect("subscription open");
+    let ev = next_event(&mut sub).await;
     assert_eq!(ev.topic, topic);
     assert_eq!(ev.event, json!({"n": 1}));
     assert!(matches!(
@@ -521,16 +518,13 @@ pub async fn command(b: Arc<dyn Backend>) {
             .await,
         Err(MeshError::NotFound { .. })
     ));
-    c.disconnect().await.unwrap();
-    s.disconnect().await.unwrap();
+    disconnect_all([c, s]).await;
 }
 
 /// Events by topic pattern: `*` and `#` subscriptions, service event bindings
 /// (`interop.#` on the example service), emitted events carry the call's ids.
 pub async fn events(b: Arc<dyn Backend>) {
-    let svc = unique("ev");
-    let s = example(&b, &svc).await;
-    let c = client(&b).await;
+    let (svc, s, c) = example_and_client(&b, "ev").await;
     let root = unique("orders").replace('-', "_");
     let mut star = c.subscribe(&format!("{root}.*")).await.unwrap();
     let mut hash = c.subscribe(&format!("{root}.#")).await.unwrap();
@@ -545,24 +539,15 @@ pub async fn events(b: Arc<dyn Backend>) {
     )
     .await
     .unwrap();
-    let e = tokio::time::timeout(WAIT, star.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let e = next_event(&mut star).await;
     assert_eq!(
         (e.topic.as_str(), &e.event),
         (format!("{root}.created").as_str(), &json!(2))
     );
     assert_eq!(e.context, json!({"who": "me"}));
     assert_eq!(e.trace_id.as_deref(), Some("tr"));
-    let e1 = tokio::time::timeout(WAIT, hash.next())
-        .await
-        .unwrap()
-        .unwrap();
-    let e2 = tokio::time::timeout(WAIT, hash.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let e1 = next_event(&mut hash).await;
+    let e2 = next_event(&mut hash).await;
     assert_eq!((e1.event, e2.event), (json!(1), json!(2)));
     // The service's own binding on interop.#.
     let topic = format!("interop.{}", unique("x").replace('-', "_"));
@@ -571,7 +556,7 @@ pub async fn events(b: Arc<dyn Backend>) {
         .unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let seen = call(&c, &svc, "events_seen", json!({})).await.unwrap();
+        let seen = call_ok(&c, &svc, "events_seen", json!({})).await;
         if seen
             .as_array()
             .unwrap()
@@ -595,10 +580,7 @@ pub async fn events(b: Arc<dyn Backend>) {
     c.request_with(&svc, "emit", json!({"topic": etopic, "payload": [1]}), opts)
         .await
         .unwrap();
-    let e = tokio::time::timeout(WAIT, star.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let e = next_event(&mut star).await;
     assert_eq!(e.topic, etopic);
     assert_eq!(e.trace_id.as_deref(), Some("trace-emit"));
     assert!(matches!(
@@ -609,8 +591,7 @@ pub async fn events(b: Arc<dyn Backend>) {
         c.subscribe("a..b").await,
         Err(MeshError::InvalidArgument { .. })
     ));
-    c.disconnect().await.unwrap();
-    s.disconnect().await.unwrap();
+    disconnect_all([c, s]).await;
 }
 
 fn leaders(ms: &[Mesh]) -> usize {
@@ -651,9 +632,7 @@ pub async fn leader(b: Arc<dyn Backend>) {
     wait_until("a new leader after a crash", || leaders(&ms) == 1).await;
     assert!(ms[0].is_leader());
     c.disconnect().await.unwrap();
-    for m in ms {
-        m.disconnect().await.unwrap();
-    }
+    disconnect_all(ms).await;
 }
 
 /// describe: the nuropb document shape; requires_encryption and has_public_key.
@@ -698,7 +677,7 @@ pub async fn describe(b: Arc<dyn Backend>) {
     );
     assert_eq!(add.required, ["a", "b"]);
     // The raw document has nuropb's shapes: properties as a list of pairs, a bool.
-    let raw = call(&c, &svc, "nuropb_describe", json!({})).await.unwrap();
+    let raw = call_ok(&c, &svc, "nuropb_describe", json!({})).await;
     assert!(raw["methods"]["add"]["parameters"]["properties"][0].is_array());
     assert_eq!(raw["encrypted_methods"], json!(true));
     assert!(c.requires_encryption(&svc, "secret_echo").await.unwrap());
@@ -712,9 +691,7 @@ pub async fn describe(b: Arc<dyn Backend>) {
         c.describe_service(&unique("absent"), false).await,
         Err(MeshError::NotFound { .. })
     ));
-    c.disconnect().await.unwrap();
-    s.disconnect().await.unwrap();
-    s2.disconnect().await.unwrap();
+    disconnect_all([c, s, s2]).await;
 }
 
 /// Encryption: `requires_encryption` is enforced; encrypted calls work against every
@@ -792,18 +769,12 @@ pub async fn encryption(b: Arc<dyn Backend>) {
         DeathReason::Rejected
     );
     assert_eq!(
-        call(&c, &svc2, "add", json!({"a": 1, "b": 1}))
-            .await
-            .unwrap(),
+        call_ok(&c, &svc2, "add", json!({"a": 1, "b": 1})).await,
         json!(2)
     );
     conn.close().await.unwrap();
-    for m in instances {
-        m.disconnect().await.unwrap();
-    }
-    s2.disconnect().await.unwrap();
-    plain.disconnect().await.unwrap();
-    c.disconnect().await.unwrap();
+    disconnect_all(instances).await;
+    disconnect_all([s2, plain, c]).await;
 }
 
 #[derive(Deserialize)]
@@ -905,14 +876,11 @@ pub async fn unpaired_and_single_instance(b: Arc<dyn Backend>) {
     })
     .await;
     assert_eq!(
-        call(&c, &svc, "add", json!({"a": 2, "b": 2}))
-            .await
-            .unwrap(),
+        call_ok(&c, &svc, "add", json!({"a": 2, "b": 2})).await,
         json!(4)
     );
     conn.close().await.unwrap();
-    c.disconnect().await.unwrap();
-    s.disconnect().await.unwrap();
+    disconnect_all([c, s]).await;
 }
 
 /// A handler that panics (on the inline fast path or on its own task) loses only its
@@ -950,22 +918,21 @@ pub async fn handler_panic(b: Arc<dyn Backend>) {
         .unwrap();
     let c = client(&b).await;
     assert_eq!(
-        call(&c, &svc, "flaky", json!({})).await.unwrap(),
+        call_ok(&c, &svc, "flaky", json!({})).await,
         json!("recovered")
     );
     assert_eq!(inline_calls.load(Ordering::SeqCst), 2);
     assert_eq!(
-        call(&c, &svc, "flaky_later", json!({})).await.unwrap(),
+        call_ok(&c, &svc, "flaky_later", json!({})).await,
         json!("recovered later")
     );
     assert_eq!(later_calls.load(Ordering::SeqCst), 2);
     // The service still serves new calls.
     assert_eq!(
-        call(&c, &svc, "flaky", json!({})).await.unwrap(),
+        call_ok(&c, &svc, "flaky", json!({})).await,
         json!("recovered")
     );
-    c.disconnect().await.unwrap();
-    s.disconnect().await.unwrap();
+    disconnect_all([c, s]).await;
 }
 
 /// Generates one `#[tokio::test]` per suite function; `$backend` is an expression of
