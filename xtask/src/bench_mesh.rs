@@ -110,30 +110,31 @@ pub fn inproc_rows(quick: bool) -> anyhow::Result<Vec<BenchRow>> {
         let herald = measure(&helper, "inproc", conc, &plan)?;
         let base = measure(&helper, "channels", conc, &plan)?;
         let baseline = format!("tokio mpsc+oneshot RPC, {conc} in flight");
-        rows.push(BenchRow::new(
-            format!("mesh in-process req/s, {conc} in flight"),
-            herald.req_per_sec,
-            baseline.clone(),
-            base.req_per_sec,
-        ));
-        rows.push(BenchRow::new(
-            format!("mesh in-process req per CPU-second, {conc} in flight"),
-            herald.req_per_cpu_sec,
-            baseline.clone(),
-            base.req_per_cpu_sec,
-        ));
-        rows.push(BenchRow::new(
-            format!("mesh in-process 1/p50 latency, {conc} in flight"),
-            per_sec(herald.p50_us),
-            baseline.clone(),
-            per_sec(base.p50_us),
-        ));
-        rows.push(BenchRow::new(
-            format!("mesh in-process 1/p99 latency, {conc} in flight"),
-            per_sec(herald.p99_us),
-            baseline,
-            per_sec(base.p99_us),
-        ));
+        for (what, h, b) in [
+            ("req/s", herald.req_per_sec, base.req_per_sec),
+            (
+                "req per CPU-second",
+                herald.req_per_cpu_sec,
+                base.req_per_cpu_sec,
+            ),
+            (
+                "1/p50 latency",
+                per_sec(herald.p50_us),
+                per_sec(base.p50_us),
+            ),
+            (
+                "1/p99 latency",
+                per_sec(herald.p99_us),
+                per_sec(base.p99_us),
+            ),
+        ] {
+            rows.push(BenchRow::new(
+                format!("mesh in-process {what}, {conc} in flight"),
+                h,
+                baseline.clone(),
+                b,
+            ));
+        }
         if conc == 32 {
             rows.push(BenchRow::new(
                 "mesh in-process req/s, 32 in flight (target)",
@@ -310,24 +311,18 @@ pub fn amqp_rows(quick: bool) -> anyhow::Result<Vec<BenchRow>> {
         ] {
             let b = find(stack, conc)?;
             let base = format!("{label}, {conc} in flight");
-            rows.push(BenchRow::new(
-                format!("mesh RabbitMQ req/s, {conc} in flight"),
-                h.rps,
-                base.clone(),
-                b.rps,
-            ));
-            rows.push(BenchRow::new(
-                format!("mesh RabbitMQ 1/p50 latency, {conc} in flight"),
-                per_ms(h.p50_ms),
-                base.clone(),
-                per_ms(b.p50_ms),
-            ));
-            rows.push(BenchRow::new(
-                format!("mesh RabbitMQ 1/p99 latency, {conc} in flight"),
-                per_ms(h.p99_ms),
-                base,
-                per_ms(b.p99_ms),
-            ));
+            for (what, hv, bv) in [
+                ("req/s", h.rps, b.rps),
+                ("1/p50 latency", per_ms(h.p50_ms), per_ms(b.p50_ms)),
+                ("1/p99 latency", per_ms(h.p99_ms), per_ms(b.p99_ms)),
+            ] {
+                rows.push(BenchRow::new(
+                    format!("mesh RabbitMQ {what}, {conc} in flight"),
+                    hv,
+                    base.clone(),
+                    bv,
+                ));
+            }
         }
     }
     Ok(rows)
