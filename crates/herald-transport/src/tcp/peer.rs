@@ -157,6 +157,8 @@ impl Peer {
             );
         }
         let max_frame = shared.cfg.max_frame_size;
+        // Drop-oldest overflow: why the oldest message gives way to this one.
+        let mut evict = None;
         if st.msgs.len() >= shared.cfg.queue_capacity {
             let detail = format!(
                 "outbound queue of {} is full ({} messages)",
@@ -171,26 +173,7 @@ impl Peer {
                 OverflowPolicy::Fail => {
                     return refuse(st, env, DeadLetterReason::QueueOverflow, detail);
                 }
-                OverflowPolicy::DropOldest => {
-                    let pushed = {
-                        let PeerState { msgs, headers, .. } = &mut *st;
-                        msgs.push(headers, &env, max_frame)
-                    };
-                    if let Err(too_large) = pushed {
-                        drop(st);
-                        fail_too_large(shared, env, too_large);
-                        return Ok(());
-                    }
-                    let oldest = st.msgs.pop_front();
-                    st.enqueued += 1;
-                    drop(st);
-                    if let Some(old) = oldest {
-                        self.settle(1);
-                        fail_frame(shared, &old, DeadLetterReason::QueueOverflow, detail);
-                    }
-                    self.msg_ready.notify_one();
-                    return Ok(());
-                }
+                OverflowPolicy::DropOldest => evict = Some(detail),
             }
         }
         let pushed = {
@@ -203,6 +186,16 @@ impl Peer {
             return Ok(());
         }
         st.enqueued += 1;
+        if let Some(detail) = evict {
+            let oldest = st.msgs.pop_front();
+            drop(st);
+            if let Some(old) = oldest {
+                self.settle(1);
+                fail_frame(shared, &old, DeadLetterReason::QueueOverflow, detail);
+            }
+            self.msg_ready.notify_one();
+            return Ok(());
+        }
         // Only the first message wakes the peer task: it checks the queue under this
         // lock before it waits, and takes everything queued each time it wakes.
         let first = st.msgs.len() == 1;
