@@ -88,6 +88,20 @@ async fn herald_node() -> RemoteTransport {
         .expect("herald node")
 }
 
+/// Tells casty's `/echo` actor a `WithRef`: it answers `Ping(value + 1)` to `reply_to`.
+fn tell_echo(herald: &RemoteTransport, casty_port: u16, reply_to: &str, value: i64) {
+    let payload = format!(
+        r#"{{"_type": "casty_vec_msgs.WithRef", "reply_to": {{"__ref__": "{reply_to}"}}, "value": {value}}}"#
+    );
+    herald
+        .make_ref::<RawMessage>(&format!("casty://casty@127.0.0.1:{casty_port}/echo"))
+        .tell(&RawMessage::new(
+            "casty_vec_msgs.WithRef",
+            payload.into_bytes(),
+        ))
+        .expect("tell");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn herald_and_casty_exchange_messages_both_ways() {
     let Some(python) = herald_pyenv::peer_or_skip(&herald_pyenv::CASTY) else {
@@ -114,16 +128,7 @@ async fn herald_and_casty_exchange_messages_both_ways() {
     // 2. Herald → casty → Herald: WithRef carries a ref to a Herald actor; casty replies
     //    Ping(value + 1) to it.
     let reply_to = herald.address_of("/inbox");
-    let payload = format!(
-        r#"{{"_type": "casty_vec_msgs.WithRef", "reply_to": {{"__ref__": "{reply_to}"}}, "value": 41}}"#
-    );
-    herald
-        .make_ref::<RawMessage>(&format!("casty://casty@127.0.0.1:{casty_port}/echo"))
-        .tell(&RawMessage::new(
-            "casty_vec_msgs.WithRef",
-            payload.into_bytes(),
-        ))
-        .expect("tell");
+    tell_echo(&herald, casty_port, &reply_to, 41);
 
     let (peer, sink_line, echo_line) = tokio::task::spawn_blocking(move || {
         let sink = peer.line("GOT /sink");
@@ -164,17 +169,7 @@ async fn herald_and_casty_exchange_messages_both_ways() {
         .local()
         .register_unbounded("/inbox")
         .expect("register");
-    let payload = format!(
-        r#"{{"_type": "casty_vec_msgs.WithRef", "reply_to": {{"__ref__": "{}"}}, "value": 1}}"#,
-        other.address_of("/inbox")
-    );
-    herald
-        .make_ref::<RawMessage>(&format!("casty://casty@127.0.0.1:{casty_port}/echo"))
-        .tell(&RawMessage::new(
-            "casty_vec_msgs.WithRef",
-            payload.into_bytes(),
-        ))
-        .expect("tell");
+    tell_echo(&herald, casty_port, &other.address_of("/inbox"), 1);
     let reply = tokio::time::timeout(WAIT, other_inbox.recv())
         .await
         .expect("reply to the second node in time")
