@@ -14,6 +14,19 @@ use herald_mesh::message::{Envelope, RequestBody, topic_matches};
 use herald_mesh::{InProcBroker, Mesh, MeshConfig, RequestOptions};
 use serde_json::json;
 
+/// One `add(1, 2)` request of the example service; a failed call aborts the bench.
+async fn add(client: &Mesh) {
+    let r = client
+        .request_with(
+            "bench",
+            "add",
+            json!({"a": 1, "b": 2}),
+            RequestOptions::default(),
+        )
+        .await;
+    assert!(r.is_ok(), "bench request failed: {r:?}");
+}
+
 fn inproc(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -39,15 +52,7 @@ fn inproc(c: &mut Criterion) {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let r = client
-                        .request_with(
-                            "bench",
-                            "add",
-                            json!({"a": 1, "b": 2}),
-                            RequestOptions::default(),
-                        )
-                        .await;
-                    assert!(r.is_ok());
+                    add(&client).await;
                 }
                 start.elapsed()
             })
@@ -63,15 +68,7 @@ fn inproc(c: &mut Criterion) {
                         let client = client.clone();
                         tokio::spawn(async move {
                             for _ in 0..per {
-                                let r = client
-                                    .request_with(
-                                        "bench",
-                                        "add",
-                                        json!({"a": 1, "b": 2}),
-                                        RequestOptions::default(),
-                                    )
-                                    .await;
-                                assert!(r.is_ok());
+                                add(&client).await;
                             }
                         })
                     })

@@ -16,6 +16,22 @@ fn herald() -> Command {
     Command::new(env!("CARGO_BIN_EXE_herald"))
 }
 
+/// `herald up` on loopback: the node on a port the OS picks, the registry on
+/// `registry_port`.
+fn herald_up(registry_port: u16) -> Command {
+    let mut cmd = herald();
+    cmd.args([
+        "up",
+        "--bind",
+        "127.0.0.1:0",
+        "--registry-host",
+        "127.0.0.1",
+        "--registry-port",
+        &registry_port.to_string(),
+    ]);
+    cmd
+}
+
 /// A port free for both TCP and UDP on 127.0.0.1 (the registry needs both).
 fn free_port_for_tcp_and_udp() -> u16 {
     for _ in 0..50 {
@@ -36,18 +52,8 @@ struct Up {
 
 impl Up {
     fn start(registry_port: u16) -> Self {
-        let mut child = herald()
-            .args([
-                "up",
-                "--bind",
-                "127.0.0.1:0",
-                "--registry-host",
-                "127.0.0.1",
-                "--registry-port",
-                &registry_port.to_string(),
-                "--mesh-service",
-                "calc",
-            ])
+        let mut child = herald_up(registry_port)
+            .args(["--mesh-service", "calc"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -180,18 +186,7 @@ async fn up_serves_node_registry_and_mesh_then_stops_on_sigterm() {
 fn up_refuses_a_taken_registry_port_with_a_clear_error() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
-    let out = herald()
-        .args([
-            "up",
-            "--bind",
-            "127.0.0.1:0",
-            "--registry-host",
-            "127.0.0.1",
-            "--registry-port",
-            &port.to_string(),
-        ])
-        .output()
-        .expect("run herald up");
+    let out = herald_up(port).output().expect("run herald up");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
