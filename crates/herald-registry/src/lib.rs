@@ -36,6 +36,8 @@ pub mod fuzz_entry;
 pub mod proto;
 pub mod registrar;
 pub mod server;
+#[cfg(target_os = "linux")]
+mod udp_batch;
 
 pub use crate::core::{CommandKind, CoreConfig, RegistryEvent, RemoveReason, Stats, Transport};
 pub use crate::proto::{Command, Port, ServiceAddr};

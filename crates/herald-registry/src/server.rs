@@ -358,6 +358,104 @@ impl Drop for RegistryServer {
 /// How long a UDP reply may wait for room in the send buffer.
 const UDP_SEND_WAIT: Duration = Duration::from_millis(20);
 
+/// Linux: batched system calls (see [`crate::udp_batch`]); otherwise one datagram at a
+/// time, with the same behaviour per datagram.
+#[cfg(target_os = "linux")]
+async fn serve_udp(
+    sock: UdpSocket,
+    local: Option<IpAddr>,
+    shared: Arc<Shared>,
+    max_request: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    use crate::udp_batch::{self, Outcome, RecvBatch, SendBatch};
+    use std::os::fd::AsRawFd;
+    use tokio::io::Interest;
+
+    let fd = sock.as_raw_fd();
+    let mut rx = RecvBatch::new(udp_batch::BATCH, max_request);
+    let mut tx = SendBatch::new(udp_batch::BATCH);
+    loop {
+        let ready = tokio::select! {
+            r = sock.readable() => r,
+            _ = stop.changed() => return,
+        };
+        let got = ready.and_then(|()| sock.try_io(Interest::READABLE, || rx.recv(fd)));
+        match got {
+            Ok(_) => {}
+            // Spurious readiness; tokio has cleared it.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                // Transient (e.g. an ICMP error queued by an earlier reply): the
+                // socket is still fine. Pause a moment so that a persistent error
+                // cannot spin the loop.
+                tracing::debug!(error = %e, "udp recv error");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+        }
+        shared.update(|core| {
+            udp_batch::answer(core, Instant::now(), local, &rx, &mut tx, |o| match o {
+                Outcome::Answered => {}
+                Outcome::Oversized { from, len } => {
+                    tracing::info!(%from, len, max = max_request, "dropped oversized registry datagram")
+                }
+                // A flooding source would flood the log too: rate-limit drops are debug.
+                Outcome::Refused {
+                    from,
+                    error: e @ HandleError::RateLimited { .. },
+                } => tracing::debug!(%from, error = %e, "dropped registry datagram"),
+                Outcome::Refused { from, error } => {
+                    tracing::info!(%from, error = %error, "dropped registry datagram")
+                }
+            })
+        });
+        send_batch(&sock, fd, &mut tx).await;
+    }
+}
+
+/// Sends the replies of one batch. When the send buffer is full, waits for room at
+/// most [`UDP_SEND_WAIT`] for the whole batch, then drops what is left (the clients
+/// retry on their timeout).
+#[cfg(target_os = "linux")]
+async fn send_batch(
+    sock: &UdpSocket,
+    fd: std::os::fd::RawFd,
+    tx: &mut crate::udp_batch::SendBatch,
+) {
+    use tokio::io::Interest;
+
+    let mut deadline = None;
+    while tx.pending() > 0 {
+        match sock.try_io(Interest::WRITABLE, || tx.send(fd)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let until =
+                    *deadline.get_or_insert_with(|| tokio::time::Instant::now() + UDP_SEND_WAIT);
+                if !matches!(
+                    tokio::time::timeout_at(until, sock.writable()).await,
+                    Ok(Ok(()))
+                ) {
+                    tracing::debug!(
+                        dropped = tx.pending(),
+                        "udp replies dropped: send buffer full"
+                    );
+                    tx.skip_all();
+                }
+            }
+            Err(e) => {
+                // This reply's destination is unreachable (or similar); the others
+                // may still go out.
+                if let Some(to) = tx.first_pending() {
+                    tracing::debug!(%to, error = %e, "udp reply not sent");
+                }
+                tx.skip_one();
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
 async fn serve_udp(
     sock: UdpSocket,
     local: Option<IpAddr>,
