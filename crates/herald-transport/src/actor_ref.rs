@@ -1,14 +1,13 @@
 //! [`ActorRef`]: a typed handle to an actor address, with `tell` and `ask`.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_wire::Envelope;
 use herald_wire::payload::{CastyJson, PayloadCodec, TypeHint};
+use herald_wire::{Envelope, SharedStr};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
@@ -27,17 +26,16 @@ pub const ASK_PATH_PREFIX: &str = "/_ask/";
 /// directly.
 ///
 /// ```
-/// use std::borrow::Cow;
 /// use bytes::Bytes;
 /// use herald_transport::{Message, TransportError};
-/// use herald_wire::Envelope;
+/// use herald_wire::{Envelope, SharedStr};
 ///
 /// #[derive(Debug, PartialEq)]
 /// struct Ping(u32);
 ///
 /// impl Message for Ping {
-///     fn type_hint(&self) -> Cow<'_, str> {
-///         Cow::Borrowed("demo.Ping")
+///     fn type_hint(&self) -> SharedStr {
+///         SharedStr::from_static("demo.Ping")
 ///     }
 ///     fn to_payload(&self) -> Result<Bytes, TransportError> {
 ///         Ok(Bytes::copy_from_slice(&self.0.to_be_bytes()))
@@ -54,8 +52,9 @@ pub const ASK_PATH_PREFIX: &str = "/_ask/";
 /// # assert_eq!(Ping::from_envelope(env).unwrap(), Ping(7));
 /// ```
 pub trait Message: Sized {
-    /// The type hint written in the envelope (casty: `<module>.<QualName>`).
-    fn type_hint(&self) -> Cow<'_, str>;
+    /// The type hint written in the envelope (casty: `<module>.<QualName>`); a
+    /// [`SharedStr::from_static`] literal costs no allocation per message.
+    fn type_hint(&self) -> SharedStr;
     /// The payload bytes.
     fn to_payload(&self) -> Result<Bytes, TransportError>;
     /// Rebuilds the message from a received envelope (check the type hint here).
@@ -66,14 +65,14 @@ pub trait Message: Sized {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMessage {
     /// The type hint.
-    pub type_hint: String,
+    pub type_hint: SharedStr,
     /// The payload bytes.
     pub payload: Bytes,
 }
 
 impl RawMessage {
     /// A raw message.
-    pub fn new(type_hint: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    pub fn new(type_hint: impl Into<SharedStr>, payload: impl Into<Bytes>) -> Self {
         Self {
             type_hint: type_hint.into(),
             payload: payload.into(),
@@ -82,8 +81,8 @@ impl RawMessage {
 }
 
 impl Message for RawMessage {
-    fn type_hint(&self) -> Cow<'_, str> {
-        Cow::Borrowed(&self.type_hint)
+    fn type_hint(&self) -> SharedStr {
+        self.type_hint.clone()
     }
     fn to_payload(&self) -> Result<Bytes, TransportError> {
         Ok(self.payload.clone())
@@ -107,8 +106,8 @@ impl<T> Message for T
 where
     T: TypeHint + Serialize + DeserializeOwned,
 {
-    fn type_hint(&self) -> Cow<'_, str> {
-        Cow::Borrowed(T::TYPE_HINT)
+    fn type_hint(&self) -> SharedStr {
+        SharedStr::from_static(T::TYPE_HINT)
     }
     fn to_payload(&self) -> Result<Bytes, TransportError> {
         Ok(PayloadCodec::<T>::encode(&CastyJson, self)?)
@@ -188,8 +187,11 @@ impl RawMessage {
 /// # }
 /// ```
 pub struct ActorRef<M> {
-    address: Arc<str>,
-    sender: Option<Arc<str>>,
+    address: SharedStr,
+    /// The sender written in envelopes, when set by `with_sender`.
+    sender: Option<SharedStr>,
+    /// Otherwise the one derived from the reply endpoint (on first use).
+    derived_sender: OnceLock<SharedStr>,
     transport: Arc<dyn MessageTransport>,
     endpoint: Option<LocalEndpoint>,
     _message: PhantomData<fn(M)>,
@@ -198,8 +200,9 @@ pub struct ActorRef<M> {
 impl<M> Clone for ActorRef<M> {
     fn clone(&self) -> Self {
         Self {
-            address: Arc::clone(&self.address),
+            address: self.address.clone(),
             sender: self.sender.clone(),
+            derived_sender: self.derived_sender.clone(),
             transport: Arc::clone(&self.transport),
             endpoint: self.endpoint.clone(),
             _message: PhantomData,
@@ -234,11 +237,11 @@ impl<M> Eq for ActorRef<M> {}
 impl<M> ActorRef<M> {
     /// A handle to `address` (an actor URI such as `casty://sys@host:port/path`)
     /// reached through `transport`.
-    pub fn new(address: impl Into<String>, transport: Arc<dyn MessageTransport>) -> Self {
-        let address: String = address.into();
+    pub fn new(address: impl Into<SharedStr>, transport: Arc<dyn MessageTransport>) -> Self {
         Self {
-            address: Arc::from(address),
+            address: address.into(),
             sender: None,
+            derived_sender: OnceLock::new(),
             transport,
             endpoint: None,
             _message: PhantomData,
@@ -248,9 +251,8 @@ impl<M> ActorRef<M> {
     /// Uses `sender` as the `sender` of the envelopes [`tell`](Self::tell) writes
     /// (default: the root of the transport's local endpoint plus `/`, as casty writes
     /// it, or an empty string without an endpoint).
-    pub fn with_sender(mut self, sender: impl Into<String>) -> Self {
-        let sender: String = sender.into();
-        self.sender = Some(Arc::from(sender));
+    pub fn with_sender(mut self, sender: impl Into<SharedStr>) -> Self {
+        self.sender = Some(sender.into());
         self
     }
 
@@ -258,6 +260,7 @@ impl<M> ActorRef<M> {
     /// [local endpoint](MessageTransport::local_endpoint).
     pub fn with_reply_endpoint(mut self, endpoint: LocalEndpoint) -> Self {
         self.endpoint = Some(endpoint);
+        self.derived_sender = OnceLock::new();
         self
     }
 
@@ -274,8 +277,9 @@ impl<M> ActorRef<M> {
     /// The same address and transport, for another message type.
     pub fn retype<N>(&self) -> ActorRef<N> {
         ActorRef {
-            address: Arc::clone(&self.address),
+            address: self.address.clone(),
             sender: self.sender.clone(),
+            derived_sender: self.derived_sender.clone(),
             transport: Arc::clone(&self.transport),
             endpoint: self.endpoint.clone(),
             _message: PhantomData,
@@ -288,13 +292,17 @@ impl<M> ActorRef<M> {
             .or_else(|| self.transport.local_endpoint())
     }
 
-    fn default_sender(&self) -> String {
+    fn default_sender(&self) -> SharedStr {
         match &self.sender {
-            Some(s) => s.to_string(),
+            Some(s) => s.clone(),
             None => self
-                .endpoint()
-                .map(|ep| format!("{}/", ep.root))
-                .unwrap_or_default(),
+                .derived_sender
+                .get_or_init(|| {
+                    self.endpoint()
+                        .map(|ep| SharedStr::from(format!("{}/", ep.root)))
+                        .unwrap_or_default()
+                })
+                .clone(),
         }
     }
 }
@@ -303,9 +311,9 @@ impl<M: Message> ActorRef<M> {
     /// Sends `message` and returns once the transport accepted it.
     pub fn tell(&self, message: &M) -> Result<(), TransportError> {
         let envelope = Envelope::new(
-            self.address.to_string(),
+            self.address.clone(),
             self.default_sender(),
-            message.type_hint().into_owned(),
+            message.type_hint(),
             message.to_payload()?,
         );
         self.transport.deliver(envelope)
@@ -327,9 +335,9 @@ impl<M: Message> ActorRef<M> {
         let endpoint = self
             .endpoint()
             .ok_or_else(|| TransportError::NoReplyEndpoint {
-                target: self.address.to_string(),
+                target: self.address.clone(),
             })?;
-        let type_hint = message.type_hint().into_owned();
+        let type_hint = message.type_hint();
         let payload = message.to_payload()?;
 
         let (guard, rx) = loop {
@@ -364,13 +372,8 @@ impl<M: Message> ActorRef<M> {
                 Err(e) => return Err(e),
             }
         };
-        let reply_to = endpoint.address_of(&guard.path);
-        let request = Envelope::new(
-            self.address.to_string(),
-            reply_to.clone(),
-            type_hint,
-            payload,
-        );
+        let reply_to = SharedStr::from(endpoint.address_of(&guard.path));
+        let request = Envelope::new(self.address.clone(), reply_to.clone(), type_hint, payload);
         self.transport.deliver(request)?;
 
         let outcome = tokio::time::timeout(timeout, rx).await;
@@ -378,11 +381,11 @@ impl<M: Message> ActorRef<M> {
         match outcome {
             Ok(Ok(reply)) => R::from_envelope(reply),
             Ok(Err(_)) => Err(TransportError::ReplyPathClosed {
-                target: self.address.to_string(),
+                target: self.address.clone(),
                 reply_to,
             }),
             Err(_) => Err(TransportError::AskTimeout {
-                target: self.address.to_string(),
+                target: self.address.clone(),
                 timeout,
             }),
         }
@@ -412,14 +415,14 @@ pub fn reply<M: Message>(
 ) -> Result<(), TransportError> {
     if request.sender.is_empty() {
         return Err(TransportError::InvalidTarget {
-            target: String::new(),
+            target: SharedStr::empty(),
             reason: "the request has no sender to reply to",
         });
     }
     transport.deliver(Envelope::new(
         request.sender.clone(),
         request.target.clone(),
-        message.type_hint().into_owned(),
+        message.type_hint(),
         message.to_payload()?,
     ))
 }

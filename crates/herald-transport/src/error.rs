@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::dead_letter::DeadLetterReason;
+use herald_wire::SharedStr;
 
 /// Everything that can go wrong in herald-transport.
 ///
@@ -28,7 +29,7 @@ pub enum TransportError {
     #[error("invalid target address {target:?}: {reason}")]
     InvalidTarget {
         /// The target as found in the envelope.
-        target: String,
+        target: SharedStr,
         /// Why it was rejected.
         reason: &'static str,
     },
@@ -53,7 +54,7 @@ pub enum TransportError {
     #[error("no reply from {target} within {timeout:?}")]
     AskTimeout {
         /// The asked actor's address.
-        target: String,
+        target: SharedStr,
         /// The timeout that elapsed.
         timeout: Duration,
     },
@@ -63,7 +64,7 @@ pub enum TransportError {
     #[error("cannot ask {target}: the transport has no local endpoint to receive the reply")]
     NoReplyEndpoint {
         /// The address that was asked.
-        target: String,
+        target: SharedStr,
     },
 
     /// The temporary reply path of an `ask` was removed before a reply arrived
@@ -71,9 +72,9 @@ pub enum TransportError {
     #[error("the reply path {reply_to} for the ask to {target} closed before a reply arrived")]
     ReplyPathClosed {
         /// The asked actor's address.
-        target: String,
+        target: SharedStr,
         /// The temporary reply address.
-        reply_to: String,
+        reply_to: SharedStr,
     },
 
     /// The transport refused the message; it was also reported as a dead letter with
@@ -81,7 +82,7 @@ pub enum TransportError {
     #[error("message to {target} refused: {reason}")]
     Refused {
         /// The target of the refused message.
-        target: String,
+        target: SharedStr,
         /// Why it was refused.
         reason: DeadLetterReason,
     },
@@ -90,7 +91,7 @@ pub enum TransportError {
     #[error("cannot decode a message of type hint {type_hint:?}: {reason}")]
     Decode {
         /// The type hint of the received envelope.
-        type_hint: String,
+        type_hint: SharedStr,
         /// What was wrong.
         reason: String,
     },

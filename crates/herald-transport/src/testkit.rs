@@ -46,7 +46,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_wire::Envelope;
+use herald_wire::{Envelope, SharedStr};
 use tokio::sync::mpsc;
 
 use crate::dead_letter::DeadLetters;
@@ -311,7 +311,7 @@ pub async fn check_ordering<H: TransportHarness>(
             Err(e) => return Err(violation(CHECK, format!("a sender task failed: {e}"))),
         }
     }
-    let mut next: HashMap<String, u64> = HashMap::new();
+    let mut next: HashMap<SharedStr, u64> = HashMap::new();
     for i in 0..n * config.senders {
         let env = recv(
             CHECK,

@@ -72,7 +72,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///     sent: AtomicU64::new(0),
 /// });
 /// transport.deliver(Envelope::new("casty://herald/greeter", "", "demo.Hello", &b"{}"[..]))?;
-/// assert_eq!(inbox.recv().await.map(|e| e.type_hint), Some("demo.Hello".to_string()));
+/// assert_eq!(inbox.recv().await.map(|e| e.type_hint), Some("demo.Hello".into()));
 /// # Ok(())
 /// # }
 /// ```

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::error::WireError;
 use crate::pyjson;
+use crate::shared_str::SharedStr;
 
 /// Size of the header-length prefix.
 pub const HEADER_LEN_PREFIX: usize = 4;
@@ -34,11 +35,11 @@ const WHAT: &str = "envelope header";
 #[derive(Clone, PartialEq)]
 pub struct Envelope {
     /// Target actor URI, e.g. `casty://sys@127.0.0.1:25520/user/counter`.
-    pub target: String,
+    pub target: SharedStr,
     /// Sender URI; casty always writes the system root, e.g. `casty://sys@127.0.0.1:25521/`.
-    pub sender: String,
+    pub sender: SharedStr,
     /// `<module>.<qualname>` of the message class, e.g. `casty_vec_msgs.Ping`.
-    pub type_hint: String,
+    pub type_hint: SharedStr,
     /// Serialized message bytes (no own length: runs to the end of the envelope).
     pub payload: Bytes,
     extra: Vec<(String, Value)>,
@@ -61,9 +62,9 @@ impl fmt::Debug for Envelope {
 impl Envelope {
     /// Builds an envelope with no extra header keys.
     pub fn new(
-        target: impl Into<String>,
-        sender: impl Into<String>,
-        type_hint: impl Into<String>,
+        target: impl Into<SharedStr>,
+        sender: impl Into<SharedStr>,
+        type_hint: impl Into<SharedStr>,
         payload: impl Into<Bytes>,
     ) -> Self {
         Envelope {
@@ -276,9 +277,9 @@ const CACHED_HEADER_MAX: usize = 1024;
 pub struct EnvelopeDecoder {
     /// The header bytes of `fields` (empty: nothing cached).
     raw: Vec<u8>,
-    target: String,
-    sender: String,
-    type_hint: String,
+    target: SharedStr,
+    sender: SharedStr,
+    type_hint: SharedStr,
 }
 
 impl EnvelopeDecoder {
@@ -325,9 +326,9 @@ impl EnvelopeDecoder {
             self.raw.clear();
             if header.extra.is_empty() && raw.len() <= CACHED_HEADER_MAX {
                 self.raw.extend_from_slice(raw);
-                self.target.clone_from(&header.target);
-                self.sender.clone_from(&header.sender);
-                self.type_hint.clone_from(&header.type_hint);
+                self.target = header.target.clone();
+                self.sender = header.sender.clone();
+                self.type_hint = header.type_hint.clone();
             }
             header
         };
@@ -337,9 +338,9 @@ impl EnvelopeDecoder {
 
 /// Decoded header fields.
 struct Header {
-    target: String,
-    sender: String,
-    type_hint: String,
+    target: SharedStr,
+    sender: SharedStr,
+    type_hint: SharedStr,
     extra: Vec<(String, Value)>,
 }
 
@@ -352,9 +353,9 @@ enum HeaderParse {
 
 struct HeaderVisitor;
 
-fn take_string(key: &'static str, value: Value) -> Result<String, WireError> {
+fn take_string(key: &'static str, value: Value) -> Result<SharedStr, WireError> {
     match value {
-        Value::String(s) => Ok(s),
+        Value::String(s) => Ok(SharedStr::from(s)),
         other => Err(WireError::wrong_field_type(WHAT, key, "a string", &other)),
     }
 }
@@ -487,9 +488,9 @@ fn parse_header_fast(bytes: &[u8]) -> Option<Header> {
         return None;
     }
     Some(Header {
-        target: target.to_owned(),
-        sender: sender.to_owned(),
-        type_hint: type_hint.to_owned(),
+        target: SharedStr::from(target),
+        sender: SharedStr::from(sender),
+        type_hint: SharedStr::from(type_hint),
         extra: Vec::new(),
     })
 }

@@ -45,9 +45,11 @@ pub mod frame;
 pub mod fuzz;
 pub mod payload;
 pub mod pyjson;
+pub mod shared_str;
 
 pub use address::ActorAddress;
 pub use codec::{FrameCodec, FrameIter};
 pub use envelope::{Envelope, EnvelopeDecoder};
 pub use error::WireError;
 pub use frame::{DEFAULT_MAX_FRAME_SIZE, FRAME_HANDSHAKE, FRAME_MESSAGE, Frame, Handshake};
+pub use shared_str::SharedStr;

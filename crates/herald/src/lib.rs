@@ -25,7 +25,7 @@
 //! let local = LocalTransport::new();
 //! let mut inbox = local.register_channel("/user/greeter", 16)?;
 //! local.deliver(Envelope::new("casty://app/user/greeter", "", "app.Hello", &b"{}"[..]))?;
-//! assert_eq!(inbox.recv().await.map(|e| e.type_hint), Some("app.Hello".to_owned()));
+//! assert_eq!(inbox.recv().await.map(|e| e.type_hint), Some("app.Hello".into()));
 //!
 //! // An RPC over the in-process mesh.
 //! let broker = Arc::new(InProcBroker::new());
@@ -48,7 +48,7 @@ pub mod wire {
     };
     pub use herald_wire::{
         ActorAddress, DEFAULT_MAX_FRAME_SIZE, Envelope, FRAME_HANDSHAKE, FRAME_MESSAGE, Frame,
-        FrameCodec, Handshake, WireError, type_hint,
+        FrameCodec, Handshake, SharedStr, WireError, type_hint,
     };
 
     /// The whole `herald-wire` crate.

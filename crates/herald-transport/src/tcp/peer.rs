@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_wire::{Envelope, EnvelopeDecoder, FRAME_HANDSHAKE, FRAME_MESSAGE};
+use herald_wire::{Envelope, EnvelopeDecoder, FRAME_HANDSHAKE, FRAME_MESSAGE, SharedStr};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -834,9 +834,9 @@ impl OutQueue {
 /// [`Envelope::encode_into`] writes.
 #[derive(Default)]
 struct HeaderCache {
-    target: String,
-    sender: String,
-    type_hint: String,
+    target: SharedStr,
+    sender: SharedStr,
+    type_hint: SharedStr,
     /// Empty when nothing is cached.
     encoded: Vec<u8>,
 }
@@ -863,9 +863,9 @@ impl HeaderCache {
         let header_end = dst.len() - env.payload.len();
         self.encoded.clear();
         self.encoded.extend_from_slice(&dst[start..header_end]);
-        self.target.clone_from(&env.target);
-        self.sender.clone_from(&env.sender);
-        self.type_hint.clone_from(&env.type_hint);
+        self.target = env.target.clone();
+        self.sender = env.sender.clone();
+        self.type_hint = env.type_hint.clone();
     }
 }
 

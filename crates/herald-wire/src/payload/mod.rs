@@ -43,6 +43,7 @@ use serde::de::DeserializeOwned;
 
 use crate::envelope::Envelope;
 use crate::error::WireError;
+use crate::shared_str::SharedStr;
 
 mod serde_impl;
 mod value;
@@ -324,14 +325,14 @@ impl<T, C: PayloadCodec<T>> PayloadCodec<T> for Zlib<C> {
 /// The codec's encoding error.
 pub fn envelope_for<T: TypeHint, C: PayloadCodec<T>>(
     codec: &C,
-    target: impl Into<String>,
-    sender: impl Into<String>,
+    target: impl Into<SharedStr>,
+    sender: impl Into<SharedStr>,
     msg: &T,
 ) -> Result<Envelope, WireError> {
     Ok(Envelope::new(
         target,
         sender,
-        T::TYPE_HINT,
+        SharedStr::from_static(T::TYPE_HINT),
         codec.encode(msg)?,
     ))
 }
