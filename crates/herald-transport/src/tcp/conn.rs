@@ -13,6 +13,7 @@ use herald_wire::{FRAME_HANDSHAKE, Handshake};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
 use tracing::{debug, warn};
 
 use super::Shared;
@@ -25,6 +26,71 @@ use crate::native::{
 
 pub(crate) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 pub(crate) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The sending half of a connection.
+///
+/// A plain TCP half is shared (`Arc`) with the peer's state so that a sender can write
+/// one message straight to the socket when the connection is idle (no task hop; see
+/// `Peer::enqueue_locked`); every write through it happens under the peer's state lock
+/// or while the peer task holds the connection busy, never both. TLS streams are
+/// written by the peer task only.
+pub(crate) enum ConnWrite {
+    /// Plain TCP.
+    Plain(Arc<OwnedWriteHalf>),
+    /// TLS (or any other stream).
+    Boxed(BoxWrite),
+}
+
+impl ConnWrite {
+    /// Writes all of `buf`.
+    pub(crate) async fn write_all(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            ConnWrite::Boxed(w) => w.write_all(buf).await,
+            ConnWrite::Plain(w) => {
+                while !buf.is_empty() {
+                    match w.try_write(buf) {
+                        Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                        Ok(n) => buf = &buf[n..],
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            w.writable().await?
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Flushes buffered bytes (TLS); plain sockets have none.
+    pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            ConnWrite::Boxed(w) => w.flush().await,
+            ConnWrite::Plain(_) => Ok(()),
+        }
+    }
+
+    /// Closes the sending side (FIN, or TLS close_notify). A plain half still shared
+    /// is closed when its last holder drops it (tokio shuts the write side down on
+    /// drop), so callers release the shared handle first.
+    pub(crate) async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            ConnWrite::Boxed(w) => w.shutdown().await,
+            ConnWrite::Plain(w) => match Arc::get_mut(w) {
+                Some(owned) => owned.shutdown().await,
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// The shared plain half, for direct writes.
+    pub(crate) fn direct(&self) -> Option<Arc<OwnedWriteHalf>> {
+        match self {
+            ConnWrite::Plain(w) => Some(w.clone()),
+            ConnWrite::Boxed(_) => None,
+        }
+    }
+}
 
 /// How the transport keys a peer: by its advertised address, or (native client-only
 /// peers, which advertise port 0) by node id.
@@ -67,7 +133,7 @@ impl PeerIdentity {
 /// A connection that completed its handshake.
 pub(crate) struct Established {
     pub reader: FrameReader<BoxRead>,
-    pub writer: BoxWrite,
+    pub writer: ConnWrite,
     pub identity: PeerIdentity,
     pub dialed_by_us: bool,
     /// Socket-level peer for log lines.
@@ -81,7 +147,7 @@ pub(crate) fn put_frame(dst: &mut BytesMut, kind: u8, body: &[u8]) {
     dst.extend_from_slice(body);
 }
 
-async fn write_raw(w: &mut BoxWrite, buf: &[u8], label: &str) -> Result<(), ConnectionError> {
+async fn write_raw(w: &mut ConnWrite, buf: &[u8], label: &str) -> Result<(), ConnectionError> {
     let io = |source| ConnectionError::Io {
         peer: label.to_owned(),
         source,
@@ -91,7 +157,7 @@ async fn write_raw(w: &mut BoxWrite, buf: &[u8], label: &str) -> Result<(), Conn
 }
 
 async fn write_native(
-    w: &mut BoxWrite,
+    w: &mut ConnWrite,
     frame: &NativeFrame,
     label: &str,
 ) -> Result<(), ConnectionError> {
@@ -117,9 +183,9 @@ async fn read_one(r: &mut FrameReader<BoxRead>, label: &str) -> Result<RawFrame,
     }
 }
 
-fn split_plain(tcp: TcpStream) -> (BoxRead, BoxWrite) {
+fn split_plain(tcp: TcpStream) -> (BoxRead, ConnWrite) {
     let (r, w) = tcp.into_split();
-    (Box::new(r), Box::new(w))
+    (Box::new(r), ConnWrite::Plain(Arc::new(w)))
 }
 
 fn tune(tcp: &TcpStream) {
@@ -150,7 +216,7 @@ async fn within<T>(
 fn split_tls<S>(
     tls: std::io::Result<S>,
     label: &str,
-) -> Result<(BoxRead, BoxWrite), ConnectionError>
+) -> Result<(BoxRead, ConnWrite), ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -159,13 +225,13 @@ where
         message: e.to_string(),
     })?;
     let (r, w) = tokio::io::split(tls);
-    Ok((Box::new(r), Box::new(w)))
+    Ok((Box::new(r), ConnWrite::Boxed(Box::new(w))))
 }
 
 /// Writes our own casty-v1 handshake frame.
 async fn write_casty_handshake(
     shared: &Shared,
-    writer: &mut BoxWrite,
+    writer: &mut ConnWrite,
     label: &str,
 ) -> Result<(), ConnectionError> {
     let mut buf = BytesMut::new();
@@ -204,7 +270,7 @@ fn native_identity(info: PeerInfo) -> PeerIdentity {
 /// A failed native handshake: sends the handshake's last word (if any, best effort)
 /// and returns the error.
 async fn native_failure(
-    writer: &mut BoxWrite,
+    writer: &mut ConnWrite,
     reply: Option<NativeFrame>,
     error: native::HandshakeError,
     label: String,

@@ -95,6 +95,11 @@ pub struct Counters {
     pub messages_out: AtomicU64,
     /// Bytes written to sockets (message batches).
     pub bytes_out: AtomicU64,
+    /// Messages the sending thread wrote to an idle plain-TCP connection itself
+    /// (no hop through the peer task); included in `messages_out` once complete.
+    pub direct_writes: AtomicU64,
+    /// Of those, messages the socket took only in part (the peer task wrote the rest).
+    pub direct_partial: AtomicU64,
     /// Messages received and decoded.
     pub messages_in: AtomicU64,
     /// Frames or envelopes that failed to decode.
@@ -112,6 +117,10 @@ pub struct Counters {
 pub struct TcpStats {
     /// Messages written to sockets.
     pub messages_out: u64,
+    /// Messages the sending thread started writing itself (idle plain connection).
+    pub direct_writes: u64,
+    /// Of those, messages the socket took only in part.
+    pub direct_partial: u64,
     /// Bytes written to sockets.
     pub bytes_out: u64,
     /// Messages received and decoded.
@@ -649,6 +658,8 @@ impl TcpNode {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         TcpStats {
             messages_out: l(&c.messages_out),
+            direct_writes: l(&c.direct_writes),
+            direct_partial: l(&c.direct_partial),
             bytes_out: l(&c.bytes_out),
             messages_in: l(&c.messages_in),
             decode_failures: l(&c.decode_failures),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_wire::{Envelope, EnvelopeDecoder, FRAME_HANDSHAKE, FRAME_MESSAGE, SharedStr};
-use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use super::Shared;
 use super::codec::{FrameReader, ReadError};
 use super::config::{OverflowPolicy, PeerAddr};
-use super::conn::{self, BoxRead, BoxWrite, Established, PeerIdentity, PeerKey};
+use super::conn::{self, BoxRead, ConnWrite, Established, PeerIdentity, PeerKey};
 use super::error::ConnectionError;
 use crate::dead_letter::DeadLetterReason;
 use crate::error::TransportError;
@@ -41,7 +41,49 @@ struct PeerState {
     failures: u32,
     closed: bool,
     forgotten: bool,
+    /// The current connection's plain TCP half, for direct writes (`None`: TLS, not
+    /// connected, or being switched).
+    direct: Option<Arc<OwnedWriteHalf>>,
+    /// The peer task has taken work (messages, control frames, a partial frame or a
+    /// new connection) and may be writing: senders must queue.
+    busy: bool,
+    /// Since when nothing has been in flight on the connection (the task went idle,
+    /// or the last direct write).
+    idle_since: Option<Instant>,
+    /// A directly written frame of which only the first bytes went out: the task
+    /// writes the rest before anything else.
+    partial: Option<Partial>,
+    /// Encoding buffer of direct writes.
+    scratch: BytesMut,
 }
+
+/// What [`Peer::try_direct`] did with a message.
+enum Direct {
+    /// Not written: queue it.
+    NotTaken,
+    /// Written completely.
+    Written,
+    /// Partly written; the rest is in `PeerState::partial` for the peer task.
+    Partial,
+    /// Too large for a frame.
+    TooLarge(TooLarge),
+}
+
+/// Direct-write buffers larger than this are not kept between messages.
+const MAX_SCRATCH: usize = 64 * 1024;
+
+/// A frame whose first `written` bytes are on the wire.
+struct Partial {
+    frame: BytesMut,
+    written: usize,
+}
+
+/// How long a connection must have been idle before a sender writes a message to it
+/// directly instead of queueing it for the peer task. A sender in a burst finds the
+/// connection busy (or idle for less than this) and queues, so bursts are still
+/// written in batches; a message after a pause (a request, a reply) skips the hop to
+/// the peer task.
+const DIRECT_AFTER_IDLE: Duration = Duration::from_micros(10);
 
 /// A peer: its queue and the state its task shares with senders.
 pub(crate) struct Peer {
@@ -176,6 +218,28 @@ impl Peer {
                 OverflowPolicy::DropOldest => evict = Some(detail),
             }
         }
+        if evict.is_none() {
+            match self.try_direct(shared, &mut st, &env, max_frame) {
+                Direct::NotTaken => {}
+                Direct::Written => {
+                    drop(st);
+                    self.settle(1);
+                    drop(env);
+                    return Ok(());
+                }
+                Direct::Partial => {
+                    drop(st);
+                    self.msg_ready.notify_one();
+                    drop(env);
+                    return Ok(());
+                }
+                Direct::TooLarge(too_large) => {
+                    drop(st);
+                    fail_too_large(shared, env, too_large);
+                    return Ok(());
+                }
+            }
+        }
         let pushed = {
             let PeerState { msgs, headers, .. } = &mut *st;
             msgs.push(headers, &env, max_frame)
@@ -206,6 +270,85 @@ impl Peer {
         // Dropped here, on the sender's thread, where its memory was allocated.
         drop(env);
         Ok(())
+    }
+
+    /// Writes `env` straight to the socket when the connection has been idle for
+    /// [`DIRECT_AFTER_IDLE`]: plain TCP, nothing queued or in the peer task's hands.
+    /// Runs under the state lock, which keeps other direct writers out; the task only
+    /// writes while `busy`, and only the task clears `busy`.
+    fn try_direct(
+        &self,
+        shared: &Shared,
+        st: &mut PeerState,
+        env: &Envelope,
+        max_frame: usize,
+    ) -> Direct {
+        if st.busy
+            || !st.msgs.is_empty()
+            || st.partial.is_some()
+            || !st.control.is_empty()
+            || !st.adopt.is_empty()
+        {
+            return Direct::NotTaken;
+        }
+        let Some(idle_since) = st.idle_since else {
+            return Direct::NotTaken;
+        };
+        if st.direct.is_none() {
+            return Direct::NotTaken;
+        }
+        let now = Instant::now();
+        if now.saturating_duration_since(idle_since) < DIRECT_AFTER_IDLE {
+            return Direct::NotTaken;
+        }
+        let written = {
+            let PeerState {
+                scratch,
+                headers,
+                direct: Some(sock),
+                ..
+            } = &mut *st
+            else {
+                return Direct::NotTaken;
+            };
+            scratch.clear();
+            if let Err(too_large) = put_message_frame(scratch, headers, env, max_frame) {
+                return Direct::TooLarge(too_large);
+            }
+            sock.try_write(scratch)
+        };
+        let scratch = &mut st.scratch;
+        let outcome = match written {
+            // WouldBlock (send buffer full) or an error the peer task will meet too:
+            // queue it as usual.
+            Err(_) => Direct::NotTaken,
+            Ok(n) => {
+                shared
+                    .stats
+                    .bytes_out
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                shared.stats.direct_writes.fetch_add(1, Ordering::Relaxed);
+                if n == scratch.len() {
+                    shared.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+                    st.idle_since = Some(now);
+                    Direct::Written
+                } else {
+                    shared.stats.direct_partial.fetch_add(1, Ordering::Relaxed);
+                    let frame = scratch.split();
+                    st.partial = Some(Partial { frame, written: n });
+                    Direct::Partial
+                }
+            }
+        };
+        if !matches!(outcome, Direct::NotTaken) {
+            st.enqueued += 1;
+        }
+        if st.scratch.capacity() > MAX_SCRATCH {
+            st.scratch = BytesMut::new();
+        } else {
+            st.scratch.clear();
+        }
+        outcome
     }
 
     /// Waits until every message queued before this call was written or dropped.
@@ -453,7 +596,11 @@ impl Peer {
             .stats
             .connections_established
             .fetch_add(1, Ordering::Relaxed);
-        lock(&self.state).connected = Some(identity.clone());
+        {
+            let mut st = lock(&self.state);
+            st.connected = Some(identity.clone());
+            st.direct = writer.direct();
+        }
         info!(peer = %self.key, via = %label, dialed = dialed_by_us, "peer connected");
         let rx_count = Arc::new(AtomicU64::new(0));
         let reader = self.start_reader(shared, reader, label.clone(), rx_count.clone());
@@ -488,14 +635,20 @@ impl Peer {
         let mut release_at: Option<tokio::time::Instant> = None;
 
         let end = loop {
-            let (ctrl, adopt) = {
+            let (ctrl, adopt, partial) = {
                 let mut st = lock(&self.state);
                 std::mem::swap(&mut st.msgs, &mut batch);
-                (
-                    std::mem::take(&mut st.control),
-                    std::mem::take(&mut st.adopt),
-                )
+                let ctrl = std::mem::take(&mut st.control);
+                let adopt = std::mem::take(&mut st.adopt);
+                let partial = st.partial.take();
+                st.busy =
+                    !batch.is_empty() || !ctrl.is_empty() || !adopt.is_empty() || partial.is_some();
+                if !st.busy {
+                    st.idle_since = Some(Instant::now());
+                }
+                (ctrl, adopt, partial)
             };
+            let mut switched = false;
             for new in adopt {
                 if self.prefer_new(shared, &cur, &new) {
                     info!(peer = %self.key, old = %cur.label, new = %new.label, "switching to the newer connection (connection race or reconnect)");
@@ -514,7 +667,12 @@ impl Peer {
                         },
                     );
                     shared.register_connection(&self.key, &cur.identity);
-                    lock(&self.state).connected = Some(cur.identity.clone());
+                    {
+                        let mut st = lock(&self.state);
+                        st.connected = Some(cur.identity.clone());
+                        st.direct = cur.writer.direct();
+                    }
+                    switched = true;
                     // Keep reading what the peer already sent on the old one until it closes.
                     retire(old.writer, Some(old.reader));
                 } else {
@@ -523,6 +681,15 @@ impl Peer {
                     // Keep reading what the peer already sent on it until it closes.
                     let reader = self.start_reader(shared, new.reader, new.label, rx_count);
                     retire(new.writer, Some(reader));
+                }
+            }
+            if let Some(p) = partial {
+                // The rest of a directly written frame goes first; after a switch to a
+                // new connection, the whole frame (the old one never completed it).
+                let from = if switched { 0 } else { p.written };
+                if let Err(e) = self.finish_partial(shared, &mut cur, p, from).await {
+                    warn!(peer = %self.key, error = %e, "connection lost while writing");
+                    break ConnEnd::Lost;
                 }
             }
             if !ctrl.is_empty() || !batch.is_empty() {
@@ -545,6 +712,7 @@ impl Peer {
             tokio::select! {
                 biased;
                 _ = shared.cancel.cancelled() => {
+                    lock(&self.state).direct = None;
                     let _ = cur.writer.shutdown().await;
                     break ConnEnd::Shutdown;
                 }
@@ -586,14 +754,26 @@ impl Peer {
                 }
             }
         };
-        // Anything taken out of the queue but not written goes back in front, in order.
-        if !batch.is_empty() {
+        // Anything taken out of the queue but not written goes back in front, in order,
+        // behind a directly written frame the connection did not complete (sent whole
+        // on the next connection).
+        {
             let mut st = lock(&self.state);
-            let behind = std::mem::take(&mut st.msgs);
-            batch.append(behind);
-            st.msgs = batch;
+            let mut front = OutQueue::default();
+            if let Some(p) = st.partial.take() {
+                front.push_encoded(&p.frame);
+            }
+            if !front.is_empty() || !batch.is_empty() {
+                front.append(batch);
+                let behind = std::mem::take(&mut st.msgs);
+                front.append(behind);
+                st.msgs = front;
+            }
+            st.connected = None;
+            st.direct = None;
+            st.busy = false;
+            st.idle_since = None;
         }
-        lock(&self.state).connected = None;
         shared.unregister_connection(&self.key, &cur.identity);
         if let ConnEnd::Lost = end {
             cur.reader.stop.cancel();
@@ -607,6 +787,34 @@ impl Peer {
             }
         }
         end
+    }
+
+    /// Writes `p.frame[from..]`, the rest of a directly written frame.
+    async fn finish_partial(
+        &self,
+        shared: &Shared,
+        cur: &mut Current,
+        p: Partial,
+        from: usize,
+    ) -> Result<(), ConnectionError> {
+        let rest = p.frame.get(from..).unwrap_or_default();
+        if let Err(source) = write_timed(shared, cur, rest).await {
+            let err = ConnectionError::Io {
+                peer: cur.label.clone(),
+                source,
+            };
+            let detail = format!("connection to {} failed while writing: {err}", self.key);
+            fail_frame(shared, &p.frame, DeadLetterReason::PeerUnreachable, detail);
+            self.settle(1);
+            return Err(err);
+        }
+        shared.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        shared
+            .stats
+            .bytes_out
+            .fetch_add(rest.len() as u64, Ordering::Relaxed);
+        self.settle(1);
+        Ok(())
     }
 
     /// Writes the control frames, then the queued messages in pieces of about
@@ -723,6 +931,41 @@ fn fail_frame(shared: &Shared, frame: &[u8], reason: DeadLetterReason, detail: S
     }
 }
 
+/// Appends `env` to `dst` as a message frame (`u32 BE len | 0x01 | envelope`) and
+/// returns the frame's size, prefix included; a frame over `max_frame` is not written.
+fn put_message_frame(
+    dst: &mut BytesMut,
+    headers: &mut HeaderCache,
+    env: &Envelope,
+    max_frame: usize,
+) -> Result<u32, TooLarge> {
+    if env.payload.len() >= max_frame {
+        // Too large whatever its header: do not encode it at all.
+        return Err(TooLarge {
+            len: env.encoded_len() + 1,
+            max: max_frame,
+        });
+    }
+    let start = dst.len();
+    dst.put_u32(0);
+    dst.put_u8(FRAME_MESSAGE);
+    headers.encode_into(env, dst);
+    let len = dst.len() - start - 4;
+    match u32::try_from(len) {
+        Ok(l) if len <= max_frame => {
+            dst[start..start + 4].copy_from_slice(&l.to_be_bytes());
+            Ok(l + 4)
+        }
+        _ => {
+            dst.truncate(start);
+            Err(TooLarge {
+                len,
+                max: max_frame,
+            })
+        }
+    }
+}
+
 /// The outbound queue: messages already encoded as complete frames
 /// (`u32 BE len | 0x01 | envelope`), back to back in one buffer, with each frame's size.
 ///
@@ -760,26 +1003,16 @@ impl OutQueue {
                 max: max_frame,
             });
         }
-        let start = self.bytes.len();
-        self.bytes.put_u32(0);
-        self.bytes.put_u8(FRAME_MESSAGE);
-        headers.encode_into(env, &mut self.bytes);
-        let len = self.bytes.len() - start - 4;
-        let frame_len = u32::try_from(len);
-        match frame_len {
-            Ok(l) if len <= max_frame => {
-                self.bytes[start..start + 4].copy_from_slice(&l.to_be_bytes());
-                self.lens.push_back(l + 4);
-                Ok(())
-            }
-            _ => {
-                self.bytes.truncate(start);
-                Err(TooLarge {
-                    len,
-                    max: max_frame,
-                })
-            }
-        }
+        let size = put_message_frame(&mut self.bytes, headers, env, max_frame)?;
+        self.lens.push_back(size);
+        Ok(())
+    }
+
+    /// Appends one already encoded frame.
+    fn push_encoded(&mut self, frame: &[u8]) {
+        self.bytes.extend_from_slice(frame);
+        self.lens
+            .push_back(u32::try_from(frame.len()).unwrap_or(u32::MAX));
     }
 
     /// Removes the oldest frame.
@@ -873,7 +1106,7 @@ struct Current {
     identity: PeerIdentity,
     dialed_by_us: bool,
     label: String,
-    writer: BoxWrite,
+    writer: ConnWrite,
     reader: ReaderHandle,
     rx_count: Arc<AtomicU64>,
 }
@@ -906,7 +1139,7 @@ async fn tick(i: &mut Option<tokio::time::Interval>) {
 /// Closes our sending side of a connection gracefully (FIN / TLS close_notify); if a
 /// reader is still running on it, it drains the peer's remaining frames until EOF (at
 /// most 30 s, then it is stopped).
-fn retire(mut writer: BoxWrite, reader: Option<ReaderHandle>) {
+fn retire(mut writer: ConnWrite, reader: Option<ReaderHandle>) {
     tokio::spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(5), writer.shutdown()).await;
         if let Some(r) = reader
