@@ -50,6 +50,7 @@ impl SharedStr {
     }
 
     /// The text.
+    #[inline]
     pub fn as_str(&self) -> &str {
         match &self.0 {
             Repr::Static(s) => s,
@@ -59,9 +60,13 @@ impl SharedStr {
 
     /// `true` when both refer to the same text in memory (then they are equal; the
     /// converse does not hold).
+    #[inline]
     pub fn ptr_eq(a: &SharedStr, b: &SharedStr) -> bool {
-        let (x, y) = (a.as_str(), b.as_str());
-        std::ptr::eq(x.as_ptr(), y.as_ptr()) && x.len() == y.len()
+        match (&a.0, &b.0) {
+            (Repr::Shared(x), Repr::Shared(y)) => Arc::ptr_eq(x, y),
+            (Repr::Static(x), Repr::Static(y)) => std::ptr::eq(*x, *y),
+            _ => false,
+        }
     }
 }
 
@@ -109,6 +114,7 @@ impl fmt::Display for SharedStr {
 }
 
 impl PartialEq for SharedStr {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
         SharedStr::ptr_eq(self, other) || self.as_str() == other.as_str()
     }

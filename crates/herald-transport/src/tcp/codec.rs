@@ -157,12 +157,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// `true` when a complete frame is buffered ([`FrameReader::next`] returns it
-    /// without reading).
+    /// `true` when a complete frame is split off and waiting ([`FrameReader::try_next`]
+    /// returns it without scanning or reading).
     pub(crate) fn has_ready(&self) -> bool {
         self.ready.len() >= 5
     }
 
+    /// The next complete frame already buffered, without reading; `Ok(None)` when more
+    /// bytes are needed ([`FrameReader::fill`]).
+    pub(crate) fn try_next(&mut self) -> Result<Option<RawFrame>, FramingError> {
+        if let Some(f) = self.next_ready() {
+            return Ok(Some(f));
+        }
+        let n = complete_prefix(&self.buf, self.max)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.ready = self.buf.split_to(n).freeze();
+        Ok(self.next_ready())
+    }
+
+    #[inline]
     fn next_ready(&mut self) -> Option<RawFrame> {
         if self.ready.len() < 5 {
             return None;
@@ -180,44 +195,46 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Some(RawFrame { kind, body })
     }
 
+    /// Reads more bytes. `Ok(false)` on a clean end of stream (between frames).
+    pub(crate) async fn fill(&mut self) -> Result<bool, ReadError> {
+        let need = if self.buf.len() >= 4 {
+            4 + u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize
+        } else {
+            4
+        };
+        if self.buf.is_empty() && self.buf.capacity() > self.chunk {
+            // Give back a large (or shared) buffer between bursts.
+            self.buf = BytesMut::new();
+        }
+        self.buf.reserve((need - self.buf.len()).max(self.chunk));
+        let room = self.buf.capacity() - self.buf.len();
+        let read = self.rd.read_buf(&mut self.buf).await?;
+        if read == 0 {
+            if self.buf.is_empty() {
+                return Ok(false);
+            }
+            return Err(FramingError::Truncated {
+                have: self.buf.len(),
+                need,
+            }
+            .into());
+        }
+        if read * 4 >= room * 3 {
+            self.chunk = (self.chunk * 2).min(MAX_CHUNK);
+        } else if read * 4 < room {
+            self.chunk = (self.chunk / 2).max(MIN_CHUNK);
+        }
+        Ok(true)
+    }
+
     /// The next frame; `Ok(None)` on a clean end of stream (between frames).
     pub(crate) async fn next(&mut self) -> Result<Option<RawFrame>, ReadError> {
         loop {
-            if let Some(f) = self.next_ready() {
+            if let Some(f) = self.try_next()? {
                 return Ok(Some(f));
             }
-            let n = complete_prefix(&self.buf, self.max)?;
-            if n > 0 {
-                self.ready = self.buf.split_to(n).freeze();
-                continue;
-            }
-            let need = if self.buf.len() >= 4 {
-                4 + u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
-                    as usize
-            } else {
-                4
-            };
-            if self.buf.is_empty() && self.buf.capacity() > self.chunk {
-                // Give back a large (or shared) buffer between bursts.
-                self.buf = BytesMut::new();
-            }
-            self.buf.reserve((need - self.buf.len()).max(self.chunk));
-            let room = self.buf.capacity() - self.buf.len();
-            let read = self.rd.read_buf(&mut self.buf).await?;
-            if read == 0 {
-                if self.buf.is_empty() {
-                    return Ok(None);
-                }
-                return Err(FramingError::Truncated {
-                    have: self.buf.len(),
-                    need,
-                }
-                .into());
-            }
-            if read * 4 >= room * 3 {
-                self.chunk = (self.chunk * 2).min(MAX_CHUNK);
-            } else if read * 4 < room {
-                self.chunk = (self.chunk / 2).max(MIN_CHUNK);
+            if !self.fill().await? {
+                return Ok(None);
             }
         }
     }

@@ -946,6 +946,25 @@ fn put_message_frame(
             max: max_frame,
         });
     }
+    if headers.matches(env) {
+        // The usual case: the same header as the last message, already encoded.
+        let len = 1 + headers.encoded.len() + env.payload.len();
+        return match u32::try_from(len) {
+            Ok(l) if len <= max_frame => {
+                let mut head = [FRAME_MESSAGE; 5];
+                head[..4].copy_from_slice(&l.to_be_bytes());
+                dst.reserve(4 + len);
+                dst.extend_from_slice(&head);
+                dst.extend_from_slice(&headers.encoded);
+                dst.extend_from_slice(&env.payload);
+                Ok(l + 4)
+            }
+            _ => Err(TooLarge {
+                len,
+                max: max_frame,
+            }),
+        };
+    }
     let start = dst.len();
     dst.put_u32(0);
     dst.put_u8(FRAME_MESSAGE);
@@ -1075,17 +1094,23 @@ struct HeaderCache {
 }
 
 impl HeaderCache {
+    /// `true` when `env`'s header is the cached one.
+    #[inline]
+    fn matches(&self, env: &Envelope) -> bool {
+        !self.encoded.is_empty()
+            && env.type_hint == self.type_hint
+            && env.target == self.target
+            && env.sender == self.sender
+            && env.extra_headers().is_empty()
+    }
+
     /// Appends `env` to `dst` as [`Envelope::encode_into`] would.
     fn encode_into(&mut self, env: &Envelope, dst: &mut BytesMut) {
         if !env.extra_headers().is_empty() {
             env.encode_into(dst);
             return;
         }
-        if !self.encoded.is_empty()
-            && env.type_hint == self.type_hint
-            && env.target == self.target
-            && env.sender == self.sender
-        {
+        if self.matches(env) {
             dst.reserve(self.encoded.len() + env.payload.len());
             dst.put_slice(&self.encoded);
             dst.put_slice(&env.payload);
@@ -1173,26 +1198,34 @@ async fn read_loop(
             shared.stats.messages_in.fetch_add(n, Ordering::Relaxed);
         }
     };
-    loop {
-        if !reader.has_ready() && frames > 0 {
-            publish(&mut frames, &mut decoded);
+    let framing = |source| {
+        shared.stats.decode_failures.fetch_add(1, Ordering::Relaxed);
+        ConnectionError::Framing {
+            peer: label.to_owned(),
+            source,
         }
-        let frame = match reader.next().await {
+    };
+    loop {
+        // Handle every complete frame buffered (no await between them), then read.
+        let frame = match reader.try_next() {
             Ok(Some(f)) => f,
-            Ok(None) => return Ok(()),
-            Err(ReadError::Io(source)) => {
-                return Err(ConnectionError::Io {
-                    peer: label.to_owned(),
-                    source,
-                });
+            Ok(None) => {
+                if frames > 0 {
+                    publish(&mut frames, &mut decoded);
+                }
+                match reader.fill().await {
+                    Ok(true) => continue,
+                    Ok(false) => return Ok(()),
+                    Err(ReadError::Io(source)) => {
+                        return Err(ConnectionError::Io {
+                            peer: label.to_owned(),
+                            source,
+                        });
+                    }
+                    Err(ReadError::Framing(source)) => return Err(framing(source)),
+                }
             }
-            Err(ReadError::Framing(source)) => {
-                shared.stats.decode_failures.fetch_add(1, Ordering::Relaxed);
-                return Err(ConnectionError::Framing {
-                    peer: label.to_owned(),
-                    source,
-                });
-            }
+            Err(source) => return Err(framing(source)),
         };
         frames += 1;
         match frame.kind {
