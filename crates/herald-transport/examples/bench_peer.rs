@@ -386,7 +386,9 @@ fn main() -> Result<(), BoxError> {
         .build()?;
     let cmd = arg(&args, 0, "command")?;
     let kind = args.get(1).cloned().unwrap_or_default();
-    rt.block_on(async {
+    // Each role runs as a task on the runtime's workers (as application code does), not
+    // on the thread that called `block_on`.
+    let role = async move {
         match (cmd.as_str(), kind.as_str()) {
             ("recv", "herald") => recv_herald(num(&args, 2, "count")?).await,
             ("recv", "raw") => recv_raw(num(&args, 2, "count")?).await,
@@ -410,5 +412,6 @@ fn main() -> Result<(), BoxError> {
             }
             _ => Err(format!("unknown command {args:?}; see the file's documentation").into()),
         }
-    })
+    };
+    rt.block_on(async move { tokio::spawn(role).await? })
 }

@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -42,7 +43,9 @@ pub struct Envelope {
     pub type_hint: SharedStr,
     /// Serialized message bytes (no own length: runs to the end of the envelope).
     pub payload: Bytes,
-    extra: Vec<(String, Value)>,
+    /// Extra header keys; `None` when there are none (the usual case: nothing to
+    /// allocate, copy or free), never `Some` of an empty list.
+    extra: Option<Arc<Vec<(String, Value)>>>,
 }
 
 impl fmt::Debug for Envelope {
@@ -52,8 +55,8 @@ impl fmt::Debug for Envelope {
             .field("sender", &self.sender)
             .field("type_hint", &self.type_hint)
             .field("payload_len", &self.payload.len());
-        if !self.extra.is_empty() {
-            d.field("extra", &self.extra);
+        if let Some(extra) = &self.extra {
+            d.field("extra", extra);
         }
         d.finish()
     }
@@ -72,18 +75,21 @@ impl Envelope {
             sender: sender.into(),
             type_hint: type_hint.into(),
             payload: payload.into(),
-            extra: Vec::new(),
+            extra: None,
         }
     }
 
     /// Extra header keys (beyond `target`, `sender`, `type_hint`), in wire order.
     pub fn extra_headers(&self) -> &[(String, Value)] {
-        &self.extra
+        self.extra.as_deref().map_or(&[], Vec::as_slice)
     }
 
     /// Looks up one extra header key.
     pub fn extra_header(&self, key: &str) -> Option<&Value> {
-        self.extra.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.extra_headers()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     /// Adds (or replaces) an extra header key. casty v1 peers ignore unknown keys.
@@ -100,9 +106,10 @@ impl Envelope {
             return Err(WireError::DuplicateField { what: WHAT, key });
         }
         let value = value.into();
-        match self.extra.iter_mut().find(|(k, _)| *k == key) {
+        let extra = Arc::make_mut(self.extra.get_or_insert_with(Default::default));
+        match extra.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
-            None => self.extra.push((key, value)),
+            None => extra.push((key, value)),
         }
         Ok(self)
     }
@@ -113,7 +120,7 @@ impl Envelope {
             + pyjson::escaped_len(&self.target)
             + pyjson::escaped_len(&self.sender)
             + pyjson::escaped_len(&self.type_hint);
-        if !self.extra.is_empty() {
+        if self.extra.is_some() {
             n += self.extra_json().len();
         }
         n
@@ -126,7 +133,7 @@ impl Envelope {
 
     fn extra_json(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        for (k, v) in &self.extra {
+        for (k, v) in self.extra_headers() {
             out.extend_from_slice(b", ");
             pyjson::write_str(&mut out, k);
             out.extend_from_slice(b": ");
@@ -156,7 +163,7 @@ impl Envelope {
         pyjson::write_str(dst, &self.sender);
         dst.put_slice(br#", "type_hint": "#);
         pyjson::write_str(dst, &self.type_hint);
-        if !self.extra.is_empty() {
+        if self.extra.is_some() {
             dst.put_slice(&self.extra_json());
         }
         dst.put_u8(b'}');
@@ -227,7 +234,11 @@ impl Envelope {
             sender: header.sender,
             type_hint: header.type_hint,
             payload,
-            extra: header.extra,
+            extra: if header.extra.is_empty() {
+                None
+            } else {
+                Some(Arc::new(header.extra))
+            },
         }
     }
 
