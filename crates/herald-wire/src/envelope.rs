@@ -269,7 +269,10 @@ const CACHED_HEADER_MAX: usize = 1024;
 /// A decoder for a stream of envelopes (one connection's, say) that remembers the last
 /// header it parsed: when the next envelope's header is byte-for-byte the same (a
 /// sender repeats its target, sender and type hint), its fields are copied from the
-/// previous result instead of being parsed and validated again.
+/// previous result instead of being parsed and validated again. A header seen twice in
+/// a row is a sender's steady state: its three strings are then interned
+/// ([`SharedStr::interned`]), so the envelopes that follow share them without reference
+/// counting.
 ///
 /// The results, errors included, are exactly those of [`Envelope::decode`] and
 /// [`Envelope::decode_with_limit`]; only the work differs. Headers with extra keys
@@ -291,6 +294,8 @@ pub struct EnvelopeDecoder {
     target: SharedStr,
     sender: SharedStr,
     type_hint: SharedStr,
+    /// The cached fields were interned (the header repeated).
+    interned: bool,
 }
 
 impl EnvelopeDecoder {
@@ -326,6 +331,12 @@ impl EnvelopeDecoder {
         let end = HEADER_LEN_PREFIX + header_len;
         let raw = &buf[HEADER_LEN_PREFIX..end];
         let header = if !self.raw.is_empty() && raw == self.raw.as_slice() {
+            if !self.interned {
+                self.interned = true;
+                self.target = self.target.interned();
+                self.sender = self.sender.interned();
+                self.type_hint = self.type_hint.interned();
+            }
             Header {
                 target: self.target.clone(),
                 sender: self.sender.clone(),
@@ -337,6 +348,7 @@ impl EnvelopeDecoder {
             self.raw.clear();
             if header.extra.is_empty() && raw.len() <= CACHED_HEADER_MAX {
                 self.raw.extend_from_slice(raw);
+                self.interned = false;
                 self.target = header.target.clone();
                 self.sender = header.sender.clone();
                 self.type_hint = header.type_hint.clone();
@@ -528,6 +540,26 @@ fn parse_header(bytes: &[u8]) -> Result<Header, WireError> {
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
+
+    #[test]
+    fn envelope_decoder_shares_the_fields_of_a_repeated_header() {
+        let a = Envelope::new(
+            "casty://a@h:1/shared",
+            "casty://b@h:2/",
+            "m.Ping",
+            &b"1"[..],
+        );
+        let mut decoder = EnvelopeDecoder::new();
+        let first = decoder.decode(a.encode()).unwrap();
+        let second = decoder.decode(a.encode()).unwrap();
+        let third = decoder.decode(a.encode()).unwrap();
+        assert_eq!((&first, &second), (&a, &a));
+        assert_eq!(third, a);
+        // From the repeat on, the fields are one shared (interned) copy.
+        assert!(SharedStr::ptr_eq(&second.target, &third.target));
+        assert!(SharedStr::ptr_eq(&second.type_hint, &third.type_hint));
+        assert!(SharedStr::ptr_eq(&second.target, &second.target.interned()));
+    }
 
     #[test]
     fn envelope_decoder_agrees_with_decode_and_follows_header_changes() {

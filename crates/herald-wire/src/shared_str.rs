@@ -1,10 +1,11 @@
 //! [`SharedStr`]: an immutable string whose clones share one allocation.
 
 use std::borrow::Borrow;
+use std::collections::HashSet;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// An immutable, reference-counted string: the type of [`crate::Envelope`]'s header
 /// fields.
@@ -58,6 +59,28 @@ impl SharedStr {
         }
     }
 
+    /// A copy of this string that clones and drops without reference counting, from a
+    /// process-wide table of interned strings: for text that repeats for the life of
+    /// the process (actor addresses, type hints). Interned text is never freed; the
+    /// table holds at most [`INTERN_BUDGET`] bytes, and once it is full this returns a
+    /// plain clone of `self`.
+    ///
+    /// ```
+    /// use herald_wire::SharedStr;
+    ///
+    /// let a = SharedStr::from(String::from("casty://sys@127.0.0.1:25520/user/a"));
+    /// let b = SharedStr::from(String::from("casty://sys@127.0.0.1:25520/user/a"));
+    /// let (ia, ib) = (a.interned(), b.interned());
+    /// assert_eq!(ia, a);
+    /// assert!(SharedStr::ptr_eq(&ia, &ib)); // one copy of the text
+    /// ```
+    pub fn interned(&self) -> SharedStr {
+        if let Repr::Static(_) = self.0 {
+            return self.clone();
+        }
+        intern(self.as_str()).map_or_else(|| self.clone(), SharedStr::from_static)
+    }
+
     /// `true` when both refer to the same text in memory (then they are equal; the
     /// converse does not hold).
     #[inline]
@@ -68,6 +91,29 @@ impl SharedStr {
             _ => false,
         }
     }
+}
+
+/// Most bytes of text [`SharedStr::interned`] keeps for the life of the process.
+pub const INTERN_BUDGET: usize = 256 * 1024;
+
+/// The interned strings and their total size.
+static INTERNED: Mutex<(Option<HashSet<&'static str>>, usize)> = Mutex::new((None, 0));
+
+/// The interned copy of `s`, added if the budget allows.
+fn intern(s: &str) -> Option<&'static str> {
+    let mut table = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
+    let (set, used) = &mut *table;
+    let set = set.get_or_insert_with(HashSet::new);
+    if let Some(found) = set.get(s) {
+        return Some(found);
+    }
+    if *used + s.len() > INTERN_BUDGET {
+        return None;
+    }
+    let leaked: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    *used += leaked.len();
+    set.insert(leaked);
+    Some(leaked)
 }
 
 impl Default for SharedStr {
@@ -277,6 +323,20 @@ mod tests {
         assert_eq!(c, SharedStr::from(String::from("lit")));
         assert!(a.is_empty());
         assert_eq!(SharedStr::default(), "");
+    }
+
+    #[test]
+    fn interning_shares_one_copy_and_respects_the_budget() {
+        let a = SharedStr::from(String::from("interning-test/a"));
+        let ia = a.interned();
+        assert!(matches!(ia.0, Repr::Static(_)));
+        assert_eq!(ia, a);
+        let again = SharedStr::from(String::from("interning-test/a")).interned();
+        assert!(SharedStr::ptr_eq(&ia, &again));
+        // Text larger than the whole budget is never interned: a plain clone comes back.
+        let huge = SharedStr::from("x".repeat(INTERN_BUDGET + 1));
+        let ih = huge.interned();
+        assert!(SharedStr::ptr_eq(&ih, &huge));
     }
 
     #[test]
