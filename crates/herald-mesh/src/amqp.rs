@@ -3,13 +3,21 @@
 //! [`AmqpBackend`] implements [`Backend`]; each [`AmqpConnection`] is one AMQP connection
 //! with:
 //!
-//! * one **publish channel** in confirm mode. Every request, command and event waits for
-//!   the broker's confirm, so it is either routed or reported as an error; a `mandatory`
-//!   message that matches no queue comes back as [`MeshError::Unroutable`] (nuropb's
-//!   `basic.return` 312 NO_ROUTE). Replies go through a second, unconfirmed channel (a
-//!   lost reply is reported by the caller's deadline; see [`AmqpOptions::confirm_replies`]).
-//!   A request whose reply arrives before its confirm is done at once: the reply proves
-//!   it was routed, so the confirm never adds latency to a call;
+//! * one **unconfirmed publish channel** for requests, commands and replies. Requests
+//!   and commands are `mandatory`: one that matches no queue comes back as
+//!   [`MeshError::Unroutable`] (nuropb's `basic.return` 312 NO_ROUTE; the mesh turns
+//!   it into [`MeshError::NotFound`]). The broker's returns are matched to their
+//!   publishes by correlation id. A request's reply proves that it was routed; a call
+//!   neither answered nor returned soon is decided by one synchronous round trip on
+//!   the channel (`basic.qos`), whose answer the broker sends after the return of any
+//!   earlier publish on it. No publisher confirms: they cost the broker a
+//!   tracking-and-ack per call and the client a wake-up of lapin's I/O thread, and
+//!   lapin attaches a returned message to whichever confirm it completes next (with
+//!   several calls in flight, the wrong one: a routed call failed as unroutable while
+//!   the unroutable one waited for its deadline). A lost reply is reported by the
+//!   caller's deadline (see [`AmqpOptions::confirm_replies`]);
+//! * one **confirmed publish channel** for events: each waits for the broker's confirm,
+//!   so it is either routed or reported as an error;
 //! * one **channel per consumer**, so each consumer has its own prefetch (`basic.qos`) and a
 //!   refused exclusive consume (403, "in exclusive use") closes only that channel;
 //! * a **topology channel** for declarations. Exchanges and queues are declared by Herald
@@ -53,8 +61,8 @@ use std::sync::{Arc, Mutex as StdMutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery as LapinDelivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -63,9 +71,7 @@ use lapin::options::{
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{
-    BasicProperties, Channel, Confirmation, ConnectionProperties, ErrorKind, PublisherConfirm,
-};
+use lapin::{BasicProperties, Channel, Confirmation, ConnectionProperties, ErrorKind};
 use tokio::sync::{Mutex, oneshot};
 
 use crate::backend::{
@@ -89,8 +95,9 @@ pub struct AmqpOptions {
     pub reconnect_max: Duration,
     /// How long an operation waits for a lost connection to come back before failing.
     pub reconnect_wait: Duration,
-    /// Wait for the broker's publisher confirm on requests, commands and events
-    /// (default true). An unroutable request is only detected with confirms on.
+    /// Wait for the broker's publisher confirm on events and other non-mandatory
+    /// messages published to an exchange (default true). Requests and commands
+    /// (`mandatory`) are never confirmed: see the [module docs](self).
     pub publisher_confirms: bool,
     /// Also confirm replies (publishes to the default exchange that are not mandatory).
     /// Off by default: a lost reply is reported by the caller's deadline, and nuropb
@@ -232,10 +239,10 @@ struct Live {
 /// The publishing channels of a connection.
 #[derive(Clone)]
 struct PublishChannels {
-    /// Confirm mode: requests, commands, events.
+    /// Confirm mode: events.
     publish: Channel,
-    /// Unconfirmed: replies.
-    replies: Channel,
+    /// Unconfirmed: replies, requests and commands.
+    unconfirmed: Channel,
 }
 
 impl PublishChannels {
@@ -250,15 +257,18 @@ impl PublishChannels {
                 .await
                 .map_err(|e| map_err("confirm.select", About::Other("publish channel"), &e))?;
         }
-        let replies = conn
+        let unconfirmed = conn
             .create_channel()
             .await
-            .map_err(|e| map_err("channel.open", About::Other("reply channel"), &e))?;
-        Ok(Self { publish, replies })
+            .map_err(|e| map_err("channel.open", About::Other("unconfirmed channel"), &e))?;
+        Ok(Self {
+            publish,
+            unconfirmed,
+        })
     }
 
     fn usable(&self) -> bool {
-        self.publish.status().connected() && self.replies.status().connected()
+        self.publish.status().connected() && self.unconfirmed.status().connected()
     }
 }
 
@@ -296,15 +306,11 @@ struct Inner {
     reconnecting: Mutex<()>,
     generation: AtomicU64,
     declared: StdMutex<Vec<Declared>>,
-    /// Requests awaiting their publisher confirm, by correlation id: a reply arriving
-    /// first proves the request was routed, so the publish need not wait for the confirm.
-    awaiting_confirm: StdMutex<HashMap<String, oneshot::Sender<()>>>,
+    /// Requests whose publish waits to learn whether they were routed, by correlation
+    /// id: a reply proves it (so the publish need not wait for a confirm), a
+    /// `basic.return` refutes it.
+    awaiting_confirm: StdMutex<HashMap<String, oneshot::Sender<Proof>>>,
     awaiting_count: AtomicUsize,
-    /// Confirms of requests completed by their reply before the broker confirmed them.
-    /// lapin keeps every confirm dropped unresolved until `wait_for_confirms`, which
-    /// Herald never calls, so they are kept here instead and released once resolved.
-    orphan_confirms: StdMutex<Vec<PublisherConfirm>>,
-    orphan_count: AtomicUsize,
     closed: AtomicBool,
 }
 
@@ -423,8 +429,6 @@ impl AmqpConnection {
             declared: StdMutex::new(Vec::new()),
             awaiting_confirm: StdMutex::new(HashMap::new()),
             awaiting_count: AtomicUsize::new(0),
-            orphan_confirms: StdMutex::new(Vec::new()),
-            orphan_count: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
         let live = Inner::dial(&inner).await?;
@@ -503,11 +507,20 @@ impl AmqpConnection {
     }
 }
 
+/// What became of a published request before its publish learnt it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proof {
+    /// A reply came back: it was routed.
+    Replied,
+    /// The broker returned it: no queue took it.
+    Returned,
+}
+
 /// A registration in [`Inner::awaiting_confirm`], removed when dropped.
 struct ReplyProof {
     inner: Arc<Inner>,
     id: String,
-    rx: oneshot::Receiver<()>,
+    rx: oneshot::Receiver<Proof>,
 }
 
 impl ReplyProof {
@@ -536,30 +549,8 @@ impl Drop for ReplyProof {
 }
 
 impl Inner {
-    /// Keeps a confirm that is no longer awaited until it resolves (see
-    /// [`Inner::orphan_confirms`]).
-    fn adopt_confirm(&self, confirm: PublisherConfirm) {
-        if let Ok(mut orphans) = self.orphan_confirms.lock() {
-            orphans.push(confirm);
-            self.orphan_count.store(orphans.len(), Ordering::Relaxed);
-        }
-    }
-
-    /// Releases the adopted confirms that have resolved (polled without a waker: their
-    /// outcome no longer matters, the replies proved the requests were routed).
-    fn release_confirms(&self) {
-        if self.orphan_count.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let Ok(mut orphans) = self.orphan_confirms.lock() else {
-            return;
-        };
-        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
-        orphans.retain_mut(|c| std::pin::Pin::new(c).poll(&mut cx).is_pending());
-        self.orphan_count.store(orphans.len(), Ordering::Relaxed);
-    }
-
-    /// A reply arrived: release a publish still waiting for the confirm of its request.
+    /// A reply arrived: tell the publish of its request, if still waiting, that it was
+    /// routed.
     fn reply_seen(&self, d: &LapinDelivery) {
         if self.awaiting_count.load(Ordering::SeqCst) == 0 {
             return;
@@ -574,8 +565,46 @@ impl Inner {
             .and_then(|mut m| m.remove(cid.as_str()));
         if let Some(tx) = tx {
             self.awaiting_count.fetch_sub(1, Ordering::SeqCst);
-            let _ = tx.send(());
+            let _ = tx.send(Proof::Replied);
         }
+    }
+
+    /// Takes the messages the broker returned on the unconfirmed `channel` and tells
+    /// the publishes waiting for them; returns how many had no correlation id. lapin
+    /// only collects the returns of an unconfirmed channel (`wait_for_confirms` hands
+    /// them over at once when no confirm is pending).
+    fn collect_returns(&self, channel: &Channel) -> usize {
+        let Some(Ok(returned)) = channel.wait_for_confirms().now_or_never() else {
+            return 0;
+        };
+        let mut anonymous = 0;
+        for r in returned {
+            let Some(cid) = r
+                .delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .filter(|c| !c.as_str().is_empty())
+            else {
+                anonymous += 1;
+                continue;
+            };
+            let tx = self
+                .awaiting_confirm
+                .lock()
+                .ok()
+                .and_then(|mut m| m.remove(cid.as_str()));
+            match tx {
+                Some(tx) => {
+                    self.awaiting_count.fetch_sub(1, Ordering::SeqCst);
+                    let _ = tx.send(Proof::Returned);
+                }
+                None => {
+                    tracing::debug!(correlation_id = %cid.as_str(), "returned message no longer awaited")
+                }
+            }
+        }
+        anonymous
     }
 
     /// Opens a broker connection with its publish channel.
@@ -1118,14 +1147,22 @@ fn settle_err(op: &str, queue: &str, e: &lapin::Error) -> MeshError {
 }
 
 impl Acker for AmqpAcker {
+    /// Resolves once the ack is handed to the connection, without waiting for lapin's
+    /// I/O thread to write it: that wait only woke the settling task (a thread switch
+    /// per request) to learn that the write went out. An ack refused at once (its
+    /// channel is gone) is still an error; one lost later with the connection is not
+    /// reported, and the broker redelivers that message either way.
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), MeshError>> {
         let acker = self.acker.take();
         let queue = std::mem::take(&mut self.queue);
         Box::pin(async move {
             if let Some(a) = acker {
-                a.ack(BasicAckOptions::default())
-                    .await
-                    .map_err(|e| settle_err("basic.ack", &queue, &e))?;
+                let ack = std::pin::pin!(a.ack(BasicAckOptions::default()));
+                let polled =
+                    ack.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+                if let std::task::Poll::Ready(r) = polled {
+                    r.map_err(|e| settle_err("basic.ack", &queue, &e))?;
+                }
             }
             Ok(())
         })
@@ -1290,6 +1327,66 @@ impl ConsumerState {
     }
 }
 
+impl AmqpConnection {
+    /// Whether a `mandatory` message published unconfirmed on `channel` was routed:
+    /// yes once its reply is seen (`proof`), no once the broker returned it. If neither
+    /// has happened yet, a `basic.qos` round trip on the same channel decides: the
+    /// broker sends a message's `basic.return` while routing it, so before it answers
+    /// any later method on that channel.
+    async fn routed_unconfirmed(
+        &self,
+        channel: &Channel,
+        proof: Option<ReplyProof>,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), MeshError> {
+        let unroutable = || MeshError::Unroutable {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+        };
+        let decided = |p: Result<Proof, oneshot::error::RecvError>| match p {
+            Ok(Proof::Returned) => Err(unroutable()),
+            // Replied, or nobody can tell any more (the registration is gone).
+            _ => Ok(()),
+        };
+        let Some(mut proof) = proof else {
+            // No correlation id to match a return with: the round trip, then any
+            // return without one is taken as this message's.
+            sync_channel(channel, exchange).await?;
+            return match self.inner.collect_returns(channel) {
+                0 => Ok(()),
+                _ => Err(unroutable()),
+            };
+        };
+        if let Some(p) = (&mut proof.rx).now_or_never() {
+            return decided(p);
+        }
+        self.inner.collect_returns(channel);
+        if let Some(p) = (&mut proof.rx).now_or_never() {
+            return decided(p);
+        }
+        tokio::select! {
+            biased;
+            p = &mut proof.rx => return decided(p),
+            r = sync_channel(channel, exchange) => r?,
+        }
+        self.inner.collect_returns(channel);
+        match (&mut proof.rx).now_or_never() {
+            Some(p) => decided(p),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One synchronous round trip on a publishing channel (`basic.qos` with no limit;
+/// there is no consumer on it to limit).
+async fn sync_channel(channel: &Channel, exchange: &str) -> Result<(), MeshError> {
+    channel
+        .basic_qos(0, BasicQosOptions::default())
+        .await
+        .map_err(|e| map_err("basic.qos", About::Exchange(exchange), &e))
+}
+
 impl Connection for AmqpConnection {
     fn declare_exchange<'a>(
         &'a self,
@@ -1336,35 +1433,25 @@ impl Connection for AmqpConnection {
             let live = self.inner.live().await?;
             let about = About::Exchange(exchange);
             let opts = &self.inner.options;
-            let reply_proof = if opts.publisher_confirms
-                && message.properties.mandatory
-                && message.properties.reply_to.is_some()
-                && !message.properties.correlation_id.is_empty()
-            {
-                Some(ReplyProof::register(
-                    &self.inner,
-                    &message.properties.correlation_id,
-                ))
-            } else {
-                None
-            };
-            let confirmed = opts.publisher_confirms
-                && (opts.confirm_replies || message.properties.mandatory || !exchange.is_empty());
-            if confirmed {
-                self.inner.release_confirms();
-            }
+            let mandatory = message.properties.mandatory;
+            let confirmed = !mandatory
+                && opts.publisher_confirms
+                && (opts.confirm_replies || !exchange.is_empty());
+            // A call's reply proves that it was routed, its return that it was not.
+            let reply_proof = (mandatory && !message.properties.correlation_id.is_empty())
+                .then(|| ReplyProof::register(&self.inner, &message.properties.correlation_id));
             let channels = live.channels().ok_or(MeshError::Disconnected)?;
             let channel = if confirmed {
                 &channels.publish
             } else {
-                &channels.replies
+                &channels.unconfirmed
             };
             let confirm = channel
                 .basic_publish(
                     exchange_s,
                     key_s,
                     BasicPublishOptions {
-                        mandatory: message.properties.mandatory,
+                        mandatory,
                         immediate: false,
                     },
                     &body,
@@ -1374,28 +1461,14 @@ impl Connection for AmqpConnection {
                 .map_err(|e| map_err("basic.publish", about, &e))?;
             if !confirmed {
                 drop(confirm);
-                return Ok(());
-            }
-            let confirmation = match reply_proof {
-                Some(mut proof) => {
-                    let mut confirm = confirm;
-                    let outcome = tokio::select! {
-                        c = &mut confirm => Some(c),
-                        _ = &mut proof.rx => None,
-                    };
-                    drop(proof);
-                    match outcome {
-                        Some(c) => c,
-                        // A reply already came back: the request was routed. The confirm
-                        // is kept until the broker sends it, then released.
-                        None => {
-                            self.inner.adopt_confirm(confirm);
-                            return Ok(());
-                        }
-                    }
+                if !mandatory {
+                    return Ok(());
                 }
-                None => confirm.await,
-            };
+                return self
+                    .routed_unconfirmed(&channels.unconfirmed, reply_proof, exchange, routing_key)
+                    .await;
+            }
+            let confirmation = confirm.await;
             match confirmation.map_err(|e| map_err("publisher confirm", about, &e))? {
                 Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
                 Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {

@@ -33,6 +33,10 @@ use crate::service::{
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 /// Default service prefetch (nuropb's is 1).
 pub const DEFAULT_PREFETCH: u16 = 64;
+/// How long a request waits for its reply before it also waits for the outcome of
+/// its publish (see [`publish_and_wait`]): an unroutable request is reported as
+/// [`MeshError::NotFound`] this much later than the broker returns it.
+const PUBLISH_GRACE: Duration = Duration::from_millis(5);
 /// Default bound of a service's dead-letter queue.
 pub const DEFAULT_DEAD_LETTER_MAX: usize = 10_000;
 
@@ -684,8 +688,9 @@ impl Mesh {
             pending: &self.inner.pending,
             id: &id,
         };
-        self.publish_call(service, method, msg).await?;
-        match tokio::time::timeout(deadline, rx).await {
+        let publish = self.publish_call(service, method, msg);
+        let reply = tokio::time::timeout(deadline, rx);
+        match publish_and_wait(publish, reply, PUBLISH_GRACE).await? {
             Ok(Ok(Ok((body, _headers)))) => Ok(body),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(MeshError::Disconnected),
@@ -957,6 +962,70 @@ impl EventSubscription {
         }
         None
     }
+}
+
+/// Polls `fut` once without a waker: whatever it waits for will not wake this task.
+fn poll_quiet<F: Future + ?Sized>(fut: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+    fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+/// Publishes a request and waits for its reply, without waking the caller for the
+/// publish itself when the reply comes first (the usual case).
+///
+/// A broker backend's publish finishes in two steps after handing the message to
+/// its connection: the write to the socket, then the broker's confirm (whose
+/// `basic.return` makes an unroutable request [`MeshError::NotFound`]). Awaiting
+/// them costs the caller two wake-ups (two thread switches on RabbitMQ) before it
+/// even starts waiting for the reply, which for a fast service arrives soon after;
+/// and a reply proves that the request was written and routed. So the publish is
+/// polled once without a waker (the message is queued for writing), then the reply
+/// alone is awaited for `grace`; only after that is the publish awaited beside the
+/// reply, so a request that nobody takes still fails with its publish error
+/// (`grace` later). The reply future carries the client deadline, which thus also
+/// bounds a publish that never completes. Once a reply is in, the publish is polled
+/// once more without a waker, which normally finishes it (the reply settled its
+/// confirm), so that a backend can release what it holds for it.
+async fn publish_and_wait<P, R>(
+    publish: P,
+    reply: R,
+    grace: Duration,
+) -> Result<R::Output, MeshError>
+where
+    P: Future<Output = Result<(), MeshError>>,
+    R: Future,
+{
+    let mut publish = std::pin::pin!(publish);
+    let mut reply = std::pin::pin!(reply);
+    let published = match poll_quiet(publish.as_mut()) {
+        std::task::Poll::Ready(r) => {
+            r?;
+            true
+        }
+        std::task::Poll::Pending => false,
+    };
+    if !published {
+        let reply_first = tokio::select! {
+            biased;
+            r = &mut reply => Some(r),
+            () = tokio::time::sleep(grace) => None,
+        };
+        let r = match reply_first {
+            Some(r) => r,
+            None => tokio::select! {
+                biased;
+                r = &mut reply => r,
+                p = &mut publish => {
+                    p?;
+                    return Ok(reply.await);
+                }
+            },
+        };
+        // Its outcome no longer matters: the reply is in (or the deadline passed, and
+        // then the call must not wait any longer for a publish that is stuck).
+        let _ = poll_quiet(publish.as_mut());
+        return Ok(r);
+    }
+    Ok(reply.await)
 }
 
 async fn reply_loop(

@@ -13,11 +13,12 @@ use herald_mesh::amqp::{AmqpBackend, AmqpConnection, AmqpOptions};
 use herald_mesh::backend::{
     Backend, Connection, ConsumeOptions, DeliveryStream, QueueSpec, nuropb_exchanges,
 };
+use herald_mesh::example::ExampleService;
 use herald_mesh::message::{
     DL_EXCHANGE, DeathReason, Envelope, Message, RPC_EXCHANGE, RequestBody, dead_letter_queue,
     service_queue,
 };
-use herald_mesh::{Delivery, MeshError};
+use herald_mesh::{Delivery, Mesh, MeshConfig, MeshError};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
@@ -121,6 +122,8 @@ async fn topology_matches_nuropb_declarations_exactly() {
     conn.close().await.expect("close");
 }
 
+/// Unroutable mandatory publishes are `Unroutable` errors and routed ones succeed
+/// (published unconfirmed: returns matched by correlation id, else a channel round trip).
 #[tokio::test]
 async fn unroutable_mandatory_publish_is_an_error_and_routed_one_is_confirmed() {
     let Some(url) = herald_pyenv::amqp_url_or_skip() else {
@@ -131,6 +134,13 @@ async fn unroutable_mandatory_publish_is_an_error_and_routed_one_is_confirmed() 
     for x in nuropb_exchanges() {
         conn.declare_exchange(&x).await.expect("declare exchange");
     }
+    // As Herald's requests: a reply_to and a correlation id (no reply ever comes here,
+    // so the publish must decide without one).
+    let with_reply_to = |cid: &str| {
+        let mut m = request(&service, cid);
+        m.properties.reply_to = Some("nuropb-nobody-rq".into());
+        m
+    };
     let err = conn
         .publish(RPC_EXCHANGE, &service, request(&service, "c1"))
         .await
@@ -139,23 +149,104 @@ async fn unroutable_mandatory_publish_is_an_error_and_routed_one_is_confirmed() 
         matches!(&err, MeshError::Unroutable { routing_key, .. } if *routing_key == service),
         "{err:?}"
     );
+    let err = conn
+        .publish(RPC_EXCHANGE, &service, with_reply_to("c1b"))
+        .await
+        .expect_err("no queue is bound");
+    assert!(matches!(&err, MeshError::Unroutable { .. }), "{err:?}");
+    // Without a correlation id to match the return with.
+    let err = conn
+        .publish(RPC_EXCHANGE, &service, request(&service, ""))
+        .await
+        .expect_err("no queue is bound");
+    assert!(matches!(&err, MeshError::Unroutable { .. }), "{err:?}");
     let sq = service_topology(&conn, &service).await;
     conn.publish(RPC_EXCHANGE, &service, request(&service, "c2"))
         .await
-        .expect("routed and confirmed");
+        .expect("routed");
+    conn.publish(RPC_EXCHANGE, &service, with_reply_to("c3"))
+        .await
+        .expect("routed, without a reply");
     let mut stream = conn
         .consume(&sq.name, ConsumeOptions::manual(4))
         .await
         .expect("consume");
-    let d = next(&mut stream).await;
-    assert_eq!(d.message.properties.correlation_id, "c2");
-    assert_eq!(
-        d.message.payload.envelope().expect("json").correlation_id(),
-        "c2"
-    );
-    d.ack().await.expect("ack");
+    for cid in ["c2", "c3"] {
+        let d = next(&mut stream).await;
+        assert_eq!(d.message.properties.correlation_id, cid);
+        assert_eq!(
+            d.message.payload.envelope().expect("json").correlation_id(),
+            cid
+        );
+        d.ack().await.expect("ack");
+    }
     conn.delete_queue(&sq.name).await.expect("cleanup");
     conn.close().await.expect("close");
+}
+
+/// Many requests at once, half of them to services that do not exist: each caller
+/// gets its own outcome (the broker's returns are matched to their requests by
+/// correlation id; lapin's publisher confirms attach a return to whichever confirm
+/// they complete next, which failed this test when Herald relied on them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_each_get_their_own_outcome() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    for round in 0..2 {
+        let backend = Arc::new(AmqpBackend::new(&url).expect("url"));
+        let name = unique("many");
+        let service = Mesh::connect(
+            backend.clone(),
+            MeshConfig::service(&name, ExampleService::new()),
+        )
+        .await
+        .expect("service");
+        let client = Mesh::connect(backend, MeshConfig::client())
+            .await
+            .expect("client");
+        let calls = (0..40u64).map(|i| {
+            let client = client.clone();
+            let target = if i % 2 == 0 {
+                name.clone()
+            } else {
+                unique("missing")
+            };
+            async move {
+                let r = client
+                    .request(
+                        &target,
+                        "add",
+                        serde_json::json!({"a": i, "b": 1}),
+                        serde_json::json!({}),
+                        Some(WAIT),
+                        None,
+                    )
+                    .await;
+                (i, r)
+            }
+        });
+        for (i, r) in futures::future::join_all(calls).await {
+            if i % 2 == 0 {
+                match r {
+                    Ok(v) => assert_eq!(v, serde_json::json!(i + 1)),
+                    Err(e) => panic!("call {i} (round {round}): {e:?}"),
+                }
+            } else {
+                assert!(
+                    matches!(&r, Err(MeshError::NotFound { method, .. }) if method == "add"),
+                    "call {i} (round {round}): {r:?}"
+                );
+            }
+        }
+        service.disconnect().await.expect("disconnect");
+        client.disconnect().await.expect("disconnect");
+        let conn = connect(&url).await;
+        for q in [service_queue(&name), dead_letter_queue(&name)] {
+            conn.delete_queue(&q).await.expect("cleanup");
+        }
+        conn.close().await.expect("close");
+    }
 }
 
 #[tokio::test]
