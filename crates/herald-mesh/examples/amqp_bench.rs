@@ -136,12 +136,8 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-async fn herald_run(a: &Args, conc: usize, confirms: bool) -> AnyResult<RunResult> {
-    let options = AmqpOptions {
-        publisher_confirms: confirms,
-        ..AmqpOptions::default()
-    };
-    let backend = Arc::new(AmqpBackend::with_options(&a.url, options)?);
+async fn herald_run(a: &Args, conc: usize) -> AnyResult<RunResult> {
+    let backend = Arc::new(AmqpBackend::new(&a.url)?);
     let name = unique("bench-herald");
     let service = Mesh::connect(
         backend.clone(),
@@ -186,20 +182,74 @@ async fn herald_run(a: &Args, conc: usize, confirms: bool) -> AnyResult<RunResul
 
 type PendingMap = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
 
+/// What the raw lapin RPC adds of Herald's (nuropb's) message handling, to see what
+/// each costs: `lapin+mandatory+ttl+headers+confirm+durable` and any subset.
+#[derive(Debug, Clone, Copy, Default)]
+struct LapinExtras {
+    /// Requests are `mandatory`.
+    mandatory: bool,
+    /// Requests carry an `expiration` (per-message ttl, as nuropb's ttl).
+    ttl: bool,
+    /// Requests and replies carry nuropb's five headers.
+    headers: bool,
+    /// Requests go through a confirm-mode channel; the confirm is awaited beside the
+    /// reply.
+    confirm: bool,
+    /// The work queue is durable with a dead-letter exchange argument (like a nuropb
+    /// service queue) instead of auto-delete.
+    durable: bool,
+}
+
+impl LapinExtras {
+    fn parse(stack: &str) -> Result<Self, String> {
+        let mut x = Self::default();
+        for part in stack.split('+').skip(1) {
+            match part {
+                "mandatory" => x.mandatory = true,
+                "ttl" => x.ttl = true,
+                "headers" => x.headers = true,
+                "confirm" => x.confirm = true,
+                "durable" => x.durable = true,
+                other => return Err(format!("unknown lapin extra {other:?}")),
+            }
+        }
+        Ok(x)
+    }
+}
+
+fn nuropb_like_headers(kind: &str) -> FieldTable {
+    let mut h = FieldTable::default();
+    let text = |s: &str| lapin::types::AMQPValue::LongString(s.into());
+    h.insert("nuropb_protocol".into(), text("0.1.1"));
+    h.insert("nuropb_version".into(), text("0.1.8"));
+    h.insert("nuropb_type".into(), text(kind));
+    h.insert("trace_id".into(), lapin::types::AMQPValue::Void);
+    h.insert("encrypted".into(), text(""));
+    h
+}
+
 /// Plain lapin RPC: a server consuming a work queue (manual ack, prefetch) that replies
 /// through the default exchange, and a client with an exclusive server-named reply
 /// queue consumed with auto-ack and a correlation-id map. No confirms (like nuropb).
-async fn lapin_run(a: &Args, conc: usize) -> AnyResult<RunResult> {
+async fn lapin_run(a: &Args, conc: usize, x: LapinExtras) -> AnyResult<RunResult> {
     let queue = unique("bench-lapin");
     let server_conn = lapin::Connection::connect(&a.url, ConnectionProperties::default()).await?;
     let sch = server_conn.create_channel().await?;
+    let mut qargs = FieldTable::default();
+    if x.durable {
+        qargs.insert(
+            "x-dead-letter-exchange".into(),
+            lapin::types::AMQPValue::LongString("bench-lapin-dlx".into()),
+        );
+    }
     sch.queue_declare(
         ShortString::from(queue.as_str()),
         QueueDeclareOptions {
-            auto_delete: true,
+            auto_delete: !x.durable,
+            durable: x.durable,
             ..QueueDeclareOptions::default()
         },
-        FieldTable::default(),
+        qargs,
     )
     .await?;
     sch.basic_qos(a.prefetch, BasicQosOptions::default())
@@ -222,6 +272,9 @@ async fn lapin_run(a: &Args, conc: usize) -> AnyResult<RunResult> {
             let body = serde_json::to_vec(&json!({"result": sum})).unwrap_or_default();
             let mut props =
                 BasicProperties::default().with_content_type(ShortString::from("application/json"));
+            if x.headers {
+                props = props.with_headers(nuropb_like_headers("response"));
+            }
             if let Some(cid) = d.properties.correlation_id().clone() {
                 props = props.with_correlation_id(cid);
             }
@@ -240,6 +293,10 @@ async fn lapin_run(a: &Args, conc: usize) -> AnyResult<RunResult> {
 
     let client_conn = lapin::Connection::connect(&a.url, ConnectionProperties::default()).await?;
     let cch = client_conn.create_channel().await?;
+    if x.confirm {
+        cch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await?;
+    }
     let rq = cch
         .queue_declare(
             ShortString::from(""),
@@ -295,18 +352,39 @@ async fn lapin_run(a: &Args, conc: usize) -> AnyResult<RunResult> {
                     .map_err(|_| "poisoned")?
                     .insert(cid.clone(), tx);
                 let body = serde_json::to_vec(&json!({"a": i, "b": 1}))?;
-                cch.basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(queue_s.as_str()),
-                    BasicPublishOptions::default(),
-                    &body,
-                    BasicProperties::default()
-                        .with_content_type(ShortString::from("application/json"))
-                        .with_correlation_id(ShortString::from(cid))
-                        .with_reply_to(rq_name),
-                )
-                .await?;
-                let data = tokio::time::timeout(Duration::from_secs(30), rx).await??;
+                let mut props = BasicProperties::default()
+                    .with_content_type(ShortString::from("application/json"))
+                    .with_correlation_id(ShortString::from(cid))
+                    .with_reply_to(rq_name);
+                if x.ttl {
+                    props = props.with_expiration(ShortString::from("30000"));
+                }
+                if x.headers {
+                    props = props.with_headers(nuropb_like_headers("request"));
+                }
+                let confirm = cch
+                    .basic_publish(
+                        ShortString::from(""),
+                        ShortString::from(queue_s.as_str()),
+                        BasicPublishOptions {
+                            mandatory: x.mandatory,
+                            immediate: false,
+                        },
+                        &body,
+                        props,
+                    )
+                    .await?;
+                let reply = tokio::time::timeout(Duration::from_secs(30), rx);
+                let data = if x.confirm {
+                    let (c, r) = futures::join!(confirm, reply);
+                    if let lapin::Confirmation::Ack(Some(_)) = c? {
+                        return Err("request returned unroutable".into());
+                    }
+                    r??
+                } else {
+                    drop(confirm);
+                    reply.await??
+                };
                 let v: serde_json::Value = serde_json::from_slice(&data)?;
                 if v["result"] != json!(i + 1) {
                     return Err(format!("lapin server returned {v}").into());
@@ -322,6 +400,9 @@ async fn lapin_run(a: &Args, conc: usize) -> AnyResult<RunResult> {
     server.abort();
     let _ = client_conn.close(200, ShortString::from("bye")).await;
     let _ = server_conn.close(200, ShortString::from("bye")).await;
+    if x.durable {
+        cleanup(&a.url, &[queue]).await?;
+    }
     res
 }
 
@@ -360,11 +441,10 @@ async fn run(a: Args) -> AnyResult<()> {
                 for _ in 0..a.runs {
                     for stack in &a.stacks {
                         let r = match stack.as_str() {
-                            "herald" => herald_run(&a, conc, true).await?,
-                            // Without publisher confirms (unroutable requests then end
-                            // with their deadline instead of NotFound).
-                            "herald-noconfirm" => herald_run(&a, conc, false).await?,
-                            "lapin" => lapin_run(&a, conc).await?,
+                            "herald" => herald_run(&a, conc).await?,
+                            lapin if lapin.split('+').next() == Some("lapin") => {
+                                lapin_run(&a, conc, LapinExtras::parse(lapin)?).await?
+                            }
                             other => return Err(format!("unknown stack {other}").into()),
                         };
                         runs.entry(stack.as_str()).or_default().push(r);
