@@ -86,6 +86,12 @@ use crate::message::{
 
 const BACKEND: &str = "amqp";
 
+/// RabbitMQ's direct reply-to pseudo-queue: consumed (no-ack) on the channel that
+/// publishes the requests, and used as their `reply_to`; the broker rewrites it to
+/// `amq.rabbitmq.reply-to.<token>`, which a service (Herald or nuropb) answers through
+/// the default exchange like any reply queue.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
 /// Tuning of the RabbitMQ backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AmqpOptions {
@@ -243,10 +249,19 @@ struct PublishChannels {
     publish: Channel,
     /// Unconfirmed: replies, requests and commands.
     unconfirmed: Channel,
+    /// The direct reply-to consumer on `unconfirmed`, once asked for
+    /// ([`Connection::consume_direct_replies`]): opened with the channel, so that no
+    /// request can be published on a channel without it (the broker would close the
+    /// channel).
+    direct: Option<lapin::Consumer>,
 }
 
 impl PublishChannels {
-    async fn open(conn: &lapin::Connection, confirms: bool) -> Result<Self, MeshError> {
+    async fn open(
+        conn: &lapin::Connection,
+        confirms: bool,
+        direct: bool,
+    ) -> Result<Self, MeshError> {
         let publish = conn
             .create_channel()
             .await
@@ -261,15 +276,37 @@ impl PublishChannels {
             .create_channel()
             .await
             .map_err(|e| map_err("channel.open", About::Other("unconfirmed channel"), &e))?;
+        let direct = if direct {
+            Some(consume_direct(&unconfirmed).await?)
+        } else {
+            None
+        };
         Ok(Self {
             publish,
             unconfirmed,
+            direct,
         })
     }
 
     fn usable(&self) -> bool {
         self.publish.status().connected() && self.unconfirmed.status().connected()
     }
+}
+
+/// Starts the direct reply-to consumer on `channel` (no-ack, as RabbitMQ requires).
+async fn consume_direct(channel: &Channel) -> Result<lapin::Consumer, MeshError> {
+    channel
+        .basic_consume(
+            ShortString::from(DIRECT_REPLY_TO),
+            ShortString::from(""),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| map_err("basic.consume", About::Queue(DIRECT_REPLY_TO), &e))
 }
 
 impl Live {
@@ -311,6 +348,8 @@ struct Inner {
     /// `basic.return` refutes it.
     awaiting_confirm: StdMutex<HashMap<String, oneshot::Sender<Proof>>>,
     awaiting_count: AtomicUsize,
+    /// Direct reply-to is in use: reopened publishing channels get its consumer.
+    direct_replies: AtomicBool,
     closed: AtomicBool,
 }
 
@@ -429,6 +468,7 @@ impl AmqpConnection {
             declared: StdMutex::new(Vec::new()),
             awaiting_confirm: StdMutex::new(HashMap::new()),
             awaiting_count: AtomicUsize::new(0),
+            direct_replies: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
         let live = Inner::dial(&inner).await?;
@@ -626,7 +666,12 @@ impl Inner {
                 backend: BACKEND,
                 reason: format!("cannot connect to {}: {e}", redact(&this.url)),
             })?;
-        let channels = PublishChannels::open(&conn, this.options.publisher_confirms).await?;
+        let channels = PublishChannels::open(
+            &conn,
+            this.options.publisher_confirms,
+            this.direct_replies.load(Ordering::SeqCst),
+        )
+        .await?;
         let generation = this.generation.fetch_add(1, Ordering::SeqCst) + 1;
         Ok(Arc::new(Live {
             generation,
@@ -664,7 +709,10 @@ impl Inner {
             // The connection is fine but the broker closed a publishing channel:
             // reopen the channels rather than the connection.
             if live.conn.status().connected() {
-                match PublishChannels::open(&live.conn, self.options.publisher_confirms).await {
+                let direct = self.direct_replies.load(Ordering::SeqCst);
+                match PublishChannels::open(&live.conn, self.options.publisher_confirms, direct)
+                    .await
+                {
                     Ok(fresh) => {
                         if let Ok(mut c) = live.channels.write() {
                             *c = Arc::new(fresh);
@@ -1256,6 +1304,9 @@ struct ConsumerState {
     inner: Arc<Inner>,
     queue: String,
     options: ConsumeOptions,
+    /// The direct reply-to consumer of the publishing channels (which it must neither
+    /// cancel nor close), not a consumer on a channel of its own.
+    direct: bool,
     current: Option<(Channel, lapin::Consumer)>,
 }
 
@@ -1264,7 +1315,7 @@ impl Drop for ConsumerState {
         let Some((ch, consumer)) = self.current.take() else {
             return;
         };
-        if self.inner.is_closed() {
+        if self.inner.is_closed() || self.direct {
             return;
         }
         // The stream was dropped: cancel the consumer and close its channel, which
@@ -1309,6 +1360,26 @@ impl ConsumerState {
             // The consumer ended: connection or channel lost, or cancelled by the broker.
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(self.inner.options.reconnect_max);
+            if self.direct {
+                match self.inner.live().await {
+                    Ok(live) => {
+                        let direct = live
+                            .channels()
+                            .and_then(|c| Some((c.unconfirmed.clone(), c.direct.clone()?)));
+                        if direct.is_some() {
+                            tracing::info!(
+                                generation = live.generation,
+                                "direct reply-to consumer restarted"
+                            );
+                            self.current = direct;
+                            delay = self.inner.options.reconnect_initial;
+                        }
+                    }
+                    Err(MeshError::Disconnected) => return None,
+                    Err(e) => tracing::warn!(error = %e, "still reconnecting"),
+                }
+                continue;
+            }
             match self.inner.live().await {
                 Ok(live) => match start_consumer(&live, &self.queue, self.options).await {
                     Ok(c) => {
@@ -1325,6 +1396,15 @@ impl ConsumerState {
             }
         }
     }
+}
+
+fn consumer_stream(state: ConsumerState) -> DeliveryStream {
+    let stream =
+        futures::stream::unfold(
+            state,
+            |mut st| async move { st.next().await.map(|d| (d, st)) },
+        );
+    Box::pin(stream)
 }
 
 impl AmqpConnection {
@@ -1499,14 +1579,47 @@ impl Connection for AmqpConnection {
                 inner: self.inner.clone(),
                 queue: queue.to_owned(),
                 options,
+                direct: false,
                 current: Some(current),
             };
-            let stream =
-                futures::stream::unfold(
-                    state,
-                    |mut st| async move { st.next().await.map(|d| (d, st)) },
-                );
-            Ok(Box::pin(stream) as DeliveryStream)
+            Ok(consumer_stream(state))
+        })
+    }
+
+    fn consume_direct_replies(
+        &self,
+    ) -> BoxFuture<'_, Result<Option<(String, DeliveryStream)>, MeshError>> {
+        Box::pin(async move {
+            let live = self.inner.live().await?;
+            let current = {
+                // Under the reconnect lock: nothing reopens the channels meanwhile.
+                let _guard = self.inner.reconnecting.lock().await;
+                self.inner.direct_replies.store(true, Ordering::SeqCst);
+                let channels = live.channels().ok_or(MeshError::Disconnected)?;
+                let consumer = match &channels.direct {
+                    Some(c) => c.clone(),
+                    None => {
+                        let consumer = consume_direct(&channels.unconfirmed).await?;
+                        let with = PublishChannels {
+                            direct: Some(consumer.clone()),
+                            ..(*channels).clone()
+                        };
+                        if let Ok(mut c) = live.channels.write() {
+                            *c = Arc::new(with);
+                        }
+                        consumer
+                    }
+                };
+                (channels.unconfirmed.clone(), consumer)
+            };
+            let state = ConsumerState {
+                inner: self.inner.clone(),
+                queue: DIRECT_REPLY_TO.to_owned(),
+                options: ConsumeOptions::exclusive_auto_ack(),
+                direct: true,
+                current: Some(current),
+            };
+            Ok(Some((DIRECT_REPLY_TO.to_owned(), consumer_stream(state))))
         })
     }
 

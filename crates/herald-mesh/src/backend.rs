@@ -314,6 +314,18 @@ pub trait Connection: Send + Sync + fmt::Debug {
         options: ConsumeOptions,
     ) -> BoxFuture<'a, Result<DeliveryStream, MeshError>>;
 
+    /// Starts consuming the replies sent to this connection's direct reply-to address
+    /// (RabbitMQ's `amq.rabbitmq.reply-to`: replies go straight to the channel that
+    /// publishes the requests, with no reply queue in between). Returns the address
+    /// to put in a request's `reply_to` and the stream of replies (auto-acked), or
+    /// `None` when the backend has no such thing (the default; the caller then uses
+    /// its response queue). Called at most once per connection.
+    fn consume_direct_replies(
+        &self,
+    ) -> BoxFuture<'_, Result<Option<(String, DeliveryStream)>, MeshError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// Tries to take (or confirms holding) the leader lock of `service`. Returns
     /// whether this connection holds it now. The lock is released when the connection
     /// closes or dies.

@@ -56,6 +56,7 @@ pub struct MeshConfig {
     dead_letter_failed: bool,
     service_keys: Option<Arc<dyn ServiceKeys>>,
     client_cipher: Option<Arc<dyn ClientCipher>>,
+    direct_reply_to: bool,
 }
 
 impl fmt::Debug for MeshConfig {
@@ -72,6 +73,7 @@ impl fmt::Debug for MeshConfig {
             .field("dead_letter_failed", &self.dead_letter_failed)
             .field("service_keys", &self.service_keys.is_some())
             .field("client_cipher", &self.client_cipher.is_some())
+            .field("direct_reply_to", &self.direct_reply_to)
             .finish()
     }
 }
@@ -92,6 +94,7 @@ impl MeshConfig {
             dead_letter_failed: false,
             service_keys: None,
             client_cipher: None,
+            direct_reply_to: false,
         }
     }
 
@@ -112,6 +115,20 @@ impl MeshConfig {
     /// the same service name and instance id is refused (single-instance mode).
     pub fn instance_id(mut self, id: impl Into<String>) -> Self {
         self.instance_id = Some(id.into());
+        self
+    }
+
+    /// Replies to this handle's requests through the backend's direct reply-to
+    /// (RabbitMQ's `amq.rabbitmq.reply-to`) instead of its response queue (default
+    /// false). A reply then goes from the service's channel straight to the channel
+    /// that published the request, without passing through a queue: less work for
+    /// the broker and a lower round-trip time. Services answer it as they answer a
+    /// response queue (through the default exchange, routing key = `reply_to`), so
+    /// nuropb services work unchanged. The response queue is still declared and
+    /// consumed (nuropb's topology and the single-instance check stay as they are).
+    /// Without such a thing (the in-process broker) the response queue is used.
+    pub fn direct_reply_to(mut self, yes: bool) -> Self {
+        self.direct_reply_to = yes;
         self
     }
 
@@ -276,6 +293,9 @@ struct Inner {
     service_name: String,
     instance_id: String,
     response_queue: String,
+    /// The `reply_to` of this handle's requests: the response queue, or the direct
+    /// reply-to address.
+    reply_to: String,
     client_only: bool,
     config: MeshConfig,
     serving: Option<ServingState>,
@@ -464,6 +484,13 @@ impl Mesh {
         let id_prefix = random_u64();
         let pending = Arc::new(PendingMap::new(id_prefix));
         tokio::spawn(reply_loop(replies, pending.clone(), shutdown.clone()));
+        let mut reply_to = rq.clone();
+        if config.direct_reply_to
+            && let Some((address, direct)) = conn.consume_direct_replies().await?
+        {
+            tokio::spawn(reply_loop(direct, pending.clone(), shutdown.clone()));
+            reply_to = address;
+        }
 
         let mut service_stream = None;
         let leader = if let Some(s) = &serving {
@@ -501,6 +528,7 @@ impl Mesh {
             service_name,
             instance_id,
             response_queue: rq,
+            reply_to,
             client_only,
             config,
             serving,
@@ -763,7 +791,7 @@ impl Mesh {
         };
         let mut msg = Message::from_envelope(env);
         let ttl_ms = ttl.as_millis().min(u128::from(u64::MAX)) as u64;
-        msg.properties.reply_to = Some(self.inner.response_queue.clone());
+        msg.properties.reply_to = Some(self.inner.reply_to.clone());
         msg.properties.expiration_ms = Some(ttl_ms);
         msg.properties.mandatory = true;
         msg.headers.deadline_ms = Some(now_ms().saturating_add(ttl_ms));

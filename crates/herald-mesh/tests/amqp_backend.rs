@@ -15,8 +15,8 @@ use herald_mesh::backend::{
 };
 use herald_mesh::example::ExampleService;
 use herald_mesh::message::{
-    DL_EXCHANGE, DeathReason, Envelope, Message, RPC_EXCHANGE, RequestBody, dead_letter_queue,
-    service_queue,
+    DL_EXCHANGE, DeathReason, Envelope, Headers, Message, MessageType, Payload, Properties,
+    RPC_EXCHANGE, RequestBody, ResponseBody, dead_letter_queue, service_queue,
 };
 use herald_mesh::{Delivery, Mesh, MeshConfig, MeshError};
 use lapin::options::QueueDeclareOptions;
@@ -694,4 +694,168 @@ async fn a_refused_publish_does_not_break_the_connection() {
     d.ack().await.expect("ack");
     conn.delete_queue(&sq.name).await.expect("cleanup");
     conn.close().await.expect("close");
+}
+
+/// A client with direct reply-to (`MeshConfig::direct_reply_to`): calls, errors,
+/// `NotFound` for a missing service (many at once, beside served calls), the client
+/// deadline, and calls again after its connection was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_reply_to_calls_errors_not_found_deadline_and_reconnect() {
+    use serde_json::json;
+
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let name = unique("direct");
+    let service = Mesh::connect(
+        Arc::new(AmqpBackend::new(&url).expect("url")),
+        MeshConfig::service(&name, ExampleService::new()),
+    )
+    .await
+    .expect("service");
+    let recording = Arc::new(Recording {
+        inner: AmqpBackend::new(&url).expect("url"),
+        made: std::sync::Mutex::new(Vec::new()),
+    });
+    let client = Mesh::connect(
+        recording.clone(),
+        MeshConfig::client().direct_reply_to(true),
+    )
+    .await
+    .expect("client");
+    let call = |service: String, method: &'static str, params: serde_json::Value, ttl: Duration| {
+        let client = client.clone();
+        async move {
+            client
+                .request(&service, method, params, json!({}), Some(ttl), None)
+                .await
+        }
+    };
+
+    assert_eq!(
+        call(name.clone(), "add", json!({"a": 2, "b": 3}), WAIT)
+            .await
+            .expect("add"),
+        json!(5)
+    );
+    let err = call(
+        name.clone(),
+        "fail",
+        json!({"message": "boom", "kind": "handling"}),
+        WAIT,
+    )
+    .await
+    .expect_err("fail");
+    assert!(
+        matches!(&err, MeshError::Handling { description, .. } if description == "boom"),
+        "{err:?}"
+    );
+    let calls = (0..20u64).map(|i| {
+        let target = if i % 2 == 0 {
+            name.clone()
+        } else {
+            unique("missing")
+        };
+        let c = call(target, "add", json!({"a": i, "b": 1}), WAIT);
+        async move { (i, c.await) }
+    });
+    for (i, r) in futures::future::join_all(calls).await {
+        if i % 2 == 0 {
+            assert_eq!(r.expect("served"), json!(i + 1), "call {i}");
+        } else {
+            assert!(
+                matches!(&r, Err(MeshError::NotFound { .. })),
+                "call {i}: {r:?}"
+            );
+        }
+    }
+    // The client deadline: the handler sleeps longer than the caller waits.
+    let err = call(
+        name.clone(),
+        "slow",
+        json!({"seconds": 2.0}),
+        Duration::from_millis(300),
+    )
+    .await
+    .expect_err("deadline");
+    assert!(matches!(err, MeshError::Timeout { .. }), "{err:?}");
+
+    // On the wire: the request's reply_to is the broker's direct reply-to address,
+    // and a reply published to it through the default exchange (as any service
+    // answers) reaches the caller.
+    let raw_name = unique("direct-raw");
+    let admin = connect(&url).await;
+    let sq = service_topology(&admin, &raw_name).await;
+    let mut requests = admin
+        .consume(&sq.name, ConsumeOptions::manual(4))
+        .await
+        .expect("consume");
+    let pending = tokio::spawn(call(raw_name.clone(), "add", json!({"a": 1, "b": 2}), WAIT));
+    let d = next(&mut requests).await;
+    let reply_to = d.message.properties.reply_to.clone().expect("reply_to");
+    assert!(
+        reply_to.starts_with("amq.rabbitmq.reply-to."),
+        "reply_to {reply_to:?}"
+    );
+    let cid = d.message.properties.correlation_id.clone();
+    let reply = Message {
+        properties: Properties::new(cid.clone()),
+        headers: Headers::new(MessageType::Response, None),
+        payload: Payload::Envelope(Arc::new(Envelope::Response(ResponseBody {
+            result: json!(3),
+            error: None,
+            correlation_id: cid,
+            trace_id: None,
+            context: json!({}),
+            warning: None,
+            reply_to: Some(reply_to.clone()),
+        }))),
+        death: None,
+    };
+    admin.publish("", &reply_to, reply).await.expect("reply");
+    d.ack().await.expect("ack");
+    assert_eq!(pending.await.expect("join").expect("answered"), json!(3));
+    admin.delete_queue(&sq.name).await.expect("cleanup");
+    admin.close().await.expect("close");
+
+    // The direct reply-to consumer comes back with the connection.
+    let conn = recording.made.lock().expect("lock")[0].clone();
+    conn.simulate_connection_loss().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match call(
+            name.clone(),
+            "add",
+            json!({"a": 41, "b": 1}),
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(v) => {
+                assert_eq!(v, json!(42));
+                break;
+            }
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no reply after the reconnect: {e:?}"
+            ),
+        }
+    }
+    assert!(conn.generation() >= 2, "the client reconnected");
+    // The late reply of the slow call above was dropped as unpaired, or lost with the
+    // old channel; either way the handle still works.
+    assert_eq!(
+        call(name.clone(), "add", json!({"a": 1, "b": 1}), WAIT)
+            .await
+            .expect("add"),
+        json!(2)
+    );
+
+    client.disconnect().await.expect("disconnect");
+    service.disconnect().await.expect("disconnect");
+    let admin = connect(&url).await;
+    for q in [service_queue(&name), dead_letter_queue(&name)] {
+        admin.delete_queue(&q).await.expect("cleanup");
+    }
+    admin.close().await.expect("close");
 }

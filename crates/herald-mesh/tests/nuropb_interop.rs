@@ -362,6 +362,123 @@ async fn herald_client_calls_python_nuropb_service() {
     cleanup(&url, &[service_queue(&svc), dead_letter_queue(&svc)]).await;
 }
 
+/// A Herald client using direct reply-to against the real nuropb service: nuropb
+/// answers through the default exchange with routing key = `reply_to`, so the
+/// broker's direct reply-to address works with it unchanged (results, errors and
+/// their duplicate replies, encrypted calls, NotFound, the client deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_direct_reply_to_client_calls_python_nuropb_service() {
+    let Some((python, url)) = peers() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = python_key(&python, dir.path());
+    let svc = unique("py-drt");
+    let mut service = PyProc::spawn(
+        &python,
+        "nuropb_service.py",
+        &[&url, &svc, pem.to_str().expect("utf8 path"), "interop.#"],
+    );
+    let ready = service.line().await;
+    assert!(ready.starts_with("READY "), "{ready}");
+
+    let backend = Arc::new(AmqpBackend::new(&url).expect("url"));
+    let client = Mesh::connect(
+        backend,
+        MeshConfig::client()
+            .client_cipher(Arc::new(NuropbCipher))
+            .direct_reply_to(true),
+    )
+    .await
+    .expect("herald client connects");
+    let call = |method: &'static str, params: Value| {
+        let client = &client;
+        let svc = &svc;
+        async move {
+            client
+                .request(
+                    svc,
+                    method,
+                    params,
+                    json!({"user": "drt"}),
+                    Some(WAIT),
+                    None,
+                )
+                .await
+        }
+    };
+    assert_eq!(
+        call("add", json!({"a": 2, "b": 3})).await.expect("add"),
+        json!(5)
+    );
+    assert_eq!(
+        call("echo", json!({"x": 1})).await.expect("echo"),
+        json!({"params": {"x": 1}, "context": {"user": "drt"}})
+    );
+    let err = call("fail", json!({"message": "boom", "kind": "handling"}))
+        .await
+        .expect_err("fail");
+    assert!(
+        matches!(&err, MeshError::Handling { description, .. } if description == "boom"),
+        "{err:?}"
+    );
+    // nuropb's duplicate error reply also comes back through direct reply-to.
+    wait_for("nuropb's duplicate error reply to be dropped", || {
+        let n = client.unpaired_replies();
+        async move { n >= 1 }
+    })
+    .await;
+    let calls = (0..10i64).map(|i| call("add", json!({"a": i, "b": 1})));
+    for (i, r) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(r.expect("add"), json!(i + 1));
+    }
+    let secret = client
+        .request_with(
+            &svc,
+            "secret_echo",
+            json!({"text": "direct"}),
+            RequestOptions {
+                encrypted: true,
+                timeout: Some(WAIT),
+                ..RequestOptions::default()
+            },
+        )
+        .await
+        .expect("encrypted call");
+    assert_eq!(secret, json!("direct"));
+    let err = client
+        .request(
+            &unique("nobody"),
+            "x",
+            json!({}),
+            json!({}),
+            Some(WAIT),
+            None,
+        )
+        .await
+        .expect_err("not routed");
+    assert!(matches!(err, MeshError::NotFound { .. }), "{err:?}");
+    let err = client
+        .request_with(
+            &svc,
+            "slow",
+            json!({"seconds": 2.0}),
+            RequestOptions {
+                timeout: Some(Duration::from_millis(300)),
+                ..RequestOptions::default()
+            },
+        )
+        .await
+        .expect_err("deadline");
+    assert!(matches!(err, MeshError::Timeout { .. }), "{err:?}");
+
+    client.disconnect().await.expect("disconnect");
+    drop(service);
+    cleanup(&url, &[service_queue(&svc), dead_letter_queue(&svc)]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_nuropb_client_calls_herald_service() {
     let Some((python, url)) = peers() else { return };
