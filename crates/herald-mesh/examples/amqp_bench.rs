@@ -9,6 +9,11 @@
 //!     --secs 5 --runs 3 --conc 1,32 --prefetch 64
 //! cargo run --release -p herald-mesh --example amqp_bench -- cleanup --url URL QUEUE...
 //! ```
+//!
+//! Stacks: `herald` (response queue, nuropb's topology), `herald-drt` (a client with
+//! `MeshConfig::direct_reply_to`), `lapin` (reply queue) and `lapin+EXTRA+...` with any
+//! of `drt` (direct reply-to, the baseline of `herald-drt`), `mandatory`, `ttl`,
+//! `headers`, `confirm` and `durable` (what each of nuropb's message features costs).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -136,7 +141,7 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-async fn herald_run(a: &Args, conc: usize) -> AnyResult<RunResult> {
+async fn herald_run(a: &Args, conc: usize, direct_reply_to: bool) -> AnyResult<RunResult> {
     let backend = Arc::new(AmqpBackend::new(&a.url)?);
     let name = unique("bench-herald");
     let service = Mesh::connect(
@@ -144,7 +149,13 @@ async fn herald_run(a: &Args, conc: usize) -> AnyResult<RunResult> {
         MeshConfig::service(&name, ExampleService::new()).prefetch(a.prefetch),
     )
     .await?;
-    let client = Arc::new(Mesh::connect(backend, MeshConfig::client()).await?);
+    let client = Arc::new(
+        Mesh::connect(
+            backend,
+            MeshConfig::client().direct_reply_to(direct_reply_to),
+        )
+        .await?,
+    );
     let svc = Arc::new(name.clone());
     let res = drive(
         move |i| {
@@ -198,6 +209,9 @@ struct LapinExtras {
     /// The work queue is durable with a dead-letter exchange argument (like a nuropb
     /// service queue) instead of auto-delete.
     durable: bool,
+    /// Replies through RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`, consumed
+    /// no-ack on the channel that publishes the requests) instead of a reply queue.
+    drt: bool,
 }
 
 impl LapinExtras {
@@ -210,6 +224,7 @@ impl LapinExtras {
                 "headers" => x.headers = true,
                 "confirm" => x.confirm = true,
                 "durable" => x.durable = true,
+                "drt" => x.drt = true,
                 other => return Err(format!("unknown lapin extra {other:?}")),
             }
         }
@@ -297,25 +312,29 @@ async fn lapin_run(a: &Args, conc: usize, x: LapinExtras) -> AnyResult<RunResult
         cch.confirm_select(lapin::options::ConfirmSelectOptions::default())
             .await?;
     }
-    let rq = cch
-        .queue_declare(
-            ShortString::from(""),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let rq_name = rq.name().clone();
+    let rq_name = if x.drt {
+        ShortString::from(herald_mesh::amqp::DIRECT_REPLY_TO)
+    } else {
+        let rq = cch
+            .queue_declare(
+                ShortString::from(""),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        rq.name().clone()
+    };
     let mut replies = cch
         .basic_consume(
             rq_name.clone(),
             ShortString::from("cli"),
             BasicConsumeOptions {
                 no_ack: true,
-                exclusive: true,
+                exclusive: !x.drt,
                 ..BasicConsumeOptions::default()
             },
             FieldTable::default(),
@@ -441,7 +460,9 @@ async fn run(a: Args) -> AnyResult<()> {
                 for _ in 0..a.runs {
                     for stack in &a.stacks {
                         let r = match stack.as_str() {
-                            "herald" => herald_run(&a, conc).await?,
+                            "herald" => herald_run(&a, conc, false).await?,
+                            // The client with `MeshConfig::direct_reply_to`.
+                            "herald-drt" => herald_run(&a, conc, true).await?,
                             lapin if lapin.split('+').next() == Some("lapin") => {
                                 lapin_run(&a, conc, LapinExtras::parse(lapin)?).await?
                             }
