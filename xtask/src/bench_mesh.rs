@@ -167,7 +167,10 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
 // lapin RPC (both measured by `herald-mesh`'s `amqp_bench` example, runs interleaved)
 // and the real nuropb 0.1.8 (`../shared/peers/nuropb_bench.py`, service and client in
 // separate Python processes), same broker, same run. Service prefetch 64 for all three
-// (nuropb's best setting). The broker is `HERALD_AMQP_URL`, else the local default.
+// (nuropb's best setting). Twice: with nuropb's reply queues (`herald` vs `lapin`),
+// and with RabbitMQ's direct reply-to on both Rust clients (`herald-drt`, Herald's
+// opt-in `MeshConfig::direct_reply_to`, vs `lapin+drt`); nuropb has no such option.
+// The broker is `HERALD_AMQP_URL`, else the local default.
 
 const AMQP_DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -237,7 +240,7 @@ pub fn amqp_rows(quick: bool) -> anyhow::Result<Vec<BenchRow>> {
     let (secs, runs) = if quick { ("1", "1") } else { ("5", "3") };
     let helper = common::build_example("herald-mesh", "amqp_bench")?;
     progress(format!(
-        "mesh over RabbitMQ: herald and raw lapin, {runs} run(s) of {secs} s each"
+        "mesh over RabbitMQ: herald and raw lapin, with reply queues and with direct reply-to, {runs} run(s) of {secs} s each"
     ));
     let text = run_capture(
         Command::new(&helper).args([
@@ -245,7 +248,7 @@ pub fn amqp_rows(quick: bool) -> anyhow::Result<Vec<BenchRow>> {
             "--url",
             &url,
             "--stack",
-            "herald,lapin",
+            "herald,lapin,herald-drt,lapin+drt",
             "--secs",
             secs,
             "--runs",
@@ -303,26 +306,50 @@ pub fn amqp_rows(quick: bool) -> anyhow::Result<Vec<BenchRow>> {
     };
     let per_ms = |ms: f64| if ms > 0.0 { 1000.0 / ms } else { 0.0 };
     let mut rows = Vec::new();
-    for conc in [1u64, 32] {
-        let h = find("herald", conc)?;
-        for (stack, label) in [
-            ("lapin", "raw lapin RPC"),
-            ("nuropb", "nuropb 0.1.8 -> nuropb"),
-        ] {
-            let b = find(stack, conc)?;
-            let base = format!("{label}, {conc} in flight");
-            for (what, hv, bv) in [
-                ("req/s", h.rps, b.rps),
-                ("1/p50 latency", per_ms(h.p50_ms), per_ms(b.p50_ms)),
-                ("1/p99 latency", per_ms(h.p99_ms), per_ms(b.p99_ms)),
-            ] {
-                rows.push(BenchRow::new(
-                    format!("mesh RabbitMQ {what}, {conc} in flight"),
-                    hv,
-                    base.clone(),
-                    bv,
-                ));
+    for (herald, lapin, label, mode) in [
+        ("herald", "lapin", "raw lapin RPC", ""),
+        (
+            "herald-drt",
+            "lapin+drt",
+            "raw lapin RPC with direct reply-to",
+            " (direct reply-to)",
+        ),
+    ] {
+        for conc in [1u64, 32] {
+            let h = find(herald, conc)?;
+            for (stack, label) in [(lapin, label), ("nuropb", "nuropb 0.1.8 -> nuropb")] {
+                let b = find(stack, conc)?;
+                let base = format!("{label}, {conc} in flight");
+                for (what, hv, bv) in [
+                    ("req/s", h.rps, b.rps),
+                    ("1/p50 latency", per_ms(h.p50_ms), per_ms(b.p50_ms)),
+                    ("1/p99 latency", per_ms(h.p99_ms), per_ms(b.p99_ms)),
+                ] {
+                    rows.push(BenchRow::new(
+                        format!("mesh RabbitMQ{mode} {what}, {conc} in flight"),
+                        hv,
+                        base.clone(),
+                        bv,
+                    ));
+                }
             }
+        }
+    }
+    // The baseline client library itself against nuropb (what a 3x target above it
+    // would need).
+    for conc in [1u64, 32] {
+        let n = find("nuropb", conc)?;
+        for (stack, what) in [
+            ("lapin", "raw lapin RPC"),
+            ("lapin+drt", "raw lapin RPC with direct reply-to"),
+        ] {
+            let l = find(stack, conc)?;
+            rows.push(BenchRow::new(
+                format!("{what} req/s, {conc} in flight (reference)"),
+                l.rps,
+                format!("nuropb 0.1.8 -> nuropb, {conc} in flight"),
+                n.rps,
+            ));
         }
     }
     Ok(rows)
