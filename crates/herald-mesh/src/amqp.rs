@@ -33,7 +33,7 @@
 //! [`AmqpOptions::reconnect_max`]), replays the remembered topology and restarts every
 //! consumer on the new connection, so the [`DeliveryStream`]s handed out keep flowing.
 //! Operations give up with an error after [`AmqpOptions::reconnect_wait`]. Publishes are
-//! never silently retried (a publish whose confirm was lost might have been routed).
+//! never silently retried (a publish cut off by the loss might have been routed).
 //!
 //! **Decoding** never fails: whatever arrives becomes a [`Message`]; missing or bad nuropb
 //! headers are left for [`Headers::message_type`] to report, so that the service can
@@ -344,7 +344,7 @@ struct Inner {
     generation: AtomicU64,
     declared: StdMutex<Vec<Declared>>,
     /// Requests whose publish waits to learn whether they were routed, by correlation
-    /// id: a reply proves it (so the publish need not wait for a confirm), a
+    /// id: a reply proves it (so the publish need not wait for a round trip), a
     /// `basic.return` refutes it.
     awaiting_confirm: StdMutex<HashMap<String, oneshot::Sender<Proof>>>,
     awaiting_count: AtomicUsize,

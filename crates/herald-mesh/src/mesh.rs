@@ -1000,19 +1000,20 @@ fn poll_quiet<F: Future + ?Sized>(fut: std::pin::Pin<&mut F>) -> std::task::Poll
 /// Publishes a request and waits for its reply, without waking the caller for the
 /// publish itself when the reply comes first (the usual case).
 ///
-/// A broker backend's publish finishes in two steps after handing the message to
-/// its connection: the write to the socket, then the broker's confirm (whose
-/// `basic.return` makes an unroutable request [`MeshError::NotFound`]). Awaiting
-/// them costs the caller two wake-ups (two thread switches on RabbitMQ) before it
-/// even starts waiting for the reply, which for a fast service arrives soon after;
-/// and a reply proves that the request was written and routed. So the publish is
+/// A broker backend's publish finishes in steps after handing the message to its
+/// connection: the write to the socket, then learning whether the broker routed it
+/// (on RabbitMQ a `basic.return` makes an unroutable request
+/// [`MeshError::NotFound`]). Awaiting them costs the caller wake-ups (thread switches
+/// on RabbitMQ) before it even starts waiting for the reply, which for a fast
+/// service arrives soon after; and a reply proves that the request was written and
+/// routed. So the publish is
 /// polled once without a waker (the message is queued for writing), then the reply
 /// alone is awaited for `grace`; only after that is the publish awaited beside the
 /// reply, so a request that nobody takes still fails with its publish error
 /// (`grace` later). The reply future carries the client deadline, which thus also
 /// bounds a publish that never completes. Once a reply is in, the publish is polled
-/// once more without a waker, which normally finishes it (the reply settled its
-/// confirm), so that a backend can release what it holds for it.
+/// once more without a waker, which normally finishes it (the reply decided it), so
+/// that a backend can release what it holds for it.
 async fn publish_and_wait<P, R>(
     publish: P,
     reply: R,
@@ -1023,37 +1024,48 @@ where
     R: Future,
 {
     let mut publish = std::pin::pin!(publish);
-    let mut reply = std::pin::pin!(reply);
-    let published = match poll_quiet(publish.as_mut()) {
+    let reply = std::pin::pin!(reply);
+    match poll_quiet(publish.as_mut()) {
         std::task::Poll::Ready(r) => {
             r?;
-            true
+            Ok(reply.await)
         }
-        std::task::Poll::Pending => false,
-    };
-    if !published {
-        let reply_first = tokio::select! {
-            biased;
-            r = &mut reply => Some(r),
-            () = tokio::time::sleep(grace) => None,
-        };
-        let r = match reply_first {
-            Some(r) => r,
-            None => tokio::select! {
-                biased;
-                r = &mut reply => r,
-                p = &mut publish => {
-                    p?;
-                    return Ok(reply.await);
-                }
-            },
-        };
-        // Its outcome no longer matters: the reply is in (or the deadline passed, and
-        // then the call must not wait any longer for a publish that is stuck).
-        let _ = poll_quiet(publish.as_mut());
-        return Ok(r);
+        // Boxed: keeps the timer and the selects out of the state of every call (the
+        // in-process broker's publish is done at the first poll).
+        std::task::Poll::Pending => Box::pin(reply_then_publish(publish, reply, grace)).await,
     }
-    Ok(reply.await)
+}
+
+/// The rest of [`publish_and_wait`] when the publish did not finish at once.
+async fn reply_then_publish<P, R>(
+    mut publish: std::pin::Pin<&mut P>,
+    mut reply: std::pin::Pin<&mut R>,
+    grace: Duration,
+) -> Result<R::Output, MeshError>
+where
+    P: Future<Output = Result<(), MeshError>>,
+    R: Future,
+{
+    let reply_first = tokio::select! {
+        biased;
+        r = &mut reply => Some(r),
+        () = tokio::time::sleep(grace) => None,
+    };
+    let r = match reply_first {
+        Some(r) => r,
+        None => tokio::select! {
+            biased;
+            r = &mut reply => r,
+            p = &mut publish => {
+                p?;
+                return Ok(reply.await);
+            }
+        },
+    };
+    // Its outcome no longer matters: the reply is in (or the deadline passed, and
+    // then the call must not wait any longer for a publish that is stuck).
+    let _ = poll_quiet(publish.as_mut());
+    Ok(r)
 }
 
 async fn reply_loop(
