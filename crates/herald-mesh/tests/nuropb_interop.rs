@@ -162,6 +162,56 @@ where
     }
 }
 
+/// `client` calls `svc.method(params)` with the context `{"user": user}`.
+async fn call_as(
+    client: &Mesh,
+    svc: &str,
+    user: &str,
+    method: &str,
+    params: Value,
+) -> Result<Value, MeshError> {
+    client
+        .request(
+            svc,
+            method,
+            params,
+            json!({ "user": user }),
+            Some(WAIT),
+            None,
+        )
+        .await
+}
+
+/// A request to a service nobody serves is `NotFound`; a call to `svc`'s `slow` method
+/// past its 300 ms deadline is `Timeout`.
+async fn not_found_and_deadline(client: &Mesh, svc: &str) {
+    let err = client
+        .request(
+            &unique("nobody"),
+            "x",
+            json!({}),
+            json!({}),
+            Some(WAIT),
+            None,
+        )
+        .await
+        .expect_err("not routed");
+    assert!(matches!(err, MeshError::NotFound { .. }), "{err:?}");
+    let err = client
+        .request_with(
+            svc,
+            "slow",
+            json!({"seconds": 2.0}),
+            RequestOptions {
+                timeout: Some(Duration::from_millis(300)),
+                ..RequestOptions::default()
+            },
+        )
+        .await
+        .expect_err("deadline");
+    assert!(matches!(err, MeshError::Timeout { .. }), "{err:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn herald_client_calls_python_nuropb_service() {
     let Some((python, url)) = peers() else { return };
@@ -183,22 +233,8 @@ async fn herald_client_calls_python_nuropb_service() {
     )
     .await
     .expect("herald client connects");
-    let call = |method: &'static str, params: Value| {
-        let client = &client;
-        let svc = &svc;
-        async move {
-            client
-                .request(
-                    svc,
-                    method,
-                    params,
-                    json!({"user": "herald"}),
-                    Some(WAIT),
-                    None,
-                )
-                .await
-        }
-    };
+    let call =
+        |method: &'static str, params: Value| call_as(&client, &svc, "herald", method, params);
 
     // Results and the context reaching the handler.
     assert_eq!(
@@ -248,33 +284,8 @@ async fn herald_client_calls_python_nuropb_service() {
         matches!(&err, MeshError::Handling { description, .. } if description.contains("Unknown method")),
         "{err:?}"
     );
-    let err = client
-        .request(
-            &unique("nobody"),
-            "x",
-            json!({}),
-            json!({}),
-            Some(WAIT),
-            None,
-        )
-        .await
-        .expect_err("not routed");
-    assert!(matches!(err, MeshError::NotFound { .. }), "{err:?}");
-
-    // Client-side deadline: nuropb's own client would wait forever here.
-    let err = client
-        .request_with(
-            &svc,
-            "slow",
-            json!({"seconds": 2.0}),
-            RequestOptions {
-                timeout: Some(Duration::from_millis(300)),
-                ..RequestOptions::default()
-            },
-        )
-        .await
-        .expect_err("deadline");
-    assert!(matches!(err, MeshError::Timeout { .. }), "{err:?}");
+    // Not routed, and the client-side deadline (nuropb's own client would wait forever).
+    not_found_and_deadline(&client, &svc).await;
 
     // Describe, public key and an encrypted call.
     let info = client
@@ -389,22 +400,7 @@ async fn herald_direct_reply_to_client_calls_python_nuropb_service() {
     )
     .await
     .expect("herald client connects");
-    let call = |method: &'static str, params: Value| {
-        let client = &client;
-        let svc = &svc;
-        async move {
-            client
-                .request(
-                    svc,
-                    method,
-                    params,
-                    json!({"user": "drt"}),
-                    Some(WAIT),
-                    None,
-                )
-                .await
-        }
-    };
+    let call = |method: &'static str, params: Value| call_as(&client, &svc, "drt", method, params);
     assert_eq!(
         call("add", json!({"a": 2, "b": 3})).await.expect("add"),
         json!(5)
@@ -448,31 +444,7 @@ async fn herald_direct_reply_to_client_calls_python_nuropb_service() {
         .await
         .expect("encrypted call");
     assert_eq!(secret, json!("direct"));
-    let err = client
-        .request(
-            &unique("nobody"),
-            "x",
-            json!({}),
-            json!({}),
-            Some(WAIT),
-            None,
-        )
-        .await
-        .expect_err("not routed");
-    assert!(matches!(err, MeshError::NotFound { .. }), "{err:?}");
-    let err = client
-        .request_with(
-            &svc,
-            "slow",
-            json!({"seconds": 2.0}),
-            RequestOptions {
-                timeout: Some(Duration::from_millis(300)),
-                ..RequestOptions::default()
-            },
-        )
-        .await
-        .expect_err("deadline");
-    assert!(matches!(err, MeshError::Timeout { .. }), "{err:?}");
+    not_found_and_deadline(&client, &svc).await;
 
     client.disconnect().await.expect("disconnect");
     drop(service);

@@ -12,7 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-const WAIT: Duration = Duration::from_secs(15);
+mod tcp_support;
+use tcp_support::{WAIT, next, wait_until};
 
 fn env(to: &PeerAddr, payload: Vec<u8>) -> Envelope {
     Envelope::new(
@@ -46,32 +47,25 @@ async fn receiver() -> (TcpNode, mpsc::UnboundedReceiver<Envelope>) {
     (node, rx)
 }
 
-async fn next(rx: &mut mpsc::UnboundedReceiver<Envelope>) -> Envelope {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("message within the wait bound")
-        .expect("channel open")
-}
-
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-#[tokio::test]
-async fn a_message_after_a_pause_skips_the_peer_task() {
+/// A sender node, a receiver node with its inbox, and the receiver's address.
+async fn sender_and_receiver() -> (
+    TcpNode,
+    TcpNode,
+    mpsc::UnboundedReceiver<Envelope>,
+    PeerAddr,
+) {
     let sender = TcpNode::builder(TcpConfig::loopback())
         .start()
         .await
         .expect("sender starts");
-    let (recv_node, mut rx) = receiver().await;
+    let (recv_node, rx) = receiver().await;
     let to = recv_node.advertised().clone();
+    (sender, recv_node, rx, to)
+}
+
+#[tokio::test]
+async fn a_message_after_a_pause_skips_the_peer_task() {
+    let (sender, recv_node, mut rx, to) = sender_and_receiver().await;
     let peer = sender.peer(&to);
     // The first message is queued while the connection is being made.
     peer.send(numbered(&to, 0)).expect("queued");
@@ -94,12 +88,7 @@ async fn a_message_after_a_pause_skips_the_peer_task() {
 
 #[tokio::test]
 async fn bursts_and_pauses_keep_the_order() {
-    let sender = TcpNode::builder(TcpConfig::loopback())
-        .start()
-        .await
-        .expect("sender starts");
-    let (recv_node, mut rx) = receiver().await;
-    let to = recv_node.advertised().clone();
+    let (sender, recv_node, mut rx, to) = sender_and_receiver().await;
     let peer = sender.peer(&to);
     let mut n = 0;
     for round in 0..30usize {
@@ -188,16 +177,17 @@ impl SlowPeer {
     }
 }
 
-#[tokio::test]
-async fn a_frame_the_socket_takes_in_part_is_finished_before_later_messages() {
+/// A sender connected to a [`SlowPeer`] (one message exchanged), idle long enough for
+/// the next message to be written directly.
+async fn connected_to_slow_peer(dead: DeadLetters) -> (TcpNode, TcpListener, SlowPeer, PeerAddr) {
     let sender = TcpNode::builder(TcpConfig::loopback())
+        .dead_letters(dead)
         .start()
         .await
         .expect("sender starts");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let to = PeerAddr::new("127.0.0.1", listener.local_addr().expect("addr").port());
-    let peer = sender.peer(&to);
-    peer.send(numbered(&to, 0)).expect("queued");
+    sender.peer(&to).send(numbered(&to, 0)).expect("queued");
     let mut slow = SlowPeer::accept(&listener).await;
     assert_eq!(slow.message().await.payload.as_ref(), b"{\"n\": 0}");
     wait_until("the connection is idle", || {
@@ -205,6 +195,13 @@ async fn a_frame_the_socket_takes_in_part_is_finished_before_later_messages() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(20)).await;
+    (sender, listener, slow, to)
+}
+
+#[tokio::test]
+async fn a_frame_the_socket_takes_in_part_is_finished_before_later_messages() {
+    let (sender, _listener, mut slow, to) = connected_to_slow_peer(DeadLetters::default()).await;
+    let peer = sender.peer(&to);
     // 8 MiB is more than loopback socket buffers take at once while nobody reads.
     let big = pattern(8 * 1024 * 1024, 7);
     peer.send(env(&to, big.clone())).expect("sent");
@@ -236,22 +233,8 @@ async fn a_frame_the_socket_takes_in_part_is_finished_before_later_messages() {
 async fn a_partly_written_frame_on_a_lost_connection_becomes_a_dead_letter() {
     let dead = DeadLetters::default();
     let mut letters = dead.subscribe();
-    let sender = TcpNode::builder(TcpConfig::loopback())
-        .dead_letters(dead)
-        .start()
-        .await
-        .expect("sender starts");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let to = PeerAddr::new("127.0.0.1", listener.local_addr().expect("addr").port());
+    let (sender, listener, slow, to) = connected_to_slow_peer(dead).await;
     let peer = sender.peer(&to);
-    peer.send(numbered(&to, 0)).expect("queued");
-    let mut slow = SlowPeer::accept(&listener).await;
-    assert_eq!(slow.message().await.payload.as_ref(), b"{\"n\": 0}");
-    wait_until("the connection is idle", || {
-        sender.stats().messages_out == 1
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
     let big = pattern(8 * 1024 * 1024, 3);
     peer.send(env(&to, big.clone())).expect("sent");
     assert_eq!(sender.stats().direct_partial, 1);

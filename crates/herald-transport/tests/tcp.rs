@@ -13,7 +13,8 @@ use herald_transport::{DeadLetterReason, DeadLetters, TransportError};
 use herald_wire::Envelope;
 use tokio::sync::mpsc;
 
-const WAIT: Duration = Duration::from_secs(15);
+mod tcp_support;
+use tcp_support::{WAIT, next, wait_until};
 
 struct Node {
     node: TcpNode,
@@ -47,21 +48,7 @@ fn env(to: &PeerAddr, n: usize) -> Envelope {
 }
 
 async fn recv(rx: &mut mpsc::UnboundedReceiver<(PeerKey, Envelope)>) -> (PeerKey, Envelope) {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("message within the wait bound")
-        .expect("channel open")
-}
-
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    next(rx).await
 }
 
 fn native(cluster: &str) -> TcpConfig {
