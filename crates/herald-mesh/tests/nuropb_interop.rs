@@ -162,6 +162,21 @@ where
     }
 }
 
+/// Starts the real nuropb example service (`tests/py/nuropb_service.py`) under a unique
+/// name starting with `prefix`, its key in `dir`, and waits until it is ready.
+async fn python_service(python: &Path, url: &str, dir: &Path, prefix: &str) -> (String, PyProc) {
+    let pem = python_key(python, dir);
+    let svc = unique(prefix);
+    let mut service = PyProc::spawn(
+        python,
+        "nuropb_service.py",
+        &[url, &svc, pem.to_str().expect("utf8 path"), "interop.#"],
+    );
+    let ready = service.line().await;
+    assert!(ready.starts_with("READY "), "{ready}");
+    (svc, service)
+}
+
 /// `client` calls `svc.method(params)` with the context `{"user": user}`.
 async fn call_as(
     client: &Mesh,
@@ -216,15 +231,7 @@ async fn not_found_and_deadline(client: &Mesh, svc: &str) {
 async fn herald_client_calls_python_nuropb_service() {
     let Some((python, url)) = peers() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
-    let pem = python_key(&python, dir.path());
-    let svc = unique("py-svc");
-    let mut service = PyProc::spawn(
-        &python,
-        "nuropb_service.py",
-        &[&url, &svc, pem.to_str().expect("utf8 path"), "interop.#"],
-    );
-    let ready = service.line().await;
-    assert!(ready.starts_with("READY "), "{ready}");
+    let (svc, service) = python_service(&python, &url, dir.path(), "py-svc").await;
 
     let backend = Arc::new(AmqpBackend::new(&url).expect("url"));
     let client = Mesh::connect(
@@ -381,15 +388,7 @@ async fn herald_client_calls_python_nuropb_service() {
 async fn herald_direct_reply_to_client_calls_python_nuropb_service() {
     let Some((python, url)) = peers() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
-    let pem = python_key(&python, dir.path());
-    let svc = unique("py-drt");
-    let mut service = PyProc::spawn(
-        &python,
-        "nuropb_service.py",
-        &[&url, &svc, pem.to_str().expect("utf8 path"), "interop.#"],
-    );
-    let ready = service.line().await;
-    assert!(ready.starts_with("READY "), "{ready}");
+    let (svc, service) = python_service(&python, &url, dir.path(), "py-drt").await;
 
     let backend = Arc::new(AmqpBackend::new(&url).expect("url"));
     let client = Mesh::connect(
