@@ -177,6 +177,24 @@ async fn python_service(python: &Path, url: &str, dir: &Path, prefix: &str) -> (
     (svc, service)
 }
 
+/// An encrypted call of `svc.secret_echo(text)` returns `text`.
+async fn encrypted_echo(client: &Mesh, svc: &str, text: &str) {
+    let secret = client
+        .request_with(
+            svc,
+            "secret_echo",
+            json!({ "text": text }),
+            RequestOptions {
+                encrypted: true,
+                timeout: Some(WAIT),
+                ..RequestOptions::default()
+            },
+        )
+        .await
+        .expect("encrypted call");
+    assert_eq!(secret, json!(text));
+}
+
 /// `client` calls `svc.method(params)` with the context `{"user": user}`.
 async fn call_as(
     client: &Mesh,
@@ -317,20 +335,7 @@ async fn herald_client_calls_python_nuropb_service() {
     );
     assert!(!client.requires_encryption(&svc, "add").await.expect("re"));
     assert!(client.has_public_key(&svc).await.expect("pk"));
-    let secret = client
-        .request_with(
-            &svc,
-            "secret_echo",
-            json!({"text": "s3cr3t ünïcode"}),
-            RequestOptions {
-                encrypted: true,
-                timeout: Some(WAIT),
-                ..RequestOptions::default()
-            },
-        )
-        .await
-        .expect("encrypted call");
-    assert_eq!(secret, json!("s3cr3t ünïcode"));
+    encrypted_echo(&client, &svc, "s3cr3t ünïcode").await;
 
     // Events: Herald → Python (the service's `interop.#` binding).
     client
@@ -429,20 +434,7 @@ async fn herald_direct_reply_to_client_calls_python_nuropb_service() {
     {
         assert_eq!(r.expect("add"), json!(i + 1));
     }
-    let secret = client
-        .request_with(
-            &svc,
-            "secret_echo",
-            json!({"text": "direct"}),
-            RequestOptions {
-                encrypted: true,
-                timeout: Some(WAIT),
-                ..RequestOptions::default()
-            },
-        )
-        .await
-        .expect("encrypted call");
-    assert_eq!(secret, json!("direct"));
+    encrypted_echo(&client, &svc, "direct").await;
     not_found_and_deadline(&client, &svc).await;
 
     client.disconnect().await.expect("disconnect");
