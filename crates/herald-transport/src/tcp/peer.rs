@@ -968,7 +968,7 @@ fn put_message_frame(
     let start = dst.len();
     dst.put_u32(0);
     dst.put_u8(FRAME_MESSAGE);
-    headers.encode_into(env, dst);
+    headers.encode_and_remember(env, dst);
     let len = dst.len() - start - 4;
     match u32::try_from(len) {
         Ok(l) if len <= max_frame => {
@@ -1104,16 +1104,11 @@ impl HeaderCache {
             && env.extra_headers().is_empty()
     }
 
-    /// Appends `env` to `dst` as [`Envelope::encode_into`] would.
-    fn encode_into(&mut self, env: &Envelope, dst: &mut BytesMut) {
+    /// Appends `env` to `dst` as [`Envelope::encode_into`] does and remembers its
+    /// header (unless it has extra keys). The cached case is [`put_message_frame`]'s.
+    fn encode_and_remember(&mut self, env: &Envelope, dst: &mut BytesMut) {
         if !env.extra_headers().is_empty() {
             env.encode_into(dst);
-            return;
-        }
-        if self.matches(env) {
-            dst.reserve(self.encoded.len() + env.payload.len());
-            dst.put_slice(&self.encoded);
-            dst.put_slice(&env.payload);
             return;
         }
         let start = dst.len();
