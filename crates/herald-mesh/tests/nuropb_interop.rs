@@ -195,6 +195,27 @@ async fn encrypted_echo(client: &Mesh, svc: &str, text: &str) {
     assert_eq!(secret, json!(text));
 }
 
+/// `add` and `echo` answer (the context `{"user": user}` reaches the handler) and
+/// `fail` with kind `handling` is nuropb's handling error.
+async fn results_and_handling_error(client: &Mesh, svc: &str, user: &str) {
+    let call = |method: &'static str, params: Value| call_as(client, svc, user, method, params);
+    assert_eq!(
+        call("add", json!({"a": 2, "b": 3})).await.expect("add"),
+        json!(5)
+    );
+    assert_eq!(
+        call("echo", json!({"x": [1, "two"]})).await.expect("echo"),
+        json!({"params": {"x": [1, "two"]}, "context": {"user": user}})
+    );
+    let err = call("fail", json!({"message": "boom", "kind": "handling"}))
+        .await
+        .expect_err("fail");
+    assert!(
+        matches!(&err, MeshError::Handling { description, .. } if description == "boom"),
+        "{err:?}"
+    );
+}
+
 /// `client` calls `svc.method(params)` with the context `{"user": user}`.
 async fn call_as(
     client: &Mesh,
@@ -261,24 +282,9 @@ async fn herald_client_calls_python_nuropb_service() {
     let call =
         |method: &'static str, params: Value| call_as(&client, &svc, "herald", method, params);
 
-    // Results and the context reaching the handler.
-    assert_eq!(
-        call("add", json!({"a": 2, "b": 3})).await.expect("add"),
-        json!(5)
-    );
-    assert_eq!(
-        call("echo", json!({"x": [1, "two"]})).await.expect("echo"),
-        json!({"params": {"x": [1, "two"]}, "context": {"user": "herald"}})
-    );
-
-    // Errors: nuropb's handling error, and a plain Python exception wrapped by nuropb.
-    let err = call("fail", json!({"message": "boom", "kind": "handling"}))
-        .await
-        .expect_err("fail");
-    assert!(
-        matches!(&err, MeshError::Handling { description, .. } if description == "boom"),
-        "{err:?}"
-    );
+    // Results, the context reaching the handler, nuropb's handling error, then a plain
+    // Python exception wrapped by nuropb.
+    results_and_handling_error(&client, &svc, "herald").await;
     let err = call("fail", json!({"message": "kaput", "kind": "value"}))
         .await
         .expect_err("fail");
@@ -405,21 +411,7 @@ async fn herald_direct_reply_to_client_calls_python_nuropb_service() {
     .await
     .expect("herald client connects");
     let call = |method: &'static str, params: Value| call_as(&client, &svc, "drt", method, params);
-    assert_eq!(
-        call("add", json!({"a": 2, "b": 3})).await.expect("add"),
-        json!(5)
-    );
-    assert_eq!(
-        call("echo", json!({"x": 1})).await.expect("echo"),
-        json!({"params": {"x": 1}, "context": {"user": "drt"}})
-    );
-    let err = call("fail", json!({"message": "boom", "kind": "handling"}))
-        .await
-        .expect_err("fail");
-    assert!(
-        matches!(&err, MeshError::Handling { description, .. } if description == "boom"),
-        "{err:?}"
-    );
+    results_and_handling_error(&client, &svc, "drt").await;
     // nuropb's duplicate error reply also comes back through direct reply-to.
     wait_for("nuropb's duplicate error reply to be dropped", || {
         let n = client.unpaired_replies();
