@@ -31,14 +31,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use tokio::sync::futures::OwnedNotified;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, PollSemaphore, WaitForCancellationFutureOwned};
 use tracing::{debug, trace, warn};
 
 use crate::backend::{
@@ -122,7 +126,9 @@ struct QueueState {
 struct Queue {
     spec: QueueSpec,
     state: Mutex<QueueState>,
-    notify: Notify,
+    /// Signals consumers that an entry is ready (shared so that a consumer can keep
+    /// one owned wait registered across polls).
+    notify: Arc<Notify>,
     unacked: AtomicUsize,
     has_ttl: AtomicBool,
     deleted: AtomicBool,
@@ -696,7 +702,7 @@ impl InProcConnection {
                         ..spec.clone()
                     },
                     state: Mutex::new(QueueState::default()),
-                    notify: Notify::new(),
+                    notify: Arc::new(Notify::new()),
                     unacked: AtomicUsize::new(0),
                     has_ttl: AtomicBool::new(false),
                     deleted: AtomicBool::new(false),
@@ -763,20 +769,23 @@ impl InProcConnection {
         } else {
             Some(Arc::new(Semaphore::new(usize::from(options.prefetch))))
         };
+        let notified = Box::pin(q.notify.clone().notified_owned());
+        let cancel = self.shared.cancel.child_token();
         let consumer = Consumer {
+            cancelled: Box::pin(cancel.clone().cancelled_owned()),
+            cancel,
             queue: q,
             broker: self.broker.clone(),
             conn: self.shared.clone(),
-            cancel: self.shared.cancel.child_token(),
-            sem,
+            sem: sem.map(PollSemaphore::new),
+            permit: None,
+            notified,
+            waiting: false,
             auto_ack: options.auto_ack,
             exclusive: options.exclusive,
+            dead: Vec::new(),
         };
-        let stream = futures::stream::unfold(consumer, |mut c| async move {
-            let d = c.next().await?;
-            Some((d, c))
-        });
-        Ok(Box::pin(stream))
+        Ok(Box::pin(consumer))
     }
 }
 
@@ -841,45 +850,90 @@ impl Connection for InProcConnection {
     }
 }
 
+/// One consumer of a queue: a stream of deliveries, written as a hand-made poll (not
+/// an `async` loop) so that taking a delivery moves no future state around and the
+/// waits (prefetch permit, queue notification, cancellation) are registered once and
+/// reused.
 struct Consumer {
     queue: Arc<Queue>,
     broker: Arc<Broker>,
     conn: Arc<ConnShared>,
     cancel: CancellationToken,
-    sem: Option<Arc<Semaphore>>,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Prefetch (manual-ack consumers only).
+    sem: Option<PollSemaphore>,
+    /// The permit for the next delivery, taken before the queue is looked at.
+    permit: Option<OwnedSemaphorePermit>,
+    /// The wait for the queue's next notification.
+    notified: Pin<Box<OwnedNotified>>,
+    /// `notified` has been polled (is registered with the queue).
+    waiting: bool,
     auto_ack: bool,
     exclusive: bool,
+    /// Expired entries found while popping (reused buffer).
+    dead: Vec<Entry>,
 }
 
 impl Consumer {
-    async fn next(&mut self) -> Option<Delivery> {
-        let permit = match &self.sem {
-            Some(sem) => tokio::select! {
-                p = sem.clone().acquire_owned() => Some(p.ok()?),
-                _ = self.cancel.cancelled() => return None,
-            },
-            None => None,
-        };
-        let mut dead = Vec::new();
-        loop {
-            if self.cancel.is_cancelled() {
-                return None;
+    /// Replaces a registered wait with a fresh one. Dropping the registered one passes
+    /// on a notification it may hold, so another consumer of the queue gets it.
+    fn rearm(&mut self) {
+        if self.waiting {
+            self.waiting = false;
+            self.notified
+                .set(self.queue.notify.clone().notified_owned());
+        }
+    }
+
+    fn poll_delivery(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<Delivery>> {
+        if self.cancel.is_cancelled() {
+            return Poll::Ready(None);
+        }
+        if self.permit.is_none()
+            && let Some(sem) = &mut self.sem
+        {
+            match sem.poll_acquire(cx) {
+                Poll::Ready(Some(p)) => self.permit = Some(p),
+                Poll::Ready(None) => return Poll::Ready(None),
+                // Never registered with the queue here: the queue is only waited on
+                // while a permit is held, and a delivery re-arms the wait.
+                Poll::Pending => return self.pending_unless_cancelled(cx),
             }
-            let popped = self.queue.pop(&mut dead);
-            if !dead.is_empty() {
+        }
+        loop {
+            let popped = self.queue.pop(&mut self.dead);
+            if !self.dead.is_empty() {
                 self.broker
-                    .expire_all(std::mem::take(&mut dead), &self.queue);
+                    .expire_all(std::mem::take(&mut self.dead), &self.queue);
             }
             match popped {
-                Pop::Entry(e) => return Some(self.deliver(e, permit)),
-                Pop::Deleted => return None,
-                Pop::Empty => {
-                    tokio::select! {
-                        _ = self.queue.notify.notified() => {}
-                        _ = self.cancel.cancelled() => return None,
-                    }
+                Pop::Entry(e) => {
+                    self.rearm();
+                    let permit = self.permit.take();
+                    return Poll::Ready(Some(self.deliver(e, permit)));
                 }
+                Pop::Deleted => return Poll::Ready(None),
+                Pop::Empty => match self.notified.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.waiting = true;
+                        self.rearm();
+                    }
+                    Poll::Pending => {
+                        self.waiting = true;
+                        return self.pending_unless_cancelled(cx);
+                    }
+                },
             }
+        }
+    }
+
+    fn pending_unless_cancelled(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Delivery>> {
+        match self.cancelled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -899,6 +953,17 @@ impl Consumer {
             _permit: permit,
         };
         Delivery::new(e.message, e.redelivered, Some(Box::new(acker)))
+    }
+}
+
+impl futures::Stream for Consumer {
+    type Item = Delivery;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Delivery>> {
+        self.get_mut().poll_delivery(cx)
     }
 }
 

@@ -232,6 +232,83 @@ async fn prefetch_limits_unsettled_deliveries() {
     assert_eq!(broker.stats().acked, 4);
 }
 
+/// Records whether a waker was woken.
+struct Woken(std::sync::atomic::AtomicBool);
+
+impl futures::task::ArcWake for Woken {
+    fn wake_by_ref(w: &Arc<Self>) {
+        w.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Woken {
+    fn new() -> Arc<Self> {
+        Arc::new(Self(std::sync::atomic::AtomicBool::new(false)))
+    }
+    /// Whether it was woken since the last call.
+    fn take(&self) -> bool {
+        self.0.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+    /// Polls `s` once with this waker.
+    fn poll(
+        self: &Arc<Self>,
+        s: &mut DeliveryStream,
+    ) -> std::task::Poll<Option<herald_mesh::Delivery>> {
+        let waker = futures::task::waker(self.clone());
+        s.poll_next_unpin(&mut std::task::Context::from_waker(&waker))
+    }
+}
+
+/// A consumer that takes a message it was not woken for must give up its place among
+/// the queue's waiters: the next message's wake-up goes to a consumer that waits,
+/// not to one that sits at its prefetch limit.
+#[tokio::test]
+async fn a_consumer_that_took_a_message_does_not_swallow_the_next_wake_up() {
+    let broker = InProcBroker::new();
+    let c = setup(&broker).await;
+    c.declare_queue(&q("compete", vec![])).await.unwrap();
+    let mut a = c.consume("compete", ConsumeOptions::manual(1)).await.unwrap();
+    let mut b = c.consume("compete", ConsumeOptions::manual(1)).await.unwrap();
+    let (wa, wb) = (Woken::new(), Woken::new());
+    // Both wait on the empty queue, b first (so b is woken first).
+    assert!(wb.poll(&mut b).is_pending());
+    assert!(wa.poll(&mut a).is_pending());
+    c.publish("", "compete", event("t", 1)).await.unwrap();
+    assert!(wb.take(), "the oldest waiter is woken");
+    // a takes the message anyway (it was polled for another reason); b finds nothing.
+    let std::task::Poll::Ready(Some(d1)) = wa.poll(&mut a) else {
+        panic!("a takes the first message")
+    };
+    assert_eq!(value_of(&d1), json!(1));
+    assert!(wb.poll(&mut b).is_pending());
+    // a is at its limit; the next message must wake b.
+    c.publish("", "compete", event("t", 2)).await.unwrap();
+    assert!(wb.take(), "the waiting consumer is woken for the next message");
+    assert!(!wa.take(), "the consumer at its limit is not");
+    let std::task::Poll::Ready(Some(d2)) = wb.poll(&mut b) else {
+        panic!("b takes the second message")
+    };
+    assert_eq!(value_of(&d2), json!(2));
+    assert!(wa.poll(&mut a).is_pending(), "a is at its prefetch limit");
+    d1.ack().await.unwrap();
+    d2.ack().await.unwrap();
+    assert_eq!(broker.unacked("compete"), Some(0));
+}
+
+/// Closing the connection ends a consumer that is waiting on an empty queue.
+#[tokio::test]
+async fn closing_the_connection_ends_a_waiting_consumer() {
+    let broker = InProcBroker::new();
+    let c = setup(&broker).await;
+    c.declare_queue(&q("idle", vec![])).await.unwrap();
+    let mut s = c.consume("idle", ConsumeOptions::manual(4)).await.unwrap();
+    let waiting = tokio::spawn(async move { s.next().await.is_none() });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    c.close().await.unwrap();
+    let ended = tokio::time::timeout(WAIT, waiting).await.expect("ends in time").unwrap();
+    assert!(ended, "a closed connection's consumer yields no delivery");
+}
+
 #[tokio::test]
 async fn requeue_and_dropped_deliveries_come_back_redelivered() {
     let broker = InProcBroker::new();
