@@ -75,8 +75,8 @@ use lapin::{BasicProperties, Channel, Confirmation, ConnectionProperties, ErrorK
 use tokio::sync::{Mutex, oneshot};
 
 use crate::backend::{
-    Acker, Backend, Connection, ConsumeOptions, Delivery, DeliveryStream, ExchangeKind,
-    ExchangeSpec, QueueSpec,
+    Acker, Backend, BackendFuture, Connection, ConsumeOptions, Delivery, DeliveryStream,
+    ExchangeKind, ExchangeSpec, QueueSpec, later,
 };
 use crate::error::MeshError;
 use crate::message::{
@@ -1200,10 +1200,10 @@ impl Acker for AmqpAcker {
     /// per request) to learn that the write went out. An ack refused at once (its
     /// channel is gone) is still an error; one lost later with the connection is not
     /// reported, and the broker redelivers that message either way.
-    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), MeshError>> {
+    fn ack(mut self: Box<Self>) -> BackendFuture<'static, Result<(), MeshError>> {
         let acker = self.acker.take();
         let queue = std::mem::take(&mut self.queue);
-        Box::pin(async move {
+        later(async move {
             if let Some(a) = acker {
                 let ack = std::pin::pin!(a.ack(BasicAckOptions::default()));
                 let polled =
@@ -1216,10 +1216,10 @@ impl Acker for AmqpAcker {
         })
     }
 
-    fn reject(mut self: Box<Self>, requeue: bool) -> BoxFuture<'static, Result<(), MeshError>> {
+    fn reject(mut self: Box<Self>, requeue: bool) -> BackendFuture<'static, Result<(), MeshError>> {
         let acker = self.acker.take();
         let queue = std::mem::take(&mut self.queue);
-        Box::pin(async move {
+        later(async move {
             if let Some(a) = acker {
                 a.reject(BasicRejectOptions { requeue })
                     .await
@@ -1432,7 +1432,7 @@ impl AmqpConnection {
         let Some(mut proof) = proof else {
             // No correlation id to match a return with: the round trip, then any
             // return without one is taken as this message's.
-            sync_channel(channel, exchange).await?;
+            self.sync_after_publish(channel, exchange).await?;
             return match self.inner.collect_returns(channel) {
                 0 => Ok(()),
                 _ => Err(unroutable()),
@@ -1448,7 +1448,7 @@ impl AmqpConnection {
         tokio::select! {
             biased;
             p = &mut proof.rx => return decided(p),
-            r = sync_channel(channel, exchange) => r?,
+            r = self.sync_after_publish(channel, exchange) => r?,
         }
         self.inner.collect_returns(channel);
         match (&mut proof.rx).now_or_never() {
@@ -1460,11 +1460,61 @@ impl AmqpConnection {
 
 /// One synchronous round trip on a publishing channel (`basic.qos` with no limit;
 /// there is no consumer on it to limit).
-async fn sync_channel(channel: &Channel, exchange: &str) -> Result<(), MeshError> {
-    channel
-        .basic_qos(0, BasicQosOptions::default())
-        .await
-        .map_err(|e| map_err("basic.qos", About::Exchange(exchange), &e))
+async fn sync_channel(channel: &Channel) -> Result<(), lapin::Error> {
+    channel.basic_qos(0, BasicQosOptions::default()).await
+}
+
+impl AmqpConnection {
+    /// [`sync_channel`] after a publish to `exchange`, with the broker's reason when
+    /// the publish made it close the channel.
+    async fn sync_after_publish(&self, channel: &Channel, exchange: &str) -> Result<(), MeshError> {
+        let Err(e) = sync_channel(channel).await else {
+            return Ok(());
+        };
+        let about = About::Exchange(exchange);
+        if !matches!(e.kind(), ErrorKind::InvalidChannelState(..)) {
+            return Err(map_err("basic.qos", about, &e));
+        }
+        // The broker closed the channel after the publish and before the round trip
+        // was sent: lapin keeps the broker's reason to itself then, so ask the broker
+        // again, on a channel of its own, whether the exchange exists (the usual
+        // reason).
+        match self.exchange_missing(exchange).await {
+            Some(missing) => Err(missing),
+            None => Err(map_err("basic.qos", about, &e)),
+        }
+    }
+
+    /// [`MeshError::NoSuchExchange`] if the broker says that `exchange` does not
+    /// exist; `None` when it does, or when asking fails.
+    async fn exchange_missing(&self, exchange: &str) -> Option<MeshError> {
+        if exchange.is_empty() {
+            return None;
+        }
+        let live = self.inner.live().await.ok()?;
+        let probe = live.conn.create_channel().await.ok()?;
+        let declared = probe
+            .exchange_declare(
+                ShortString::from(exchange),
+                lapin::ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(()) => {
+                let _ = probe.close(200, ShortString::from("done")).await;
+                None
+            }
+            Err(e) => match map_err("exchange.declare(passive)", About::Exchange(exchange), &e) {
+                missing @ MeshError::NoSuchExchange { .. } => Some(missing),
+                _ => None,
+            },
+        }
+    }
 }
 
 impl Connection for AmqpConnection {
@@ -1494,8 +1544,8 @@ impl Connection for AmqpConnection {
         exchange: &'a str,
         routing_key: &'a str,
         message: Message,
-    ) -> BoxFuture<'a, Result<(), MeshError>> {
-        Box::pin(async move {
+    ) -> BackendFuture<'a, Result<(), MeshError>> {
+        later(async move {
             let body = message.payload.to_bytes()?;
             let max = self.inner.options.max_message_bytes;
             if body.len() > max {
