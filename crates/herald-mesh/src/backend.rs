@@ -202,21 +202,40 @@ impl ConsumeOptions {
     }
 }
 
+/// What a backend's publish and settle operations return: an outcome known at once
+/// ([`done`]: the in-process broker, no allocation) or a boxed future ([`later`]:
+/// a round trip to a broker).
+pub type BackendFuture<'a, T> =
+    futures::future::Either<futures::future::Ready<T>, BoxFuture<'a, T>>;
+
+/// A [`BackendFuture`] that is ready with `value`.
+pub fn done<'a, T>(value: T) -> BackendFuture<'a, T> {
+    futures::future::Either::Left(futures::future::ready(value))
+}
+
+/// A [`BackendFuture`] that waits for `fut`.
+pub fn later<'a, T, F>(fut: F) -> BackendFuture<'a, T>
+where
+    F: Future<Output = T> + Send + 'a,
+{
+    futures::future::Either::Right(Box::pin(fut))
+}
+
 /// How a backend settles one delivery. Implemented by backends; used through
 /// [`Delivery`].
 pub trait Acker: Send + fmt::Debug {
     /// Positive acknowledgement.
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), MeshError>>;
+    fn ack(self: Box<Self>) -> BackendFuture<'static, Result<(), MeshError>>;
     /// Negative acknowledgement: requeue, or dead-letter (reason `rejected`) when the
     /// queue has a DLX, else drop.
-    fn reject(self: Box<Self>, requeue: bool) -> BoxFuture<'static, Result<(), MeshError>>;
+    fn reject(self: Box<Self>, requeue: bool) -> BackendFuture<'static, Result<(), MeshError>>;
 }
 
 /// One delivered message, to be settled exactly once.
 #[derive(Debug)]
 pub struct Delivery {
-    /// The message.
-    pub message: Message,
+    /// The message (boxed: a delivery is moved through streams and tasks).
+    pub message: Box<Message>,
     /// It was delivered before and requeued.
     pub redelivered: bool,
     acker: Option<Box<dyn Acker>>,
@@ -224,9 +243,13 @@ pub struct Delivery {
 
 impl Delivery {
     /// A delivery; `acker` is `None` for auto-ack consumers.
-    pub fn new(message: Message, redelivered: bool, acker: Option<Box<dyn Acker>>) -> Self {
+    pub fn new(
+        message: impl Into<Box<Message>>,
+        redelivered: bool,
+        acker: Option<Box<dyn Acker>>,
+    ) -> Self {
         Self {
-            message,
+            message: message.into(),
             redelivered,
             acker,
         }
@@ -234,7 +257,7 @@ impl Delivery {
 
     /// Splits into the message and a [`Settle`] handle, so the message can be consumed
     /// while the settlement is still owed.
-    pub fn into_parts(self) -> (Message, Settle) {
+    pub fn into_parts(self) -> (Box<Message>, Settle) {
         (
             self.message,
             Settle {
@@ -269,19 +292,30 @@ impl Settle {
         self.redelivered
     }
 
-    /// Acknowledges.
-    pub async fn ack(self) -> Result<(), MeshError> {
-        match self.acker {
-            Some(a) => a.ack().await,
-            None => Ok(()),
+    /// Acknowledges. The backend is told at once; the returned future waits for its
+    /// answer.
+    pub fn ack(self) -> impl Future<Output = Result<(), MeshError>> + Send + 'static {
+        let answer = self.acker.map(|a| a.ack());
+        async move {
+            match answer {
+                Some(a) => a.await,
+                None => Ok(()),
+            }
         }
     }
 
-    /// Rejects.
-    pub async fn reject(self, requeue: bool) -> Result<(), MeshError> {
-        match self.acker {
-            Some(a) => a.reject(requeue).await,
-            None => Ok(()),
+    /// Rejects (see [`Delivery::reject`]). The backend is told at once; the returned
+    /// future waits for its answer.
+    pub fn reject(
+        self,
+        requeue: bool,
+    ) -> impl Future<Output = Result<(), MeshError>> + Send + 'static {
+        let answer = self.acker.map(|a| a.reject(requeue));
+        async move {
+            match answer {
+                Some(a) => a.await,
+                None => Ok(()),
+            }
         }
     }
 }
@@ -305,7 +339,7 @@ pub trait Connection: Send + Sync + fmt::Debug {
         exchange: &'a str,
         routing_key: &'a str,
         message: Message,
-    ) -> BoxFuture<'a, Result<(), MeshError>>;
+    ) -> BackendFuture<'a, Result<(), MeshError>>;
 
     /// Starts a consumer on `queue`.
     fn consume<'a>(

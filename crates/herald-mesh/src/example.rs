@@ -233,7 +233,7 @@ impl Service for ExampleService {
     fn call(
         &self,
         method: &str,
-        params: Map<String, Value>,
+        params: &Map<String, Value>,
         ctx: Arc<RequestContext>,
     ) -> BoxFuture<'static, Result<Value, ServiceError>> {
         self.router.call(method, params, ctx)

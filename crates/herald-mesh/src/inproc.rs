@@ -46,8 +46,8 @@ use tokio_util::sync::{CancellationToken, PollSemaphore, WaitForCancellationFutu
 use tracing::{debug, trace, warn};
 
 use crate::backend::{
-    Acker, Backend, Connection, ConsumeOptions, Delivery, DeliveryStream, ExchangeKind,
-    ExchangeSpec, QueueSpec,
+    Acker, Backend, BackendFuture, Connection, ConsumeOptions, Delivery, DeliveryStream, ExchangeKind,
+    ExchangeSpec, QueueSpec, done,
 };
 use crate::error::MeshError;
 use crate::message::{DEFAULT_EXCHANGE, DeathInfo, DeathReason, Message, topic_matches};
@@ -108,7 +108,9 @@ enum Targets {
 }
 
 struct Entry {
-    message: Message,
+    /// Boxed: an entry moves through the queue, the consumer and the delivery by
+    /// pointer, not as a few hundred bytes each time.
+    message: Box<Message>,
     expires: Option<Instant>,
     redelivered: bool,
     /// Exchange and routing key it was published with (only kept for queues with a
@@ -267,7 +269,7 @@ impl Broker {
         self: &Arc<Self>,
         exchange: &str,
         routing_key: &str,
-        message: Message,
+        message: Box<Message>,
     ) -> Result<(), MeshError> {
         inc(&self.stats.published);
         let (targets, origin) = self.route(exchange, routing_key)?;
@@ -349,7 +351,7 @@ impl Broker {
     fn requeue(
         self: &Arc<Self>,
         q: &Arc<Queue>,
-        message: Message,
+        message: Box<Message>,
         origin: Option<Arc<(String, String)>>,
     ) {
         inc(&self.stats.requeued);
@@ -812,11 +814,11 @@ impl Connection for InProcConnection {
         exchange: &'a str,
         routing_key: &'a str,
         message: Message,
-    ) -> BoxFuture<'a, Result<(), MeshError>> {
-        let r = self
-            .check_open()
-            .and_then(|()| self.broker.publish(exchange, routing_key, message));
-        futures::future::ready(r).boxed()
+    ) -> BackendFuture<'a, Result<(), MeshError>> {
+        done(
+            self.check_open()
+                .and_then(|()| self.broker.publish(exchange, routing_key, Box::new(message))),
+        )
     }
 
     fn consume<'a>(
@@ -945,7 +947,7 @@ impl Consumer {
         self.queue.unacked.fetch_add(1, Ordering::Relaxed);
         let acker = InProcAcker {
             settled: false,
-            message: Some(e.message.clone()),
+            message: Some(Message::clone(&e.message)),
             origin: e.origin,
             queue: self.queue.clone(),
             broker: self.broker.clone(),
@@ -1018,7 +1020,7 @@ impl InProcAcker {
     fn requeue_now(&mut self) {
         if let Some(m) = self.finish() {
             let origin = self.origin.take();
-            self.broker.requeue(&self.queue, m, origin);
+            self.broker.requeue(&self.queue, Box::new(m), origin);
         }
     }
 
@@ -1028,7 +1030,7 @@ impl InProcAcker {
 }
 
 impl Acker for InProcAcker {
-    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), MeshError>> {
+    fn ack(mut self: Box<Self>) -> BackendFuture<'static, Result<(), MeshError>> {
         let r = if self.closed() {
             self.requeue_now();
             Err(MeshError::Disconnected)
@@ -1038,10 +1040,10 @@ impl Acker for InProcAcker {
             }
             Ok(())
         };
-        futures::future::ready(r).boxed()
+        done(r)
     }
 
-    fn reject(mut self: Box<Self>, requeue: bool) -> BoxFuture<'static, Result<(), MeshError>> {
+    fn reject(mut self: Box<Self>, requeue: bool) -> BackendFuture<'static, Result<(), MeshError>> {
         let r = if self.closed() {
             self.requeue_now();
             Err(MeshError::Disconnected)
@@ -1052,7 +1054,7 @@ impl Acker for InProcAcker {
             if let Some(m) = self.finish() {
                 inc(&self.broker.stats.rejected);
                 let entry = Entry {
-                    message: m,
+                    message: Box::new(m),
                     expires: None,
                     redelivered: false,
                     origin: self.origin.take(),
@@ -1062,7 +1064,7 @@ impl Acker for InProcAcker {
             }
             Ok(())
         };
-        futures::future::ready(r).boxed()
+        done(r)
     }
 }
 

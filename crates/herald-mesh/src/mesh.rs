@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -707,7 +708,7 @@ impl Mesh {
             id,
             ttl,
         } = self
-            .build_call(MessageType::Request, service, method, params, &opts)
+            .prepare_call(MessageType::Request, service, method, params, &opts)
             .await?;
         let deadline = opts.timeout.unwrap_or(ttl);
         let (tx, rx) = oneshot::channel();
@@ -740,31 +741,54 @@ impl Mesh {
         opts: RequestOptions,
     ) -> Result<(), MeshError> {
         let call = self
-            .build_call(MessageType::Command, service, method, params, &opts)
+            .prepare_call(MessageType::Command, service, method, params, &opts)
             .await?;
         self.publish_call(service, method, call.msg).await
     }
 
     /// Publishes a call on the RPC exchange; a call no queue takes is
-    /// [`MeshError::NotFound`].
-    async fn publish_call(
+    /// [`MeshError::NotFound`]. The message goes to the backend at once; the returned
+    /// future only waits for the backend's verdict.
+    fn publish_call<'a>(
+        &'a self,
+        service: &'a str,
+        method: &'a str,
+        msg: Message,
+    ) -> impl Future<Output = Result<(), MeshError>> + Send + 'a {
+        let publish = self.inner.conn.publish(RPC_EXCHANGE, service, msg);
+        async move {
+            match publish.await {
+                Err(MeshError::Unroutable { .. }) => Err(MeshError::NotFound {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                }),
+                other => other,
+            }
+        }
+    }
+
+    /// [`Mesh::build_call`], then sealing it when `opts` asks for encryption (the
+    /// only step that waits, kept out of the clear path's future).
+    async fn prepare_call(
         &self,
+        kind: MessageType,
         service: &str,
         method: &str,
-        msg: Message,
-    ) -> Result<(), MeshError> {
-        match self.inner.conn.publish(RPC_EXCHANGE, service, msg).await {
-            Err(MeshError::Unroutable { .. }) => Err(MeshError::NotFound {
-                service: service.to_owned(),
-                method: method.to_owned(),
-            }),
-            other => other,
+        params: Value,
+        opts: &RequestOptions,
+    ) -> Result<Call, MeshError> {
+        let mut call = self.build_call(kind, service, method, params, opts)?;
+        if opts.encrypted {
+            // Boxed: keeps the common (clear) path's future small.
+            let session = Box::pin(self.encrypt_call(service, &mut call.msg)).await?;
+            call.session = Some(session);
         }
+        Ok(call)
     }
 
     /// Checks the handle and the call's arguments and builds the request or command
     /// message, with a fresh correlation id and the ttl from `opts` (or the default).
-    async fn build_call(
+    fn build_call(
         &self,
         kind: MessageType,
         service: &str,
@@ -795,14 +819,9 @@ impl Mesh {
         msg.properties.expiration_ms = Some(ttl_ms);
         msg.properties.mandatory = true;
         msg.headers.deadline_ms = Some(now_ms().saturating_add(ttl_ms));
-        let mut session = None;
-        if opts.encrypted {
-            // Boxed: keeps the common (clear) path's future small.
-            session = Some(Box::pin(self.encrypt_call(service, &mut msg)).await?);
-        }
         Ok(Call {
             msg,
-            session,
+            session: None,
             id,
             ttl,
         })
@@ -1073,10 +1092,14 @@ async fn reply_loop(
     pending: Arc<PendingMap>,
     shutdown: CancellationToken,
 ) {
-    loop {
+    // One registration of the stop wait for the whole loop; a ready reply is taken
+    // without polling it (the flag is checked on each turn instead).
+    let mut stopped = std::pin::pin!(shutdown.cancelled());
+    while !shutdown.is_cancelled() {
         let d = tokio::select! {
+            biased;
             d = stream.next() => d,
-            _ = shutdown.cancelled() => None,
+            () = &mut stopped => None,
         };
         let Some(d) = d else { break };
         let (msg, _settle) = d.into_parts();
@@ -1092,7 +1115,7 @@ async fn reply_loop(
     debug!("reply consumer stopped");
 }
 
-fn decode_reply(msg: Message, session: Option<&dyn SessionKey>) -> Reply {
+fn decode_reply(msg: Box<Message>, session: Option<&dyn SessionKey>) -> Reply {
     let kind = msg.headers.message_type()?;
     if kind != MessageType::Response {
         return Err(MeshError::Malformed(format!(
@@ -1123,18 +1146,23 @@ async fn dispatch_loop(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
+    let mut stopped = std::pin::pin!(stop.cancelled());
+    while !stop.is_cancelled() {
         let d = tokio::select! {
+            biased;
             d = stream.next() => d,
-            _ = stop.cancelled() => None,
+            () = &mut stopped => None,
         };
         let Some(d) = d else { break };
         let Some(inner) = inner.upgrade() else { break };
         // Encrypted calls start with an RSA decryption (milliseconds of CPU): they go
         // to their own task at once so that they can run in parallel.
         let heavy = d.message.headers.encrypted;
+        // Decoded before the future is built, so that the future holds only what the
+        // handling needs across its waits (boxing and polling it stay cheap).
+        let work = Work::from_delivery(&inner, d);
         // Boxed so that spawning moves a pointer, not the whole state machine.
-        let mut fut = tracker.track_future(Box::pin(handle_delivery(inner, d)));
+        let mut fut = tracker.track_future(Box::pin(handle_work(inner, work)));
         // Everything else runs inline up to its first suspension: a handler that does
         // not wait (like most) is decoded, answered and settled without a task spawn
         // and its scheduling hop; one that waits continues on its own task.
@@ -1161,6 +1189,23 @@ async fn dispatch_loop(
     debug!("service consumer stopped");
 }
 
+/// A delivery to a service queue, taken apart: the call's addressing (moved out of
+/// the message, not copied) and its decoded body, or why it could not be decoded.
+struct Work {
+    reply_to: Option<String>,
+    correlation_id: String,
+    header_trace: Option<String>,
+    settle: Settle,
+    body: Result<Incoming, Poison>,
+}
+
+/// A message that cannot be handled, and whether its header says it is a request
+/// (which is then answered with the error).
+struct Poison {
+    error: MeshError,
+    is_request: bool,
+}
+
 struct Incoming {
     env: Arc<Envelope>,
     encrypted: bool,
@@ -1168,7 +1213,25 @@ struct Incoming {
     deadline_ms: Option<u64>,
 }
 
-fn decode_incoming(inner: &Inner, msg: Message) -> Result<Incoming, MeshError> {
+impl Work {
+    fn from_delivery(inner: &Inner, d: crate::backend::Delivery) -> Self {
+        let (mut msg, settle) = d.into_parts();
+        let reply_to = msg.properties.reply_to.take();
+        let correlation_id = std::mem::take(&mut msg.properties.correlation_id);
+        let header_trace = msg.headers.trace_id.take();
+        let is_request = msg.headers.nuropb_type == "request";
+        let body = decode_incoming(inner, msg).map_err(|error| Poison { error, is_request });
+        Self {
+            reply_to,
+            correlation_id,
+            header_trace,
+            settle,
+            body,
+        }
+    }
+}
+
+fn decode_incoming(inner: &Inner, msg: Box<Message>) -> Result<Incoming, MeshError> {
     let kind = msg.headers.message_type()?;
     let (env, session) = if msg.headers.encrypted {
         let keys = inner.config.service_keys.as_ref().ok_or_else(|| {
@@ -1194,204 +1257,295 @@ fn decode_incoming(inner: &Inner, msg: Message) -> Result<Incoming, MeshError> {
     })
 }
 
-async fn settle(settle: Settle, ack: bool, what: &str) {
-    let r = if ack {
-        settle.ack().await
+/// Settles a delivery (ack, or reject without requeue); a failure is logged. The
+/// backend is told before the returned future exists.
+fn settle(settle: Settle, ack: bool, what: &'static str) -> impl Future<Output = ()> + Send {
+    let answer = if ack {
+        futures::future::Either::Left(settle.ack())
     } else {
-        settle.reject(false).await
+        futures::future::Either::Right(settle.reject(false))
     };
-    if let Err(e) = r {
-        warn!(error = %e, what, "settling a delivery failed");
+    async move {
+        if let Err(e) = answer.await {
+            warn!(error = %e, what, "settling a delivery failed");
+        }
     }
 }
 
-async fn handle_delivery(inner: Arc<Inner>, d: crate::backend::Delivery) {
-    let (msg, settle_handle) = d.into_parts();
-    let reply_to = msg.properties.reply_to.clone();
-    let correlation_id = msg.properties.correlation_id.clone();
-    let header_trace = msg.headers.trace_id.clone();
-    let header_type = msg.headers.nuropb_type.clone();
-    let incoming = match decode_incoming(&inner, msg) {
+/// Handles one delivery to the service queue. Everything up to the handler's own
+/// future is done before the first wait, so that what this future keeps across its
+/// waits (and what boxing it moves) stays small.
+async fn handle_work(inner: Arc<Inner>, work: Work) {
+    match start_work(&inner, work) {
+        Step::Done => {}
+        Step::Finish(finish, outcome) => finish_call(&inner, finish, outcome, None).await,
+        Step::Handler(handler, ctx, finish) => {
+            let outcome = handler.await;
+            finish_call(&inner, finish, outcome, Some(ctx)).await
+        }
+        Step::Poison(settle_handle, reply) => {
+            settle(settle_handle, false, "poison message").await;
+            if let Some(reply) = reply {
+                let (rt, msg) = *reply;
+                publish_reply(&inner, &rt, msg).await;
+            }
+        }
+        Step::Event(handler, settle_handle, topic) => match handler.await {
+            Ok(()) => settle(settle_handle, true, "event").await,
+            Err(e) => {
+                warn!(service = %inner.service_name, topic = %topic, error = %e, "event handler failed; event dead-lettered");
+                settle(settle_handle, false, "event").await;
+            }
+        },
+    }
+}
+
+/// What is left of a delivery once [`start_work`] has run.
+enum Step {
+    /// Nothing (settled and answered as far as the backend needs waiting for).
+    Done,
+    /// A call decided without its handler (describe, unknown method, expired,
+    /// encryption required).
+    Finish(FinishCall, Result<Value, ServiceError>),
+    /// A call whose handler is running.
+    Handler(
+        BoxFuture<'static, Result<Value, ServiceError>>,
+        Arc<RequestContext>,
+        FinishCall,
+    ),
+    /// A message that cannot be handled: dead-letter it, then send the error reply
+    /// (destination and message) if it was a request.
+    Poison(Settle, Option<Box<(String, Message)>>),
+    /// An event whose handler is running; its settlement and topic.
+    Event(BoxFuture<'static, Result<(), ServiceError>>, Settle, String),
+}
+
+/// What answering a call needs once its outcome is known.
+struct FinishCall {
+    /// The decoded body (for the method name and the caller's context).
+    env: Arc<Envelope>,
+    is_command: bool,
+    reply_to: Option<String>,
+    correlation_id: String,
+    trace_id: Option<String>,
+    session: Option<Box<dyn SessionKey>>,
+    settle: Settle,
+    /// Dead-letter it (reject before any reply) whatever the outcome, and why: an
+    /// expired call, a response on a service queue.
+    dead_letter: Option<&'static str>,
+}
+
+/// Decodes and checks a delivery and starts its handler (without waiting for it).
+fn start_work(inner: &Arc<Inner>, work: Work) -> Step {
+    let Work {
+        reply_to,
+        correlation_id,
+        header_trace,
+        settle: settle_handle,
+        body,
+    } = work;
+    let incoming = match body {
         Ok(i) => i,
-        Err(e) => {
+        Err(Poison { error, is_request }) => {
             warn!(
                 service = %inner.service_name,
                 correlation_id = %correlation_id,
-                error = %e,
+                error = %error,
                 "poison message dead-lettered"
             );
-            settle(settle_handle, false, "poison message").await;
-            if header_type == "request"
-                && let Some(rt) = reply_to
-            {
-                let class = if matches!(e, MeshError::Encryption(_)) {
-                    class::ENCRYPTION
-                } else {
-                    class::MESSAGE
-                };
-                let err = ServiceError::new(class, e.to_string());
-                send_reply(
-                    &inner,
-                    &rt,
-                    correlation_id,
-                    header_trace,
-                    Value::Null,
-                    Err(err),
-                    None,
-                )
-                .await;
-            }
-            return;
+            let reply = match (is_request, reply_to) {
+                (true, Some(rt)) => {
+                    let class = if matches!(error, MeshError::Encryption(_)) {
+                        class::ENCRYPTION
+                    } else {
+                        class::MESSAGE
+                    };
+                    let meta = ReplyMeta {
+                        correlation_id,
+                        trace_id: header_trace,
+                        context: Value::Null,
+                        session: None,
+                    };
+                    let err = ServiceError::new(class, error.to_string());
+                    reply_message(inner, &rt, meta, Err(err)).map(|msg| Box::new((rt, msg)))
+                }
+                _ => None,
+            };
+            return Step::Poison(settle_handle, reply);
         }
     };
-    match incoming.env.as_ref() {
-        Envelope::Request(body) => {
-            handle_call(
-                &inner,
-                body,
-                false,
-                incoming.encrypted,
-                incoming.session,
-                incoming.deadline_ms,
-                reply_to,
-                header_trace,
-                settle_handle,
-            )
-            .await
-        }
-        Envelope::Command(body) => {
-            handle_call(
-                &inner,
-                body,
-                true,
-                incoming.encrypted,
-                incoming.session,
-                incoming.deadline_ms,
-                reply_to,
-                header_trace,
-                settle_handle,
-            )
-            .await
-        }
+    let (is_command, body) = match incoming.env.as_ref() {
+        Envelope::Request(b) => (false, b),
+        Envelope::Command(b) => (true, b),
         Envelope::Event(ev) => {
-            let Some(s) = &inner.serving else { return };
-            let topic = ev.topic.clone();
-            match s.service.on_event(ev.clone()).await {
-                Ok(()) => settle(settle_handle, true, "event").await,
-                Err(e) => {
-                    warn!(service = %inner.service_name, topic = %topic, error = %e, "event handler failed; event dead-lettered");
-                    settle(settle_handle, false, "event").await;
-                }
-            }
+            let Some(s) = &inner.serving else {
+                return Step::Done;
+            };
+            return Step::Event(s.service.on_event(ev.clone()), settle_handle, ev.topic.clone());
         }
         Envelope::Response(_) => {
             warn!(service = %inner.service_name, correlation_id = %correlation_id, "response on a service queue dead-lettered");
-            settle(settle_handle, false, "stray response").await;
+            return Step::Finish(
+                FinishCall {
+                    env: incoming.env.clone(),
+                    is_command: true,
+                    reply_to: None,
+                    correlation_id,
+                    trace_id: None,
+                    session: None,
+                    settle: settle_handle,
+                    dead_letter: Some("stray response"),
+                },
+                Ok(Value::Null),
+            );
         }
-    }
+    };
+    let Some(serving) = &inner.serving else {
+        return Step::Done;
+    };
+    let method = body.method.as_str();
+    let trace_id = header_trace.or_else(|| body.trace_id.clone());
+    let expired = incoming.deadline_ms.is_some_and(|dl| now_ms() > dl);
+    let finish = FinishCall {
+        env: incoming.env.clone(),
+        is_command,
+        reply_to,
+        correlation_id,
+        trace_id,
+        session: incoming.session,
+        settle: settle_handle,
+        dead_letter: expired.then_some("expired request"),
+    };
+    let info = serving.methods.get(method);
+    let outcome = if expired {
+        warn!(service = %inner.service_name, method = %method, correlation_id = %finish.correlation_id, "request past its deadline dead-lettered");
+        Err(ServiceError::new(
+            class::TIMEOUT,
+            format!(
+                "deadline passed before {}.{method} was handled",
+                inner.service_name
+            ),
+        ))
+    } else if method == DESCRIBE_METHOD {
+        Ok(serving.describe.clone())
+    } else if method.starts_with('_') || info.is_none() {
+        Err(ServiceError::handling(format!("Unknown method {method}")))
+    } else if info.is_some_and(|m| m.requires_encryption) && !incoming.encrypted {
+        Err(ServiceError::new(
+            class::ENCRYPTION_REQUIRED,
+            format!("{}.{method} requires encryption", inner.service_name),
+        ))
+    } else {
+        let mut c =
+            RequestContext::new(inner.service_name.clone(), method, body.context.clone());
+        c.correlation_id = finish.correlation_id.clone();
+        c.trace_id = finish.trace_id.clone();
+        c.encrypted = incoming.encrypted;
+        c.is_command = is_command;
+        c.deadline = incoming
+            .deadline_ms
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+        let ctx = Arc::new(c);
+        let handler = serving
+            .service
+            .call(method, &body.params, ctx.clone());
+        return Step::Handler(handler, ctx, finish);
+    };
+    Step::Finish(finish, outcome)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn handle_call(
-    inner: &Arc<Inner>,
-    body: &RequestBody,
-    is_command: bool,
-    encrypted: bool,
-    session: Option<Box<dyn SessionKey>>,
-    deadline_ms: Option<u64>,
-    reply_to: Option<String>,
-    header_trace: Option<String>,
-    settle_handle: Settle,
+/// Answers a call (unless it is a command), settles it, then publishes the events
+/// its handler emitted.
+async fn finish_call(
+    inner: &Inner,
+    finish: FinishCall,
+    outcome: Result<Value, ServiceError>,
+    ctx: Option<Arc<RequestContext>>,
 ) {
-    let Some(serving) = &inner.serving else {
-        return;
+    let FinishCall {
+        env,
+        is_command,
+        reply_to,
+        correlation_id,
+        trace_id,
+        session,
+        settle: settle_handle,
+        dead_letter,
+    } = finish;
+    let method = match env.as_ref() {
+        Envelope::Request(b) | Envelope::Command(b) => b.method.as_str(),
+        _ => "",
     };
-    let method = body.method.clone();
-    let correlation_id = body.correlation_id.clone();
-    let context = body.context.clone();
-    let trace_id = header_trace.or_else(|| body.trace_id.clone());
-    if let Some(dl) = deadline_ms
-        && now_ms() > dl
+    let failed = outcome.is_err();
+    if let Err(e) = &outcome
+        && dead_letter.is_none()
     {
-        warn!(service = %inner.service_name, method = %method, correlation_id = %correlation_id, "request past its deadline dead-lettered");
-        settle(settle_handle, false, "expired request").await;
-        if !is_command && let Some(rt) = reply_to {
-            let err = ServiceError::new(
-                class::TIMEOUT,
-                format!(
-                    "deadline passed before {}.{method} was handled",
-                    inner.service_name
-                ),
-            );
-            send_reply(
-                inner,
-                &rt,
+        debug!(service = %inner.service_name, method = %method, error = %e, "handler returned an error");
+    }
+    // The handler's context object (it may have changed it) and emitted events.
+    let (context, events) = match ctx {
+        Some(ctx) => {
+            let events = ctx.take_events();
+            let context = match Arc::try_unwrap(ctx) {
+                Ok(c) => c.context,
+                Err(shared) => shared.context.clone(),
+            };
+            (context, events)
+        }
+        None => (
+            match env.as_ref() {
+                Envelope::Request(b) | Envelope::Command(b) => b.context.clone(),
+                _ => Value::Null,
+            },
+            Vec::new(),
+        ),
+    };
+    let event_ids = if events.is_empty() {
+        None
+    } else {
+        Some((trace_id.clone(), correlation_id.clone()))
+    };
+    let ack = !(failed && inner.config.dead_letter_failed);
+    // An expired call is dead-lettered before it is answered; any other is settled
+    // after its reply went out (a crash in between redelivers it rather than lose it).
+    let mut settle_handle = Some(settle_handle);
+    if let Some(what) = dead_letter
+        && let Some(h) = settle_handle.take()
+    {
+        settle(h, false, what).await;
+    }
+    match (&reply_to, is_command) {
+        (Some(rt), false) => {
+            let meta = ReplyMeta {
                 correlation_id,
                 trace_id,
                 context,
-                Err(err),
                 session,
-            )
-            .await;
-        }
-        return;
-    }
-    let info = serving.methods.get(&method);
-    let outcome: Result<Value, ServiceError>;
-    let mut events = Vec::new();
-    let mut context = context;
-    if method == DESCRIBE_METHOD {
-        outcome = Ok(serving.describe.clone());
-    } else if method.starts_with('_') || info.is_none() {
-        outcome = Err(ServiceError::handling(format!("Unknown method {method}")));
-    } else if info.is_some_and(|m| m.requires_encryption) && !encrypted {
-        outcome = Err(ServiceError::new(
-            class::ENCRYPTION_REQUIRED,
-            format!("{}.{method} requires encryption", inner.service_name),
-        ));
-    } else {
-        let mut c = RequestContext::new(inner.service_name.clone(), method.clone(), context);
-        c.correlation_id = correlation_id.clone();
-        c.trace_id = trace_id.clone();
-        c.encrypted = encrypted;
-        c.is_command = is_command;
-        c.deadline = deadline_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
-        let ctx = Arc::new(c);
-        outcome = serving
-            .service
-            .call(&method, body.params.clone(), ctx.clone())
-            .await;
-        events = ctx.take_events();
-        context = match Arc::try_unwrap(ctx) {
-            Ok(c) => c.context,
-            Err(shared) => shared.context.clone(),
-        };
-    }
-    let failed = outcome.is_err();
-    if let Err(e) = &outcome {
-        debug!(service = %inner.service_name, method = %method, error = %e, "handler returned an error");
-    }
-    if !is_command {
-        match &reply_to {
-            Some(rt) => {
-                send_reply(
-                    inner,
-                    rt,
-                    correlation_id.clone(),
-                    trace_id.clone(),
-                    context,
-                    outcome,
-                    session,
-                )
-                .await
-            }
-            None => {
-                warn!(service = %inner.service_name, method = %method, "request without reply_to; reply dropped")
+            };
+            if let Some(msg) = reply_message(inner, rt, meta, outcome) {
+                publish_reply(inner, rt, msg).await;
             }
         }
+        (None, false) if dead_letter.is_none() => {
+            warn!(service = %inner.service_name, method = %method, "request without reply_to; reply dropped");
+        }
+        _ => {}
     }
-    let ack = !(failed && inner.config.dead_letter_failed);
-    settle(settle_handle, ack, "call").await;
+    if let Some(h) = settle_handle {
+        settle(h, ack, "call").await;
+    }
+    if let Some((trace_id, correlation_id)) = event_ids {
+        publish_emitted(inner, events, trace_id, correlation_id).await;
+    }
+}
+
+/// Publishes the events a handler emitted, after its call was answered.
+async fn publish_emitted(
+    inner: &Inner,
+    events: Vec<(String, Value)>,
+    trace_id: Option<String>,
+    correlation_id: String,
+) {
     for (topic, event) in events {
         if let Err(e) = publish_event_on(
             &inner.conn,
@@ -1408,19 +1562,47 @@ async fn handle_call(
     }
 }
 
-async fn send_reply(
-    inner: &Inner,
-    reply_to: &str,
+/// The addressing of a reply besides its destination.
+struct ReplyMeta {
     correlation_id: String,
     trace_id: Option<String>,
     context: Value,
-    outcome: Result<Value, ServiceError>,
+    /// The session key of an encrypted call (the reply is sealed with it).
     session: Option<Box<dyn SessionKey>>,
-) {
+}
+
+/// Publishes a reply; a failure is logged. The message is handed to the backend
+/// before the returned future exists (which thus does not hold it).
+fn publish_reply<'a>(
+    inner: &'a Inner,
+    reply_to: &'a str,
+    msg: Message,
+) -> impl Future<Output = ()> + Send + 'a {
+    let publish = inner.conn.publish(DEFAULT_EXCHANGE, reply_to, msg);
+    async move {
+        if let Err(e) = publish.await {
+            warn!(service = %inner.service_name, reply_to = %reply_to, error = %e, "publishing a reply failed");
+        }
+    }
+}
+
+/// The response message of a call, or `None` (logged) when it cannot be sealed.
+fn reply_message(
+    inner: &Inner,
+    reply_to: &str,
+    reply: ReplyMeta,
+    outcome: Result<Value, ServiceError>,
+) -> Option<Message> {
     let (result, error) = match outcome {
         Ok(v) => (v, None),
         Err(e) => (Value::Null, Some(e)),
     };
+    let ReplyMeta {
+        correlation_id,
+        trace_id,
+        context,
+        session,
+    } = reply;
     let body = ResponseBody {
         result,
         error,
@@ -1445,13 +1627,11 @@ async fn send_reply(
             }
             Err(e) => {
                 warn!(service = %inner.service_name, error = %e, "cannot encrypt reply; dropped");
-                return;
+                return None;
             }
         }
     }
-    if let Err(e) = inner.conn.publish(DEFAULT_EXCHANGE, reply_to, msg).await {
-        warn!(service = %inner.service_name, reply_to = %reply_to, error = %e, "publishing a reply failed");
-    }
+    Some(msg)
 }
 
 #[cfg(test)]

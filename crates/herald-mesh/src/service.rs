@@ -312,11 +312,13 @@ pub trait Service: Send + Sync + fmt::Debug + 'static {
     /// Metadata: version, description, methods.
     fn info(&self) -> ServiceInfo;
 
-    /// Calls `method` with keyword `params`.
+    /// Calls `method` with keyword `params`. The parameters are lent (they belong to
+    /// the delivery, which the mesh keeps until the call is settled): read or
+    /// deserialize them before the returned future, which must not borrow them.
     fn call(
         &self,
         method: &str,
-        params: Map<String, Value>,
+        params: &Map<String, Value>,
         ctx: Arc<RequestContext>,
     ) -> BoxFuture<'static, Result<Value, ServiceError>>;
 
@@ -334,7 +336,7 @@ pub trait Service: Send + Sync + fmt::Debug + 'static {
 
 type Handler = Arc<
     dyn Fn(
-            Map<String, Value>,
+            &Map<String, Value>,
             Arc<RequestContext>,
         ) -> BoxFuture<'static, Result<Value, ServiceError>>
         + Send
@@ -391,7 +393,7 @@ impl ServiceRouter {
         let handler = Arc::new(handler);
         let name = info.name.clone();
         let boxed: Handler = Arc::new(move |params, ctx| {
-            let parsed: Result<P, _> = serde_json::from_value(Value::Object(params));
+            let parsed = P::deserialize(params);
             match parsed {
                 Err(e) => {
                     let err = ServiceError::validation(format!(
@@ -444,7 +446,7 @@ impl Service for ServiceRouter {
     fn call(
         &self,
         method: &str,
-        params: Map<String, Value>,
+        params: &Map<String, Value>,
         ctx: Arc<RequestContext>,
     ) -> BoxFuture<'static, Result<Value, ServiceError>> {
         match self.handlers.get(method) {

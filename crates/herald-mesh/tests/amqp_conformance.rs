@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use herald_mesh::amqp::{AmqpBackend, AmqpConnection, AmqpOptions};
-use herald_mesh::backend::{Connection, ConsumeOptions, DeliveryStream, ExchangeSpec, QueueSpec};
+use herald_mesh::backend::{
+    BackendFuture, Connection, ConsumeOptions, DeliveryStream, ExchangeSpec, QueueSpec,
+};
 use herald_mesh::{Backend, MeshError, Message};
 
 #[path = "conformance.rs"]
@@ -52,7 +54,7 @@ impl Connection for TidyConn {
         exchange: &'a str,
         routing_key: &'a str,
         message: Message,
-    ) -> BoxFuture<'a, Result<(), MeshError>> {
+    ) -> BackendFuture<'a, Result<(), MeshError>> {
         self.inner.publish(exchange, routing_key, message)
     }
     fn consume<'a>(

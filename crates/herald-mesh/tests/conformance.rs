@@ -145,7 +145,7 @@ pub async fn dead_letters(conn: &Arc<dyn Connection>, service: &str, n: usize) -
             .as_ref()
             .is_some_and(|death| death.queue == message::service_queue(service));
         if ours {
-            out.push(m);
+            out.push(*m);
         }
     }
     out
