@@ -50,6 +50,7 @@ use crate::backend::{
     ExchangeSpec, QueueSpec, done,
 };
 use crate::error::MeshError;
+use crate::fasthash::FastMap;
 use crate::message::{DEFAULT_EXCHANGE, DeathInfo, DeathReason, Message, topic_matches};
 
 const BACKEND: &str = "inproc";
@@ -189,14 +190,14 @@ impl Queue {
 struct Exchange {
     spec: ExchangeSpec,
     /// Routing key -> bound queues, and the shared dead-letter origin of the key.
-    direct: HashMap<String, (Vec<Arc<Queue>>, Origin)>,
+    direct: FastMap<String, (Vec<Arc<Queue>>, Origin)>,
     patterns: Vec<(String, Arc<Queue>)>,
 }
 
 #[derive(Default)]
 struct Topology {
-    exchanges: HashMap<String, Exchange>,
-    queues: HashMap<String, Arc<Queue>>,
+    exchanges: FastMap<String, Exchange>,
+    queues: FastMap<String, Arc<Queue>>,
 }
 
 struct Broker {
@@ -652,7 +653,7 @@ impl InProcConnection {
                     spec.name.clone(),
                     Exchange {
                         spec: spec.clone(),
-                        direct: HashMap::new(),
+                        direct: FastMap::default(),
                         patterns: Vec::new(),
                     },
                 );

@@ -35,6 +35,7 @@ pub mod backend;
 pub mod crypto;
 pub mod error;
 pub mod example;
+mod fasthash;
 pub mod inproc;
 pub mod leader;
 pub mod mesh;

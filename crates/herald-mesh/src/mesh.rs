@@ -19,6 +19,7 @@ use crate::backend::{
     Backend, Connection, ConsumeOptions, DeliveryStream, QueueSpec, Settle, nuropb_exchanges,
 };
 use crate::error::{MeshError, ServiceError, class};
+use crate::fasthash::FastMap;
 use crate::leader::{LeaderWatch, spawn_election};
 use crate::message::{
     DEFAULT_EXCHANGE, DESCRIBE_METHOD, EVENTS_EXCHANGE, Envelope, EventBody, Headers, Message,
@@ -235,7 +236,7 @@ struct Pending {
 /// (`<16 hex prefix><16 hex counter>`); ids with another prefix are never ours.
 struct PendingMap {
     prefix: String,
-    map: Mutex<HashMap<u64, Pending>>,
+    map: Mutex<FastMap<u64, Pending>>,
     unpaired: AtomicU64,
 }
 
@@ -243,7 +244,7 @@ impl PendingMap {
     fn new(prefix: u64) -> Self {
         Self {
             prefix: format!("{prefix:016x}"),
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(FastMap::default()),
             unpaired: AtomicU64::new(0),
         }
     }
@@ -284,7 +285,7 @@ impl Drop for PendingGuard<'_> {
 
 struct ServingState {
     service: Arc<dyn Service>,
-    methods: HashMap<String, MethodInfo>,
+    methods: FastMap<String, MethodInfo>,
     describe: Value,
 }
 
@@ -717,9 +718,22 @@ impl Mesh {
             pending: &self.inner.pending,
             id: &id,
         };
-        let publish = self.publish_call(service, method, msg);
+        let publish = self.inner.conn.publish(RPC_EXCHANGE, service, msg);
         let reply = tokio::time::timeout(deadline, rx);
-        match publish_and_wait(publish, reply, PUBLISH_GRACE).await? {
+        let outcome = match publish {
+            // Decided at once (the in-process broker): only the reply to wait for.
+            futures::future::Either::Left(published) => {
+                call_published(published.into_inner(), service, method)?;
+                reply.await
+            }
+            // Boxed: the selects of a broker's publish stay out of the state of every
+            // call.
+            futures::future::Either::Right(publishing) => {
+                let publish = async move { call_published(publishing.await, service, method) };
+                Box::pin(publish_and_wait(publish, reply, PUBLISH_GRACE)).await?
+            }
+        };
+        match outcome {
             Ok(Ok(Ok((body, _headers)))) => Ok(body),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(MeshError::Disconnected),
@@ -743,28 +757,8 @@ impl Mesh {
         let call = self
             .prepare_call(MessageType::Command, service, method, params, &opts)
             .await?;
-        self.publish_call(service, method, call.msg).await
-    }
-
-    /// Publishes a call on the RPC exchange; a call no queue takes is
-    /// [`MeshError::NotFound`]. The message goes to the backend at once; the returned
-    /// future only waits for the backend's verdict.
-    fn publish_call<'a>(
-        &'a self,
-        service: &'a str,
-        method: &'a str,
-        msg: Message,
-    ) -> impl Future<Output = Result<(), MeshError>> + Send + 'a {
-        let publish = self.inner.conn.publish(RPC_EXCHANGE, service, msg);
-        async move {
-            match publish.await {
-                Err(MeshError::Unroutable { .. }) => Err(MeshError::NotFound {
-                    service: service.to_owned(),
-                    method: method.to_owned(),
-                }),
-                other => other,
-            }
-        }
+        let published = self.inner.conn.publish(RPC_EXCHANGE, service, call.msg).await;
+        call_published(published, service, method)
     }
 
     /// [`Mesh::build_call`], then sealing it when `opts` asks for encryption (the
@@ -1011,6 +1005,22 @@ impl EventSubscription {
     }
 }
 
+/// The outcome of publishing a call: one that no queue takes is
+/// [`MeshError::NotFound`].
+fn call_published(
+    published: Result<(), MeshError>,
+    service: &str,
+    method: &str,
+) -> Result<(), MeshError> {
+    match published {
+        Err(MeshError::Unroutable { .. }) => Err(MeshError::NotFound {
+            service: service.to_owned(),
+            method: method.to_owned(),
+        }),
+        other => other,
+    }
+}
+
 /// Polls `fut` once without a waker: whatever it waits for will not wake this task.
 fn poll_quiet<F: Future + ?Sized>(fut: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
     fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
@@ -1049,9 +1059,7 @@ where
             r?;
             Ok(reply.await)
         }
-        // Boxed: keeps the timer and the selects out of the state of every call (the
-        // in-process broker's publish is done at the first poll).
-        std::task::Poll::Pending => Box::pin(reply_then_publish(publish, reply, grace)).await,
+        std::task::Poll::Pending => reply_then_publish(publish, reply, grace).await,
     }
 }
 

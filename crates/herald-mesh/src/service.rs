@@ -18,7 +18,7 @@
 //! assert!(calc.method_info("add").is_some());
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{MeshError, ServiceError};
+use crate::fasthash::FastMap;
 use crate::message::EventBody;
 
 /// What a handler learns about the call it serves.
@@ -352,7 +353,7 @@ type EventHandler =
 #[derive(Clone)]
 pub struct ServiceRouter {
     info: ServiceInfo,
-    handlers: HashMap<String, Handler>,
+    handlers: FastMap<String, Handler>,
     events: Vec<(String, EventHandler)>,
 }
 
@@ -377,7 +378,7 @@ impl ServiceRouter {
                 description: description.into(),
                 methods: Vec::new(),
             },
-            handlers: HashMap::new(),
+            handlers: FastMap::default(),
             events: Vec::new(),
         }
     }
