@@ -222,8 +222,8 @@ struct Call {
     msg: Message,
     /// The session key of an encrypted call (decrypts its reply).
     session: Option<Box<dyn SessionKey>>,
-    /// Its correlation id.
-    id: String,
+    /// The counter part of its correlation id (its key among the pending calls).
+    counter: u64,
     ttl: Duration,
 }
 
@@ -255,14 +255,18 @@ impl PendingMap {
         }
         u64::from_str_radix(counter, 16).ok()
     }
-    fn insert(&self, id: &str, p: Pending) {
-        if let (Some(k), Ok(mut m)) = (self.key(id), self.map.lock()) {
-            m.insert(k, p);
+    /// Registers the call with counter `n` (its id is `correlation_id(prefix, n)`).
+    fn insert(&self, n: u64, p: Pending) {
+        if let Ok(mut m) = self.map.lock() {
+            m.insert(n, p);
         }
     }
+    fn remove_counter(&self, n: u64) -> Option<Pending> {
+        self.map.lock().ok().and_then(|mut m| m.remove(&n))
+    }
+    /// Takes the call a reply's correlation id names, if it is one of ours.
     fn remove(&self, id: &str) -> Option<Pending> {
-        let k = self.key(id)?;
-        self.map.lock().ok().and_then(|mut m| m.remove(&k))
+        self.remove_counter(self.key(id)?)
     }
     fn fail_all(&self) {
         if let Ok(mut m) = self.map.lock() {
@@ -274,12 +278,12 @@ impl PendingMap {
 /// Removes a pending entry when the request future ends or is dropped.
 struct PendingGuard<'a> {
     pending: &'a PendingMap,
-    id: &'a str,
+    counter: u64,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.pending.remove(self.id);
+        self.pending.remove_counter(self.counter);
     }
 }
 
@@ -375,7 +379,8 @@ fn correlation_id(prefix: u64, n: u64) -> String {
             *slot = HEX[((v >> (60 - 4 * j)) & 0xf) as usize];
         }
     }
-    out.iter().map(|&b| char::from(b)).collect()
+    // Hex digits are ASCII.
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn random_u64() -> u64 {
@@ -643,9 +648,10 @@ impl Mesh {
         self.inner.pending.unpaired.load(Ordering::Relaxed)
     }
 
-    fn next_id(&self) -> String {
+    /// A fresh correlation id and its counter.
+    fn next_id(&self) -> (String, u64) {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
-        correlation_id(self.inner.id_prefix, n)
+        (correlation_id(self.inner.id_prefix, n), n)
     }
 
     fn ensure_open(&self) -> Result<(), MeshError> {
@@ -706,17 +712,17 @@ impl Mesh {
         let Call {
             msg,
             session,
-            id,
+            counter,
             ttl,
         } = self
             .prepare_call(MessageType::Request, service, method, params, &opts)
             .await?;
         let deadline = opts.timeout.unwrap_or(ttl);
         let (tx, rx) = oneshot::channel();
-        self.inner.pending.insert(&id, Pending { tx, session });
+        self.inner.pending.insert(counter, Pending { tx, session });
         let _guard = PendingGuard {
             pending: &self.inner.pending,
-            id: &id,
+            counter,
         };
         let publish = self.inner.conn.publish(RPC_EXCHANGE, service, msg);
         let reply = tokio::time::timeout(deadline, rx);
@@ -794,12 +800,12 @@ impl Mesh {
         validate_name("service name", service)?;
         let params = params_object(params)?;
         let ttl = opts.ttl.unwrap_or(self.inner.config.default_ttl);
-        let id = self.next_id();
+        let (id, counter) = self.next_id();
         let body = RequestBody {
             service: service.to_owned(),
             method: method.to_owned(),
             params,
-            correlation_id: id.clone(),
+            correlation_id: id,
             context: context_object(opts.context.clone()),
             trace_id: opts.trace_id.clone(),
         };
@@ -816,7 +822,7 @@ impl Mesh {
         Ok(Call {
             msg,
             session: None,
-            id,
+            counter,
             ttl,
         })
     }
@@ -864,7 +870,7 @@ impl Mesh {
             event,
             context,
             trace_id,
-            self.next_id(),
+            self.next_id().0,
         )
         .await
     }
