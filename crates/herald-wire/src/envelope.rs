@@ -308,6 +308,7 @@ impl EnvelopeDecoder {
     ///
     /// # Errors
     /// Those of [`Envelope::decode`].
+    #[inline]
     pub fn decode(&mut self, buf: Bytes) -> Result<Envelope, WireError> {
         self.decode_with_limit(buf, usize::MAX)
     }
@@ -330,31 +331,34 @@ impl EnvelopeDecoder {
         }
         let end = HEADER_LEN_PREFIX + header_len;
         let raw = &buf[HEADER_LEN_PREFIX..end];
-        let header = if !self.raw.is_empty() && raw == self.raw.as_slice() {
+        if !self.raw.is_empty() && raw == self.raw.as_slice() {
+            // The usual case: the previous message's header. Built in place (no
+            // intermediate `Header`), the payload by advancing the owned handle.
             if !self.interned {
                 self.interned = true;
                 self.target = self.target.interned();
                 self.sender = self.sender.interned();
                 self.type_hint = self.type_hint.interned();
             }
-            Header {
+            let mut payload = buf;
+            bytes::Buf::advance(&mut payload, end);
+            return Ok(Envelope {
                 target: self.target.clone(),
                 sender: self.sender.clone(),
                 type_hint: self.type_hint.clone(),
-                extra: Vec::new(),
-            }
-        } else {
-            let header = parse_header(raw)?;
-            self.raw.clear();
-            if header.extra.is_empty() && raw.len() <= CACHED_HEADER_MAX {
-                self.raw.extend_from_slice(raw);
-                self.interned = false;
-                self.target = header.target.clone();
-                self.sender = header.sender.clone();
-                self.type_hint = header.type_hint.clone();
-            }
-            header
-        };
+                payload,
+                extra: None,
+            });
+        }
+        let header = parse_header(raw)?;
+        self.raw.clear();
+        if header.extra.is_empty() && raw.len() <= CACHED_HEADER_MAX {
+            self.raw.extend_from_slice(raw);
+            self.interned = false;
+            self.target = header.target.clone();
+            self.sender = header.sender.clone();
+            self.type_hint = header.type_hint.clone();
+        }
         Ok(Envelope::assemble(buf, end, header))
     }
 }

@@ -165,10 +165,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next complete frame already buffered, without reading; `Ok(None)` when more
     /// bytes are needed ([`FrameReader::fill`]).
+    #[inline]
     pub(crate) fn try_next(&mut self) -> Result<Option<RawFrame>, FramingError> {
         if let Some(f) = self.next_ready() {
             return Ok(Some(f));
         }
+        self.split_ready()
+    }
+
+    /// Moves the complete frames at the front of `buf` to `ready` and returns the first.
+    #[inline(never)]
+    fn split_ready(&mut self) -> Result<Option<RawFrame>, FramingError> {
         let n = complete_prefix(&self.buf, self.max)?;
         if n == 0 {
             return Ok(None);
@@ -179,19 +186,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     #[inline]
     fn next_ready(&mut self) -> Option<RawFrame> {
-        if self.ready.len() < 5 {
-            return None;
-        }
-        let r = &self.ready;
+        let r = self.ready.first_chunk::<5>()?;
         let len = u32::from_be_bytes([r[0], r[1], r[2], r[3]]) as usize;
         // Checked by `complete_prefix` before the bytes were moved here.
         let kind = r[4];
-        let body = self.ready.slice(5..4 + len);
-        self.ready.advance(4 + len);
-        if self.ready.is_empty() {
-            // Do not keep the read allocation alive through an empty handle.
-            self.ready = Bytes::new();
-        }
+        // The last frame takes the handle itself (no reference-count traffic) and
+        // leaves `ready` empty, so it does not keep the read allocation alive.
+        let mut body = self.ready.split_to(4 + len);
+        body.advance(5);
         Some(RawFrame { kind, body })
     }
 
