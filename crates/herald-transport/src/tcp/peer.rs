@@ -55,6 +55,9 @@ struct PeerState {
     partial: Option<Partial>,
     /// Encoding buffer of direct writes.
     scratch: BytesMut,
+    /// Queue size (bytes) at which a sender next tries to flush the queue itself
+    /// ([`Peer::try_flush`]); 0 means [`FLUSH_BYTES`].
+    flush_at: usize,
 }
 
 /// What [`Peer::try_direct`] did with a message.
@@ -84,6 +87,16 @@ struct Partial {
 /// written in batches; a message after a pause (a request, a reply) skips the hop to
 /// the peer task.
 const DIRECT_AFTER_IDLE: Duration = Duration::from_micros(10);
+
+/// Queued bytes at which a sender writes the queue to the socket itself when the
+/// peer task has not taken it yet (plain TCP, non-blocking; see [`Peer::try_flush`]).
+///
+/// A producer in a burst keeps its thread busy, so the woken peer task often cannot
+/// run until it yields; meanwhile the queue would grow to megabytes that are cold in
+/// the cache by the time they are written. Flushing every `FLUSH_BYTES` from the
+/// sending thread writes bytes that are still in its cache, in runs as large as a
+/// buffered writer's, and keeps the queue buffer small and hot.
+const FLUSH_BYTES: usize = 128 * 1024;
 
 /// A peer: its queue and the state its task shares with senders.
 pub(crate) struct Peer {
@@ -263,8 +276,14 @@ impl Peer {
         // Only the first message wakes the peer task: it checks the queue under this
         // lock before it waits, and takes everything queued each time it wakes.
         let first = st.msgs.len() == 1;
+        let (settled, partial) = if st.msgs.bytes.len() >= st.flush_at.max(FLUSH_BYTES) {
+            self.try_flush(shared, &mut st)
+        } else {
+            (0, false)
+        };
         drop(st);
-        if first {
+        self.settle(settled);
+        if first || partial {
             self.msg_ready.notify_one();
         }
         // Dropped here, on the sender's thread, where its memory was allocated.
@@ -330,7 +349,9 @@ impl Peer {
                 shared.stats.direct_writes.fetch_add(1, Ordering::Relaxed);
                 if n == scratch.len() {
                     shared.stats.messages_out.fetch_add(1, Ordering::Relaxed);
-                    st.idle_since = Some(now);
+                    // Idle from the end of this write: a sender whose messages follow
+                    // each other closely queues them, however long a write takes.
+                    st.idle_since = Some(Instant::now());
                     Direct::Written
                 } else {
                     shared.stats.direct_partial.fetch_add(1, Ordering::Relaxed);
@@ -349,6 +370,57 @@ impl Peer {
             st.scratch.clear();
         }
         outcome
+    }
+
+    /// Writes the front of the queue (whole frames, up to `max_batch_bytes`) with one
+    /// non-blocking write on the sending thread, when the peer task has not taken the
+    /// queue yet and nothing must go before it: plain TCP, connected, the task not
+    /// busy, no partial frame, control frame or connection to adopt waiting. Runs under
+    /// the state lock (the task only writes while `busy`, which it sets under it).
+    ///
+    /// Returns the messages written completely and whether a frame was written only in
+    /// part (then moved to `partial`, for the task to finish before anything else). A
+    /// write that takes nothing (`WouldBlock`: the socket is full) or fails leaves the
+    /// queue to the task; the next try waits for another [`FLUSH_BYTES`].
+    fn try_flush(&self, shared: &Shared, st: &mut PeerState) -> (u64, bool) {
+        let next = st.msgs.bytes.len() + FLUSH_BYTES;
+        if st.busy || st.partial.is_some() || !st.control.is_empty() || !st.adopt.is_empty() {
+            st.flush_at = next;
+            return (0, false);
+        }
+        let Some(sock) = st.direct.as_ref() else {
+            st.flush_at = next;
+            return (0, false);
+        };
+        let (_, bytes) = st.msgs.prefix(shared.cfg.max_batch_bytes.max(1));
+        let written = match sock.try_write(&st.msgs.bytes[..bytes]) {
+            Ok(n) if n > 0 => n,
+            // WouldBlock, or an error the peer task will meet too.
+            _ => {
+                st.flush_at = next;
+                return (0, false);
+            }
+        };
+        let (n, whole) = st.msgs.whole_within(written);
+        st.msgs.consume(n, whole);
+        let mut partial = false;
+        if written > whole
+            && let Some(frame) = st.msgs.pop_front()
+        {
+            st.partial = Some(Partial {
+                frame,
+                written: written - whole,
+            });
+            partial = true;
+        }
+        st.msgs.rewind();
+        st.flush_at = st.msgs.bytes.len() + FLUSH_BYTES;
+        st.idle_since = Some(Instant::now());
+        let stats = &shared.stats;
+        stats.bytes_out.fetch_add(written as u64, Ordering::Relaxed);
+        stats.messages_out.fetch_add(n as u64, Ordering::Relaxed);
+        stats.sender_flushes.fetch_add(1, Ordering::Relaxed);
+        (n as u64, partial)
     }
 
     /// Waits until every message queued before this call was written or dropped.
@@ -638,6 +710,7 @@ impl Peer {
             let (ctrl, adopt, partial) = {
                 let mut st = lock(&self.state);
                 std::mem::swap(&mut st.msgs, &mut batch);
+                st.flush_at = 0;
                 let ctrl = std::mem::take(&mut st.control);
                 let adopt = std::mem::take(&mut st.adopt);
                 let partial = st.partial.take();
@@ -1054,15 +1127,39 @@ impl OutQueue {
         (n, bytes)
     }
 
+    /// The frames wholly inside the first `written` bytes: (count, bytes).
+    fn whole_within(&self, written: usize) -> (usize, usize) {
+        let mut n = 0;
+        let mut bytes = 0;
+        for &l in &self.lens {
+            if bytes + l as usize > written {
+                break;
+            }
+            n += 1;
+            bytes += l as usize;
+        }
+        (n, bytes)
+    }
+
     /// Drops the first `n` frames (`bytes` long), once written.
     fn consume(&mut self, n: usize, bytes: usize) {
         self.lens.drain(..n);
         bytes::Buf::advance(&mut self.bytes, bytes);
     }
 
+    /// When empty, moves the write position back to the start of the buffer, so the
+    /// next frames reuse the same (cache-warm) memory instead of walking on through it.
+    fn rewind(&mut self) {
+        if self.bytes.is_empty() {
+            // Only reclaims (never allocates); `false` when already at the start.
+            let _ = self.bytes.try_reclaim(self.bytes.capacity() + 1);
+        }
+    }
+
     fn clear(&mut self) {
         self.lens.clear();
         self.bytes.clear();
+        self.rewind();
     }
 
     /// Moves `behind` after this queue's frames.
