@@ -80,6 +80,7 @@ impl Envelope {
     }
 
     /// Extra header keys (beyond `target`, `sender`, `type_hint`), in wire order.
+    #[inline]
     pub fn extra_headers(&self) -> &[(String, Value)] {
         self.extra.as_deref().map_or(&[], Vec::as_slice)
     }

@@ -237,13 +237,11 @@ impl Peer {
                 Direct::Written => {
                     drop(st);
                     self.settle(1);
-                    drop(env);
                     return Ok(());
                 }
                 Direct::Partial => {
                     drop(st);
                     self.msg_ready.notify_one();
-                    drop(env);
                     return Ok(());
                 }
                 Direct::TooLarge(too_large) => {
@@ -282,12 +280,14 @@ impl Peer {
             (0, false)
         };
         drop(st);
-        self.settle(settled);
+        if settled > 0 {
+            self.settle(settled);
+        }
         if first || partial {
             self.msg_ready.notify_one();
         }
-        // Dropped here, on the sender's thread, where its memory was allocated.
-        drop(env);
+        // `env` is dropped on return, on the sender's thread, where its memory was
+        // allocated (in place: an explicit `drop(env)` would first copy it).
         Ok(())
     }
 
@@ -1020,15 +1020,16 @@ fn put_message_frame(
         });
     }
     if headers.matches(env) {
-        // The usual case: the same header as the last message, already encoded.
-        let len = 1 + headers.encoded.len() + env.payload.len();
+        // The usual case: the same header as the last message, already encoded with
+        // its frame head: two copies, then the length patched in.
+        let framed = &headers.framed;
+        let len = framed.len() - 4 + env.payload.len();
         return match u32::try_from(len) {
             Ok(l) if len <= max_frame => {
-                let mut head = [FRAME_MESSAGE; 5];
-                head[..4].copy_from_slice(&l.to_be_bytes());
+                let at = dst.len();
                 dst.reserve(4 + len);
-                dst.extend_from_slice(&head);
-                dst.extend_from_slice(&headers.encoded);
+                dst.extend_from_slice(framed);
+                dst[at..at + 4].copy_from_slice(&l.to_be_bytes());
                 dst.extend_from_slice(&env.payload);
                 Ok(l + 4)
             }
@@ -1175,7 +1176,7 @@ impl OutQueue {
 }
 
 /// The encoded header (`u32 BE len | JSON`) of the last envelope written on a
-/// connection, with the fields it was made from.
+/// connection, behind a message frame head, with the fields it was made from.
 ///
 /// Senders usually repeat the same target, sender and type hint, so an envelope whose
 /// three fields equal the cached ones (and that has no extra header keys) gets the
@@ -1186,15 +1187,16 @@ struct HeaderCache {
     target: SharedStr,
     sender: SharedStr,
     type_hint: SharedStr,
-    /// Empty when nothing is cached.
-    encoded: Vec<u8>,
+    /// `[0, 0, 0, 0, FRAME_MESSAGE]` (the frame length is patched in when copied)
+    /// followed by the encoded header; empty when nothing is cached.
+    framed: Vec<u8>,
 }
 
 impl HeaderCache {
     /// `true` when `env`'s header is the cached one.
     #[inline]
     fn matches(&self, env: &Envelope) -> bool {
-        !self.encoded.is_empty()
+        !self.framed.is_empty()
             && env.type_hint == self.type_hint
             && env.target == self.target
             && env.sender == self.sender
@@ -1211,8 +1213,9 @@ impl HeaderCache {
         let start = dst.len();
         env.encode_into(dst);
         let header_end = dst.len() - env.payload.len();
-        self.encoded.clear();
-        self.encoded.extend_from_slice(&dst[start..header_end]);
+        self.framed.clear();
+        self.framed.extend_from_slice(&[0, 0, 0, 0, FRAME_MESSAGE]);
+        self.framed.extend_from_slice(&dst[start..header_end]);
         self.target = env.target.clone();
         self.sender = env.sender.clone();
         self.type_hint = env.type_hint.clone();
