@@ -405,7 +405,7 @@ impl Peer {
         st.msgs.consume(n, whole);
         let mut partial = false;
         if written > whole
-            && let Some(frame) = st.msgs.pop_front()
+            && let Some(frame) = st.msgs.pop_front_copy()
         {
             st.partial = Some(Partial {
                 frame,
@@ -1112,6 +1112,15 @@ impl OutQueue {
     fn pop_front(&mut self) -> Option<BytesMut> {
         let len = self.lens.pop_front()? as usize;
         Some(self.bytes.split_to(len))
+    }
+
+    /// Removes the oldest frame as a copy, leaving the queue's buffer unshared (a
+    /// split-off frame would pin it, and the next frames would go to a new buffer).
+    fn pop_front_copy(&mut self) -> Option<BytesMut> {
+        let len = self.lens.pop_front()? as usize;
+        let frame = BytesMut::from(self.bytes.get(..len).unwrap_or_default());
+        bytes::Buf::advance(&mut self.bytes, frame.len());
+        Some(frame)
     }
 
     /// The first frames making at least `max_bytes` (or all): (count, bytes).
