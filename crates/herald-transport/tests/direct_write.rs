@@ -302,7 +302,10 @@ async fn a_sender_flush_the_socket_takes_in_part_keeps_every_message_in_order() 
     assert!(stats.sender_flushes > 0, "{stats:?}");
     for i in 0..count {
         let got = slow.message().await;
-        assert!(got.payload == msg(i).payload, "message {i} changed or out of order");
+        assert!(
+            got.payload == msg(i).payload,
+            "message {i} changed or out of order"
+        );
     }
     assert!(peer.flushed(WAIT).await);
     assert_eq!(sender.stats().messages_out, count as u64 + 1);
