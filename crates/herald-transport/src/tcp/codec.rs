@@ -186,10 +186,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return None;
         }
         let kind = r[4];
-        // The last frame takes the handle itself (no reference-count traffic) and
-        // leaves `ready` empty, so it does not keep the read allocation alive.
-        let mut body = self.ready.split_to(4 + len);
-        body.advance(5);
+        if self.ready.len() == 4 + len {
+            // The last frame takes the handle itself (no reference-count traffic) and
+            // leaves `ready` empty, so it does not keep the read allocation alive.
+            let mut body = std::mem::take(&mut self.ready);
+            body.advance(5);
+            return Some(RawFrame { kind, body });
+        }
+        let body = self.ready.slice(5..4 + len);
+        self.ready.advance(4 + len);
         Some(RawFrame { kind, body })
     }
 
