@@ -311,3 +311,46 @@ async fn a_sender_flush_the_socket_takes_in_part_keeps_every_message_in_order() 
     assert_eq!(sender.stats().messages_out, count as u64 + 1);
     sender.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_producers_keep_each_ones_order_through_flushes() {
+    // Two OS threads send bursts to one peer at once (a sole producer flushes the
+    // queue itself; with both, the peer task writes): every message arrives, each
+    // producer's in order.
+    let (sender, recv_node, mut rx, to) = sender_and_receiver().await;
+    let peer = sender.peer(&to);
+    peer.send(numbered(&to, 0)).expect("queued");
+    assert_eq!(next(&mut rx).await.payload.as_ref(), b"{\"n\": 0}");
+    let per = 4000;
+    let producers: Vec<_> = (0..2)
+        .map(|p| {
+            let peer = peer.clone();
+            let to = to.clone();
+            std::thread::spawn(move || {
+                for i in 0..per {
+                    let body = format!("{{\"p\": {p}, \"i\": {i}}}").into_bytes();
+                    peer.send(env(&to, body)).expect("queued");
+                }
+            })
+        })
+        .collect();
+    for t in producers {
+        t.join().expect("producer thread");
+    }
+    let mut seen = [0usize; 2];
+    for _ in 0..2 * per {
+        let got = next(&mut rx).await;
+        let text = String::from_utf8(got.payload.to_vec()).expect("utf-8");
+        let p = usize::from(text.contains("\"p\": 1"));
+        assert_eq!(
+            text,
+            format!("{{\"p\": {p}, \"i\": {}}}", seen[p]),
+            "producer {p} out of order"
+        );
+        seen[p] += 1;
+    }
+    assert_eq!(seen, [per, per]);
+    assert!(peer.flushed(WAIT).await);
+    sender.shutdown().await;
+    recv_node.shutdown().await;
+}

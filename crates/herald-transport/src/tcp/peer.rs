@@ -58,6 +58,23 @@ struct PeerState {
     /// Queue size (bytes) at which a sender next tries to flush the queue itself
     /// ([`Peer::try_flush`]); 0 means [`FLUSH_BYTES`].
     flush_at: usize,
+    /// [`thread_token`] of the thread that queued every message in `msgs` since the
+    /// peer task last took the queue (0: none yet; [`SEVERAL`]: more than one thread).
+    /// Only a sole producer flushes: with several, the one flushing would hold the
+    /// lock through a write while the others wait for it.
+    producer: usize,
+}
+
+/// [`PeerState::producer`] when messages came from more than one thread.
+const SEVERAL: usize = usize::MAX;
+
+/// Identifies the calling thread (the address of a thread-local; no reference count
+/// touched, unlike `std::thread::current()`).
+fn thread_token() -> usize {
+    thread_local! {
+        static TOKEN: u8 = const { 0 };
+    }
+    TOKEN.with(|t| std::ptr::from_ref(t) as usize)
 }
 
 /// What [`Peer::try_direct`] did with a message.
@@ -261,6 +278,12 @@ impl Peer {
             return Ok(());
         }
         st.enqueued += 1;
+        let me = thread_token();
+        st.producer = match st.producer {
+            0 => me,
+            p if p == me => p,
+            _ => SEVERAL,
+        };
         if let Some(detail) = evict {
             let oldest = st.msgs.pop_front();
             drop(st);
@@ -274,11 +297,12 @@ impl Peer {
         // Only the first message wakes the peer task: it checks the queue under this
         // lock before it waits, and takes everything queued each time it wakes.
         let first = st.msgs.len() == 1;
-        let (settled, partial) = if st.msgs.bytes.len() >= st.flush_at.max(FLUSH_BYTES) {
-            self.try_flush(shared, &mut st)
-        } else {
-            (0, false)
-        };
+        let (settled, partial) =
+            if st.msgs.bytes.len() >= st.flush_at.max(FLUSH_BYTES) && st.producer != SEVERAL {
+                self.try_flush(shared, &mut st)
+            } else {
+                (0, false)
+            };
         drop(st);
         if settled > 0 {
             self.settle(settled);
@@ -414,6 +438,9 @@ impl Peer {
             partial = true;
         }
         st.msgs.rewind();
+        if st.msgs.is_empty() {
+            st.producer = 0;
+        }
         st.flush_at = st.msgs.bytes.len() + FLUSH_BYTES;
         st.idle_since = Some(Instant::now());
         let stats = &shared.stats;
@@ -711,6 +738,7 @@ impl Peer {
                 let mut st = lock(&self.state);
                 std::mem::swap(&mut st.msgs, &mut batch);
                 st.flush_at = 0;
+                st.producer = 0;
                 let ctrl = std::mem::take(&mut st.control);
                 let adopt = std::mem::take(&mut st.adopt);
                 let partial = st.partial.take();
