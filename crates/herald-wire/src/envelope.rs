@@ -80,6 +80,7 @@ impl Envelope {
     }
 
     /// Extra header keys (beyond `target`, `sender`, `type_hint`), in wire order.
+    #[inline]
     pub fn extra_headers(&self) -> &[(String, Value)] {
         self.extra.as_deref().map_or(&[], Vec::as_slice)
     }
@@ -294,7 +295,9 @@ pub struct EnvelopeDecoder {
     target: SharedStr,
     sender: SharedStr,
     type_hint: SharedStr,
-    /// The cached fields were interned (the header repeated).
+    /// The cached fields were interned (the header repeated); `raw` is then not
+    /// empty, and a header equal to it is decoded by `decode_with_limit`'s inlined
+    /// path.
     interned: bool,
 }
 
@@ -308,6 +311,7 @@ impl EnvelopeDecoder {
     ///
     /// # Errors
     /// Those of [`Envelope::decode`].
+    #[inline]
     pub fn decode(&mut self, buf: Bytes) -> Result<Envelope, WireError> {
         self.decode_with_limit(buf, usize::MAX)
     }
@@ -316,7 +320,38 @@ impl EnvelopeDecoder {
     ///
     /// # Errors
     /// Those of [`Envelope::decode_with_limit`].
+    #[inline]
     pub fn decode_with_limit(
+        &mut self,
+        buf: Bytes,
+        max_header_len: usize,
+    ) -> Result<Envelope, WireError> {
+        // The cached-header case is small enough to inline into the caller's loop;
+        // everything else is `decode_uncached`.
+        if let Some(prefix) = buf.first_chunk::<HEADER_LEN_PREFIX>() {
+            let header_len = u32::from_be_bytes(*prefix) as usize;
+            let end = HEADER_LEN_PREFIX + header_len;
+            if header_len <= max_header_len
+                && self.interned
+                && !self.raw.is_empty()
+                && buf.get(HEADER_LEN_PREFIX..end) == Some(self.raw.as_slice())
+            {
+                let mut payload = buf;
+                bytes::Buf::advance(&mut payload, end);
+                return Ok(Envelope {
+                    target: self.target.clone(),
+                    sender: self.sender.clone(),
+                    type_hint: self.type_hint.clone(),
+                    payload,
+                    extra: None,
+                });
+            }
+        }
+        self.decode_uncached(buf, max_header_len)
+    }
+
+    #[inline(never)]
+    fn decode_uncached(
         &mut self,
         buf: Bytes,
         max_header_len: usize,
@@ -330,31 +365,34 @@ impl EnvelopeDecoder {
         }
         let end = HEADER_LEN_PREFIX + header_len;
         let raw = &buf[HEADER_LEN_PREFIX..end];
-        let header = if !self.raw.is_empty() && raw == self.raw.as_slice() {
+        if !self.raw.is_empty() && raw == self.raw.as_slice() {
+            // The previous message's header, repeated: its strings are interned
+            // now, and later repeats take the inlined path of `decode_with_limit`.
             if !self.interned {
                 self.interned = true;
                 self.target = self.target.interned();
                 self.sender = self.sender.interned();
                 self.type_hint = self.type_hint.interned();
             }
-            Header {
+            let mut payload = buf;
+            bytes::Buf::advance(&mut payload, end);
+            return Ok(Envelope {
                 target: self.target.clone(),
                 sender: self.sender.clone(),
                 type_hint: self.type_hint.clone(),
-                extra: Vec::new(),
-            }
-        } else {
-            let header = parse_header(raw)?;
-            self.raw.clear();
-            if header.extra.is_empty() && raw.len() <= CACHED_HEADER_MAX {
-                self.raw.extend_from_slice(raw);
-                self.interned = false;
-                self.target = header.target.clone();
-                self.sender = header.sender.clone();
-                self.type_hint = header.type_hint.clone();
-            }
-            header
-        };
+                payload,
+                extra: None,
+            });
+        }
+        let header = parse_header(raw)?;
+        self.raw.clear();
+        self.interned = false;
+        if header.extra.is_empty() && raw.len() <= CACHED_HEADER_MAX {
+            self.raw.extend_from_slice(raw);
+            self.target = header.target.clone();
+            self.sender = header.sender.clone();
+            self.type_hint = header.type_hint.clone();
+        }
         Ok(Envelope::assemble(buf, end, header))
     }
 }
@@ -601,6 +639,47 @@ mod tests {
             decoder.decode_with_limit(a.encode(), 10),
             Err(WireError::HeaderTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn envelope_decoder_inlined_repeat_path_agrees_with_decode() {
+        // After a header repeats, its next repeats take the inlined path; anything
+        // else there (a header dropped from the cache, a zero-length or overrunning
+        // header, a header over the limit) must decode as `Envelope::decode` does.
+        let a = Envelope::new("casty://a@h:1/x", "casty://b@h:2/", "m.Ping", &b"{}"[..]);
+        let with_extra = a.clone().with_extra_header("trace_id", "t").unwrap();
+        let encoded = a.encode();
+        let header_len = encoded.len() - 2 - 4;
+        let mut overrun = encoded[..4].to_vec();
+        overrun.extend_from_slice(&encoded[4..4 + header_len - 1]);
+        let inputs = [
+            a.encode(),
+            a.encode(),
+            a.encode(),
+            Bytes::from(overrun.clone()),
+            a.encode(),
+            Bytes::from_static(b"\0\0\0\0{}"),
+            a.encode(),
+            with_extra.encode(),
+            Bytes::from_static(b"\0\0\0\0{}"),
+            Bytes::from_static(b"\0\0\0"),
+            a.encode(),
+            a.encode(),
+            a.encode(),
+        ];
+        let mut decoder = EnvelopeDecoder::new();
+        for (i, input) in inputs.iter().enumerate() {
+            assert_eq!(
+                decoder.decode(input.clone()),
+                Envelope::decode(input.clone()),
+                "input {i}"
+            );
+        }
+        assert!(matches!(
+            decoder.decode_with_limit(a.encode(), header_len - 1),
+            Err(WireError::HeaderTooLarge { .. })
+        ));
+        assert_eq!(decoder.decode_with_limit(a.encode(), header_len), Ok(a));
     }
 
     #[test]

@@ -102,13 +102,19 @@ pub fn fuzz_tcp_stream(data: &[u8]) {
 
 /// Read side of a connection: a reader plus its buffers.
 ///
-/// Complete frames are moved out of the read buffer in one piece (`ready`) and handed
-/// out as zero-copy slices of it, so a read of many small frames costs one split.
-/// The read size adapts: it doubles up to 64 KiB while reads fill the buffer and halves
-/// back toward 4 KiB after short reads, so an idle connection holds at most a few KiB.
+/// Once the first frame of the read buffer is complete, everything read is moved out
+/// in one piece (`ready`) and frames are handed out as zero-copy slices of it, each
+/// header checked as its frame is taken, so a read of many small frames costs one
+/// split and one pass. An incomplete frame at the end of `ready` goes back to the read
+/// buffer (a copy of less than one frame, once per read). The read size adapts: it
+/// doubles up to 64 KiB while reads fill the buffer and halves back toward 4 KiB after
+/// short reads, so an idle connection holds at most a few KiB.
 pub(crate) struct FrameReader<R> {
     rd: R,
+    /// Bytes read and not yet moved to `ready`; starts at a frame boundary.
     buf: BytesMut,
+    /// Frames not handed out yet, possibly ending inside a frame; starts at a frame
+    /// boundary.
     ready: Bytes,
     chunk: usize,
     max: usize,
@@ -126,24 +132,20 @@ pub(crate) enum ReadError {
 const MIN_CHUNK: usize = 4 * 1024;
 const MAX_CHUNK: usize = 64 * 1024;
 
-/// Length of the longest prefix of `buf` made of complete frames, checking every
-/// frame header on the way (zero and oversized lengths are errors).
-fn complete_prefix(buf: &[u8], max: usize) -> Result<usize, FramingError> {
-    let mut at = 0;
-    while buf.len() - at >= 4 {
-        let len = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
-        if len == 0 {
-            return Err(FramingError::ZeroLength);
-        }
-        if len > max {
-            return Err(FramingError::TooLarge { len, max });
-        }
-        if buf.len() - at - 4 < len {
-            break;
-        }
-        at += 4 + len;
+/// The length announced by the frame header at the front of `buf` (`None`: fewer than
+/// 4 bytes), checked: zero and oversized lengths are errors.
+fn front_len(buf: &[u8], max: usize) -> Result<Option<usize>, FramingError> {
+    let Some(p) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(*p) as usize;
+    if len == 0 {
+        return Err(FramingError::ZeroLength);
     }
-    Ok(at)
+    if len > max {
+        return Err(FramingError::TooLarge { len, max });
+    }
+    Ok(Some(len))
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -157,42 +159,69 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// `true` when a complete frame is split off and waiting ([`FrameReader::try_next`]
-    /// returns it without scanning or reading).
+    /// `true` when a complete frame is waiting in `ready` ([`FrameReader::try_next`]
+    /// returns it, or its header's error, without reading).
     pub(crate) fn has_ready(&self) -> bool {
-        self.ready.len() >= 5
+        self.ready
+            .first_chunk::<4>()
+            .is_some_and(|p| self.ready.len() - 4 >= u32::from_be_bytes(*p) as usize)
     }
 
     /// The next complete frame already buffered, without reading; `Ok(None)` when more
     /// bytes are needed ([`FrameReader::fill`]).
+    #[inline]
     pub(crate) fn try_next(&mut self) -> Result<Option<RawFrame>, FramingError> {
-        if let Some(f) = self.next_ready() {
+        if let Some(f) = self.take_front() {
             return Ok(Some(f));
         }
-        let n = complete_prefix(&self.buf, self.max)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        self.ready = self.buf.split_to(n).freeze();
-        Ok(self.next_ready())
+        self.split_ready()
     }
 
+    /// The frame at the front of `ready` when it is complete and its header valid.
     #[inline]
-    fn next_ready(&mut self) -> Option<RawFrame> {
-        if self.ready.len() < 5 {
+    fn take_front(&mut self) -> Option<RawFrame> {
+        let r = self.ready.first_chunk::<5>()?;
+        let len = u32::from_be_bytes([r[0], r[1], r[2], r[3]]) as usize;
+        if len == 0 || len > self.max || self.ready.len() - 4 < len {
             return None;
         }
-        let r = &self.ready;
-        let len = u32::from_be_bytes([r[0], r[1], r[2], r[3]]) as usize;
-        // Checked by `complete_prefix` before the bytes were moved here.
         let kind = r[4];
+        if self.ready.len() == 4 + len {
+            // The last frame takes the handle itself (no reference-count traffic) and
+            // leaves `ready` empty, so it does not keep the read allocation alive.
+            let mut body = std::mem::take(&mut self.ready);
+            body.advance(5);
+            return Some(RawFrame { kind, body });
+        }
         let body = self.ready.slice(5..4 + len);
         self.ready.advance(4 + len);
-        if self.ready.is_empty() {
-            // Do not keep the read allocation alive through an empty handle.
-            self.ready = Bytes::new();
-        }
         Some(RawFrame { kind, body })
+    }
+
+    /// What [`FrameReader::take_front`] did not take: a bad header (an error), an
+    /// incomplete frame at the end of `ready` (moved back to `buf`), or `ready` empty;
+    /// then moves `buf` to `ready` if its first frame is complete, and takes that.
+    #[inline(never)]
+    fn split_ready(&mut self) -> Result<Option<RawFrame>, FramingError> {
+        if !self.ready.is_empty() {
+            front_len(&self.ready, self.max)?;
+            let tail = std::mem::take(&mut self.ready);
+            if self.buf.is_empty() {
+                self.buf.extend_from_slice(&tail);
+            } else {
+                let mut joined = BytesMut::with_capacity(tail.len() + self.buf.len());
+                joined.extend_from_slice(&tail);
+                joined.extend_from_slice(&self.buf);
+                self.buf = joined;
+            }
+        }
+        match front_len(&self.buf, self.max)? {
+            Some(len) if self.buf.len() - 4 >= len => {
+                self.ready = self.buf.split().freeze();
+                Ok(self.take_front())
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Reads more bytes. `Ok(false)` on a clean end of stream (between frames).
@@ -292,6 +321,96 @@ mod tests {
             split_frame(&mut buf, 16 << 20),
             Err(FramingError::TooLarge { .. })
         ));
+    }
+
+    /// Hands out its data at most `step` bytes per read.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self
+                .step
+                .min(buf.remaining())
+                .min(self.data.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn read_all(
+        data: Vec<u8>,
+        step: usize,
+        max: usize,
+    ) -> (Vec<RawFrame>, Option<ReadError>) {
+        let mut r = FrameReader::new(Trickle { data, at: 0, step }, max);
+        let mut out = Vec::new();
+        loop {
+            match r.next().await {
+                Ok(Some(f)) => out.push(f),
+                Ok(None) => return (out, None),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_whole_whatever_the_read_boundaries() {
+        let bodies: Vec<Vec<u8>> = (0..40usize)
+            .map(|i| (0..(i * 37 % 300)).map(|b| (b + i) as u8).collect())
+            .chain([vec![9u8; 200_000]])
+            .chain((0..5usize).map(|i| vec![i as u8; 3]))
+            .collect();
+        let mut data = Vec::new();
+        for (i, b) in bodies.iter().enumerate() {
+            data.extend(frame(i as u8, b));
+        }
+        for step in [1, 3, 4, 5, 7, 64, 1000, 70_000, usize::MAX] {
+            let (got, err) = read_all(data.clone(), step, 1 << 20).await;
+            assert!(err.is_none(), "step {step}: {err:?}");
+            assert_eq!(got.len(), bodies.len(), "step {step}");
+            for (i, (f, b)) in got.iter().zip(&bodies).enumerate() {
+                assert_eq!(
+                    (f.kind, f.body.as_ref()),
+                    (i as u8, b.as_slice()),
+                    "step {step}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_before_a_bad_length_are_handed_out_then_the_error() {
+        for (bad, want_zero) in [
+            (vec![0u8, 0, 0, 0, 1], true),
+            (vec![0u8, 0, 1, 0, 1], false),
+        ] {
+            let mut data = frame(1, b"first");
+            data.extend(frame(2, b"second"));
+            data.extend(&bad);
+            data.extend(frame(3, b"never"));
+            for step in [2, 5, usize::MAX] {
+                let (got, err) = read_all(data.clone(), step, 100).await;
+                let kinds: Vec<u8> = got.iter().map(|f| f.kind).collect();
+                assert_eq!(kinds, vec![1, 2], "step {step}");
+                match err {
+                    Some(ReadError::Framing(FramingError::ZeroLength)) => assert!(want_zero),
+                    Some(ReadError::Framing(FramingError::TooLarge { len: 256, max: 100 })) => {
+                        assert!(!want_zero)
+                    }
+                    other => panic!("step {step}: {other:?}"),
+                }
+            }
+        }
     }
 
     #[tokio::test]

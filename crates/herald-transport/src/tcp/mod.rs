@@ -100,6 +100,9 @@ pub struct Counters {
     pub direct_writes: AtomicU64,
     /// Of those, messages the socket took only in part (the peer task wrote the rest).
     pub direct_partial: AtomicU64,
+    /// Writes of queued messages made by a sending thread itself, once the queue held
+    /// enough bytes before the peer task took it (see `docs/transport.md`).
+    pub sender_flushes: AtomicU64,
     /// Messages received and decoded.
     pub messages_in: AtomicU64,
     /// Frames or envelopes that failed to decode.
@@ -121,6 +124,9 @@ pub struct TcpStats {
     pub direct_writes: u64,
     /// Of those, messages the socket took only in part.
     pub direct_partial: u64,
+    /// Writes of queued messages made by a sending thread (queue past 128 KiB before
+    /// the peer task took it).
+    pub sender_flushes: u64,
     /// Bytes written to sockets.
     pub bytes_out: u64,
     /// Messages received and decoded.
@@ -660,6 +666,7 @@ impl TcpNode {
             messages_out: l(&c.messages_out),
             direct_writes: l(&c.direct_writes),
             direct_partial: l(&c.direct_partial),
+            sender_flushes: l(&c.sender_flushes),
             bytes_out: l(&c.bytes_out),
             messages_in: l(&c.messages_in),
             decode_failures: l(&c.decode_failures),

@@ -55,6 +55,26 @@ struct PeerState {
     partial: Option<Partial>,
     /// Encoding buffer of direct writes.
     scratch: BytesMut,
+    /// Queue size (bytes) at which a sender next tries to flush the queue itself
+    /// ([`Peer::try_flush`]); 0 means [`FLUSH_BYTES`].
+    flush_at: usize,
+    /// [`thread_token`] of the thread that queued every message in `msgs` since the
+    /// peer task last took the queue (0: none yet; [`SEVERAL`]: more than one thread).
+    /// Only a sole producer flushes: with several, the one flushing would hold the
+    /// lock through a write while the others wait for it.
+    producer: usize,
+}
+
+/// [`PeerState::producer`] when messages came from more than one thread.
+const SEVERAL: usize = usize::MAX;
+
+/// Identifies the calling thread (the address of a thread-local; no reference count
+/// touched, unlike `std::thread::current()`).
+fn thread_token() -> usize {
+    thread_local! {
+        static TOKEN: u8 = const { 0 };
+    }
+    TOKEN.with(|t| std::ptr::from_ref(t) as usize)
 }
 
 /// What [`Peer::try_direct`] did with a message.
@@ -84,6 +104,16 @@ struct Partial {
 /// written in batches; a message after a pause (a request, a reply) skips the hop to
 /// the peer task.
 const DIRECT_AFTER_IDLE: Duration = Duration::from_micros(10);
+
+/// Queued bytes at which a sender writes the queue to the socket itself when the
+/// peer task has not taken it yet (plain TCP, non-blocking; see [`Peer::try_flush`]).
+///
+/// A producer in a burst keeps its thread busy, so the woken peer task often cannot
+/// run until it yields; meanwhile the queue would grow to megabytes that are cold in
+/// the cache by the time they are written. Flushing every `FLUSH_BYTES` from the
+/// sending thread writes bytes that are still in its cache, in runs as large as a
+/// buffered writer's, and keeps the queue buffer small and hot.
+const FLUSH_BYTES: usize = 128 * 1024;
 
 /// A peer: its queue and the state its task shares with senders.
 pub(crate) struct Peer {
@@ -224,13 +254,11 @@ impl Peer {
                 Direct::Written => {
                     drop(st);
                     self.settle(1);
-                    drop(env);
                     return Ok(());
                 }
                 Direct::Partial => {
                     drop(st);
                     self.msg_ready.notify_one();
-                    drop(env);
                     return Ok(());
                 }
                 Direct::TooLarge(too_large) => {
@@ -250,6 +278,12 @@ impl Peer {
             return Ok(());
         }
         st.enqueued += 1;
+        let me = thread_token();
+        st.producer = match st.producer {
+            0 => me,
+            p if p == me => p,
+            _ => SEVERAL,
+        };
         if let Some(detail) = evict {
             let oldest = st.msgs.pop_front();
             drop(st);
@@ -263,12 +297,21 @@ impl Peer {
         // Only the first message wakes the peer task: it checks the queue under this
         // lock before it waits, and takes everything queued each time it wakes.
         let first = st.msgs.len() == 1;
+        let (settled, partial) =
+            if st.msgs.bytes.len() >= st.flush_at.max(FLUSH_BYTES) && st.producer != SEVERAL {
+                self.try_flush(shared, &mut st)
+            } else {
+                (0, false)
+            };
         drop(st);
-        if first {
+        if settled > 0 {
+            self.settle(settled);
+        }
+        if first || partial {
             self.msg_ready.notify_one();
         }
-        // Dropped here, on the sender's thread, where its memory was allocated.
-        drop(env);
+        // `env` is dropped on return, on the sender's thread, where its memory was
+        // allocated (in place: an explicit `drop(env)` would first copy it).
         Ok(())
     }
 
@@ -330,7 +373,9 @@ impl Peer {
                 shared.stats.direct_writes.fetch_add(1, Ordering::Relaxed);
                 if n == scratch.len() {
                     shared.stats.messages_out.fetch_add(1, Ordering::Relaxed);
-                    st.idle_since = Some(now);
+                    // Idle from the end of this write: a sender whose messages follow
+                    // each other closely queues them, however long a write takes.
+                    st.idle_since = Some(Instant::now());
                     Direct::Written
                 } else {
                     shared.stats.direct_partial.fetch_add(1, Ordering::Relaxed);
@@ -349,6 +394,60 @@ impl Peer {
             st.scratch.clear();
         }
         outcome
+    }
+
+    /// Writes the front of the queue (whole frames, up to `max_batch_bytes`) with one
+    /// non-blocking write on the sending thread, when the peer task has not taken the
+    /// queue yet and nothing must go before it: plain TCP, connected, the task not
+    /// busy, no partial frame, control frame or connection to adopt waiting. Runs under
+    /// the state lock (the task only writes while `busy`, which it sets under it).
+    ///
+    /// Returns the messages written completely and whether a frame was written only in
+    /// part (then moved to `partial`, for the task to finish before anything else). A
+    /// write that takes nothing (`WouldBlock`: the socket is full) or fails leaves the
+    /// queue to the task; the next try waits for another [`FLUSH_BYTES`].
+    fn try_flush(&self, shared: &Shared, st: &mut PeerState) -> (u64, bool) {
+        let next = st.msgs.bytes.len() + FLUSH_BYTES;
+        if st.busy || st.partial.is_some() || !st.control.is_empty() || !st.adopt.is_empty() {
+            st.flush_at = next;
+            return (0, false);
+        }
+        let Some(sock) = st.direct.as_ref() else {
+            st.flush_at = next;
+            return (0, false);
+        };
+        let (_, bytes) = st.msgs.prefix(shared.cfg.max_batch_bytes.max(1));
+        let written = match sock.try_write(&st.msgs.bytes[..bytes]) {
+            Ok(n) if n > 0 => n,
+            // WouldBlock, or an error the peer task will meet too.
+            _ => {
+                st.flush_at = next;
+                return (0, false);
+            }
+        };
+        let (n, whole) = st.msgs.whole_within(written);
+        st.msgs.consume(n, whole);
+        let mut partial = false;
+        if written > whole
+            && let Some(frame) = st.msgs.pop_front_copy()
+        {
+            st.partial = Some(Partial {
+                frame,
+                written: written - whole,
+            });
+            partial = true;
+        }
+        st.msgs.rewind();
+        if st.msgs.is_empty() {
+            st.producer = 0;
+        }
+        st.flush_at = st.msgs.bytes.len() + FLUSH_BYTES;
+        st.idle_since = Some(Instant::now());
+        let stats = &shared.stats;
+        stats.bytes_out.fetch_add(written as u64, Ordering::Relaxed);
+        stats.messages_out.fetch_add(n as u64, Ordering::Relaxed);
+        stats.sender_flushes.fetch_add(1, Ordering::Relaxed);
+        (n as u64, partial)
     }
 
     /// Waits until every message queued before this call was written or dropped.
@@ -638,6 +737,8 @@ impl Peer {
             let (ctrl, adopt, partial) = {
                 let mut st = lock(&self.state);
                 std::mem::swap(&mut st.msgs, &mut batch);
+                st.flush_at = 0;
+                st.producer = 0;
                 let ctrl = std::mem::take(&mut st.control);
                 let adopt = std::mem::take(&mut st.adopt);
                 let partial = st.partial.take();
@@ -947,15 +1048,16 @@ fn put_message_frame(
         });
     }
     if headers.matches(env) {
-        // The usual case: the same header as the last message, already encoded.
-        let len = 1 + headers.encoded.len() + env.payload.len();
+        // The usual case: the same header as the last message, already encoded with
+        // its frame head: two copies, then the length patched in.
+        let framed = &headers.framed;
+        let len = framed.len() - 4 + env.payload.len();
         return match u32::try_from(len) {
             Ok(l) if len <= max_frame => {
-                let mut head = [FRAME_MESSAGE; 5];
-                head[..4].copy_from_slice(&l.to_be_bytes());
+                let at = dst.len();
                 dst.reserve(4 + len);
-                dst.extend_from_slice(&head);
-                dst.extend_from_slice(&headers.encoded);
+                dst.extend_from_slice(framed);
+                dst[at..at + 4].copy_from_slice(&l.to_be_bytes());
                 dst.extend_from_slice(&env.payload);
                 Ok(l + 4)
             }
@@ -1040,6 +1142,15 @@ impl OutQueue {
         Some(self.bytes.split_to(len))
     }
 
+    /// Removes the oldest frame as a copy, leaving the queue's buffer unshared (a
+    /// split-off frame would pin it, and the next frames would go to a new buffer).
+    fn pop_front_copy(&mut self) -> Option<BytesMut> {
+        let len = self.lens.pop_front()? as usize;
+        let frame = BytesMut::from(self.bytes.get(..len).unwrap_or_default());
+        bytes::Buf::advance(&mut self.bytes, frame.len());
+        Some(frame)
+    }
+
     /// The first frames making at least `max_bytes` (or all): (count, bytes).
     fn prefix(&self, max_bytes: usize) -> (usize, usize) {
         let mut n = 0;
@@ -1054,15 +1165,39 @@ impl OutQueue {
         (n, bytes)
     }
 
+    /// The frames wholly inside the first `written` bytes: (count, bytes).
+    fn whole_within(&self, written: usize) -> (usize, usize) {
+        let mut n = 0;
+        let mut bytes = 0;
+        for &l in &self.lens {
+            if bytes + l as usize > written {
+                break;
+            }
+            n += 1;
+            bytes += l as usize;
+        }
+        (n, bytes)
+    }
+
     /// Drops the first `n` frames (`bytes` long), once written.
     fn consume(&mut self, n: usize, bytes: usize) {
         self.lens.drain(..n);
         bytes::Buf::advance(&mut self.bytes, bytes);
     }
 
+    /// When empty, moves the write position back to the start of the buffer, so the
+    /// next frames reuse the same (cache-warm) memory instead of walking on through it.
+    fn rewind(&mut self) {
+        if self.bytes.is_empty() {
+            // Only reclaims (never allocates); `false` when already at the start.
+            let _ = self.bytes.try_reclaim(self.bytes.capacity() + 1);
+        }
+    }
+
     fn clear(&mut self) {
         self.lens.clear();
         self.bytes.clear();
+        self.rewind();
     }
 
     /// Moves `behind` after this queue's frames.
@@ -1078,7 +1213,7 @@ impl OutQueue {
 }
 
 /// The encoded header (`u32 BE len | JSON`) of the last envelope written on a
-/// connection, with the fields it was made from.
+/// connection, behind a message frame head, with the fields it was made from.
 ///
 /// Senders usually repeat the same target, sender and type hint, so an envelope whose
 /// three fields equal the cached ones (and that has no extra header keys) gets the
@@ -1089,15 +1224,16 @@ struct HeaderCache {
     target: SharedStr,
     sender: SharedStr,
     type_hint: SharedStr,
-    /// Empty when nothing is cached.
-    encoded: Vec<u8>,
+    /// `[0, 0, 0, 0, FRAME_MESSAGE]` (the frame length is patched in when copied)
+    /// followed by the encoded header; empty when nothing is cached.
+    framed: Vec<u8>,
 }
 
 impl HeaderCache {
     /// `true` when `env`'s header is the cached one.
     #[inline]
     fn matches(&self, env: &Envelope) -> bool {
-        !self.encoded.is_empty()
+        !self.framed.is_empty()
             && env.type_hint == self.type_hint
             && env.target == self.target
             && env.sender == self.sender
@@ -1114,8 +1250,9 @@ impl HeaderCache {
         let start = dst.len();
         env.encode_into(dst);
         let header_end = dst.len() - env.payload.len();
-        self.encoded.clear();
-        self.encoded.extend_from_slice(&dst[start..header_end]);
+        self.framed.clear();
+        self.framed.extend_from_slice(&[0, 0, 0, 0, FRAME_MESSAGE]);
+        self.framed.extend_from_slice(&dst[start..header_end]);
         self.target = env.target.clone();
         self.sender = env.sender.clone();
         self.type_hint = env.type_hint.clone();
