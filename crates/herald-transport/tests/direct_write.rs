@@ -28,6 +28,21 @@ fn numbered(to: &PeerAddr, n: usize) -> Envelope {
     env(to, format!("{{\"n\": {n}}}").into_bytes())
 }
 
+/// Receives the messages numbered `range` (see [`numbered`]), in that order.
+async fn expect_numbered(
+    rx: &mut mpsc::UnboundedReceiver<Envelope>,
+    range: impl IntoIterator<Item = usize>,
+) {
+    for i in range {
+        let got = next(rx).await;
+        assert_eq!(
+            got.payload,
+            format!("{{\"n\": {i}}}").into_bytes(),
+            "message {i}"
+        );
+    }
+}
+
 /// A payload of `len` bytes whose content depends on `seed` and the position.
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -100,14 +115,7 @@ async fn bursts_and_pauses_keep_the_order() {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    for i in 0..n {
-        let got = next(&mut rx).await;
-        assert_eq!(
-            got.payload,
-            format!("{{\"n\": {i}}}").into_bytes(),
-            "message {i}"
-        );
-    }
+    expect_numbered(&mut rx, 0..n).await;
     assert!(peer.flushed(WAIT).await);
     let stats = sender.stats();
     assert_eq!(stats.messages_out, n as u64, "{stats:?}");
@@ -269,14 +277,7 @@ async fn a_burst_the_peer_task_cannot_take_is_flushed_by_the_sender() {
     let stats = sender.stats();
     assert!(stats.sender_flushes > 0, "{stats:?}");
     assert!(stats.messages_out > 1, "{stats:?}");
-    for i in 1..=n {
-        let got = next(&mut rx).await;
-        assert_eq!(
-            got.payload,
-            format!("{{\"n\": {i}}}").into_bytes(),
-            "message {i}"
-        );
-    }
+    expect_numbered(&mut rx, 1..=n).await;
     assert!(peer.flushed(WAIT).await);
     let stats = sender.stats();
     assert_eq!(stats.messages_out, n as u64 + 1, "{stats:?}");

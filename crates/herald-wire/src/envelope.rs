@@ -336,18 +336,24 @@ impl EnvelopeDecoder {
                 && !self.raw.is_empty()
                 && buf.get(HEADER_LEN_PREFIX..end) == Some(self.raw.as_slice())
             {
-                let mut payload = buf;
-                bytes::Buf::advance(&mut payload, end);
-                return Ok(Envelope {
-                    target: self.target.clone(),
-                    sender: self.sender.clone(),
-                    type_hint: self.type_hint.clone(),
-                    payload,
-                    extra: None,
-                });
+                return Ok(self.repeated(buf, end));
             }
         }
         self.decode_uncached(buf, max_header_len)
+    }
+
+    /// The envelope of a frame whose header is the cached one: its strings shared, its
+    /// payload the bytes after the header (`header_end` into `buf`).
+    #[inline(always)]
+    fn repeated(&self, mut buf: Bytes, header_end: usize) -> Envelope {
+        bytes::Buf::advance(&mut buf, header_end);
+        Envelope {
+            target: self.target.clone(),
+            sender: self.sender.clone(),
+            type_hint: self.type_hint.clone(),
+            payload: buf,
+            extra: None,
+        }
     }
 
     #[inline(never)]
@@ -374,15 +380,7 @@ impl EnvelopeDecoder {
                 self.sender = self.sender.interned();
                 self.type_hint = self.type_hint.interned();
             }
-            let mut payload = buf;
-            bytes::Buf::advance(&mut payload, end);
-            return Ok(Envelope {
-                target: self.target.clone(),
-                sender: self.sender.clone(),
-                type_hint: self.type_hint.clone(),
-                payload,
-                extra: None,
-            });
+            return Ok(self.repeated(buf, end));
         }
         let header = parse_header(raw)?;
         self.raw.clear();
