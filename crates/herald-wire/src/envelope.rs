@@ -620,13 +620,7 @@ mod tests {
             a.encode(),
         ];
         let mut decoder = EnvelopeDecoder::new();
-        for (i, input) in inputs.iter().enumerate() {
-            assert_eq!(
-                decoder.decode(input.clone()),
-                Envelope::decode(input.clone()),
-                "input {i}"
-            );
-        }
+        decodes_as_envelope_decode(&mut decoder, &inputs);
         assert_eq!(decoder.decode(a.encode()), Ok(a.clone()));
         assert_eq!(decoder.decode(b.encode()), Ok(b));
         assert_eq!(
@@ -637,6 +631,17 @@ mod tests {
             decoder.decode_with_limit(a.encode(), 10),
             Err(WireError::HeaderTooLarge { .. })
         ));
+    }
+
+    /// Feeds `inputs` to `decoder` in order; each must decode as `Envelope::decode` does.
+    fn decodes_as_envelope_decode(decoder: &mut EnvelopeDecoder, inputs: &[Bytes]) {
+        for (i, input) in inputs.iter().enumerate() {
+            assert_eq!(
+                decoder.decode(input.clone()),
+                Envelope::decode(input.clone()),
+                "input {i}"
+            );
+        }
     }
 
     #[test]
@@ -666,13 +671,7 @@ mod tests {
             a.encode(),
         ];
         let mut decoder = EnvelopeDecoder::new();
-        for (i, input) in inputs.iter().enumerate() {
-            assert_eq!(
-                decoder.decode(input.clone()),
-                Envelope::decode(input.clone()),
-                "input {i}"
-            );
-        }
+        decodes_as_envelope_decode(&mut decoder, &inputs);
         assert!(matches!(
             decoder.decode_with_limit(a.encode(), header_len - 1),
             Err(WireError::HeaderTooLarge { .. })
