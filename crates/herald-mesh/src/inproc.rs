@@ -33,9 +33,9 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Poll;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -46,8 +46,8 @@ use tokio_util::sync::{CancellationToken, PollSemaphore, WaitForCancellationFutu
 use tracing::{debug, trace, warn};
 
 use crate::backend::{
-    Acker, Backend, BackendFuture, Connection, ConsumeOptions, Delivery, DeliveryStream, ExchangeKind,
-    ExchangeSpec, QueueSpec, done,
+    Acker, Backend, BackendFuture, Connection, ConsumeOptions, Delivery, DeliveryStream,
+    ExchangeKind, ExchangeSpec, QueueSpec, done,
 };
 use crate::error::MeshError;
 use crate::fasthash::FastMap;
@@ -816,10 +816,10 @@ impl Connection for InProcConnection {
         routing_key: &'a str,
         message: Message,
     ) -> BackendFuture<'a, Result<(), MeshError>> {
-        done(
-            self.check_open()
-                .and_then(|()| self.broker.publish(exchange, routing_key, Box::new(message))),
-        )
+        done(self.check_open().and_then(|()| {
+            self.broker
+                .publish(exchange, routing_key, Box::new(message))
+        }))
     }
 
     fn consume<'a>(
@@ -962,10 +962,7 @@ impl Consumer {
 impl futures::Stream for Consumer {
     type Item = Delivery;
 
-    fn poll_next(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<Delivery>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<Delivery>> {
         self.get_mut().poll_delivery(cx)
     }
 }

@@ -763,7 +763,11 @@ impl Mesh {
         let call = self
             .prepare_call(MessageType::Command, service, method, params, &opts)
             .await?;
-        let published = self.inner.conn.publish(RPC_EXCHANGE, service, call.msg).await;
+        let published = self
+            .inner
+            .conn
+            .publish(RPC_EXCHANGE, service, call.msg)
+            .await;
         call_published(published, service, method)
     }
 
@@ -1395,7 +1399,11 @@ fn start_work(inner: &Arc<Inner>, work: Work) -> Step {
             let Some(s) = &inner.serving else {
                 return Step::Done;
             };
-            return Step::Event(s.service.on_event(ev.clone()), settle_handle, ev.topic.clone());
+            return Step::Event(
+                s.service.on_event(ev.clone()),
+                settle_handle,
+                ev.topic.clone(),
+            );
         }
         Envelope::Response(_) => {
             warn!(service = %inner.service_name, correlation_id = %correlation_id, "response on a service queue dead-lettered");
@@ -1450,8 +1458,7 @@ fn start_work(inner: &Arc<Inner>, work: Work) -> Step {
             format!("{}.{method} requires encryption", inner.service_name),
         ))
     } else {
-        let mut c =
-            RequestContext::new(inner.service_name.clone(), method, body.context.clone());
+        let mut c = RequestContext::new(inner.service_name.clone(), method, body.context.clone());
         c.correlation_id = finish.correlation_id.clone();
         c.trace_id = finish.trace_id.clone();
         c.encrypted = incoming.encrypted;
@@ -1460,9 +1467,7 @@ fn start_work(inner: &Arc<Inner>, work: Work) -> Step {
             .deadline_ms
             .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
         let ctx = Arc::new(c);
-        let handler = serving
-            .service
-            .call(method, &body.params, ctx.clone());
+        let handler = serving.service.call(method, &body.params, ctx.clone());
         return Step::Handler(handler, ctx, finish);
     };
     Step::Finish(finish, outcome)

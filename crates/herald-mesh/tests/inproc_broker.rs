@@ -267,8 +267,14 @@ async fn a_consumer_that_took_a_message_does_not_swallow_the_next_wake_up() {
     let broker = InProcBroker::new();
     let c = setup(&broker).await;
     c.declare_queue(&q("compete", vec![])).await.unwrap();
-    let mut a = c.consume("compete", ConsumeOptions::manual(1)).await.unwrap();
-    let mut b = c.consume("compete", ConsumeOptions::manual(1)).await.unwrap();
+    let mut a = c
+        .consume("compete", ConsumeOptions::manual(1))
+        .await
+        .unwrap();
+    let mut b = c
+        .consume("compete", ConsumeOptions::manual(1))
+        .await
+        .unwrap();
     let (wa, wb) = (Woken::new(), Woken::new());
     // Both wait on the empty queue, b first (so b is woken first).
     assert!(wb.poll(&mut b).is_pending());
@@ -283,7 +289,10 @@ async fn a_consumer_that_took_a_message_does_not_swallow_the_next_wake_up() {
     assert!(wb.poll(&mut b).is_pending());
     // a is at its limit; the next message must wake b.
     c.publish("", "compete", event("t", 2)).await.unwrap();
-    assert!(wb.take(), "the waiting consumer is woken for the next message");
+    assert!(
+        wb.take(),
+        "the waiting consumer is woken for the next message"
+    );
     assert!(!wa.take(), "the consumer at its limit is not");
     let std::task::Poll::Ready(Some(d2)) = wb.poll(&mut b) else {
         panic!("b takes the second message")
@@ -305,7 +314,10 @@ async fn closing_the_connection_ends_a_waiting_consumer() {
     let waiting = tokio::spawn(async move { s.next().await.is_none() });
     tokio::time::sleep(Duration::from_millis(20)).await;
     c.close().await.unwrap();
-    let ended = tokio::time::timeout(WAIT, waiting).await.expect("ends in time").unwrap();
+    let ended = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("ends in time")
+        .unwrap();
     assert!(ended, "a closed connection's consumer yields no delivery");
 }
 
