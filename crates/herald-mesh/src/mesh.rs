@@ -1176,11 +1176,7 @@ async fn dispatch_loop(
         // Encrypted calls start with an RSA decryption (milliseconds of CPU): they go
         // to their own task at once so that they can run in parallel.
         let heavy = d.message.headers.encrypted;
-        // Decoded before the future is built, so that the future holds only what the
-        // handling needs across its waits (boxing and polling it stay cheap).
-        let work = Work::from_delivery(&inner, d);
-        // Boxed so that spawning moves a pointer, not the whole state machine.
-        let mut fut = tracker.track_future(Box::pin(handle_work(inner, work)));
+        let mut fut = tracker.track_future(Box::pin(handle_work(inner, d)));
         // Everything else runs inline up to its first suspension: a handler that does
         // not wait (like most) is decoded, answered and settled without a task spawn
         // and its scheduling hop; one that waits continues on its own task.
@@ -1207,46 +1203,11 @@ async fn dispatch_loop(
     debug!("service consumer stopped");
 }
 
-/// A delivery to a service queue, taken apart: the call's addressing (moved out of
-/// the message, not copied) and its decoded body, or why it could not be decoded.
-struct Work {
-    reply_to: Option<String>,
-    correlation_id: String,
-    header_trace: Option<String>,
-    settle: Settle,
-    body: Result<Incoming, Poison>,
-}
-
-/// A message that cannot be handled, and whether its header says it is a request
-/// (which is then answered with the error).
-struct Poison {
-    error: MeshError,
-    is_request: bool,
-}
-
 struct Incoming {
     env: Arc<Envelope>,
     encrypted: bool,
     session: Option<Box<dyn SessionKey>>,
     deadline_ms: Option<u64>,
-}
-
-impl Work {
-    fn from_delivery(inner: &Inner, d: crate::backend::Delivery) -> Self {
-        let (mut msg, settle) = d.into_parts();
-        let reply_to = msg.properties.reply_to.take();
-        let correlation_id = std::mem::take(&mut msg.properties.correlation_id);
-        let header_trace = msg.headers.trace_id.take();
-        let is_request = msg.headers.nuropb_type == "request";
-        let body = decode_incoming(inner, msg).map_err(|error| Poison { error, is_request });
-        Self {
-            reply_to,
-            correlation_id,
-            header_trace,
-            settle,
-            body,
-        }
-    }
 }
 
 fn decode_incoming(inner: &Inner, msg: Box<Message>) -> Result<Incoming, MeshError> {
@@ -1293,8 +1254,8 @@ fn settle(settle: Settle, ack: bool, what: &'static str) -> impl Future<Output =
 /// Handles one delivery to the service queue. Everything up to the handler's own
 /// future is done before the first wait, so that what this future keeps across its
 /// waits (and what boxing it moves) stays small.
-async fn handle_work(inner: Arc<Inner>, work: Work) {
-    match start_work(&inner, work) {
+async fn handle_work(inner: Arc<Inner>, d: crate::backend::Delivery) {
+    match start_work(&inner, d) {
         Step::Done => {}
         Step::Finish(finish, outcome) => finish_call(&inner, finish, outcome, None).await,
         Step::Handler(handler, ctx, finish) => {
@@ -1354,17 +1315,16 @@ struct FinishCall {
 }
 
 /// Decodes and checks a delivery and starts its handler (without waiting for it).
-fn start_work(inner: &Arc<Inner>, work: Work) -> Step {
-    let Work {
-        reply_to,
-        correlation_id,
-        header_trace,
-        settle: settle_handle,
-        body,
-    } = work;
-    let incoming = match body {
+fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
+    // The call's addressing is moved out of the message, not copied.
+    let (mut msg, settle_handle) = d.into_parts();
+    let reply_to = msg.properties.reply_to.take();
+    let correlation_id = std::mem::take(&mut msg.properties.correlation_id);
+    let header_trace = msg.headers.trace_id.take();
+    let is_request = msg.headers.nuropb_type == "request";
+    let incoming = match decode_incoming(inner, msg) {
         Ok(i) => i,
-        Err(Poison { error, is_request }) => {
+        Err(error) => {
             warn!(
                 service = %inner.service_name,
                 correlation_id = %correlation_id,
