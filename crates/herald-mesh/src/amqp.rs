@@ -598,15 +598,23 @@ impl Inner {
         let Some(cid) = d.properties.correlation_id() else {
             return;
         };
+        self.prove(cid.as_str(), Proof::Replied);
+    }
+
+    /// Tells the publish waiting for `correlation_id`, if any, what became of its
+    /// message; returns whether one was waiting.
+    fn prove(&self, correlation_id: &str, proof: Proof) -> bool {
         let tx = self
             .awaiting_confirm
             .lock()
             .ok()
-            .and_then(|mut m| m.remove(cid.as_str()));
-        if let Some(tx) = tx {
-            self.awaiting_count.fetch_sub(1, Ordering::SeqCst);
-            let _ = tx.send(Proof::Replied);
-        }
+            .and_then(|mut m| m.remove(correlation_id));
+        let Some(tx) = tx else {
+            return false;
+        };
+        self.awaiting_count.fetch_sub(1, Ordering::SeqCst);
+        let _ = tx.send(proof);
+        true
     }
 
     /// Takes the messages the broker returned on the unconfirmed `channel` and tells
@@ -629,19 +637,8 @@ impl Inner {
                 anonymous += 1;
                 continue;
             };
-            let tx = self
-                .awaiting_confirm
-                .lock()
-                .ok()
-                .and_then(|mut m| m.remove(cid.as_str()));
-            match tx {
-                Some(tx) => {
-                    self.awaiting_count.fetch_sub(1, Ordering::SeqCst);
-                    let _ = tx.send(Proof::Returned);
-                }
-                None => {
-                    tracing::debug!(correlation_id = %cid.as_str(), "returned message no longer awaited")
-                }
+            if !self.prove(cid.as_str(), Proof::Returned) {
+                tracing::debug!(correlation_id = %cid.as_str(), "returned message no longer awaited");
             }
         }
         anonymous
