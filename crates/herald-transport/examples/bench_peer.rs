@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! bench_peer recv  <herald|raw> <count>          # prints "READY <port>", then "RATE <msgs/s>"
-//! bench_peer send  <herald|raw> <port> <count>   # sends count casty-shaped frames
+//! bench_peer send  <herald|herald-clone|raw> <port> <count>   # sends count casty-shaped frames
 //! bench_peer echo  <herald|raw>                  # prints "READY <port>", echoes every frame
 //! bench_peer ping  <herald|raw> <port> <count>   # sequential round trips; prints "RTT <p50_ns> <p99_ns>"
 //! bench_peer idle-server <herald|raw>            # prints "READY <port>", then "RSS <kib>" on each stdin line
@@ -12,7 +12,10 @@
 //! Frames are casty-shaped: a 180-byte frame (`Ping(value=42)` JSON payload, header with
 //! a `casty://bench@127.0.0.1:25520/sink` target), as in casty's own benchmark. The raw
 //! baseline sends the very same bytes, length-prefixed, and the receiver only splits
-//! frames (no decoding). The receiver's rate is measured inside the receiving process,
+//! frames (no decoding). The `herald` sender passes its one envelope by reference
+//! (`PeerHandle::send_ref`: encoded per message, never cloned); `herald-clone` clones it
+//! and passes the clone by value (`PeerHandle::send`), as a caller that builds a new
+//! envelope per message does. The receiver's rate is measured inside the receiving process,
 //! from the first to the last timed message (a warm-up of 1000 messages is excluded).
 
 use std::io::{BufRead, Write};
@@ -159,7 +162,9 @@ async fn recv_raw(total: u64) -> Result<(), BoxError> {
     }
 }
 
-async fn send_herald(port: u16, total: u64) -> Result<(), BoxError> {
+/// `clone_each`: send a clone by value per message instead of the one envelope by
+/// reference.
+async fn send_herald(port: u16, total: u64, clone_each: bool) -> Result<(), BoxError> {
     let node = TcpNode::builder(bench_config()).start().await?;
     let peer = node.peer(&PeerAddr::new("127.0.0.1", port));
     let template = envelope();
@@ -167,7 +172,11 @@ async fn send_herald(port: u16, total: u64) -> Result<(), BoxError> {
     while sent < total {
         let batch = (total - sent).min(4096);
         for _ in 0..batch {
-            peer.send(template.clone())?;
+            if clone_each {
+                peer.send(template.clone())?;
+            } else {
+                peer.send_ref(&template)?;
+            }
         }
         sent += batch;
         // Backpressure for the benchmark: keep the queue under half its capacity
@@ -177,6 +186,9 @@ async fn send_herald(port: u16, total: u64) -> Result<(), BoxError> {
         }
     }
     peer.flushed(Duration::from_secs(300)).await;
+    if std::env::var_os("BENCH_STATS").is_some() {
+        eprintln!("{:?}", node.stats());
+    }
     // Stay connected until the receiver is done counting.
     tokio::time::sleep(Duration::from_secs(600)).await;
     Ok(())
@@ -392,8 +404,14 @@ fn main() -> Result<(), BoxError> {
         match (cmd.as_str(), kind.as_str()) {
             ("recv", "herald") => recv_herald(num(&args, 2, "count")?).await,
             ("recv", "raw") => recv_raw(num(&args, 2, "count")?).await,
-            ("send", "herald") => {
-                send_herald(num(&args, 2, "port")? as u16, num(&args, 3, "count")?).await
+            ("send", "herald" | "herald-clone") => {
+                let clone_each = kind == "herald-clone";
+                send_herald(
+                    num(&args, 2, "port")? as u16,
+                    num(&args, 3, "count")?,
+                    clone_each,
+                )
+                .await
             }
             ("send", "raw") => {
                 send_raw(num(&args, 2, "port")? as u16, num(&args, 3, "count")?).await

@@ -419,6 +419,49 @@ async fn frames_over_the_limit_become_dead_letters() {
 }
 
 #[tokio::test]
+async fn send_ref_sends_the_callers_envelope_to_each_peer_and_dead_letters_a_copy() {
+    let dead = DeadLetters::default();
+    let mut cfg = TcpConfig::loopback();
+    cfg.max_frame_size = 1024;
+    let a = start_with(cfg, dead.clone()).await;
+    let mut b = start(TcpConfig::loopback()).await;
+    let mut c = start(TcpConfig::loopback()).await;
+    let (to_b, to_c) = (b.node.advertised().clone(), c.node.advertised().clone());
+    let m = env(&to_b, 7);
+    let (pb, pc) = (a.node.peer(&to_b), a.node.peer(&to_c));
+    for _ in 0..3 {
+        pb.send_ref(&m).expect("queued for b");
+        pc.send_ref(&m).expect("queued for c");
+    }
+    for rx in [&mut b.rx, &mut c.rx] {
+        for _ in 0..3 {
+            let (_, got) = recv(rx).await;
+            assert_eq!(got, m);
+        }
+    }
+    // A borrowed envelope that cannot be sent becomes a dead letter of its own (a copy);
+    // the caller's envelope is untouched.
+    let mut sub = dead.subscribe();
+    let mut big = env(&to_b, 8);
+    big.payload = vec![b'x'; 4096].into();
+    pb.send_ref(&big)
+        .expect("dropped as a dead letter, not refused");
+    let letter = tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .expect("dead letter in time")
+        .expect("stream open");
+    assert_eq!(letter.reason, DeadLetterReason::FrameTooLarge);
+    assert_eq!(letter.envelope, big);
+    assert_eq!(big.payload.len(), 4096);
+    // The connection still carries the next message.
+    pb.send_ref(&m).expect("queued");
+    assert_eq!(recv(&mut b.rx).await.1, m);
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+    c.node.shutdown().await;
+}
+
+#[tokio::test]
 async fn send_after_shutdown_is_refused() {
     let a = start(TcpConfig::loopback()).await;
     a.node.shutdown().await;

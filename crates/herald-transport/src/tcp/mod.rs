@@ -42,6 +42,7 @@ mod conn;
 mod error;
 mod peer;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -374,6 +375,30 @@ impl fmt::Debug for PeerHandle {
 impl PeerHandle {
     /// Queues a message for this peer (see [`TcpNode::send`]).
     pub fn send(&self, envelope: Envelope) -> Result<(), TransportError> {
+        self.send_cow(Cow::Owned(envelope))
+    }
+
+    /// Queues a copy of `envelope` for this peer without taking it: the message is
+    /// encoded straight from the caller's envelope (the frame is the same as
+    /// [`send`](PeerHandle::send)'s), and the envelope is cloned only if it becomes a
+    /// dead letter.
+    ///
+    /// For a caller that sends one message to several peers, or sends the same message
+    /// again and again, this saves cloning and dropping the envelope per send (an atomic
+    /// increment and decrement for each of its shared fields).
+    ///
+    /// ```no_run
+    /// # fn demo(peers: &[herald_transport::tcp::PeerHandle], m: &herald_wire::Envelope) {
+    /// for peer in peers {
+    ///     let _ = peer.send_ref(m);
+    /// }
+    /// # }
+    /// ```
+    pub fn send_ref(&self, envelope: &Envelope) -> Result<(), TransportError> {
+        self.send_cow(Cow::Borrowed(envelope))
+    }
+
+    fn send_cow(&self, envelope: Cow<'_, Envelope>) -> Result<(), TransportError> {
         let mut env = match self.peer.enqueue(&self.shared, envelope) {
             Ok(()) => return Ok(()),
             Err(Enqueue::Refused(e)) => return Err(e),

@@ -1,6 +1,7 @@
 //! One task per peer: a bounded outbound queue, dialing with backoff and a circuit
 //! breaker, batched writes, the read loop, keepalive and the simultaneous-connect rule.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -127,11 +128,11 @@ pub(crate) struct Peer {
 }
 
 /// Why [`Peer::enqueue`] did not queue a message.
-pub(crate) enum Enqueue {
+pub(crate) enum Enqueue<'e> {
     /// Refused (and reported as a dead letter).
     Refused(TransportError),
     /// The peer entry was retired; look the peer up again and retry.
-    Retry(Box<Envelope>),
+    Retry(Box<Cow<'e, Envelope>>),
 }
 
 enum ConnEnd {
@@ -171,7 +172,14 @@ impl Peer {
     ///
     /// `Err(Retry(env))`: this peer entry was retired (its connection closed with nothing
     /// queued) and the caller should look the peer up again.
-    pub(crate) fn enqueue(&self, shared: &Shared, env: Envelope) -> Result<(), Enqueue> {
+    ///
+    /// A borrowed `env` is encoded from the caller's envelope; it is cloned only when it
+    /// becomes a dead letter.
+    pub(crate) fn enqueue<'e>(
+        &self,
+        shared: &Shared,
+        env: Cow<'e, Envelope>,
+    ) -> Result<(), Enqueue<'e>> {
         let st = lock(&self.state);
         if st.closed && st.forgotten && self.dial_addr.is_some() {
             return Err(Enqueue::Retry(Box::new(env)));
@@ -184,14 +192,15 @@ impl Peer {
         &self,
         shared: &Shared,
         mut st: MutexGuard<'_, PeerState>,
-        env: Envelope,
+        env: Cow<'_, Envelope>,
     ) -> Result<(), TransportError> {
-        let refuse = |st: MutexGuard<'_, PeerState>, env: Envelope, reason, detail: String| {
-            drop(st);
-            let target = env.target.clone();
-            shared.fail(env, reason, detail);
-            Err(TransportError::Refused { target, reason })
-        };
+        let refuse =
+            |st: MutexGuard<'_, PeerState>, env: Cow<'_, Envelope>, reason, detail: String| {
+                drop(st);
+                let target = env.target.clone();
+                shared.fail(env.into_owned(), reason, detail);
+                Err(TransportError::Refused { target, reason })
+            };
         if st.closed {
             let (reason, detail) = if st.forgotten {
                 (
@@ -239,7 +248,7 @@ impl Peer {
             match shared.cfg.overflow {
                 OverflowPolicy::DropNewest => {
                     drop(st);
-                    shared.fail(env, DeadLetterReason::QueueOverflow, detail);
+                    shared.fail(env.into_owned(), DeadLetterReason::QueueOverflow, detail);
                     return Ok(());
                 }
                 OverflowPolicy::Fail => {
@@ -1010,9 +1019,9 @@ struct TooLarge {
     max: usize,
 }
 
-fn fail_too_large(shared: &Shared, env: Envelope, t: TooLarge) {
+fn fail_too_large(shared: &Shared, env: Cow<'_, Envelope>, t: TooLarge) {
     shared.fail(
-        env,
+        env.into_owned(),
         DeadLetterReason::FrameTooLarge,
         format!("frame of {} bytes exceeds the maximum of {}", t.len, t.max),
     );
