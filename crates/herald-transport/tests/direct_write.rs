@@ -265,12 +265,12 @@ async fn a_partly_written_frame_on_a_lost_connection_becomes_a_dead_letter() {
 #[tokio::test]
 async fn a_burst_the_peer_task_cannot_take_is_flushed_by_the_sender() {
     // Single-threaded runtime: while this test sends without awaiting, the peer task
-    // cannot run, so the queue past 128 KiB is written by the sending thread itself.
+    // cannot run, so the queue past 256 KiB is written by the sending thread itself.
     let (sender, recv_node, mut rx, to) = sender_and_receiver().await;
     let peer = sender.peer(&to);
     peer.send(numbered(&to, 0)).expect("queued");
     assert_eq!(next(&mut rx).await.payload.as_ref(), b"{\"n\": 0}");
-    let n = 5000;
+    let n = 8000;
     for i in 1..=n {
         peer.send(numbered(&to, i)).expect("queued");
     }

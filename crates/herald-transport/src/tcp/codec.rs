@@ -107,7 +107,7 @@ pub fn fuzz_tcp_stream(data: &[u8]) {
 /// header checked as its frame is taken, so a read of many small frames costs one
 /// split and one pass. An incomplete frame at the end of `ready` goes back to the read
 /// buffer (a copy of less than one frame, once per read). The read size adapts: it
-/// doubles up to 64 KiB while reads fill the buffer and halves back toward 4 KiB after
+/// doubles up to 256 KiB while reads fill the buffer and halves back toward 4 KiB after
 /// short reads, so an idle connection holds at most a few KiB.
 pub(crate) struct FrameReader<R> {
     rd: R,
@@ -130,7 +130,7 @@ pub(crate) enum ReadError {
 }
 
 const MIN_CHUNK: usize = 4 * 1024;
-const MAX_CHUNK: usize = 64 * 1024;
+const MAX_CHUNK: usize = 256 * 1024;
 
 /// The length announced by the frame header at the front of `buf` (`None`: fewer than
 /// 4 bytes), checked: zero and oversized lengths are errors.

@@ -125,7 +125,7 @@ pub struct TcpStats {
     pub direct_writes: u64,
     /// Of those, messages the socket took only in part.
     pub direct_partial: u64,
-    /// Writes of queued messages made by a sending thread (queue past 128 KiB before
+    /// Writes of queued messages made by a sending thread (queue past 256 KiB before
     /// the peer task took it).
     pub sender_flushes: u64,
     /// Bytes written to sockets.

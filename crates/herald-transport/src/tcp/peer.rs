@@ -114,7 +114,7 @@ const DIRECT_AFTER_IDLE: Duration = Duration::from_micros(10);
 /// the cache by the time they are written. Flushing every `FLUSH_BYTES` from the
 /// sending thread writes bytes that are still in its cache, in runs as large as a
 /// buffered writer's, and keeps the queue buffer small and hot.
-const FLUSH_BYTES: usize = 128 * 1024;
+const FLUSH_BYTES: usize = 256 * 1024;
 
 /// A peer: its queue and the state its task shares with senders.
 pub(crate) struct Peer {
