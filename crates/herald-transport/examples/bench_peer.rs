@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! bench_peer recv  <herald|raw> <count>          # prints "READY <port>", then "RATE <msgs/s>"
-//! bench_peer send  <herald|herald-clone|raw> <port> <count>   # sends count casty-shaped frames
+//! bench_peer send  <herald|herald-ref|herald-clone|raw> <port> <count>   # sends count casty-shaped frames
 //! bench_peer echo  <herald|raw>                  # prints "READY <port>", echoes every frame
 //! bench_peer ping  <herald|raw> <port> <count>   # sequential round trips; prints "RTT <p50_ns> <p99_ns>"
 //! bench_peer idle-server <herald|raw>            # prints "READY <port>", then "RSS <kib>" on each stdin line
@@ -12,10 +12,12 @@
 //! Frames are casty-shaped: a 180-byte frame (`Ping(value=42)` JSON payload, header with
 //! a `casty://bench@127.0.0.1:25520/sink` target), as in casty's own benchmark. The raw
 //! baseline sends the very same bytes, length-prefixed, and the receiver only splits
-//! frames (no decoding). The `herald` sender passes its one envelope by reference
-//! (`PeerHandle::send_ref`: encoded per message, never cloned); `herald-clone` clones it
-//! and passes the clone by value (`PeerHandle::send`), as a caller that builds a new
-//! envelope per message does. The receiver's rate is measured inside the receiving process,
+//! frames (no decoding). The `herald` sender hands each batch of 4096 messages (one
+//! envelope, by reference) to `PeerHandle::send_all`, as the raw sender hands its frames
+//! to a buffered writer; `herald-ref` calls `PeerHandle::send_ref` per message (encoded
+//! per message, never cloned); `herald-clone` clones the envelope and passes the clone
+//! by value (`PeerHandle::send`), as a caller that builds a new envelope per message
+//! does. Every message is encoded into its own frame in all three. The receiver's rate is measured inside the receiving process,
 //! from the first to the last timed message (a warm-up of 1000 messages is excluded).
 
 use std::io::{BufRead, Write};
@@ -162,20 +164,37 @@ async fn recv_raw(total: u64) -> Result<(), BoxError> {
     }
 }
 
-/// `clone_each`: send a clone by value per message instead of the one envelope by
-/// reference.
-async fn send_herald(port: u16, total: u64, clone_each: bool) -> Result<(), BoxError> {
+/// How the sending loop hands its messages to the transport.
+#[derive(Clone, Copy, PartialEq)]
+enum SendStyle {
+    /// `PeerHandle::send_all` over each batch (one envelope, by reference).
+    All,
+    /// `PeerHandle::send_ref` per message.
+    Ref,
+    /// `PeerHandle::send` of a clone per message.
+    Clone,
+}
+
+async fn send_herald(port: u16, total: u64, style: SendStyle) -> Result<(), BoxError> {
     let node = TcpNode::builder(bench_config()).start().await?;
     let peer = node.peer(&PeerAddr::new("127.0.0.1", port));
     let template = envelope();
     let mut sent = 0u64;
     while sent < total {
         let batch = (total - sent).min(4096);
-        for _ in 0..batch {
-            if clone_each {
-                peer.send(template.clone())?;
-            } else {
-                peer.send_ref(&template)?;
+        match style {
+            SendStyle::All => {
+                peer.send_all(std::iter::repeat_n(&template, batch as usize))?;
+            }
+            SendStyle::Ref => {
+                for _ in 0..batch {
+                    peer.send_ref(&template)?;
+                }
+            }
+            SendStyle::Clone => {
+                for _ in 0..batch {
+                    peer.send(template.clone())?;
+                }
             }
         }
         sent += batch;
@@ -404,12 +423,16 @@ fn main() -> Result<(), BoxError> {
         match (cmd.as_str(), kind.as_str()) {
             ("recv", "herald") => recv_herald(num(&args, 2, "count")?).await,
             ("recv", "raw") => recv_raw(num(&args, 2, "count")?).await,
-            ("send", "herald" | "herald-clone") => {
-                let clone_each = kind == "herald-clone";
+            ("send", "herald" | "herald-ref" | "herald-clone") => {
+                let style = match kind.as_str() {
+                    "herald" => SendStyle::All,
+                    "herald-ref" => SendStyle::Ref,
+                    _ => SendStyle::Clone,
+                };
                 send_herald(
                     num(&args, 2, "port")? as u16,
                     num(&args, 3, "count")?,
-                    clone_each,
+                    style,
                 )
                 .await
             }

@@ -462,6 +462,77 @@ async fn send_ref_sends_the_callers_envelope_to_each_peer_and_dead_letters_a_cop
 }
 
 #[tokio::test]
+async fn send_all_keeps_order_with_single_sends_and_dead_letters_what_does_not_fit() {
+    let dead = DeadLetters::default();
+    let mut cfg = TcpConfig::loopback();
+    cfg.max_frame_size = 1024;
+    let a = start_with(cfg, dead.clone()).await;
+    let mut b = start(TcpConfig::loopback()).await;
+    let to = b.node.advertised().clone();
+    let peer = a.node.peer(&to);
+    let too_large = 700;
+    let batch: Vec<Envelope> = (10..2010)
+        .map(|n| {
+            let mut e = env(&to, n);
+            if n == too_large {
+                e.payload = vec![b'x'; 4096].into();
+            }
+            e
+        })
+        .collect();
+    for n in 0..10 {
+        peer.send(env(&to, n)).expect("queued");
+    }
+    assert_eq!(peer.send_all(&batch).expect("all queued"), batch.len());
+    for n in 2010..2020 {
+        peer.send(env(&to, n)).expect("queued");
+    }
+    for n in (0..2020).filter(|&n| n != too_large) {
+        let (_, got) = recv(&mut b.rx).await;
+        assert_eq!(
+            got.payload,
+            format!("{{\"n\": {n}}}").as_bytes(),
+            "message {n}"
+        );
+    }
+    assert_eq!(dead.count(DeadLetterReason::FrameTooLarge), 1);
+    assert!(peer.flushed(WAIT).await);
+    assert_eq!(a.node.stats().messages_out, 2019);
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn send_all_stops_at_the_first_refused_message() {
+    let port = free_port().await; // nothing listens: dials fail, messages stay queued
+    let to = PeerAddr::new("127.0.0.1", port);
+    let dead = DeadLetters::default();
+    let mut cfg = fast_fail(TcpConfig::loopback(), 1_000);
+    cfg.queue_capacity = 100;
+    cfg.overflow = OverflowPolicy::Fail;
+    let a = start_with(cfg, dead.clone()).await;
+    let batch: Vec<Envelope> = (0..250).map(|n| env(&to, n)).collect();
+    let err = a
+        .node
+        .peer(&to)
+        .send_all(&batch)
+        .expect_err("the queue fills");
+    assert_eq!(err.queued, 100);
+    assert!(matches!(
+        err.error,
+        TransportError::Refused {
+            reason: DeadLetterReason::QueueOverflow,
+            ..
+        }
+    ));
+    assert!(err.to_string().contains("after 100 messages"), "{err}");
+    // Only the refused message became a dead letter; the rest were not sent at all.
+    assert_eq!(dead.count(DeadLetterReason::QueueOverflow), 1);
+    assert_eq!(a.node.peer(&to).queued(), 100);
+    a.node.shutdown().await;
+}
+
+#[tokio::test]
 async fn send_after_shutdown_is_refused() {
     let a = start(TcpConfig::loopback()).await;
     a.node.shutdown().await;

@@ -25,6 +25,17 @@ pub enum TcpError {
     Config(String),
 }
 
+/// [`PeerHandle::send_all`](super::PeerHandle::send_all) stopped at a refused message.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} (after {queued} messages of the batch were queued)")]
+pub struct SendAllError {
+    /// Messages of the batch queued before the refused one (the refused one and those
+    /// after it were not).
+    pub queued: usize,
+    /// Why the message was refused (it was also published as a dead letter).
+    pub error: crate::TransportError,
+}
+
 /// Why one connection (dialed or accepted) failed or ended.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {

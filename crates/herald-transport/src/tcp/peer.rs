@@ -324,6 +324,65 @@ impl Peer {
         Ok(())
     }
 
+    /// Queues the next envelopes of `envs` under one acquisition of the peer's lock, at
+    /// most `max` of them, while each is an ordinary append: the queue already holds
+    /// messages (so no direct write and no wake-up is due), the peer is open, not
+    /// blacklisted, has room, and the message fits in a frame. Stops before the first
+    /// envelope that needs more than that, leaving it in `envs` for
+    /// [`Peer::enqueue`], which decides it (and reports it) as for a single send.
+    /// Returns how many were queued.
+    pub(crate) fn enqueue_run<'e, I>(
+        &self,
+        shared: &Shared,
+        envs: &mut std::iter::Peekable<I>,
+        max: usize,
+    ) -> usize
+    where
+        I: Iterator<Item = &'e Envelope>,
+    {
+        let max_frame = shared.cfg.max_frame_size;
+        let mut st = lock(&self.state);
+        let ordinary = |st: &PeerState| {
+            !st.closed
+                && st.breaker_until.is_none()
+                && !st.msgs.is_empty()
+                && st.msgs.len() < shared.cfg.queue_capacity
+                && (self.dial_addr.is_some() || st.connected.is_some())
+        };
+        let (mut queued, mut settled, mut partial) = (0, 0, false);
+        let me = thread_token();
+        while queued < max && ordinary(&st) {
+            let Some(env) = envs.peek() else { break };
+            let pushed = {
+                let PeerState { msgs, headers, .. } = &mut *st;
+                msgs.push(headers, env, max_frame)
+            };
+            if pushed.is_err() {
+                // Too large: the general path makes it a dead letter.
+                break;
+            }
+            envs.next();
+            queued += 1;
+            st.enqueued += 1;
+            st.producer = match st.producer {
+                0 => me,
+                p if p == me => p,
+                _ => SEVERAL,
+            };
+            if st.msgs.bytes.len() >= st.flush_at.max(FLUSH_BYTES) && st.producer != SEVERAL {
+                let (n, p) = self.try_flush(shared, &mut st);
+                settled += n;
+                partial |= p;
+            }
+        }
+        drop(st);
+        self.settle(settled);
+        if partial {
+            self.msg_ready.notify_one();
+        }
+        queued
+    }
+
     /// Writes `env` straight to the socket when the connection has been idle for
     /// [`DIRECT_AFTER_IDLE`]: plain TCP, nothing queued or in the peer task's hands.
     /// Runs under the state lock, which keeps other direct writers out; the task only
