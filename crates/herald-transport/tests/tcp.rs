@@ -399,17 +399,29 @@ async fn simultaneous_connect_settles_on_one_connection_without_losses() {
     }
 }
 
-#[tokio::test]
-async fn frames_over_the_limit_become_dead_letters() {
-    let dead = DeadLetters::default();
+/// A sender whose frames may not exceed 1 KiB (with `dead` as its dead letters) and a
+/// receiver; returns them and the receiver's address.
+async fn small_frames_pair(dead: &DeadLetters) -> (Node, Node, PeerAddr) {
     let mut cfg = TcpConfig::loopback();
     cfg.max_frame_size = 1024;
     let a = start_with(cfg, dead.clone()).await;
-    let mut b = start(TcpConfig::loopback()).await;
+    let b = start(TcpConfig::loopback()).await;
     let to = b.node.advertised().clone();
-    let mut big = env(&to, 0);
-    big.payload = vec![b'x'; 4096].into();
-    a.node.send(&to, big).expect("queued");
+    (a, b, to)
+}
+
+/// Message `n` with a 4 KiB payload: too large for `small_frames_pair`'s sender.
+fn oversized(to: &PeerAddr, n: usize) -> Envelope {
+    let mut e = env(to, n);
+    e.payload = vec![b'x'; 4096].into();
+    e
+}
+
+#[tokio::test]
+async fn frames_over_the_limit_become_dead_letters() {
+    let dead = DeadLetters::default();
+    let (a, mut b, to) = small_frames_pair(&dead).await;
+    a.node.send(&to, oversized(&to, 0)).expect("queued");
     a.node.send(&to, env(&to, 1)).expect("queued");
     let (_, e) = recv(&mut b.rx).await;
     assert_eq!(e.payload.as_ref(), b"{\"n\": 1}");
@@ -421,12 +433,9 @@ async fn frames_over_the_limit_become_dead_letters() {
 #[tokio::test]
 async fn send_ref_sends_the_callers_envelope_to_each_peer_and_dead_letters_a_copy() {
     let dead = DeadLetters::default();
-    let mut cfg = TcpConfig::loopback();
-    cfg.max_frame_size = 1024;
-    let a = start_with(cfg, dead.clone()).await;
-    let mut b = start(TcpConfig::loopback()).await;
+    let (a, mut b, to_b) = small_frames_pair(&dead).await;
     let mut c = start(TcpConfig::loopback()).await;
-    let (to_b, to_c) = (b.node.advertised().clone(), c.node.advertised().clone());
+    let to_c = c.node.advertised().clone();
     let m = env(&to_b, 7);
     let (pb, pc) = (a.node.peer(&to_b), a.node.peer(&to_c));
     for _ in 0..3 {
@@ -442,8 +451,7 @@ async fn send_ref_sends_the_callers_envelope_to_each_peer_and_dead_letters_a_cop
     // A borrowed envelope that cannot be sent becomes a dead letter of its own (a copy);
     // the caller's envelope is untouched.
     let mut sub = dead.subscribe();
-    let mut big = env(&to_b, 8);
-    big.payload = vec![b'x'; 4096].into();
+    let big = oversized(&to_b, 8);
     pb.send_ref(&big)
         .expect("dropped as a dead letter, not refused");
     let letter = tokio::time::timeout(WAIT, sub.recv())
@@ -464,20 +472,16 @@ async fn send_ref_sends_the_callers_envelope_to_each_peer_and_dead_letters_a_cop
 #[tokio::test]
 async fn send_all_keeps_order_with_single_sends_and_dead_letters_what_does_not_fit() {
     let dead = DeadLetters::default();
-    let mut cfg = TcpConfig::loopback();
-    cfg.max_frame_size = 1024;
-    let a = start_with(cfg, dead.clone()).await;
-    let mut b = start(TcpConfig::loopback()).await;
-    let to = b.node.advertised().clone();
+    let (a, mut b, to) = small_frames_pair(&dead).await;
     let peer = a.node.peer(&to);
     let too_large = 700;
     let batch: Vec<Envelope> = (10..2010)
         .map(|n| {
-            let mut e = env(&to, n);
             if n == too_large {
-                e.payload = vec![b'x'; 4096].into();
+                oversized(&to, n)
+            } else {
+                env(&to, n)
             }
-            e
         })
         .collect();
     for n in 0..10 {
