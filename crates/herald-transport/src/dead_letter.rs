@@ -79,11 +79,14 @@ pub enum DeadLetterReason {
     WrongSystem,
     /// The message is larger than the configured maximum frame size.
     FrameTooLarge,
+    /// The message was queued for the native node last connected at an address, and
+    /// another node (another node id) answered there: it is not handed to the newcomer.
+    NodeReplaced,
 }
 
 impl DeadLetterReason {
     /// Every reason, in declaration order (the order of [`DeadLetters::counts`]).
-    pub const ALL: [DeadLetterReason; 16] = [
+    pub const ALL: [DeadLetterReason; 17] = [
         Self::DeadPath,
         Self::BufferFull,
         Self::PendingCapReached,
@@ -100,6 +103,7 @@ impl DeadLetterReason {
         Self::DecodeFailed,
         Self::WrongSystem,
         Self::FrameTooLarge,
+        Self::NodeReplaced,
     ];
 
     /// A stable snake_case name, used in logs and metrics.
@@ -121,6 +125,7 @@ impl DeadLetterReason {
             Self::DecodeFailed => "decode_failed",
             Self::WrongSystem => "wrong_system",
             Self::FrameTooLarge => "frame_too_large",
+            Self::NodeReplaced => "node_replaced",
         }
     }
 

@@ -669,6 +669,91 @@ async fn native_identity_is_the_node_id_not_the_claimed_address() {
 }
 
 #[tokio::test]
+async fn messages_queued_for_a_node_that_left_never_reach_the_node_that_took_its_address() {
+    use herald_transport::native::NodeId;
+    let port = free_port().await;
+    let node_at = |id: u64, incarnation: u64| {
+        let mut cfg = native("c");
+        cfg.bind = ([127, 0, 0, 1], port).into();
+        cfg.node_id = NodeId(id);
+        cfg.incarnation = incarnation;
+        start(cfg)
+    };
+    let dead = DeadLetters::default();
+    let mut sub = dead.subscribe();
+    let a = start_with(fast_fail(native("c"), 1_000), dead.clone()).await;
+    let mut first = node_at(1, 1).await;
+    let to = first.node.advertised().clone();
+    a.node.send(&to, env(&to, 0)).expect("queued");
+    assert_eq!(recv(&mut first.rx).await.1.payload.as_ref(), b"{\"n\": 0}");
+    first.node.shutdown().await;
+    wait_until("the connection to node 1 is gone", || {
+        a.node.connected_peers().is_empty()
+    })
+    .await;
+    // Queued while nobody is at the address: meant for node 1.
+    for n in 1..=3 {
+        a.node.send(&to, env(&to, n)).expect("queued");
+    }
+    // Node 2 takes the address; the sender redials and meets it.
+    let mut second = node_at(2, 1).await;
+    for n in 1..=3 {
+        let letter = loop {
+            let l = tokio::time::timeout(WAIT, sub.recv())
+                .await
+                .expect("dead letter in time")
+                .expect("stream open");
+            if l.reason == DeadLetterReason::NodeReplaced {
+                break l;
+            }
+        };
+        assert_eq!(
+            letter.envelope.payload,
+            format!("{{\"n\": {n}}}").as_bytes()
+        );
+        let detail = letter.detail.map(|d| d.to_string()).unwrap_or_default();
+        let (gone, now) = (NodeId(1).to_string(), NodeId(2).to_string());
+        assert!(
+            detail.contains(&format!("node {gone} is no longer at"))
+                && detail.contains(&format!("node {now} answered")),
+            "{detail}"
+        );
+    }
+    // Node 1's route is gone: a message for it is not handed to node 2 either.
+    assert!(matches!(
+        a.node.send_to_node(NodeId(1), env(&to, 4)),
+        Err(TransportError::Refused {
+            reason: DeadLetterReason::NoRoute,
+            ..
+        })
+    ));
+    // What is sent to the address from now on goes to node 2, and only that arrives.
+    a.node.send(&to, env(&to, 5)).expect("queued");
+    assert_eq!(recv(&mut second.rx).await.1.payload.as_ref(), b"{\"n\": 5}");
+    assert!(
+        second.rx.try_recv().is_err(),
+        "node 2 got a message meant for node 1"
+    );
+    // A restart of the same node id (a newer incarnation) keeps what was queued.
+    second.node.shutdown().await;
+    wait_until("the connection to node 2 is gone", || {
+        a.node.connected_peers().is_empty()
+    })
+    .await;
+    for n in 6..=7 {
+        a.node.send(&to, env(&to, n)).expect("queued");
+    }
+    let mut restarted = node_at(2, 2).await;
+    for n in 6..=7 {
+        let (_, got) = recv(&mut restarted.rx).await;
+        assert_eq!(got.payload, format!("{{\"n\": {n}}}").as_bytes());
+    }
+    assert_eq!(dead.count(DeadLetterReason::NodeReplaced), 3);
+    a.node.shutdown().await;
+    restarted.node.shutdown().await;
+}
+
+#[tokio::test]
 async fn queued_messages_become_dead_letters_unchanged() {
     // Nothing listens and the breaker opens on the 2nd failed dial: the queue is drained
     // to dead letters. The queue holds encoded frames; each dead letter must carry the

@@ -146,7 +146,11 @@ pub struct TcpStats {
 struct Peers {
     by_key: HashMap<PeerKey, Arc<Peer>>,
     aliases: HashMap<PeerAddr, PeerKey>,
+    /// Where each native node was last connected.
     nodes: HashMap<NodeId, PeerKey>,
+    /// The native node last connected under each key (the reverse of `nodes`, kept
+    /// while the key's entry comes and goes).
+    owners: HashMap<PeerKey, NodeId>,
 }
 
 pub(crate) struct Shared {
@@ -219,6 +223,22 @@ impl Shared {
             ));
         }
         None
+    }
+
+    /// Records that `key` now leads to the native node `node`; returns the node that
+    /// was last connected under `key` when it is another one. That node's route is
+    /// forgotten then (its messages must not go to whoever now answers at its address):
+    /// `send_to_node` refuses it with `NoRoute` until it connects again.
+    fn claim_key(&self, key: &PeerKey, node: NodeId) -> Option<NodeId> {
+        let mut peers = lock(&self.peers);
+        let previous = peers.owners.insert(key.clone(), node)?;
+        if previous == node {
+            return None;
+        }
+        if peers.nodes.get(&previous) == Some(key) {
+            peers.nodes.remove(&previous);
+        }
+        Some(previous)
     }
 
     fn register_connection(&self, key: &PeerKey, identity: &PeerIdentity) {

@@ -568,6 +568,28 @@ impl Peer {
         self.settle(n);
     }
 
+    /// Identity is the node id, not the address: when a native connection under this
+    /// key leads to another node than the one last connected under it (that node left
+    /// and another took its address, whether we dialed or it did), the messages queued
+    /// meanwhile were meant for the node that left. They become dead letters
+    /// (`NodeReplaced`) instead of reaching the newcomer. A restart of the same node
+    /// id (a newer incarnation) keeps them.
+    fn check_node(&self, shared: &Shared, identity: &PeerIdentity) {
+        let Some(info) = &identity.node else {
+            return;
+        };
+        let Some(previous) = shared.claim_key(&self.key, info.node_id) else {
+            return;
+        };
+        let detail = format!(
+            "node {previous} is no longer at {}: node {} answered there",
+            self.key, info.node_id
+        );
+        let queued = self.queued();
+        warn!(peer = %self.key, previous = %previous, now = %info.node_id, queued, "another node took this address; messages queued for the previous one become dead letters");
+        self.drain_to_dead_letters(shared, DeadLetterReason::NodeReplaced, &detail);
+    }
+
     /// The peer task.
     pub(crate) async fn run(self: Arc<Self>, shared: Arc<Shared>) {
         let mut forgotten = false;
@@ -758,6 +780,7 @@ impl Peer {
             dialed_by_us,
             label,
         } = conn;
+        self.check_node(shared, &identity);
         shared.register_connection(&self.key, &identity);
         shared
             .stats
@@ -835,6 +858,7 @@ impl Peer {
                             rx_count,
                         },
                     );
+                    self.check_node(shared, &cur.identity);
                     shared.register_connection(&self.key, &cur.identity);
                     {
                         let mut st = lock(&self.state);
