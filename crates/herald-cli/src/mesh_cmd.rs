@@ -19,6 +19,8 @@ use herald_mesh::{
 };
 use serde_json::{Value, json};
 
+use crate::shutdown::Shutdown;
+
 /// Name of the example service hosted in-process by `call`, `describe`, `demo` and
 /// `herald up`.
 pub const EXAMPLE_NAME: &str = "example";
@@ -402,6 +404,7 @@ async fn listen(a: ListenArgs) -> anyhow::Result<()> {
             Arc::new(InProcBroker::new())
         }
     };
+    let mut shutdown = Shutdown::listen()?;
     let mesh = Mesh::connect(backend, MeshConfig::client()).await?;
     let mut sub = mesh.subscribe(&a.topic).await.map_err(user_or_runtime)?;
     if !a.backend.json {
@@ -414,7 +417,7 @@ async fn listen(a: ListenArgs) -> anyhow::Result<()> {
         }
         let ev = tokio::select! {
             ev = sub.next() => ev,
-            _ = tokio::signal::ctrl_c() => None,
+            _ = shutdown.wait() => None,
         };
         let Some(ev) = ev else { break };
         seen += 1;
@@ -445,6 +448,7 @@ async fn serve_example(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(id) = &a.instance_id {
         cfg = cfg.instance_id(id);
     }
+    let mut shutdown = Shutdown::listen()?;
     let mesh = Mesh::connect(backend.clone(), cfg)
         .await
         .map_err(user_or_runtime)?;
@@ -464,7 +468,7 @@ async fn serve_example(a: ServeArgs) -> anyhow::Result<()> {
     let mut leader = mesh.leader_watch();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = shutdown.wait() => break,
             changed = leader.changed() => match changed {
                 Some(now) => tracing::info!(leader = now, "leadership changed"),
                 None => break,

@@ -17,6 +17,7 @@ use herald_registry::{
 use serde_json::json;
 
 use crate::bad_input;
+use crate::shutdown::Shutdown;
 
 /// `herald registry ...`
 #[derive(Debug, Subcommand)]
@@ -289,23 +290,6 @@ fn print_event(ev: &RegistryEvent, as_json: bool) {
     }
 }
 
-/// Ctrl-C, or SIGTERM on Unix (how service managers stop a registry).
-async fn stop_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),
-            _ = term.recv() => Ok(()),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
-    }
-}
-
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let prune_timeout = seconds(args.prune_timeout, "--prune-timeout")?;
     let rate_limit = match args.rate_limit {
@@ -333,6 +317,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..RegistryConfig::default()
     };
+    let mut shutdown = Shutdown::listen()?;
     let server = RegistryServer::bind(config)
         .await
         .context("starting the registry")?;
@@ -349,8 +334,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             if args.listing { "on" } else { "off" }
         ),
     );
-    let stop = stop_signal();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
@@ -360,10 +343,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
-            r = &mut stop => {
-                r?;
-                break;
-            }
+            _ = shutdown.wait() => break,
         }
     }
     let stats = server.stats();
@@ -377,6 +357,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn register(args: RegisterArgs) -> anyhow::Result<()> {
     let port = parse_port(&args.port)?;
     let interval = seconds(args.interval, "--interval")?;
+    let mut shutdown = Shutdown::listen()?;
     let client = client(&args.target).await?;
     let target = client.target();
     client
@@ -398,7 +379,7 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
         client,
         RegistrarConfig::new(args.aliases.clone(), port.clone()).with_interval(interval),
     );
-    stop_signal().await?;
+    shutdown.wait().await;
     registrar
         .shutdown()
         .await

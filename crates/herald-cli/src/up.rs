@@ -15,6 +15,7 @@ use anyhow::Context;
 use clap::Args;
 use herald_registry::{CoreConfig, RegistryConfig, RegistryEvent, RegistryServer};
 
+use crate::shutdown::Shutdown;
 use crate::{mesh_cmd, node_cmd};
 
 /// Flags of `herald up`.
@@ -50,6 +51,7 @@ pub struct UpArgs {
 
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let mut shutdown = Shutdown::listen()?;
     let node = node_cmd::start_node(&args.node).await?;
 
     let registry = if args.no_registry {
@@ -123,7 +125,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
 
     println!("herald up: ready (Ctrl-C to stop)");
-    wait_for_shutdown_signal().await;
+    shutdown.wait().await;
     println!("herald up: shutting down");
 
     if let Some(mesh) = mesh
@@ -136,27 +138,4 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     node.shutdown().await;
     Ok(())
-}
-
-async fn wait_for_shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops herald up");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
