@@ -1172,7 +1172,12 @@ impl LocalTransport {
     /// Must be called inside a tokio runtime.
     pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&self.inner);
-        let every = self.inner.config.sweep_interval;
+        // A zero period would make `interval` panic; a millisecond is as often as useful.
+        let every = self
+            .inner
+            .config
+            .sweep_interval
+            .max(Duration::from_millis(1));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -681,31 +681,37 @@ fn counters_index_every_reason_separately() {
 
 #[tokio::test]
 async fn sweeper_task_expires_buffers_without_other_operations_and_stops_at_shutdown() {
-    let clock = ManualClock::new();
-    let local = LocalTransport::builder()
-        .clock(clock.clone())
-        .pending_ttl(Duration::from_secs(10))
-        .sweep_interval(Duration::from_millis(1))
-        .build();
-    local.deliver(env("/forgotten", 1)).unwrap();
-    let sweeper = local.spawn_sweeper();
-    clock.advance(Duration::from_secs(11));
-    // Bounded wait for the background sweep (no timing assertion).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while local
-        .dead_letters()
-        .count(DeadLetterReason::UnknownPathExpired)
-        == 0
-    {
-        assert!(std::time::Instant::now() < deadline, "sweeper never ran");
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    // A zero period is taken as the shortest one (it must not panic the sweeper).
+    for every in [Duration::from_millis(1), Duration::ZERO] {
+        let clock = ManualClock::new();
+        let local = LocalTransport::builder()
+            .clock(clock.clone())
+            .pending_ttl(Duration::from_secs(10))
+            .sweep_interval(every)
+            .build();
+        local.deliver(env("/forgotten", 1)).unwrap();
+        let sweeper = local.spawn_sweeper();
+        clock.advance(Duration::from_secs(11));
+        // Bounded wait for the background sweep (no timing assertion).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while local
+            .dead_letters()
+            .count(DeadLetterReason::UnknownPathExpired)
+            == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sweeper never ran ({every:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(local.stats().pending_messages, 0);
+        local.shutdown().await;
+        tokio::time::timeout(Duration::from_secs(30), sweeper)
+            .await
+            .expect("sweeper stops after shutdown")
+            .unwrap();
     }
-    assert_eq!(local.stats().pending_messages, 0);
-    local.shutdown().await;
-    tokio::time::timeout(Duration::from_secs(30), sweeper)
-        .await
-        .expect("sweeper stops after shutdown")
-        .unwrap();
 }
 
 #[test]

@@ -537,6 +537,25 @@ async fn send_all_stops_at_the_first_refused_message() {
 }
 
 #[tokio::test]
+async fn a_keepalive_without_a_period_is_refused_at_start() {
+    use herald_transport::tcp::{Keepalive, TcpError};
+    for (interval, timeout) in [(0, 15), (10, 5)] {
+        let mut cfg = native("c");
+        cfg.keepalive = Some(Keepalive {
+            interval: Duration::from_secs(interval),
+            timeout: Duration::from_secs(timeout),
+        });
+        match TcpNode::builder(cfg).start().await {
+            Err(TcpError::Config(why)) => assert!(why.contains("keepalive interval"), "{why}"),
+            other => panic!(
+                "expected a configuration error, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+}
+
+#[tokio::test]
 async fn send_after_shutdown_is_refused() {
     let a = start(TcpConfig::loopback()).await;
     a.node.shutdown().await;

@@ -153,13 +153,21 @@ impl Backoff {
     }
 }
 
-/// Transport-level keepalive (native mode only; casty ignores unknown frames but does
-/// not answer them).
+/// Keepalive of every connection.
+///
+/// Native peers that announce it get a ping frame every `interval`, and a connection
+/// that receives nothing for `timeout` is closed (this finds a hung peer process too).
+/// Every connection, casty-v1 ones included (casty ignores unknown frames but does not
+/// answer them), also gets the kernel's TCP keepalive: probes after `interval` of
+/// silence, every `interval` (whole seconds, at least 1 s), and a reset once about
+/// `timeout` has passed without an answer, which finds a peer whose host or network is
+/// gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
-    /// A ping is sent after this long without writing.
+    /// Native ping period, and TCP keepalive idle time and probe interval.
     pub interval: Duration,
-    /// The connection is closed after this long without receiving anything.
+    /// The connection is closed after this long without receiving anything (native),
+    /// or without an answer to TCP keepalive probes.
     pub timeout: Duration,
 }
 
@@ -209,7 +217,7 @@ pub struct TcpConfig {
     pub overflow: OverflowPolicy,
     /// Reconnect backoff and circuit breaker.
     pub backoff: Backoff,
-    /// Keepalive (native mode only).
+    /// Keepalive: native pings, and TCP keepalive on every connection (`None`: neither).
     pub keepalive: Option<Keepalive>,
     /// Dial-only address translation.
     pub address_map: Option<AddressMap>,

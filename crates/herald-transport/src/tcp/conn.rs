@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use super::Shared;
 use super::codec::{FrameReader, RawFrame, ReadError};
-use super::config::PeerAddr;
+use super::config::{Keepalive, PeerAddr};
 use super::error::ConnectionError;
 use crate::native::{
     self, Acceptor, Dialer, FRAME_HELLO, NativeFrame, NodeId, PeerInfo, RejectReason, Step,
@@ -188,10 +188,42 @@ fn split_plain(tcp: TcpStream) -> (BoxRead, ConnWrite) {
     (Box::new(r), ConnWrite::Plain(Arc::new(w)))
 }
 
-fn tune(tcp: &TcpStream) {
+fn tune(tcp: &TcpStream, keepalive: Option<Keepalive>) {
     if let Err(e) = tcp.set_nodelay(true) {
         debug!(error = %e, "could not set TCP_NODELAY");
     }
+    if let Some(k) = keepalive
+        && let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&tcp_keepalive(k))
+    {
+        debug!(error = %e, "could not enable TCP keepalive");
+    }
+}
+
+/// The kernel's keepalive for `k`: probes after `interval` of silence, every `interval`,
+/// and the connection is reset once `timeout` has passed without an answer. It finds
+/// a peer whose host or network is gone in both modes (casty-v1 peers do not answer
+/// native pings; native peers also get pings, which find a hung process too).
+pub(crate) fn tcp_keepalive(k: Keepalive) -> socket2::TcpKeepalive {
+    // The kernel counts in whole seconds.
+    let interval = k.interval.max(Duration::from_secs(1));
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(interval)
+        .with_interval(interval);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "macos"
+    ))]
+    let probes = {
+        let retries = k
+            .timeout
+            .as_secs()
+            .div_ceil(interval.as_secs())
+            .clamp(1, 127);
+        probes.with_retries(u32::try_from(retries).unwrap_or(127))
+    };
+    probes
 }
 
 /// Runs `step` (connect or accept, then the handshake) within `budget`; a timeout
@@ -315,7 +347,7 @@ async fn dial_inner(
             addr: label.clone(),
             source,
         })?;
-    tune(&tcp);
+    tune(&tcp, shared.cfg.keepalive);
     let (rd, wr) = match &shared.tls_connector {
         Some(connector) => {
             let name = ServerName::try_from(mapped.host.clone()).map_err(|e| {
@@ -396,7 +428,7 @@ async fn accept_inner(
     tcp: TcpStream,
     label: String,
 ) -> Result<Established, ConnectionError> {
-    tune(&tcp);
+    tune(&tcp, shared.cfg.keepalive);
     let (rd, wr) = match &shared.tls_acceptor {
         Some(acceptor) => split_tls(acceptor.accept(tcp).await, &label)?,
         None => split_plain(tcp),
@@ -467,5 +499,55 @@ pub(crate) fn log_accept_failure(err: &ConnectionError) {
             warn!(error = %err, "refused inbound connection: TLS handshake failed")
         }
         _ => warn!(error = %err, "refused inbound connection"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_get_the_kernels_keepalive_from_the_config() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let sock = socket2::SockRef::from(&tcp);
+        tune(&tcp, None);
+        assert!(!sock.keepalive().expect("SO_KEEPALIVE"));
+        tune(
+            &tcp,
+            Some(Keepalive {
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(7),
+            }),
+        );
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+        assert!(tcp.nodelay().expect("TCP_NODELAY"));
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(
+                sock.tcp_keepalive_time().expect("idle"),
+                Duration::from_secs(2)
+            );
+            assert_eq!(
+                sock.tcp_keepalive_interval().expect("interval"),
+                Duration::from_secs(2)
+            );
+            // 7 s of unanswered probes at 2 s apart: 4 probes.
+            assert_eq!(sock.tcp_keepalive_retries().expect("retries"), 4);
+        }
+        // Sub-second periods are rounded up to the kernel's one-second unit.
+        let k = tcp_keepalive(Keepalive {
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(500),
+        });
+        sock.set_tcp_keepalive(&k).expect("set");
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            sock.tcp_keepalive_time().expect("idle"),
+            Duration::from_secs(1)
+        );
     }
 }

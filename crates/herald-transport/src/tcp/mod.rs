@@ -552,6 +552,14 @@ impl TcpNode {
                 cfg.max_frame_size
             )));
         }
+        if let Some(k) = cfg.keepalive
+            && (k.interval.is_zero() || k.timeout < k.interval)
+        {
+            return Err(TcpError::Config(format!(
+                "keepalive interval {:?} must be above zero and at most the timeout {:?}",
+                k.interval, k.timeout
+            )));
+        }
         let listener = if cfg.client_only {
             None
         } else {
