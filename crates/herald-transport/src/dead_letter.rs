@@ -30,6 +30,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use herald_wire::Envelope;
 use tokio::sync::broadcast;
 
@@ -145,7 +146,8 @@ impl fmt::Display for DeadLetterReason {
 /// A dropped message and why it was dropped.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
-    /// The message, unchanged.
+    /// The message, unchanged; for input that was not an envelope at all,
+    /// [`DeadLetter::undecodable`]'s envelope holding those bytes.
     pub envelope: Envelope,
     /// Why it was dropped.
     pub reason: DeadLetterReason,
@@ -153,6 +155,18 @@ pub struct DeadLetter {
     /// [`DeadLetterReason::PeerUnreachable`]).
     pub detail: Option<Arc<str>>,
 }
+
+impl DeadLetter {
+    /// The envelope of a dead letter for bytes that were not an envelope: empty
+    /// target, sender and type hint, the bytes as the payload.
+    pub fn undecodable(bytes: &[u8]) -> Envelope {
+        Envelope::new("", "", "", Bytes::copy_from_slice(bytes))
+    }
+}
+
+/// Most bytes of undecodable input a [`DeadLetter`] keeps
+/// ([`DeadLetters::publish_undecodable`]).
+pub const UNDECODABLE_KEPT: usize = 64 * 1024;
 
 /// Default capacity of the dead-letter broadcast stream.
 pub const DEFAULT_DEAD_LETTER_CAPACITY: usize = 1024;
@@ -238,8 +252,37 @@ impl DeadLetters {
         }
     }
 
+    /// Records input that could not be decoded into an envelope at all (for example a
+    /// frame from a socket whose header is not JSON): counts and logs it, and sends
+    /// subscribers a [`DeadLetter`] whose envelope is [`DeadLetter::undecodable`]'s: no
+    /// target, sender or type hint, and the bytes as its payload (a copy of at most
+    /// [`UNDECODABLE_KEPT`] bytes; the detail says when it was cut).
+    pub fn publish_undecodable(&self, reason: DeadLetterReason, bytes: &[u8], detail: &str) {
+        if self.inner.tx.receiver_count() == 0 {
+            self.record_without_envelope(reason, detail);
+            return;
+        }
+        let kept = &bytes[..bytes.len().min(UNDECODABLE_KEPT)];
+        let detail: Arc<str> = if kept.len() < bytes.len() {
+            format!(
+                "{detail} (first {} of {} bytes kept)",
+                kept.len(),
+                bytes.len()
+            )
+            .into()
+        } else {
+            detail.into()
+        };
+        self.publish_letter(DeadLetter {
+            envelope: DeadLetter::undecodable(kept),
+            reason,
+            detail: Some(detail),
+        });
+    }
+
     /// Counts (and logs) a drop for which no envelope exists, for example bytes that
-    /// could not be decoded into an envelope at all. Subscribers are not notified.
+    /// could not be decoded into an envelope at all, without notifying subscribers
+    /// (see [`publish_undecodable`](Self::publish_undecodable), which does).
     pub fn record_without_envelope(&self, reason: DeadLetterReason, detail: &str) {
         self.inner.counters[reason.index()].fetch_add(1, Ordering::Relaxed);
         tracing::debug!(

@@ -55,7 +55,7 @@ pub mod tls;
 pub mod transport;
 
 pub use actor_ref::{ASK_PATH_PREFIX, ActorRef, Message, RawMessage, reply};
-pub use dead_letter::{DeadLetter, DeadLetterReason, DeadLetters};
+pub use dead_letter::{DeadLetter, DeadLetterReason, DeadLetters, UNDECODABLE_KEPT};
 pub use error::TransportError;
 pub use local::{
     Clock, Handler, LocalConfig, LocalStats, LocalTransport, LocalTransportBuilder, ManualClock,

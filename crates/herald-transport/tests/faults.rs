@@ -203,6 +203,7 @@ async fn truncated_frame_delivers_what_was_complete() {
 #[tokio::test]
 async fn invalid_headers() {
     let mut b = start(TcpConfig::loopback()).await;
+    let mut letters = b.dead.subscribe();
     // A frame whose envelope header is not JSON: that message is dropped (dead letter
     // DecodeFailed), the connection stays up and the next message is delivered.
     let mut s = casty_connected(&b).await;
@@ -221,6 +222,17 @@ async fn invalid_headers() {
     assert_eq!(recv(&mut b.rx).await.payload.as_ref(), b"3");
     assert_eq!(b.dead.count(DeadLetterReason::DecodeFailed), 2);
     assert_eq!(b.node.stats().decode_failures, 2);
+    // Subscribers see both, with the bytes that did not decode.
+    for sent in [&bad, &overrun] {
+        let letter = letters
+            .try_recv()
+            .expect("a dead letter for each bad frame");
+        assert_eq!(letter.reason, DeadLetterReason::DecodeFailed);
+        assert_eq!(letter.envelope.payload.as_ref(), sent.as_slice());
+        assert!(letter.envelope.target.is_empty() && letter.envelope.type_hint.is_empty());
+        let detail = letter.detail.expect("detail");
+        assert!(detail.contains("undecodable envelope"), "{detail}");
+    }
 
     // A frame length of 0 (no kind byte) is a framing error: connection closed.
     s.write_all(&0u32.to_be_bytes()).await.expect("write");

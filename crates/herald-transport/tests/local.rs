@@ -679,6 +679,30 @@ fn counters_index_every_reason_separately() {
     );
 }
 
+#[test]
+fn undecodable_input_reaches_subscribers_with_its_bytes_bounded() {
+    use herald_transport::UNDECODABLE_KEPT;
+    let sink = DeadLetters::new(8);
+    // Without subscribers it is only counted.
+    sink.publish_undecodable(DeadLetterReason::DecodeFailed, b"xyz", "bad header");
+    let mut sub = sink.subscribe();
+    sink.publish_undecodable(DeadLetterReason::DecodeFailed, b"{nope", "bad header");
+    let big = vec![7u8; UNDECODABLE_KEPT + 100];
+    sink.publish_undecodable(DeadLetterReason::DecodeFailed, &big, "bad header");
+    let small = sub.try_recv().expect("letter");
+    assert_eq!(small.envelope.payload.as_ref(), b"{nope");
+    assert!(small.envelope.target.is_empty());
+    assert_eq!(small.detail.as_deref(), Some("bad header"));
+    let cut = sub.try_recv().expect("letter");
+    assert_eq!(cut.envelope.payload.len(), UNDECODABLE_KEPT);
+    let detail = cut.detail.expect("detail");
+    assert!(
+        detail.contains(&format!("first {UNDECODABLE_KEPT} of {} bytes", big.len())),
+        "{detail}"
+    );
+    assert_eq!(sink.count(DeadLetterReason::DecodeFailed), 3);
+}
+
 #[tokio::test]
 async fn sweeper_task_expires_buffers_without_other_operations_and_stops_at_shutdown() {
     // A zero period is taken as the shortest one (it must not panic the sweeper).

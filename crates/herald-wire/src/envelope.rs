@@ -326,6 +326,35 @@ impl EnvelopeDecoder {
         buf: Bytes,
         max_header_len: usize,
     ) -> Result<Envelope, WireError> {
+        self.decode_or_return(buf, max_header_len)
+            .map_err(|(e, _)| e)
+    }
+
+    /// Like [`decode_with_limit`](Self::decode_with_limit), but an input that does not
+    /// decode comes back with the error, so the caller can report the bytes without
+    /// having kept a second reference to them (which would cost every message a
+    /// reference-count update).
+    ///
+    /// # Errors
+    /// Those of [`Envelope::decode_with_limit`], each with `buf`.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use herald_wire::EnvelopeDecoder;
+    ///
+    /// let garbage = Bytes::from_static(b"\0\0\0\x07{nope!!");
+    /// let (err, back) = EnvelopeDecoder::new()
+    ///     .decode_or_return(garbage.clone(), usize::MAX)
+    ///     .unwrap_err();
+    /// assert_eq!(back, garbage);
+    /// assert!(err.to_string().contains("header"), "{err}");
+    /// ```
+    #[inline]
+    pub fn decode_or_return(
+        &mut self,
+        buf: Bytes,
+        max_header_len: usize,
+    ) -> Result<Envelope, (WireError, Bytes)> {
         // The cached-header case is small enough to inline into the caller's loop;
         // everything else is `decode_uncached`.
         if let Some(prefix) = buf.first_chunk::<HEADER_LEN_PREFIX>() {
@@ -361,13 +390,17 @@ impl EnvelopeDecoder {
         &mut self,
         buf: Bytes,
         max_header_len: usize,
-    ) -> Result<Envelope, WireError> {
-        let header_len = Envelope::peek_header_len(&buf)?;
+    ) -> Result<Envelope, (WireError, Bytes)> {
+        let header_len = match Envelope::peek_header_len(&buf) {
+            Ok(n) => n,
+            Err(e) => return Err((e, buf)),
+        };
         if header_len > max_header_len {
-            return Err(WireError::HeaderTooLarge {
+            let e = WireError::HeaderTooLarge {
                 header_len,
                 max: max_header_len,
-            });
+            };
+            return Err((e, buf));
         }
         let end = HEADER_LEN_PREFIX + header_len;
         let raw = &buf[HEADER_LEN_PREFIX..end];
@@ -382,7 +415,10 @@ impl EnvelopeDecoder {
             }
             return Ok(self.repeated(buf, end));
         }
-        let header = parse_header(raw)?;
+        let header = match parse_header(raw) {
+            Ok(h) => h,
+            Err(e) => return Err((e, buf)),
+        };
         self.raw.clear();
         self.interned = false;
         if header.extra.is_empty() && raw.len() <= CACHED_HEADER_MAX {

@@ -1119,7 +1119,8 @@ fn fail_frame(shared: &Shared, frame: &[u8], reason: DeadLetterReason, detail: S
         Ok(env) => shared.fail(env, reason, detail),
         Err(e) => {
             warn!(error = %e, "queued message could not be decoded for its dead letter");
-            shared.dead.record_without_envelope(reason, &detail);
+            let raw = frame.get(5..).unwrap_or_default();
+            shared.dead.publish_undecodable(reason, raw, &detail);
         }
     }
 }
@@ -1453,7 +1454,7 @@ async fn read_loop(
         };
         frames += 1;
         match frame.kind {
-            FRAME_MESSAGE => match decoder.decode(frame.body) {
+            FRAME_MESSAGE => match decoder.decode_or_return(frame.body, usize::MAX) {
                 Ok(env) => {
                     decoded += 1;
                     if !reader.has_ready() {
@@ -1461,13 +1462,13 @@ async fn read_loop(
                     }
                     shared.inbound.on_message(&peer.key, env);
                 }
-                Err(e) => {
+                Err((e, body)) => {
                     shared.stats.decode_failures.fetch_add(1, Ordering::Relaxed);
                     let detail = format!("undecodable envelope from {label}: {e}");
                     warn!(peer = %peer.key, error = %e, "dropping undecodable message");
                     shared
                         .dead
-                        .record_without_envelope(DeadLetterReason::DecodeFailed, &detail);
+                        .publish_undecodable(DeadLetterReason::DecodeFailed, &body, &detail);
                 }
             },
             FRAME_HANDSHAKE => {
