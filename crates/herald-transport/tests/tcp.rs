@@ -556,6 +556,39 @@ async fn a_keepalive_without_a_period_is_refused_at_start() {
 }
 
 #[tokio::test]
+async fn messages_queued_together_go_out_in_few_writes() {
+    let a = start(fast_fail(TcpConfig::loopback(), 1_000)).await;
+    // Queued while nothing listens at the address yet (dials fail and are retried):
+    // nothing can be written directly, and the peer task writes the queue once the
+    // receiver is up and the connection is made.
+    let port = free_port().await;
+    let to = PeerAddr::new("127.0.0.1", port);
+    let peer = a.node.peer(&to);
+    let count = 2000;
+    for n in 0..count {
+        peer.send(env(&to, n)).expect("queued");
+    }
+    let mut cfg = TcpConfig::loopback();
+    cfg.bind = ([127, 0, 0, 1], port).into();
+    let mut b = start(cfg).await;
+    for n in 0..count {
+        let (_, got) = recv(&mut b.rx).await;
+        assert_eq!(got.payload, format!("{{\"n\": {n}}}").as_bytes());
+    }
+    assert!(peer.flushed(WAIT).await);
+    let stats = a.node.stats();
+    assert_eq!(stats.messages_out, count as u64, "{stats:?}");
+    assert_eq!(stats.direct_writes, 0, "{stats:?}");
+    // About 220 KB of frames: one or two runs of up to 256 KiB, not a write per message.
+    assert!(
+        (1..=4).contains(&stats.batches_out),
+        "frames were not coalesced: {stats:?}"
+    );
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
+#[tokio::test]
 async fn send_after_shutdown_is_refused() {
     let a = start(TcpConfig::loopback()).await;
     a.node.shutdown().await;

@@ -96,6 +96,8 @@ pub struct Counters {
     pub messages_out: AtomicU64,
     /// Bytes written to sockets (message batches).
     pub bytes_out: AtomicU64,
+    /// Runs of queued messages the peer tasks wrote, one write each.
+    pub batches_out: AtomicU64,
     /// Messages the sending thread wrote to an idle plain-TCP connection itself
     /// (no hop through the peer task); included in `messages_out` once complete.
     pub direct_writes: AtomicU64,
@@ -130,6 +132,10 @@ pub struct TcpStats {
     pub sender_flushes: u64,
     /// Bytes written to sockets.
     pub bytes_out: u64,
+    /// Runs of queued messages the peer tasks wrote, one write (of up to
+    /// `max_batch_bytes`) each: write batching shows as `messages_out` much larger than
+    /// `batches_out + direct_writes + ` the messages of `sender_flushes`.
+    pub batches_out: u64,
     /// Messages received and decoded.
     pub messages_in: u64,
     /// Frames or envelopes that failed to decode.
@@ -765,6 +771,7 @@ impl TcpNode {
             direct_partial: l(&c.direct_partial),
             sender_flushes: l(&c.sender_flushes),
             bytes_out: l(&c.bytes_out),
+            batches_out: l(&c.batches_out),
             messages_in: l(&c.messages_in),
             decode_failures: l(&c.decode_failures),
             connections_established: l(&c.connections_established),

@@ -1059,6 +1059,7 @@ impl Peer {
                 return Err(err);
             }
             batch.consume(n, bytes);
+            shared.stats.batches_out.fetch_add(1, Ordering::Relaxed);
             shared
                 .stats
                 .messages_out
