@@ -13,6 +13,7 @@ mod mesh_cmd;
 mod node_cmd;
 mod registry_cmd;
 mod up;
+mod values;
 mod wire_cmd;
 
 pub use error::{BadInput, bad_input};

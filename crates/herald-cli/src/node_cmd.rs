@@ -20,7 +20,7 @@ use herald_transport::{DeadLetters, Handler, MessageTransport, PathMatcher};
 use herald_wire::payload::CastyValue;
 use herald_wire::{ActorAddress, Envelope};
 
-use crate::bad_input;
+use crate::{bad_input, values};
 
 /// Connection options shared by `herald tell` and `herald up`.
 #[derive(Debug, Clone, Args)]
@@ -92,9 +92,16 @@ pub struct TellArgs {
     /// Sender URI written in the envelope (casty receivers ignore it).
     #[arg(long, default_value = "")]
     pub sender: String,
-    /// Give up after this many seconds (connect + write).
-    #[arg(long, default_value_t = 10.0)]
-    pub timeout: f64,
+    /// Give up after this many seconds (connect + write); more than 0, at most a year,
+    /// fractions allowed.
+    #[arg(
+        long,
+        default_value = "10",
+        value_name = "S",
+        value_parser = values::seconds,
+        allow_negative_numbers = true,
+    )]
+    pub timeout: Duration,
     #[command(flatten)]
     pub wire: WireArgs,
 }
@@ -121,14 +128,9 @@ pub async fn run_tell(args: TellArgs) -> anyhow::Result<()> {
             args.uri
         )));
     };
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(bad_input(anyhow!(
-            "--timeout must be a positive number of seconds, got {}",
-            args.timeout
-        )));
-    }
     let payload = casty_payload(&args.type_hint, &args.json).map_err(bad_input)?;
-    let timeout = Duration::from_secs_f64(args.timeout);
+    // `values::seconds` keeps it positive and small enough for `Instant + timeout`.
+    let timeout = args.timeout;
     let mut cfg = TcpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))).with_mode(args.wire.mode());
     cfg.client_only = true;
     cfg.connect_timeout = timeout;
@@ -321,7 +323,7 @@ mod tests {
             type_hint: "demo.Ping".into(),
             json: r#"{"value": 1}"#.into(),
             sender: String::new(),
-            timeout: 10.0,
+            timeout: Duration::from_secs(10),
             wire: args.wire.clone(),
         })
         .await

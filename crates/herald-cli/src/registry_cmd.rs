@@ -16,7 +16,7 @@ use herald_registry::{
 };
 use serde_json::json;
 
-use crate::bad_input;
+use crate::{bad_input, values};
 
 /// `herald registry ...`
 #[derive(Debug, Subcommand)]
@@ -48,9 +48,16 @@ pub struct ServeArgs {
     /// Serve TCP only.
     #[arg(long)]
     tcp_only: bool,
-    /// Seconds after which an entry that was not refreshed is removed.
-    #[arg(long, default_value_t = 240.0, value_name = "S")]
-    prune_timeout: f64,
+    /// Seconds after which an entry that was not refreshed is removed (more than 0, at
+    /// most a year; fractions allowed).
+    #[arg(
+        long,
+        default_value = "240",
+        value_name = "S",
+        value_parser = values::seconds,
+        allow_negative_numbers = true,
+    )]
+    prune_timeout: Duration,
     /// Answer LIST requests (off by default: listing exposes the service inventory).
     #[arg(long)]
     listing: bool,
@@ -60,8 +67,9 @@ pub struct ServeArgs {
     /// Only these networks may LIST (repeatable; default: anyone, when --listing).
     #[arg(long = "list-allow", value_name = "CIDR")]
     list_allow: Vec<String>,
-    /// Per-source limit of requests per second (burst: twice that).
-    #[arg(long, value_name = "N")]
+    /// Per-source limit of requests per second (burst: twice that, at least 1); more
+    /// than 0, at most 1e9, fractions allowed.
+    #[arg(long, value_name = "N", value_parser = values::per_second, allow_negative_numbers = true)]
     rate_limit: Option<f64>,
     /// Maximum number of entries in the table.
     #[arg(long, default_value_t = 100_000)]
@@ -86,9 +94,15 @@ pub struct TargetArgs {
     /// Use TCP instead of UDP.
     #[arg(long)]
     tcp: bool,
-    /// Seconds to wait for the reply.
-    #[arg(long, default_value_t = 2.0, value_name = "S")]
-    timeout: f64,
+    /// Seconds to wait for the reply (more than 0, at most a year; fractions allowed).
+    #[arg(
+        long,
+        default_value = "2",
+        value_name = "S",
+        value_parser = values::seconds,
+        allow_negative_numbers = true,
+    )]
+    timeout: Duration,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -107,9 +121,15 @@ pub struct RegisterArgs {
     /// unregister.
     #[arg(long)]
     keepalive: bool,
-    /// Keep-alive interval in seconds.
-    #[arg(long, default_value_t = 60.0, value_name = "S")]
-    interval: f64,
+    /// Keep-alive interval in seconds (more than 0, at most a year; fractions allowed).
+    #[arg(
+        long,
+        default_value = "60",
+        value_name = "S",
+        value_parser = values::seconds,
+        allow_negative_numbers = true,
+    )]
+    interval: Duration,
     #[command(flatten)]
     target: TargetArgs,
 }
@@ -152,17 +172,6 @@ pub async fn run(cmd: RegistryCommand) -> anyhow::Result<()> {
         RegistryCommand::List(args) => list(args).await,
         RegistryCommand::Unregister(args) => unregister(args).await,
     }
-}
-
-fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            bad_input(anyhow!(
-                "{flag} must be a positive number of seconds, got {value}"
-            ))
-        })
 }
 
 fn parse_cidrs(list: &[String], flag: &str) -> anyhow::Result<Vec<herald_registry::IpNet>> {
@@ -243,7 +252,6 @@ async fn resolve(spec: &str) -> anyhow::Result<SocketAddr> {
 }
 
 async fn client(t: &TargetArgs) -> anyhow::Result<RegistryClient> {
-    let timeout = seconds(t.timeout, "--timeout")?;
     let addr = match &t.registry {
         Some(spec) => resolve(spec).await?,
         None => {
@@ -256,9 +264,9 @@ async fn client(t: &TargetArgs) -> anyhow::Result<RegistryClient> {
         }
     };
     Ok(if t.tcp {
-        TcpRegistryClient::new(addr).with_timeout(timeout).into()
+        TcpRegistryClient::new(addr).with_timeout(t.timeout).into()
     } else {
-        UdpRegistryClient::new(addr).with_timeout(timeout).into()
+        UdpRegistryClient::new(addr).with_timeout(t.timeout).into()
     })
 }
 
@@ -307,22 +315,18 @@ async fn stop_signal() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let prune_timeout = seconds(args.prune_timeout, "--prune-timeout")?;
-    let rate_limit = match args.rate_limit {
-        Some(r) if r.is_finite() && r > 0.0 => Some(RateLimit {
-            per_second: r,
-            burst: (2.0 * r).max(1.0),
-        }),
-        Some(r) => return Err(bad_input(anyhow!("--rate-limit must be positive, got {r}"))),
-        None => None,
-    };
+    // `values::per_second` bounds the rate, so the burst stays finite.
+    let rate_limit = args.rate_limit.map(|r| RateLimit {
+        per_second: r,
+        burst: (2.0 * r).max(1.0),
+    });
     let config = RegistryConfig {
         host: args.host,
         port: args.port,
         udp: !args.tcp_only,
         tcp: !args.udp_only,
         core: CoreConfig {
-            prune_timeout,
+            prune_timeout: args.prune_timeout,
             allow_listing: args.listing,
             register_allow: parse_cidrs(&args.allow, "--allow")?,
             list_allow: parse_cidrs(&args.list_allow, "--list-allow")?,
@@ -376,7 +380,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn register(args: RegisterArgs) -> anyhow::Result<()> {
     let port = parse_port(&args.port)?;
-    let interval = seconds(args.interval, "--interval")?;
     let client = client(&args.target).await?;
     let target = client.target();
     client
@@ -396,7 +399,7 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
     }
     let registrar = Registrar::spawn(
         client,
-        RegistrarConfig::new(args.aliases.clone(), port.clone()).with_interval(interval),
+        RegistrarConfig::new(args.aliases.clone(), port.clone()).with_interval(args.interval),
     );
     stop_signal().await?;
     registrar
