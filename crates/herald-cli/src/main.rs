@@ -12,6 +12,7 @@ mod error;
 mod mesh_cmd;
 mod node_cmd;
 mod registry_cmd;
+mod shutdown;
 mod up;
 mod values;
 mod wire_cmd;

@@ -404,6 +404,8 @@ async fn listen(a: ListenArgs) -> anyhow::Result<()> {
     };
     let mesh = Mesh::connect(backend, MeshConfig::client()).await?;
     let mut sub = mesh.subscribe(&a.topic).await.map_err(user_or_runtime)?;
+    let stop = crate::shutdown::stop_signal()?;
+    tokio::pin!(stop);
     if !a.backend.json {
         eprintln!("herald: listening for {}", a.topic);
     }
@@ -414,7 +416,7 @@ async fn listen(a: ListenArgs) -> anyhow::Result<()> {
         }
         let ev = tokio::select! {
             ev = sub.next() => ev,
-            _ = tokio::signal::ctrl_c() => None,
+            () = &mut stop => None,
         };
         let Some(ev) = ev else { break };
         seen += 1;
@@ -448,6 +450,9 @@ async fn serve_example(a: ServeArgs) -> anyhow::Result<()> {
     let mesh = Mesh::connect(backend.clone(), cfg)
         .await
         .map_err(user_or_runtime)?;
+    // Installed before the ready line: a signal right after it still shuts down gracefully.
+    let stop = crate::shutdown::stop_signal()?;
+    tokio::pin!(stop);
     if a.backend.json {
         println!(
             "{}",
@@ -464,7 +469,7 @@ async fn serve_example(a: ServeArgs) -> anyhow::Result<()> {
     let mut leader = mesh.leader_watch();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            () = &mut stop => break,
             changed = leader.changed() => match changed {
                 Some(now) => tracing::info!(leader = now, "leadership changed"),
                 None => break,

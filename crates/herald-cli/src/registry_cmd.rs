@@ -16,6 +16,7 @@ use herald_registry::{
 };
 use serde_json::json;
 
+use crate::shutdown::stop_signal;
 use crate::{bad_input, values};
 
 /// `herald registry ...`
@@ -297,23 +298,6 @@ fn print_event(ev: &RegistryEvent, as_json: bool) {
     }
 }
 
-/// Ctrl-C, or SIGTERM on Unix (how service managers stop a registry).
-async fn stop_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),
-            _ = term.recv() => Ok(()),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
-    }
-}
-
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // `values::per_second` bounds the rate, so the burst stays finite.
     let rate_limit = args.rate_limit.map(|r| RateLimit {
@@ -337,6 +321,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..RegistryConfig::default()
     };
+    // Before "listening" is printed: a SIGTERM right after it still stops gracefully.
+    let stop = stop_signal()?;
     let server = RegistryServer::bind(config)
         .await
         .context("starting the registry")?;
@@ -353,7 +339,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             if args.listing { "on" } else { "off" }
         ),
     );
-    let stop = stop_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -364,10 +349,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
-            r = &mut stop => {
-                r?;
-                break;
-            }
+            () = &mut stop => break,
         }
     }
     let stats = server.stats();
@@ -380,12 +362,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn register(args: RegisterArgs) -> anyhow::Result<()> {
     let port = parse_port(&args.port)?;
+    // With --keepalive, Ctrl-C is handled from before the first REGISTER: whenever it
+    // comes, the registration is removed (the registry may have it before we see a reply).
+    let mut stop = if args.keepalive {
+        Some(Box::pin(stop_signal()?))
+    } else {
+        None
+    };
     let client = client(&args.target).await?;
     let target = client.target();
-    client
-        .register(&args.aliases, port.clone())
-        .await
-        .with_context(|| format!("registering with {target}"))?;
+    let first = client.register(&args.aliases, port.clone());
+    let first = match stop.as_mut() {
+        Some(stop) => tokio::select! {
+            r = first => Some(r),
+            () = stop => None,
+        },
+        None => Some(first.await),
+    };
+    let Some(first) = first else {
+        client
+            .unregister(port.clone())
+            .await
+            .with_context(|| format!("interrupted; unregistering from {target}"))?;
+        print_result(
+            args.target.json,
+            unregistered_json(&port, target),
+            format_args!("interrupted; unregistered port {port} from {target}"),
+        );
+        return Ok(());
+    };
+    first.with_context(|| format!("registering with {target}"))?;
     print_result(
         args.target.json,
         json!({ "registered": true, "aliases": args.aliases, "port": port_json(&port), "registry": target.to_string() }),
@@ -394,14 +400,14 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
             args.aliases.join(" ")
         ),
     );
-    if !args.keepalive {
+    let Some(stop) = stop else {
         return Ok(());
-    }
+    };
     let registrar = Registrar::spawn(
         client,
         RegistrarConfig::new(args.aliases.clone(), port.clone()).with_interval(args.interval),
     );
-    stop_signal().await?;
+    stop.await;
     registrar
         .shutdown()
         .await

@@ -122,8 +122,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Some(host)
     };
 
+    // Installed before "ready" is printed: a SIGTERM right after it shuts down gracefully.
+    let stop = crate::shutdown::stop_signal()?;
     println!("herald up: ready (Ctrl-C to stop)");
-    wait_for_shutdown_signal().await;
+    stop.await;
     println!("herald up: shutting down");
 
     if let Some(mesh) = mesh
@@ -136,27 +138,4 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     node.shutdown().await;
     Ok(())
-}
-
-async fn wait_for_shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops herald up");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
