@@ -139,3 +139,43 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     node.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+
+    use clap::Parser;
+
+    use super::UpArgs;
+
+    #[derive(Debug, Parser)]
+    struct Up {
+        #[command(flatten)]
+        args: UpArgs,
+    }
+
+    #[test]
+    fn tls_flags_come_as_a_set() {
+        let tls = [
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-ca",
+            "ca.pem",
+        ];
+        let ok = Up::try_parse_from(["up"].iter().chain(&tls)).expect("all three");
+        assert!(!ok.args.node.tls.tls_no_client_auth);
+        let ok = Up::try_parse_from(["up", "--tls-no-client-auth"].iter().chain(&tls))
+            .expect("with --tls-no-client-auth");
+        assert!(ok.args.node.tls.tls_no_client_auth);
+        for partial in [
+            &["up", "--tls-cert", "c.pem"][..],
+            &["up", "--tls-cert", "c.pem", "--tls-key", "k.pem"],
+            &["up", "--tls-key", "k.pem"],
+            &["up", "--tls-ca", "ca.pem"],
+            &["up", "--tls-no-client-auth"],
+        ] {
+            assert!(Up::try_parse_from(partial).is_err(), "{partial:?}");
+        }
+    }
+}
