@@ -142,6 +142,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
 
     use clap::Parser;
 
@@ -151,6 +152,23 @@ mod tests {
     struct Up {
         #[command(flatten)]
         args: UpArgs,
+    }
+
+    #[test]
+    fn defaults_bind_loopback_25520_as_system_herald_with_registry_and_mesh() {
+        let up = Up::try_parse_from(["up"]).expect("no flag is required");
+        let a = up.args;
+        assert_eq!(a.node.bind, SocketAddr::from(([127, 0, 0, 1], 25520)));
+        assert_eq!(a.node.advertise, None);
+        assert_eq!(a.node.system, "herald");
+        assert!(!a.node.wire.casty_compat);
+        assert_eq!(a.node.wire.cluster, "herald");
+        assert_eq!(a.node.tls.tls_cert, None);
+        assert!(!a.node.tls.tls_no_client_auth);
+        assert_eq!(a.registry_host.to_string(), "0.0.0.0");
+        assert_eq!(a.registry_port, 18811);
+        assert!(!a.registry_listing && !a.no_registry && !a.no_mesh);
+        assert_eq!(a.mesh_service, "example");
     }
 
     #[test]

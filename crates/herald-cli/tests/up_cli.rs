@@ -166,8 +166,22 @@ impl Drop for Up {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_node_registry_and_mesh_then_stops_on_sigterm() {
-    let registry_port = free_port_for_tcp_and_udp();
-    let mut up = Up::start(registry_port);
+    // The port is free when picked, but another test's socket (a node bound to port 0,
+    // a tell's outgoing connection) may take it before herald binds it: retried.
+    let mut attempt = 0;
+    let (mut up, registry_port) = loop {
+        attempt += 1;
+        let registry_port = free_port_for_tcp_and_udp();
+        let mut up = Up::start(registry_port);
+        if up.try_line("registry ").is_some() {
+            break (up, registry_port);
+        }
+        let err = up.stderr();
+        assert!(
+            attempt < 5 && err.contains("starting the registry"),
+            "herald up --registry-port {registry_port} failed: {err}"
+        );
+    };
 
     let node_line = up.expect_line("node casty://");
     let uri = node_line
@@ -186,17 +200,7 @@ async fn up_serves_node_registry_and_mesh_then_stops_on_sigterm() {
     up.expect_line("ready");
 
     // A message told to the node is printed with its path and payload.
-    let out = herald()
-        .args([
-            "tell",
-            &format!("{uri}/user/inbox"),
-            "--type-hint",
-            "demo.Ping",
-            "--json",
-            r#"{"seq": 7}"#,
-        ])
-        .output()
-        .expect("run herald tell");
+    let out = tell(&format!("{uri}/user/inbox"), 7, &[]);
     assert!(
         out.status.success(),
         "tell failed: {}",
@@ -296,6 +300,97 @@ fn tell(uri: &str, seq: u32, extra: &[&str]) -> Output {
 
 fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A TCP port that was free on 127.0.0.1 a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+#[test]
+fn up_prints_the_advertised_uri_and_a_tell_to_it_is_received() {
+    // The port is free when picked; another test may take it before herald binds it,
+    // so a failed bind is retried on another port.
+    let mut attempt = 0;
+    let (mut up, port) = loop {
+        attempt += 1;
+        let port = free_port();
+        let bind = format!("127.0.0.1:{port}");
+        let advertise = format!("localhost:{port}");
+        let mut up = Up::node(&[
+            "--bind",
+            &bind,
+            "--advertise",
+            &advertise,
+            "--system",
+            "shop",
+        ]);
+        if up.try_line("node casty://").is_some() {
+            break (up, port);
+        }
+        let err = up.stderr();
+        assert!(
+            attempt < 5 && err.contains("starting the node"),
+            "herald up --bind {bind} failed: {err}"
+        );
+    };
+    let uri = up.uri();
+    assert_eq!(uri, format!("casty://shop@localhost:{port}"));
+    let node_line = up.expect_line("node casty://");
+    assert!(
+        node_line.contains("mode=native") && node_line.contains("tls=off"),
+        "{node_line}"
+    );
+    up.expect_line("herald up: ready");
+
+    let out = tell(&format!("{uri}/user/inbox"), 11, &[]);
+    assert!(out.status.success(), "tell failed: {}", stderr_of(&out));
+    let msg = up.expect_line("message path=/user/inbox");
+    assert!(msg.contains("type_hint=demo.Ping"), "{msg}");
+    assert!(msg.contains(r#""seq": 11"#), "{msg}");
+
+    // A message to another actor system is not this node's: not printed, and the node
+    // keeps running (a second tell to the right system arrives after it).
+    let _ = tell(
+        &format!("casty://other@localhost:{port}/user/inbox"),
+        12,
+        &[],
+    );
+    let out = tell(&format!("{uri}/user/second"), 13, &[]);
+    assert!(out.status.success(), "tell failed: {}", stderr_of(&out));
+    up.expect_line("message path=/user/second");
+    assert!(
+        !up.seen.iter().any(|l| l.contains(r#""seq": 12"#)),
+        "{:#?}",
+        up.seen
+    );
+}
+
+#[test]
+fn up_help_documents_the_default_bind_and_every_node_flag() {
+    let out = run(&["up", "--help"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("[default: 127.0.0.1:25520]"), "{help}");
+    for flag in [
+        "--bind",
+        "--advertise",
+        "--system",
+        "--tls-cert",
+        "--tls-key",
+        "--tls-ca",
+        "--tls-no-client-auth",
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} missing from --help: {help}"));
+        // Every flag line carries an explanation after the flag (and its value name).
+        assert!(line.split_whitespace().count() > 3, "{line}");
+    }
 }
 
 /// A CA, and certificates signed by it, written as PEM files into a temporary folder.
