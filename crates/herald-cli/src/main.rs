@@ -14,6 +14,7 @@ mod node_cmd;
 mod registry_cmd;
 mod shutdown;
 mod up;
+mod values;
 mod wire_cmd;
 
 pub use error::{BadInput, bad_input};
@@ -85,5 +86,39 @@ async fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn every_flag_is_well_formed_and_documented() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        fn check(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some(),
+                    "{path}: argument {id} has no help text"
+                );
+            }
+            for sub in cmd.get_subcommands() {
+                assert!(
+                    sub.get_about().is_some(),
+                    "{path} {}: no help text",
+                    sub.get_name()
+                );
+                check(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        check(&cmd, "herald");
     }
 }

@@ -19,8 +19,6 @@ use herald_mesh::{
 };
 use serde_json::{Value, json};
 
-use crate::shutdown::Shutdown;
-
 /// Name of the example service hosted in-process by `call`, `describe`, `demo` and
 /// `herald up`.
 pub const EXAMPLE_NAME: &str = "example";
@@ -404,9 +402,10 @@ async fn listen(a: ListenArgs) -> anyhow::Result<()> {
             Arc::new(InProcBroker::new())
         }
     };
-    let mut shutdown = Shutdown::listen()?;
     let mesh = Mesh::connect(backend, MeshConfig::client()).await?;
     let mut sub = mesh.subscribe(&a.topic).await.map_err(user_or_runtime)?;
+    let stop = crate::shutdown::stop_signal()?;
+    tokio::pin!(stop);
     if !a.backend.json {
         eprintln!("herald: listening for {}", a.topic);
     }
@@ -417,7 +416,7 @@ async fn listen(a: ListenArgs) -> anyhow::Result<()> {
         }
         let ev = tokio::select! {
             ev = sub.next() => ev,
-            _ = shutdown.wait() => None,
+            () = &mut stop => None,
         };
         let Some(ev) = ev else { break };
         seen += 1;
@@ -448,10 +447,12 @@ async fn serve_example(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(id) = &a.instance_id {
         cfg = cfg.instance_id(id);
     }
-    let mut shutdown = Shutdown::listen()?;
     let mesh = Mesh::connect(backend.clone(), cfg)
         .await
         .map_err(user_or_runtime)?;
+    // Installed before the ready line: a signal right after it still shuts down gracefully.
+    let stop = crate::shutdown::stop_signal()?;
+    tokio::pin!(stop);
     if a.backend.json {
         println!(
             "{}",
@@ -468,7 +469,7 @@ async fn serve_example(a: ServeArgs) -> anyhow::Result<()> {
     let mut leader = mesh.leader_watch();
     loop {
         tokio::select! {
-            _ = shutdown.wait() => break,
+            () = &mut stop => break,
             changed = leader.changed() => match changed {
                 Some(now) => tracing::info!(leader = now, "leadership changed"),
                 None => break,

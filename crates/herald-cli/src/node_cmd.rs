@@ -8,7 +8,7 @@
 //!   line per message received on a path nobody registered.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -20,9 +20,10 @@ use herald_transport::{DeadLetters, Handler, MessageTransport, PathMatcher};
 use herald_wire::payload::CastyValue;
 use herald_wire::{ActorAddress, Envelope};
 
-use crate::bad_input;
+use crate::{bad_input, values};
 
-/// Connection options shared by `herald tell` and `herald up`.
+/// Connection options shared by `herald tell` and `herald up` (TLS flags differ:
+/// [`TellTlsArgs`], [`NodeTlsArgs`]).
 #[derive(Debug, Clone, Args)]
 pub struct WireArgs {
     /// Speak casty 0.21's `{"host","port"}` handshake (to talk to casty nodes) instead of
@@ -35,15 +36,6 @@ pub struct WireArgs {
     /// Shared-secret cookie of the native handshake (also `HERALD_COOKIE`).
     #[arg(long, env = "HERALD_COOKIE", hide_env_values = true)]
     pub cookie: Option<String>,
-    /// PEM certificate chain of this node (TLS; with --tls-key and --tls-ca: mutual TLS).
-    #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of this node.
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// PEM CA certificate(s) trusted for peers (enables TLS).
-    #[arg(long)]
-    pub tls_ca: Option<PathBuf>,
 }
 
 impl WireArgs {
@@ -56,23 +48,122 @@ impl WireArgs {
             None => WireMode::native(self.cluster.clone()),
         }
     }
+}
 
-    fn tls(&self) -> anyhow::Result<Option<TlsConfig>> {
-        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+/// Reads a PEM file named by `flag`; a failure is the user's (exit status 2).
+fn read_pem(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path)
+        .with_context(|| format!("reading {flag} {}", path.display()))
+        .map_err(bad_input)
+}
+
+/// TLS flags of `herald tell` (a dial-only node).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TellTlsArgs {
+    /// Dial with TLS: PEM CA certificate(s) that must have signed the target node's
+    /// certificate, which must also name the URI's host. Alone: no client certificate
+    /// is presented (enough for nodes run with `--tls-no-client-auth`).
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM certificate chain presented as the client certificate, for nodes that require
+    /// one (mutual TLS, the default of `herald up`). Needs --tls-key and --tls-ca.
+    #[arg(long, value_name = "PEM", requires = "tls_key", requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TellTlsArgs {
+    /// The TLS flags given, for error messages.
+    fn describe(&self) -> String {
+        let flags = [
+            ("--tls-ca", &self.tls_ca),
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+        ];
+        let given: Vec<String> = flags
+            .iter()
+            .filter_map(|(f, p)| p.as_ref().map(|p| format!("{f} {}", p.display())))
+            .collect();
+        format!("TLS from {}", given.join(", "))
+    }
+
+    fn config(&self) -> anyhow::Result<Option<TlsConfig>> {
+        match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
             (None, None, None) => Ok(None),
-            (Some(cert), Some(key), Some(ca)) => Ok(Some(
-                TlsConfig::from_pem_files(cert, key, ca, true).map_err(bad_input)?,
-            )),
-            (None, None, Some(ca)) => {
-                let pem = std::fs::read(ca)
-                    .with_context(|| format!("reading --tls-ca {}", ca.display()))
-                    .map_err(bad_input)?;
-                Ok(Some(
-                    TlsConfig::client_from_pem(&pem, None).map_err(bad_input)?,
-                ))
+            (Some(ca), cert, key) => {
+                let ca = read_pem("--tls-ca", ca)?;
+                let identity = match (cert, key) {
+                    (Some(c), Some(k)) => {
+                        Some((read_pem("--tls-cert", c)?, read_pem("--tls-key", k)?))
+                    }
+                    (None, None) => None,
+                    _ => return Err(bad_input(anyhow!("--tls-cert and --tls-key go together"))),
+                };
+                let identity = identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
+                let tls = TlsConfig::client_from_pem(&ca, identity)
+                    .map_err(|e| bad_input(anyhow::Error::new(e).context(self.describe())))?;
+                Ok(Some(tls))
+            }
+            (None, _, _) => Err(bad_input(anyhow!(
+                "--tls-cert/--tls-key need --tls-ca (the CA that verifies the target node)"
+            ))),
+        }
+    }
+}
+
+/// TLS flags of `herald up` (a node that accepts and dials connections).
+#[derive(Debug, Clone, Default, Args)]
+pub struct NodeTlsArgs {
+    /// Serve and dial over TLS with this PEM certificate chain of the node; it must name
+    /// the host peers dial (the advertised host). Needs --tls-key and --tls-ca. Default
+    /// is mutual TLS: every connecting peer must present a certificate signed by
+    /// --tls-ca, and this node presents its own when dialing (see --tls-no-client-auth).
+    #[arg(long, value_name = "PEM", requires = "tls_key", requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that verify peers: the certificate of every node this one
+    /// dials (it must also name the dialed host) and, unless --tls-no-client-auth, the
+    /// client certificate of every peer that connects. Needs --tls-cert and --tls-key: a
+    /// node asked for TLS never listens in plain TCP.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// Server-side TLS only: accept TLS connections from peers without a client
+    /// certificate (e.g. `herald tell --tls-ca`), and present none when dialing. The
+    /// connection is still encrypted and peers this node dials are still verified
+    /// against --tls-ca; connecting peers are not authenticated (use --cookie for that).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_no_client_auth: bool,
+}
+
+impl NodeTlsArgs {
+    /// The TLS configuration and its description for the `node ...` line (`tls=...`).
+    fn config(&self) -> anyhow::Result<(Option<TlsConfig>, &'static str)> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (None, None, None) if !self.tls_no_client_auth => Ok((None, "off")),
+            (Some(cert), Some(key), Some(ca)) => {
+                let mutual = !self.tls_no_client_auth;
+                let tls = TlsConfig::from_pem(
+                    &read_pem("--tls-cert", cert)?,
+                    &read_pem("--tls-key", key)?,
+                    &read_pem("--tls-ca", ca)?,
+                    mutual,
+                )
+                .map_err(|e| {
+                    bad_input(anyhow::Error::new(e).context(format!(
+                        "TLS from --tls-cert {}, --tls-key {}, --tls-ca {}",
+                        cert.display(),
+                        key.display(),
+                        ca.display()
+                    )))
+                })?;
+                Ok((Some(tls), if mutual { "mutual" } else { "no-client-auth" }))
             }
             _ => Err(bad_input(anyhow!(
-                "TLS needs --tls-ca, and --tls-cert with --tls-key for a node certificate"
+                "TLS needs --tls-cert, --tls-key and --tls-ca together (--tls-no-client-auth: only with them)"
             ))),
         }
     }
@@ -92,11 +183,20 @@ pub struct TellArgs {
     /// Sender URI written in the envelope (casty receivers ignore it).
     #[arg(long, default_value = "")]
     pub sender: String,
-    /// Give up after this many seconds (connect + write).
-    #[arg(long, default_value_t = 10.0)]
-    pub timeout: f64,
+    /// Give up after this many seconds (connect + write); more than 0, at most a year,
+    /// fractions allowed.
+    #[arg(
+        long,
+        default_value = "10",
+        value_name = "S",
+        value_parser = values::seconds,
+        allow_negative_numbers = true,
+    )]
+    pub timeout: Duration,
     #[command(flatten)]
     pub wire: WireArgs,
+    #[command(flatten)]
+    pub tls: TellTlsArgs,
 }
 
 /// Turns user JSON into casty's tagged JSON payload bytes.
@@ -121,19 +221,14 @@ pub async fn run_tell(args: TellArgs) -> anyhow::Result<()> {
             args.uri
         )));
     };
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(bad_input(anyhow!(
-            "--timeout must be a positive number of seconds, got {}",
-            args.timeout
-        )));
-    }
     let payload = casty_payload(&args.type_hint, &args.json).map_err(bad_input)?;
-    let timeout = Duration::from_secs_f64(args.timeout);
+    // `values::seconds` keeps it positive and small enough for `Instant + timeout`.
+    let timeout = args.timeout;
     let mut cfg = TcpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))).with_mode(args.wire.mode());
     cfg.client_only = true;
     cfg.connect_timeout = timeout;
     cfg.backoff.breaker_threshold = 1;
-    cfg.tls = args.wire.tls()?;
+    cfg.tls = args.tls.config()?;
     let dead = DeadLetters::default();
     let mut drops = dead.subscribe();
     let node = TcpNode::builder(cfg).dead_letters(dead).start().await?;
@@ -165,7 +260,7 @@ pub async fn run_tell(args: TellArgs) -> anyhow::Result<()> {
 /// Transport options of `herald up` (flattened into its arguments).
 #[derive(Debug, Clone, Args)]
 pub struct NodeArgs {
-    /// Address to listen on.
+    /// Address to listen on, `ip:port` (port 0: one the OS picks).
     #[arg(long, default_value = herald_transport::tcp::DEFAULT_BIND)]
     pub bind: SocketAddr,
     /// Address advertised to peers, `host:port` (port 0: the bound port). Default: the
@@ -177,6 +272,8 @@ pub struct NodeArgs {
     pub system: String,
     #[command(flatten)]
     pub wire: WireArgs,
+    #[command(flatten)]
+    pub tls: NodeTlsArgs,
 }
 
 /// A running node started by [`start_node`].
@@ -230,8 +327,8 @@ pub async fn start_node(args: &NodeArgs) -> anyhow::Result<NodeHandle> {
     if let Some(a) = &args.advertise {
         cfg.advertise = Some(parse_advertise(a).map_err(bad_input)?);
     }
-    cfg.tls = args.wire.tls()?;
-    let tls = cfg.tls.is_some();
+    let (tls, tls_mode) = args.tls.config()?;
+    cfg.tls = tls;
     let mode = if args.wire.casty_compat {
         "casty-v1"
     } else {
@@ -260,9 +357,8 @@ pub async fn start_node(args: &NodeArgs) -> anyhow::Result<NodeHandle> {
         });
     let uri = transport.root().to_owned();
     println!(
-        "node {uri} node-id={} mode={mode} tls={}",
+        "node {uri} node-id={} mode={mode} tls={tls_mode}",
         transport.node_id(),
-        if tls { "on" } else { "off" }
     );
     Ok(NodeHandle { transport, uri })
 }
@@ -305,10 +401,8 @@ mod tests {
                 casty_compat: false,
                 cluster: "herald".into(),
                 cookie: None,
-                tls_cert: None,
-                tls_key: None,
-                tls_ca: None,
             },
+            tls: NodeTlsArgs::default(),
         };
         let node = start_node(&args).await.expect("starts");
         let mut inbox = node
@@ -321,8 +415,9 @@ mod tests {
             type_hint: "demo.Ping".into(),
             json: r#"{"value": 1}"#.into(),
             sender: String::new(),
-            timeout: 10.0,
+            timeout: Duration::from_secs(10),
             wire: args.wire.clone(),
+            tls: TellTlsArgs::default(),
         })
         .await
         .expect("tell succeeds");

@@ -16,8 +16,8 @@ use herald_registry::{
 };
 use serde_json::json;
 
-use crate::bad_input;
-use crate::shutdown::Shutdown;
+use crate::shutdown::stop_signal;
+use crate::{bad_input, values};
 
 /// `herald registry ...`
 #[derive(Debug, Subcommand)]
@@ -49,9 +49,16 @@ pub struct ServeArgs {
     /// Serve TCP only.
     #[arg(long)]
     tcp_only: bool,
-    /// Seconds after which an entry that was not refreshed is removed.
-    #[arg(long, default_value_t = 240.0, value_name = "S")]
-    prune_timeout: f64,
+    /// Seconds after which an entry that was not refreshed is removed (more than 0, at
+    /// most a year; fractions allowed).
+    #[arg(
+        long,
+        default_value = "240",
+        value_name = "S",
+        value_parser = values::seconds,
+        allow_negative_numbers = true,
+    )]
+    prune_timeout: Duration,
     /// Answer LIST requests (off by default: listing exposes the service inventory).
     #[arg(long)]
     listing: bool,
@@ -61,8 +68,9 @@ pub struct ServeArgs {
     /// Only these networks may LIST (repeatable; default: anyone, when --listing).
     #[arg(long = "list-allow", value_name = "CIDR")]
     list_allow: Vec<String>,
-    /// Per-source limit of requests per second (burst: twice that).
-    #[arg(long, value_name = "N")]
+    /// Per-source limit of requests per second (burst: twice that, at least 1); more
+    /// than 0, at most 1e9, fractions allowed.
+    #[arg(long, value_name = "N", value_parser = values::per_second, allow_negative_numbers = true)]
     rate_limit: Option<f64>,
     /// Maximum number of entries in the table.
     #[arg(long, default_value_t = 100_000)]
@@ -87,9 +95,15 @@ pub struct TargetArgs {
     /// Use TCP instead of UDP.
     #[arg(long)]
     tcp: bool,
-    /// Seconds to wait for the reply.
-    #[arg(long, default_value_t = 2.0, value_name = "S")]
-    timeout: f64,
+    /// Seconds to wait for the reply (more than 0, at most a year; fractions allowed).
+    #[arg(
+        long,
+        default_value = "2",
+        value_name = "S",
+        value_parser = values::seconds,
+        allow_negative_numbers = true,
+    )]
+    timeout: Duration,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -108,9 +122,15 @@ pub struct RegisterArgs {
     /// unregister.
     #[arg(long)]
     keepalive: bool,
-    /// Keep-alive interval in seconds.
-    #[arg(long, default_value_t = 60.0, value_name = "S")]
-    interval: f64,
+    /// Keep-alive interval in seconds (more than 0, at most a year; fractions allowed).
+    #[arg(
+        long,
+        default_value = "60",
+        value_name = "S",
+        value_parser = values::seconds,
+        allow_negative_numbers = true,
+    )]
+    interval: Duration,
     #[command(flatten)]
     target: TargetArgs,
 }
@@ -153,17 +173,6 @@ pub async fn run(cmd: RegistryCommand) -> anyhow::Result<()> {
         RegistryCommand::List(args) => list(args).await,
         RegistryCommand::Unregister(args) => unregister(args).await,
     }
-}
-
-fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            bad_input(anyhow!(
-                "{flag} must be a positive number of seconds, got {value}"
-            ))
-        })
 }
 
 fn parse_cidrs(list: &[String], flag: &str) -> anyhow::Result<Vec<herald_registry::IpNet>> {
@@ -244,7 +253,6 @@ async fn resolve(spec: &str) -> anyhow::Result<SocketAddr> {
 }
 
 async fn client(t: &TargetArgs) -> anyhow::Result<RegistryClient> {
-    let timeout = seconds(t.timeout, "--timeout")?;
     let addr = match &t.registry {
         Some(spec) => resolve(spec).await?,
         None => {
@@ -257,9 +265,9 @@ async fn client(t: &TargetArgs) -> anyhow::Result<RegistryClient> {
         }
     };
     Ok(if t.tcp {
-        TcpRegistryClient::new(addr).with_timeout(timeout).into()
+        TcpRegistryClient::new(addr).with_timeout(t.timeout).into()
     } else {
-        UdpRegistryClient::new(addr).with_timeout(timeout).into()
+        UdpRegistryClient::new(addr).with_timeout(t.timeout).into()
     })
 }
 
@@ -291,22 +299,18 @@ fn print_event(ev: &RegistryEvent, as_json: bool) {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let prune_timeout = seconds(args.prune_timeout, "--prune-timeout")?;
-    let rate_limit = match args.rate_limit {
-        Some(r) if r.is_finite() && r > 0.0 => Some(RateLimit {
-            per_second: r,
-            burst: (2.0 * r).max(1.0),
-        }),
-        Some(r) => return Err(bad_input(anyhow!("--rate-limit must be positive, got {r}"))),
-        None => None,
-    };
+    // `values::per_second` bounds the rate, so the burst stays finite.
+    let rate_limit = args.rate_limit.map(|r| RateLimit {
+        per_second: r,
+        burst: (2.0 * r).max(1.0),
+    });
     let config = RegistryConfig {
         host: args.host,
         port: args.port,
         udp: !args.tcp_only,
         tcp: !args.udp_only,
         core: CoreConfig {
-            prune_timeout,
+            prune_timeout: args.prune_timeout,
             allow_listing: args.listing,
             register_allow: parse_cidrs(&args.allow, "--allow")?,
             list_allow: parse_cidrs(&args.list_allow, "--list-allow")?,
@@ -317,7 +321,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..RegistryConfig::default()
     };
-    let mut shutdown = Shutdown::listen()?;
+    // Before "listening" is printed: a SIGTERM right after it still stops gracefully.
+    let stop = stop_signal()?;
     let server = RegistryServer::bind(config)
         .await
         .context("starting the registry")?;
@@ -334,6 +339,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             if args.listing { "on" } else { "off" }
         ),
     );
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
@@ -343,7 +349,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
-            _ = shutdown.wait() => break,
+            () = &mut stop => break,
         }
     }
     let stats = server.stats();
@@ -356,14 +362,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn register(args: RegisterArgs) -> anyhow::Result<()> {
     let port = parse_port(&args.port)?;
-    let interval = seconds(args.interval, "--interval")?;
-    let mut shutdown = Shutdown::listen()?;
+    // With --keepalive, Ctrl-C is handled from before the first REGISTER: whenever it
+    // comes, the registration is removed (the registry may have it before we see a reply).
+    let mut stop = if args.keepalive {
+        Some(Box::pin(stop_signal()?))
+    } else {
+        None
+    };
     let client = client(&args.target).await?;
     let target = client.target();
-    client
-        .register(&args.aliases, port.clone())
-        .await
-        .with_context(|| format!("registering with {target}"))?;
+    let first = client.register(&args.aliases, port.clone());
+    let first = match stop.as_mut() {
+        Some(stop) => tokio::select! {
+            r = first => Some(r),
+            () = stop => None,
+        },
+        None => Some(first.await),
+    };
+    let Some(first) = first else {
+        client
+            .unregister(port.clone())
+            .await
+            .with_context(|| format!("interrupted; unregistering from {target}"))?;
+        print_result(
+            args.target.json,
+            unregistered_json(&port, target),
+            format_args!("interrupted; unregistered port {port} from {target}"),
+        );
+        return Ok(());
+    };
+    first.with_context(|| format!("registering with {target}"))?;
     print_result(
         args.target.json,
         json!({ "registered": true, "aliases": args.aliases, "port": port_json(&port), "registry": target.to_string() }),
@@ -372,14 +400,14 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
             args.aliases.join(" ")
         ),
     );
-    if !args.keepalive {
+    let Some(stop) = stop else {
         return Ok(());
-    }
+    };
     let registrar = Registrar::spawn(
         client,
-        RegistrarConfig::new(args.aliases.clone(), port.clone()).with_interval(interval),
+        RegistrarConfig::new(args.aliases.clone(), port.clone()).with_interval(args.interval),
     );
-    shutdown.wait().await;
+    stop.await;
     registrar
         .shutdown()
         .await

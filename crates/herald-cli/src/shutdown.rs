@@ -1,51 +1,35 @@
-//! The stop signals of the long-running commands.
+//! Stop signals for the long-running commands (`up`, `registry serve`, `registry register
+//! --keepalive`, `mesh serve-example`, `mesh listen`).
+//!
+//! The handlers are installed when [`stop_signal`] is called, not when its future is
+//! first polled: a SIGTERM or Ctrl-C that arrives between "ready" being printed and the
+//! first poll would otherwise hit the default action and kill the process without the
+//! graceful shutdown (a supervisor or test that signals right after "ready" saw that).
+
+use std::future::Future;
 
 use anyhow::Context;
 
-/// Ctrl-C, or SIGTERM on Unix (how service managers stop a service), listened for from
-/// the moment this is created.
-///
-/// A command creates it before it prints that it is ready, so a signal sent right after
-/// that line is neither lost nor fatal: without a handler installed, SIGTERM would kill
-/// the process before it could shut down cleanly.
-pub(crate) struct Shutdown {
+/// Installs the Ctrl-C (SIGINT) and, on Unix, SIGTERM handlers now; the returned future
+/// completes on the first of them.
+pub fn stop_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl Shutdown {
-    /// Installs the handlers.
-    pub(crate) fn listen() -> anyhow::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Shutdown {
-                interrupt: signal(SignalKind::interrupt())
-                    .context("installing the Ctrl-C (SIGINT) handler")?,
-                terminate: signal(SignalKind::terminate())
-                    .context("installing the SIGTERM handler")?,
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            Ok(Shutdown {})
-        }
-    }
-
-    /// Waits for the next stop signal (cancel-safe: usable in a `select!` loop).
-    pub(crate) async fn wait(&mut self) {
-        #[cfg(unix)]
-        {
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        Ok(async move {
             tokio::select! {
-                _ = self.interrupt.recv() => {}
-                _ = self.terminate.recv() => {}
+                _ = int.recv() => {}
+                _ = term.recv() => {}
             }
-        }
-        #[cfg(not(unix))]
-        {
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        // Installed on first poll here: tokio has no eager Ctrl-C listener off Unix.
+        Ok(async {
             let _ = tokio::signal::ctrl_c().await;
-        }
+        })
     }
 }

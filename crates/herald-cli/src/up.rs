@@ -15,7 +15,6 @@ use anyhow::Context;
 use clap::Args;
 use herald_registry::{CoreConfig, RegistryConfig, RegistryEvent, RegistryServer};
 
-use crate::shutdown::Shutdown;
 use crate::{mesh_cmd, node_cmd};
 
 /// Flags of `herald up`.
@@ -51,7 +50,9 @@ pub struct UpArgs {
 
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let mut shutdown = Shutdown::listen()?;
+    // Installed first: a signal during start-up (or right after "ready") shuts down
+    // gracefully once everything is up, instead of killing the process half-started.
+    let stop = crate::shutdown::stop_signal()?;
     let node = node_cmd::start_node(&args.node).await?;
 
     let registry = if args.no_registry {
@@ -125,7 +126,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
 
     println!("herald up: ready (Ctrl-C to stop)");
-    shutdown.wait().await;
+    stop.await;
     println!("herald up: shutting down");
 
     if let Some(mesh) = mesh
@@ -138,4 +139,62 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     node.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use clap::Parser;
+
+    use super::UpArgs;
+
+    #[derive(Debug, Parser)]
+    struct Up {
+        #[command(flatten)]
+        args: UpArgs,
+    }
+
+    #[test]
+    fn defaults_bind_loopback_25520_as_system_herald_with_registry_and_mesh() {
+        let up = Up::try_parse_from(["up"]).expect("no flag is required");
+        let a = up.args;
+        assert_eq!(a.node.bind, SocketAddr::from(([127, 0, 0, 1], 25520)));
+        assert_eq!(a.node.advertise, None);
+        assert_eq!(a.node.system, "herald");
+        assert!(!a.node.wire.casty_compat);
+        assert_eq!(a.node.wire.cluster, "herald");
+        assert_eq!(a.node.tls.tls_cert, None);
+        assert!(!a.node.tls.tls_no_client_auth);
+        assert_eq!(a.registry_host.to_string(), "0.0.0.0");
+        assert_eq!(a.registry_port, 18811);
+        assert!(!a.registry_listing && !a.no_registry && !a.no_mesh);
+        assert_eq!(a.mesh_service, "example");
+    }
+
+    #[test]
+    fn tls_flags_come_as_a_set() {
+        let tls = [
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-ca",
+            "ca.pem",
+        ];
+        let ok = Up::try_parse_from(["up"].iter().chain(&tls)).expect("all three");
+        assert!(!ok.args.node.tls.tls_no_client_auth);
+        let ok = Up::try_parse_from(["up", "--tls-no-client-auth"].iter().chain(&tls))
+            .expect("with --tls-no-client-auth");
+        assert!(ok.args.node.tls.tls_no_client_auth);
+        for partial in [
+            &["up", "--tls-cert", "c.pem"][..],
+            &["up", "--tls-cert", "c.pem", "--tls-key", "k.pem"],
+            &["up", "--tls-key", "k.pem"],
+            &["up", "--tls-ca", "ca.pem"],
+            &["up", "--tls-no-client-auth"],
+        ] {
+            assert!(Up::try_parse_from(partial).is_err(), "{partial:?}");
+        }
+    }
 }

@@ -119,6 +119,43 @@ async fn tell_bad_input_exits_2_and_unreachable_exits_1() {
     assert!(stderr.contains("not delivered"), "{stderr}");
 }
 
+/// Out-of-range, negative and NaN timeouts are refused before anything is dialed: exit 2
+/// and a message naming the flag and the value (`1e20` used to panic in
+/// `Duration::from_secs_f64`).
+#[test]
+fn tell_refuses_bad_timeouts_with_exit_2() {
+    for (value, why) in [
+        ("1e20", "more than 31536000 seconds"),
+        ("-1", "more than 0 seconds"),
+        ("nan", "not a number"),
+        ("inf", "more than 31536000 seconds"),
+        ("0", "more than 0 seconds"),
+        ("ten", "not a number"),
+    ] {
+        let out = herald()
+            .args([
+                "tell",
+                "casty://h@127.0.0.1:1/x",
+                "--type-hint",
+                "a.B",
+                "--json",
+                "{}",
+                "--timeout",
+                value,
+            ])
+            .output()
+            .expect("run herald");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--timeout {value}: {stderr}");
+        assert!(
+            stderr.contains(&format!("'{value}'")) && stderr.contains("--timeout"),
+            "--timeout {value}: {stderr}"
+        );
+        assert!(stderr.contains(why), "--timeout {value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "--timeout {value}: {stderr}");
+    }
+}
+
 /// `herald tell --casty-compat` to a real casty 0.21.0 node (json serializer): casty
 /// decodes the tagged JSON payload into its dataclass.
 #[test]

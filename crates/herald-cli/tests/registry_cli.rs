@@ -266,6 +266,50 @@ fn bad_input_exits_2_and_names_the_value() {
     }
 }
 
+/// Every seconds flag goes through one parser: out-of-range, negative and NaN values
+/// exit 2 naming the flag and the value, never a panic (`--timeout 1e19` used to
+/// overflow `Instant + timeout` in the client).
+#[test]
+fn bad_seconds_and_rates_exit_2_naming_flag_and_value() {
+    let mut cases: Vec<(Vec<&str>, &str, &str)> = Vec::new();
+    for value in ["1e20", "1e19", "-1", "nan", "0"] {
+        cases.push((
+            vec!["registry", "discover", "a", "--registry", "127.0.0.1:9"],
+            "--timeout",
+            value,
+        ));
+        cases.push((
+            vec!["registry", "register", "a", "--port", "7000"],
+            "--interval",
+            value,
+        ));
+        cases.push((
+            vec!["registry", "serve", "--port", "0"],
+            "--prune-timeout",
+            value,
+        ));
+    }
+    for value in ["1e308", "-2", "nan", "0"] {
+        cases.push((
+            vec!["registry", "serve", "--port", "0"],
+            "--rate-limit",
+            value,
+        ));
+    }
+    for (args, flag, value) in cases {
+        let mut args = args;
+        args.extend([flag, value]);
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("'{value}'")) && err.contains(flag),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn serve_stops_cleanly_on_sigterm() {
     let mut serve = Serve::start(&["--udp-only"]);
