@@ -2,8 +2,9 @@
 //! per pair, ordering, overflow policies, circuit breaker, address map, client-only,
 //! simultaneous connect, reject reasons.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald_transport::tcp::{
@@ -12,6 +13,7 @@ use herald_transport::tcp::{
 use herald_transport::{DeadLetterReason, DeadLetters, TransportError};
 use herald_wire::Envelope;
 use tokio::sync::mpsc;
+use tracing_subscriber::layer::SubscriberExt;
 
 mod tcp_support;
 use tcp_support::{WAIT, next, wait_until};
@@ -362,40 +364,160 @@ async fn client_only_node_gets_replies_over_its_own_connection() {
     }
 }
 
-#[tokio::test]
+/// A race decision a node logged: its peer task for `peer` had two connections to it
+/// and kept one. Connections are named by their log labels: the dialed address for a
+/// connection this node dialed, the remote socket address for one it accepted.
+#[derive(Debug, Clone)]
+struct RaceDecision {
+    peer: String,
+    kept: String,
+    closed: String,
+}
+
+/// Captures the transport's connection-race log lines ("switching to the newer
+/// connection", "duplicate connection closed"): the public API does not say which
+/// socket a peer's connection uses, the log labels do.
+#[derive(Clone, Default)]
+struct RaceLog(Arc<Mutex<Vec<RaceDecision>>>);
+
+impl RaceLog {
+    fn take(&self) -> Vec<RaceDecision> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().map(|v| v.len()).unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+struct Fields(HashMap<&'static str, String>);
+
+impl tracing::field::Visit for Fields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name(), value.to_owned());
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name(), format!("{value:?}"));
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RaceLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if !event.metadata().target().starts_with("herald_transport") {
+            return;
+        }
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let msg = f.0.get("message").map(String::as_str).unwrap_or_default();
+        let (kept, closed) = if msg.starts_with("switching to the newer connection") {
+            ("new", "old")
+        } else if msg.starts_with("duplicate connection closed") {
+            ("kept", "closed")
+        } else {
+            return;
+        };
+        let field = |name| f.0.get(name).cloned().unwrap_or_default();
+        if let Ok(mut v) = self.0.lock() {
+            v.push(RaceDecision {
+                peer: field("peer"),
+                kept: field(kept),
+                closed: field(closed),
+            });
+        }
+    }
+}
+
+/// Both nodes send before either peer task has run (this runtime has one thread and
+/// `send` does not yield), so both dial: every round is a simultaneous connect. Each
+/// side must then keep the same connection, the one dialed by the smaller node id
+/// (native) or address (casty-v1), and close the other without losing, duplicating or
+/// reordering a message. Which connection each side kept is read from the race log
+/// lines (see `RaceLog`); that no connection was lost afterwards (which a split
+/// decision causes: each side closes the connection the other kept) from the stats.
+#[tokio::test(flavor = "current_thread")]
 async fn simultaneous_connect_settles_on_one_connection_without_losses() {
-    for mode in [WireMode::CastyV1, WireMode::native("race")] {
-        let mut a = start(TcpConfig::loopback().with_mode(mode.clone())).await;
-        let mut b = start(TcpConfig::loopback().with_mode(mode.clone())).await;
-        let (a_addr, b_addr) = (a.node.advertised().clone(), b.node.advertised().clone());
-        // Both sides start sending at once, so both dial.
-        for n in 0..200 {
-            a.node.send(&b_addr, env(&b_addr, n)).expect("queued");
-            b.node.send(&a_addr, env(&a_addr, n)).expect("queued");
-        }
-        for n in 0..200 {
-            let (_, e) = recv(&mut b.rx).await;
-            assert_eq!(
-                e.payload,
-                format!("{{\"n\": {n}}}").into_bytes(),
-                "{mode:?} a→b {n}"
+    let races = RaceLog::default();
+    let _log = tracing::subscriber::set_default(tracing_subscriber::registry().with(races.clone()));
+    for round in 0..5 {
+        for mode in [WireMode::CastyV1, WireMode::native("race")] {
+            let at = format!("round {round}, {mode:?}");
+            let mut a = start(TcpConfig::loopback().with_mode(mode.clone())).await;
+            let mut b = start(TcpConfig::loopback().with_mode(mode.clone())).await;
+            let (a_addr, b_addr) = (a.node.advertised().clone(), b.node.advertised().clone());
+            races.take();
+            for n in 0..200 {
+                a.node.send(&b_addr, env(&b_addr, n)).expect("queued");
+                b.node.send(&a_addr, env(&a_addr, n)).expect("queued");
+            }
+            for n in 0..200 {
+                let (_, e) = recv(&mut b.rx).await;
+                assert_eq!(
+                    e.payload,
+                    format!("{{\"n\": {n}}}").into_bytes(),
+                    "{at}: a→b {n}"
+                );
+                let (_, e) = recv(&mut a.rx).await;
+                assert_eq!(
+                    e.payload,
+                    format!("{{\"n\": {n}}}").into_bytes(),
+                    "{at}: b→a {n}"
+                );
+            }
+            // The race happened: each side had both connections and kept one.
+            wait_until("both sides settled the race", || races.len() >= 2).await;
+            let decisions = races.take();
+            let decided = |by: &PeerAddr, peer: &PeerAddr| {
+                let d: Vec<&RaceDecision> = decisions
+                    .iter()
+                    .filter(|d| d.peer == peer.to_string())
+                    .collect();
+                assert_eq!(d.len(), 1, "{at}: {by}'s decisions: {decisions:?}");
+                d[0].clone()
+            };
+            let (on_a, on_b) = (decided(&a_addr, &b_addr), decided(&b_addr, &a_addr));
+            // A connection a side dialed is labelled with the other's address there.
+            let a_kept_own = on_a.kept == b_addr.to_string();
+            let b_kept_own = on_b.kept == a_addr.to_string();
+            assert!(
+                a_kept_own != (on_a.closed == b_addr.to_string())
+                    && b_kept_own != (on_b.closed == a_addr.to_string()),
+                "{at}: not one dialed and one accepted connection: {on_a:?} {on_b:?}"
             );
-            let (_, e) = recv(&mut a.rx).await;
+            let a_dial_wins = match mode {
+                WireMode::CastyV1 => a_addr < b_addr,
+                _ => a.node.node_id() < b.node.node_id(),
+            };
             assert_eq!(
-                e.payload,
-                format!("{{\"n\": {n}}}").into_bytes(),
-                "{mode:?} b→a {n}"
+                (a_kept_own, b_kept_own),
+                (a_dial_wins, !a_dial_wins),
+                "{at}: the sides kept different connections, or not the one the rule picks \
+                 (A {a_addr}: {on_a:?}, B {b_addr}: {on_b:?})"
             );
+            // Closing the duplicate did not take the kept connection down (a split
+            // decision would: each side closes the connection the other kept).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            for (n, other) in [(&a.node, &b_addr), (&b.node, &a_addr)] {
+                assert_eq!(n.stats().connections_established, 1, "{at}");
+                let peers = n.connected_peers();
+                assert_eq!(peers.len(), 1, "{at}");
+                assert_eq!(peers[0].1.addr, *other, "{at}");
+            }
+            // Still usable both ways after the race; nothing duplicated or dead-lettered.
+            a.node.send(&b_addr, env(&b_addr, 999)).expect("queued");
+            b.node.send(&a_addr, env(&a_addr, 999)).expect("queued");
+            assert_eq!(recv(&mut b.rx).await.1.payload.as_ref(), b"{\"n\": 999}");
+            assert_eq!(recv(&mut a.rx).await.1.payload.as_ref(), b"{\"n\": 999}");
+            assert!(a.rx.try_recv().is_err() && b.rx.try_recv().is_err(), "{at}");
+            assert_eq!(a.node.dead_letters().total(), 0, "{at}");
+            assert_eq!(b.node.dead_letters().total(), 0, "{at}");
+            assert_eq!(races.len(), 0, "{at}: another race after the first");
+            a.node.shutdown().await;
+            b.node.shutdown().await;
         }
-        wait_until("one connection per side", || {
-            a.node.connected_peers().len() == 1 && b.node.connected_peers().len() == 1
-        })
-        .await;
-        // Still usable both ways after the race.
-        a.node.send(&b_addr, env(&b_addr, 999)).expect("queued");
-        assert_eq!(recv(&mut b.rx).await.1.payload.as_ref(), b"{\"n\": 999}");
-        a.node.shutdown().await;
-        b.node.shutdown().await;
     }
 }
 

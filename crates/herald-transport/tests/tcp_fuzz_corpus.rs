@@ -1,6 +1,7 @@
-//! Replays the committed fuzz corpora of `native_handshake` and `tcp_stream`
-//! (`fuzz/corpus/<target>/*`) through the same entry points the fuzz targets call;
-//! none of them may panic.
+//! Replays the committed fuzz corpora of `native_handshake`, `tcp_stream` and
+//! `frame_reader` (`fuzz/corpus/<target>/*`) through the same entry points the fuzz
+//! targets call; none of them may panic (for `frame_reader`, a panic is also a
+//! difference between the connection reader and `split_frame`).
 
 use std::path::PathBuf;
 
@@ -32,6 +33,14 @@ fn native_handshake_corpus_replays_without_panics() {
 fn tcp_stream_corpus_replays_without_panics() {
     for (name, data) in corpus("tcp_stream") {
         let r = std::panic::catch_unwind(|| herald_transport::tcp::fuzz_tcp_stream(&data));
+        assert!(r.is_ok(), "panic on {name}");
+    }
+}
+
+#[test]
+fn frame_reader_corpus_replays_without_panics() {
+    for (name, data) in corpus("frame_reader") {
+        let r = std::panic::catch_unwind(|| herald_transport::tcp::fuzz_frame_reader(&data));
         assert!(r.is_ok(), "panic on {name}");
     }
 }

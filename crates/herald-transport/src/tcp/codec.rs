@@ -43,8 +43,12 @@ pub struct RawFrame {
 
 /// Tries to split one frame off the front of `buf`.
 ///
-/// Returns `Ok(None)` when more bytes are needed. This is the decoder the fuzz target
-/// and the connection reader share.
+/// Returns `Ok(None)` when more bytes are needed.
+///
+/// Connections do not read through this function: their reader (`FrameReader`) checks
+/// headers and slices frames itself. `split_frame` is the simple reference it is
+/// checked against ([`fuzz_frame_reader`] and the unit tests compare the two on the same
+/// bytes), and what [`fuzz_tcp_stream`] splits its input with.
 pub fn split_frame(
     buf: &mut BytesMut,
     max_frame_size: usize,
@@ -269,6 +273,189 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// Fuzzing entry point for the connection reader: feeds a byte stream to the
+/// `FrameReader` connections read through, in reads whose sizes (and pauses) the input
+/// chooses, and checks that it yields exactly what [`split_frame`] yields on the whole
+/// stream at once. Must never panic, whatever the input; a panic is either a bug of the
+/// reader or a difference from `split_frame`.
+///
+/// Input: byte 0 sets the maximum frame size, `1 + 4 * b` (1 to 1021 bytes, so
+/// oversized lengths are common); the low 3 bits of byte 1 give the number `n` (1 to 8)
+/// of read-plan bytes that follow; the rest is the stream. Read `i` follows plan byte
+/// `i % n`: bit 7 makes it return `Pending` once first (the reader is polled again at
+/// once), the low 7 bits `s` cap its size: 0 none (as much as the reader has room for),
+/// 1 to 95 that many bytes, 96 to 127 `(s - 95) * 128` bytes. Missing bytes mean a
+/// maximum of 61 bytes and reads without a cap.
+///
+/// The reader is driven as a connection drives it: `try_next` until it needs bytes,
+/// then `fill`, until an error or the end of the stream. What must hold:
+/// - the frames (kind and body) are those `split_frame` splits off, in order;
+/// - then the same end: the `ZeroLength` or `TooLarge` error (same fields) that
+///   `split_frame` returns next; where `split_frame` wants more bytes but the stream is
+///   over, `Truncated { have, need }` with `have` the bytes it left and `need` 4 (no
+///   whole header left) or 4 plus the announced length; a clean end where it left none;
+/// - no I/O error (the in-memory source cannot fail);
+/// - when `has_ready` says a frame is waiting, `try_next` does not ask for more bytes.
+pub fn fuzz_frame_reader(data: &[u8]) {
+    let (max_sel, rest) = data.split_first().map_or((15, data), |(b, r)| (*b, r));
+    let (n_sel, rest) = rest.split_first().map_or((0, rest), |(b, r)| (*b, r));
+    let (plan, stream) = rest.split_at((usize::from(n_sel & 7) + 1).min(rest.len()));
+    let plan: Vec<ReadStep> = plan.iter().map(|&b| ReadStep::from_byte(b)).collect();
+    check_reader_against_split_frame(stream, &plan, 1 + 4 * usize::from(max_sel));
+}
+
+/// How a stream of frames ended: cleanly, or with the framing error that ends a
+/// connection.
+type StreamEnd = Result<(), FramingError>;
+
+/// The oracle of [`fuzz_frame_reader`] (see there): panics if a `FrameReader` reading
+/// `stream` in reads planned by `plan` disagrees with [`split_frame`] on it.
+fn check_reader_against_split_frame(stream: &[u8], plan: &[ReadStep], max: usize) {
+    let (want, want_end) = split_all(stream, max);
+    let (got, got_end) = read_planned(stream, plan, max);
+    if let Some(i) = (0..want.len().max(got.len())).find(|&i| want.get(i) != got.get(i)) {
+        panic!(
+            "frame {i} differs (max {max}, plan {plan:?}): reader {:?}, split_frame {:?}",
+            got.get(i),
+            want.get(i)
+        );
+    }
+    assert_eq!(
+        got_end,
+        want_end,
+        "end after {} frames (max {max}, plan {plan:?})",
+        got.len()
+    );
+}
+
+/// Everything [`split_frame`] splits off `stream`, and how it ends.
+fn split_all(stream: &[u8], max: usize) -> (Vec<RawFrame>, StreamEnd) {
+    let mut buf = BytesMut::from(stream);
+    let mut frames = Vec::new();
+    loop {
+        match split_frame(&mut buf, max) {
+            Ok(Some(f)) => frames.push(f),
+            Ok(None) if buf.is_empty() => return (frames, Ok(())),
+            Ok(None) => {
+                let need = buf
+                    .first_chunk::<4>()
+                    .map_or(4, |p| 4 + u32::from_be_bytes(*p) as usize);
+                let have = buf.len();
+                return (frames, Err(FramingError::Truncated { have, need }));
+            }
+            Err(e) => return (frames, Err(e)),
+        }
+    }
+}
+
+/// Everything a `FrameReader` reads from `stream` in reads planned by `plan`, and how
+/// it ends, driven like a connection's read loop drives it.
+fn read_planned(stream: &[u8], plan: &[ReadStep], max: usize) -> (Vec<RawFrame>, StreamEnd) {
+    let source = Planned {
+        rest: stream,
+        plan,
+        reads: 0,
+        paused: false,
+    };
+    let mut reader = FrameReader::new(source, max);
+    let mut frames = Vec::new();
+    loop {
+        let ready = reader.has_ready();
+        match reader.try_next() {
+            Ok(Some(f)) => {
+                frames.push(f);
+                continue;
+            }
+            Ok(None) => assert!(!ready, "has_ready(), but try_next() needs more bytes"),
+            Err(e) => return (frames, Err(e)),
+        }
+        match poll_until_ready(reader.fill()) {
+            Ok(true) => {}
+            Ok(false) => return (frames, Ok(())),
+            Err(ReadError::Framing(e)) => return (frames, Err(e)),
+            Err(ReadError::Io(e)) => panic!("the in-memory source cannot fail: {e}"),
+        }
+    }
+}
+
+/// Polls `fut` with a no-op waker until it completes. Only for futures whose
+/// `Pending`s resolve by polling again ([`Planned`] returns at most one in a row).
+fn poll_until_ready<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+}
+
+/// One read of [`Planned`]: at most `max` bytes (at least 1), after one `Pending` if
+/// `pause`.
+#[derive(Debug, Clone, Copy)]
+struct ReadStep {
+    max: usize,
+    pause: bool,
+}
+
+impl ReadStep {
+    const UNCAPPED: ReadStep = ReadStep {
+        max: usize::MAX,
+        pause: false,
+    };
+
+    /// A plan byte of [`fuzz_frame_reader`]'s input.
+    fn from_byte(b: u8) -> Self {
+        let s = usize::from(b & 0x7f);
+        let max = match s {
+            0 => usize::MAX,
+            1..=95 => s,
+            _ => (s - 95) * 128,
+        };
+        ReadStep {
+            max,
+            pause: b & 0x80 != 0,
+        }
+    }
+}
+
+/// An in-memory stream handing out `rest` in reads that follow `plan` (cycled; an
+/// empty plan does not cap reads), then the end of the stream.
+struct Planned<'a> {
+    rest: &'a [u8],
+    plan: &'a [ReadStep],
+    reads: usize,
+    /// The last poll returned `Pending` (the next one reads).
+    paused: bool,
+}
+
+impl AsyncRead for Planned<'_> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let step = this
+            .plan
+            .get(this.reads % this.plan.len().max(1))
+            .copied()
+            .unwrap_or(ReadStep::UNCAPPED);
+        if step.pause && !this.paused {
+            this.paused = true;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        this.paused = false;
+        this.reads += 1;
+        let n = step.max.min(buf.remaining()).min(this.rest.len());
+        let (now, later) = this.rest.split_at(n);
+        buf.put_slice(now);
+        this.rest = later;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,6 +598,166 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn reads(sizes: &[usize], pause: bool) -> Vec<ReadStep> {
+        sizes.iter().map(|&max| ReadStep { max, pause }).collect()
+    }
+
+    const MAX: usize = 40;
+
+    /// Frames of every shape the limit `MAX` allows (empty body, one byte under the
+    /// limit, at the limit).
+    fn good_frames() -> Vec<u8> {
+        let mut v = frame(1, b"abc");
+        v.extend(frame(0x10, b""));
+        v.extend(frame(2, &[7; MAX - 1]));
+        v.extend(frame(3, &[8; MAX - 2]));
+        v.extend(frame(4, b"z"));
+        v
+    }
+
+    /// `good_frames` followed by each way a stream can end, with what `split_frame`
+    /// makes of it.
+    fn streams() -> Vec<(Vec<u8>, StreamEnd)> {
+        let tails: Vec<(Vec<u8>, StreamEnd)> = vec![
+            (vec![], Ok(())),
+            (vec![0, 0, 0, 0, 1, 2], Err(FramingError::ZeroLength)),
+            (
+                vec![0, 0, 0, MAX as u8 + 1, 1, 2, 3],
+                Err(FramingError::TooLarge {
+                    len: MAX + 1,
+                    max: MAX,
+                }),
+            ),
+            (
+                // Complete, so a reader that took it would have it all.
+                [frame(9, &[1; MAX]), frame(4, b"z")].concat(),
+                Err(FramingError::TooLarge {
+                    len: MAX + 1,
+                    max: MAX,
+                }),
+            ),
+            (
+                vec![0xff; 4],
+                Err(FramingError::TooLarge {
+                    len: u32::MAX as usize,
+                    max: MAX,
+                }),
+            ),
+            (
+                vec![0, 0],
+                Err(FramingError::Truncated { have: 2, need: 4 }),
+            ),
+            (
+                frame(5, b"xyz")[..6].to_vec(),
+                Err(FramingError::Truncated { have: 6, need: 8 }),
+            ),
+        ];
+        tails
+            .into_iter()
+            .map(|(tail, end)| {
+                let mut s = good_frames();
+                s.extend(tail);
+                (s, end)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_reference_splits_the_sample_streams_as_intended() {
+        for (stream, end) in streams() {
+            let (frames, got) = split_all(&stream, MAX);
+            let kinds: Vec<u8> = frames.iter().map(|f| f.kind).collect();
+            assert_eq!(kinds, vec![1, 0x10, 2, 3, 4]);
+            assert_eq!(got, end);
+        }
+        let (frames, end) = split_all(&good_frames()[..10], MAX);
+        assert_eq!(
+            (frames.len(), end),
+            (1, Err(FramingError::Truncated { have: 2, need: 4 }))
+        );
+    }
+
+    #[test]
+    fn reader_matches_split_frame_with_one_byte_reads() {
+        for (stream, _) in streams() {
+            for pause in [false, true] {
+                check_reader_against_split_frame(&stream, &reads(&[1], pause), MAX);
+            }
+        }
+        // Cut after every byte: ends inside every header and every body.
+        let good = good_frames();
+        for cut in 0..=good.len() {
+            for plan in [reads(&[1], false), reads(&[1, 2, 3], true), vec![]] {
+                check_reader_against_split_frame(&good[..cut], &plan, MAX);
+            }
+        }
+    }
+
+    #[test]
+    fn reader_matches_split_frame_split_at_every_byte() {
+        for (stream, _) in streams() {
+            for at in 1..=stream.len() {
+                for pause in [false, true] {
+                    check_reader_against_split_frame(
+                        &stream,
+                        &reads(&[at, usize::MAX], pause),
+                        MAX,
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reader_matches_split_frame_split_at_every_pair_of_bytes() {
+        for (stream, _) in streams() {
+            for a in 1..stream.len() {
+                for b in 1..=stream.len() - a {
+                    check_reader_against_split_frame(
+                        &stream,
+                        &reads(&[a, b, usize::MAX], false),
+                        MAX,
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reader_matches_split_frame_on_frames_larger_than_a_read() {
+        // Bodies around the reader's initial and largest read sizes.
+        let mut stream = Vec::new();
+        for (i, len) in [0, 4090, 4091, 4092, 9000, 300_000, 5, 262_144]
+            .into_iter()
+            .enumerate()
+        {
+            stream.extend(frame(i as u8, &vec![i as u8; len]));
+        }
+        let max = 300_001;
+        for sizes in [
+            &[usize::MAX][..],
+            &[1000],
+            &[4095, 4096, 4097],
+            &[70_000, 3],
+            &[262_144, 1],
+        ] {
+            check_reader_against_split_frame(&stream, &reads(sizes, false), max);
+            check_reader_against_split_frame(&stream[..stream.len() - 1], &reads(sizes, true), max);
+        }
+    }
+
+    #[test]
+    fn fuzz_frame_reader_accepts_any_short_input() {
+        for len in 0..6 {
+            fuzz_frame_reader(&[0x83, 0xff, 0x81, 0, 0, 1][..len]);
+        }
+        // Maximum 9, read plan [3 bytes, then paused 1 byte], a frame then an oversized one.
+        let mut input = vec![2, 1, 3, 0x81];
+        input.extend(frame(1, b"12345678"));
+        input.extend(frame(2, b"123456789"));
+        fuzz_frame_reader(&input);
     }
 
     #[tokio::test]

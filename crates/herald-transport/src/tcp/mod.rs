@@ -56,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-pub use codec::{FramingError, RawFrame, fuzz_tcp_stream, split_frame};
+pub use codec::{FramingError, RawFrame, fuzz_frame_reader, fuzz_tcp_stream, split_frame};
 pub use config::{
     AddressMap, Backoff, DEFAULT_BIND, Keepalive, OverflowPolicy, PeerAddr, TcpConfig, WireMode,
 };
