@@ -239,7 +239,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // Give back a large (or shared) buffer between bursts.
             self.buf = BytesMut::new();
         }
-        self.buf.reserve((need - self.buf.len()).max(self.chunk));
+        // Saturating: `need` is only a frame's size when `try_next` found the front
+        // incomplete; the read loop calls `fill` only then, but it must not underflow.
+        self.buf
+            .reserve(need.saturating_sub(self.buf.len()).max(self.chunk));
         let room = self.buf.capacity() - self.buf.len();
         let read = self.rd.read_buf(&mut self.buf).await?;
         if read == 0 {
