@@ -8,6 +8,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `println!` for the program's output: when standard output is closed (`herald ... |
+/// head`), the program ends quietly instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::print_line(format_args!($($arg)*))
+    };
+}
+
 mod error;
 mod mesh_cmd;
 mod node_cmd;
@@ -18,6 +26,21 @@ mod values;
 mod wire_cmd;
 
 pub use error::{BadInput, bad_input};
+
+/// Writes one line of output (see `outln!`). A reader that went away ends the program
+/// with status 0, as the default SIGPIPE action would; another write error (a full
+/// disk) is reported and ends it with status 1.
+pub(crate) fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("herald: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// Herald: messaging and service discovery between distributed services.
 #[derive(Debug, Parser)]

@@ -311,15 +311,15 @@ async fn call(a: CallArgs) -> anyhow::Result<()> {
     match result {
         Ok(v) => {
             if a.backend.json {
-                println!("{}", json!({"result": v}));
+                outln!("{}", json!({"result": v}));
             } else {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             }
             Ok(())
         }
         Err(e) => {
             if a.backend.json {
-                println!("{}", error_json(&e));
+                outln!("{}", error_json(&e));
             }
             Err(user_or_runtime(e)).with_context(|| format!("{}.{} failed", a.service, a.method))
         }
@@ -327,15 +327,15 @@ async fn call(a: CallArgs) -> anyhow::Result<()> {
 }
 
 fn print_description(d: &ServiceDescription) {
-    println!(
+    outln!(
         "service {} {}",
         d.service_name,
         d.service_version.as_deref().unwrap_or("")
     );
     if let Some(desc) = d.description.as_deref().filter(|s| !s.is_empty()) {
-        println!("  {desc}");
+        outln!("  {desc}");
     }
-    println!(
+    outln!(
         "  public key: {}",
         if d.public_key.is_some() { "yes" } else { "no" }
     );
@@ -361,7 +361,7 @@ fn print_description(d: &ServiceDescription) {
         } else {
             ""
         };
-        println!(
+        outln!(
             "  {name}({}){enc}  {}",
             params.join(", "),
             m.description.as_deref().unwrap_or("")
@@ -376,7 +376,7 @@ async fn describe(a: DescribeArgs) -> anyhow::Result<()> {
     match r {
         Ok(d) => {
             if a.backend.json {
-                println!("{}", serde_json::to_string(d.as_ref())?);
+                outln!("{}", serde_json::to_string(d.as_ref())?);
             } else {
                 print_description(&d);
             }
@@ -384,7 +384,7 @@ async fn describe(a: DescribeArgs) -> anyhow::Result<()> {
         }
         Err(e) => {
             if a.backend.json {
-                println!("{}", error_json(&e));
+                outln!("{}", error_json(&e));
             }
             Err(user_or_runtime(e)).with_context(|| format!("describing {}", a.service))
         }
@@ -421,9 +421,9 @@ async fn listen(a: ListenArgs) -> anyhow::Result<()> {
         let Some(ev) = ev else { break };
         seen += 1;
         if a.backend.json {
-            println!("{}", serde_json::to_string(&ev)?);
+            outln!("{}", serde_json::to_string(&ev)?);
         } else {
-            println!("{}: {}", ev.topic, ev.event);
+            outln!("{}: {}", ev.topic, ev.event);
         }
     }
     mesh.disconnect().await?;
@@ -454,12 +454,12 @@ async fn serve_example(a: ServeArgs) -> anyhow::Result<()> {
     let stop = crate::shutdown::stop_signal()?;
     tokio::pin!(stop);
     if a.backend.json {
-        println!(
+        outln!(
             "{}",
             json!({"service": mesh.service_name(), "instance_id": mesh.instance_id(), "backend": backend.name(), "ready": true})
         );
     } else {
-        println!(
+        outln!(
             "serving example service {} (instance {}) on the {} backend; Ctrl-C to stop",
             mesh.service_name(),
             mesh.instance_id(),
@@ -501,11 +501,11 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
                 Ok(v) => json!({"call": what, "result": v}),
                 Err(e) => json!({"call": what, "error": error_json(e)}),
             };
-            println!("{line}");
+            outln!("{line}");
         } else {
             match r {
-                Ok(v) => println!("{what:<48} -> {v}"),
-                Err(e) => println!("{what:<48} -> error: {e}"),
+                Ok(v) => outln!("{what:<48} -> {v}"),
+                Err(e) => outln!("{what:<48} -> error: {e}"),
             }
         }
     };

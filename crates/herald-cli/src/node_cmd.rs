@@ -343,7 +343,7 @@ pub async fn start_node(args: &NodeArgs) -> anyhow::Result<NodeHandle> {
         .add_path_factory(PathMatcher::prefix("/"), |path: &str| {
             let path = path.to_owned();
             Some(Handler::from_fn(move |env: Envelope| {
-                println!(
+                outln!(
                     "message path={path} type_hint={} sender={} payload={}",
                     env.type_hint,
                     if env.sender.is_empty() {
@@ -356,7 +356,7 @@ pub async fn start_node(args: &NodeArgs) -> anyhow::Result<NodeHandle> {
             }))
         });
     let uri = transport.root().to_owned();
-    println!(
+    outln!(
         "node {uri} node-id={} mode={mode} tls={tls_mode}",
         transport.node_id(),
     );

@@ -217,9 +217,9 @@ fn unregistered_json(port: &Port, registry: SocketAddr) -> serde_json::Value {
 /// Prints one result: `json` with `--json`, else the human-readable `text`.
 fn print_result(as_json: bool, json: serde_json::Value, text: std::fmt::Arguments<'_>) {
     if as_json {
-        println!("{json}");
+        outln!("{json}");
     } else {
-        println!("{text}");
+        outln!("{text}");
     }
 }
 
@@ -289,11 +289,11 @@ fn print_event(ev: &RegistryEvent, as_json: bool) {
         if let (Some(r), Some(obj)) = (reason, v.as_object_mut()) {
             obj.insert("reason".into(), json!(r));
         }
-        println!("{v}");
+        outln!("{v}");
     } else {
         match reason {
-            Some(r) => println!("removed {name} {addr} ({r})"),
-            None => println!("added {name} {addr}"),
+            Some(r) => outln!("removed {name} {addr} ({r})"),
+            None => outln!("added {name} {addr}"),
         }
     }
 }
@@ -355,7 +355,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stats = server.stats();
     server.shutdown().await;
     if args.json {
-        println!("{}", json!({ "event": "stopped", "stats": stats }));
+        outln!("{}", json!({ "event": "stopped", "stats": stats }));
     }
     Ok(())
 }
@@ -428,7 +428,7 @@ async fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("querying {target}"))?;
     if args.target.json {
-        println!(
+        outln!(
             "{}",
             serde_json::Value::Array(found.iter().map(addr_json).collect())
         );
@@ -436,7 +436,7 @@ async fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
         eprintln!("no servers registered under {:?}", args.name.to_uppercase());
     } else {
         for a in &found {
-            println!("{a}");
+            outln!("{a}");
         }
     }
     Ok(())
@@ -453,10 +453,10 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
             anyhow!("registry {target} does not allow listing (serve it with --listing)")
         })?;
     if args.target.json {
-        println!("{}", json!(names));
+        outln!("{}", json!(names));
     } else {
         for n in &names {
-            println!("{n}");
+            outln!("{n}");
         }
     }
     Ok(())

@@ -73,7 +73,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 args.registry_host, args.registry_port
             )
         })?;
-        println!(
+        outln!(
             "registry {} (udp+tcp, listing {})",
             server.local_addr(),
             if args.registry_listing { "on" } else { "off" }
@@ -83,10 +83,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             loop {
                 match events.recv().await {
                     Ok(RegistryEvent::Added { name, addr }) => {
-                        println!("registry added {name} at {addr}");
+                        outln!("registry added {name} at {addr}");
                     }
                     Ok(RegistryEvent::Removed { name, addr, reason }) => {
-                        println!("registry removed {name} at {addr} ({reason:?})");
+                        outln!("registry removed {name} at {addr} ({reason:?})");
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(skipped = n, "registry event printer lagged");
@@ -102,7 +102,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         None
     } else {
         let host = mesh_cmd::start_inprocess_example(&args.mesh_service).await?;
-        println!(
+        outln!(
             "mesh in-process, service {} (instance {})",
             args.mesh_service,
             host.service.instance_id()
@@ -120,14 +120,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             )
             .await
             .context("mesh self-check call add(2, 3)")?;
-        println!("mesh self-check: {}.add(2, 3) = {sum}", args.mesh_service);
+        outln!("mesh self-check: {}.add(2, 3) = {sum}", args.mesh_service);
         client.disconnect().await?;
         Some(host)
     };
 
-    println!("herald up: ready (Ctrl-C to stop)");
+    outln!("herald up: ready (Ctrl-C to stop)");
     stop.await;
-    println!("herald up: shutting down");
+    outln!("herald up: shutting down");
 
     if let Some(mesh) = mesh
         && let Err(e) = mesh.shutdown().await

@@ -117,7 +117,7 @@ pub fn run_envelope(cmd: EnvelopeCommand) -> anyhow::Result<()> {
             } else {
                 env.encode()
             };
-            println!("{}", hex::encode(&bytes));
+            outln!("{}", hex::encode(&bytes));
             Ok(())
         }
         EnvelopeCommand::Decode(args) => {
@@ -134,9 +134,10 @@ pub fn run_envelope(cmd: EnvelopeCommand) -> anyhow::Result<()> {
                 if let Some(t) = &tree {
                     v["payload_tree"] = tree_json(t);
                 }
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print!("{}", envelope_text(&env, tree.as_ref()));
+                let text = envelope_text(&env, tree.as_ref());
+                outln!("{}", text.strip_suffix('\n').unwrap_or(&text));
             }
             Ok(())
         }
@@ -170,12 +171,12 @@ pub fn run_frame(cmd: FrameCommand) -> anyhow::Result<()> {
                     .enumerate()
                     .map(|(i, (off, f))| frame_json(i, *off, f, format))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&Value::Array(list))?);
+                outln!("{}", serde_json::to_string_pretty(&Value::Array(list))?);
             } else {
                 for (i, (off, f)) in frames.iter().enumerate() {
-                    println!("{}", frame_text(i, *off, f, format));
+                    outln!("{}", frame_text(i, *off, f, format));
                 }
-                println!("{} frame(s), {} of {} bytes", frames.len(), offset, total);
+                outln!("{} frame(s), {} of {} bytes", frames.len(), offset, total);
             }
             match fatal {
                 Some(e) => Err(bad_input(

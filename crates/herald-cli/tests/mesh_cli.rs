@@ -325,3 +325,37 @@ fn across_processes_over_rabbitmq() {
     assert_eq!(ev["event"], json!(7));
     drop(server);
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    // `herald mesh demo | head -1`: once the reader is gone, the next line of output
+    // must end the program with status 0, not a panic about a broken pipe.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["mesh", "demo"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run herald");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(!first.is_empty(), "the demo printed nothing");
+    // The reader (and the pipe's only read end) is dropped here.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "herald kept running without a reader"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
