@@ -251,6 +251,32 @@ async fn overflow_policies() {
 }
 
 #[tokio::test]
+async fn the_queue_is_also_bounded_in_bytes() {
+    let port = free_port().await; // nothing listens: dials fail, messages stay queued
+    let to = PeerAddr::new("127.0.0.1", port);
+    let dead = DeadLetters::default();
+    let mut cfg = fast_fail(TcpConfig::loopback(), 1_000);
+    cfg.max_queue_bytes = 10 * 1024;
+    let a = start_with(cfg, dead.clone()).await;
+    let big = |n: usize| {
+        let mut e = env(&to, n);
+        e.payload = vec![b'x'; 4096].into();
+        e
+    };
+    // Three 4 KiB messages reach 10 KiB; the next ones overflow (drop-newest), while the
+    // message count is far below `queue_capacity`.
+    for n in 0..5 {
+        a.node.send(&to, big(n)).expect("queued or dropped");
+    }
+    assert_eq!(a.node.peer(&to).queued(), 3);
+    assert_eq!(dead.count(DeadLetterReason::QueueOverflow), 2);
+    // Small messages are refused too until the queue drains: the bound is in bytes.
+    a.node.send(&to, env(&to, 9)).expect("dropped");
+    assert_eq!(dead.count(DeadLetterReason::QueueOverflow), 3);
+    a.node.shutdown().await;
+}
+
+#[tokio::test]
 async fn circuit_breaker_opens_and_clear_blacklist_lifts_it() {
     let port = free_port().await;
     let to = PeerAddr::new("127.0.0.1", port);

@@ -213,6 +213,11 @@ pub struct TcpConfig {
     pub max_frame_size: usize,
     /// Capacity of each peer's outbound queue, in messages.
     pub queue_capacity: usize,
+    /// Capacity of each peer's outbound queue, in encoded bytes (default 64 MiB): the
+    /// queue is full when it holds `queue_capacity` messages or at least this many
+    /// bytes, whichever comes first, so large messages cannot pile up to
+    /// `queue_capacity` × `max_frame_size` (the last message may overshoot by one frame).
+    pub max_queue_bytes: usize,
     /// What to do when that queue is full.
     pub overflow: OverflowPolicy,
     /// Reconnect backoff and circuit breaker.
@@ -243,6 +248,7 @@ impl fmt::Debug for TcpConfig {
             .field("max_pending_handshakes", &self.max_pending_handshakes)
             .field("max_frame_size", &self.max_frame_size)
             .field("queue_capacity", &self.queue_capacity)
+            .field("max_queue_bytes", &self.max_queue_bytes)
             .field("overflow", &self.overflow)
             .field("backoff", &self.backoff)
             .field("keepalive", &self.keepalive)
@@ -277,6 +283,7 @@ impl TcpConfig {
             max_pending_handshakes: 1024,
             max_frame_size: herald_wire::DEFAULT_MAX_FRAME_SIZE,
             queue_capacity: 8192,
+            max_queue_bytes: 64 * 1024 * 1024,
             overflow: OverflowPolicy::DropNewest,
             backoff: Backoff::default(),
             keepalive: Some(Keepalive::default()),

@@ -240,10 +240,16 @@ impl Peer {
         let max_frame = shared.cfg.max_frame_size;
         // Drop-oldest overflow: why the oldest message gives way to this one.
         let mut evict = None;
-        if st.msgs.len() >= shared.cfg.queue_capacity {
+        if st.msgs.len() >= shared.cfg.queue_capacity
+            || st.msgs.bytes.len() >= shared.cfg.max_queue_bytes
+        {
             let detail = format!(
-                "outbound queue of {} is full ({} messages)",
-                self.key, shared.cfg.queue_capacity
+                "outbound queue of {} is full ({} messages, {} bytes; at most {} messages or {} bytes)",
+                self.key,
+                st.msgs.len(),
+                st.msgs.bytes.len(),
+                shared.cfg.queue_capacity,
+                shared.cfg.max_queue_bytes
             );
             match shared.cfg.overflow {
                 OverflowPolicy::DropNewest => {
@@ -347,6 +353,7 @@ impl Peer {
                 && st.breaker_until.is_none()
                 && !st.msgs.is_empty()
                 && st.msgs.len() < shared.cfg.queue_capacity
+                && st.msgs.bytes.len() < shared.cfg.max_queue_bytes
                 && (self.dial_addr.is_some() || st.connected.is_some())
         };
         let (mut queued, mut settled, mut partial) = (0, 0, false);
