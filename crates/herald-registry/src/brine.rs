@@ -334,6 +334,18 @@ impl BrineError {
         matches!(self, BrineError::Truncated { .. })
     }
 
+    /// For truncated input, the least total input length that could get past the point
+    /// where it stopped (`offset + needed`; for items, one byte each); for other errors,
+    /// the offset of the problem.
+    pub fn needed_end(&self) -> u64 {
+        match self {
+            BrineError::Truncated { offset, needed, .. } => {
+                (*offset as u64).saturating_add(*needed)
+            }
+            other => other.offset() as u64,
+        }
+    }
+
     /// Byte offset of the problem.
     pub fn offset(&self) -> usize {
         match self {

@@ -558,10 +558,23 @@ async fn serve_tcp(
     }
 }
 
+/// Most times a TCP request is decoded while it is still incomplete: a client that
+/// sends its request in more pieces than this is dropped (rpyc sends it in one write).
+const MAX_DECODE_ATTEMPTS: u32 = 32;
+
 /// Reads until one complete brine value, a malformed one, the size cap or EOF.
+///
+/// The buffer is decoded again only once it holds the bytes the last attempt said were
+/// missing (a declared length, or one byte per declared item), and at most
+/// [`MAX_DECODE_ATTEMPTS`] times, so a client trickling bytes costs a bounded amount of
+/// work instead of a decode per byte; a declaration that cannot fit in `max` bytes is
+/// refused at once.
 async fn read_request(stream: &mut TcpStream, max: usize) -> Result<Vec<u8>, String> {
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 2048];
+    // Length the buffer must reach before the next decode is worth trying.
+    let mut wanted = 1usize;
+    let mut attempts = 0u32;
     loop {
         let n = stream
             .read(&mut chunk)
@@ -575,14 +588,31 @@ async fn read_request(stream: &mut TcpStream, max: usize) -> Result<Vec<u8>, Str
             });
         }
         buf.extend_from_slice(&chunk[..n]);
+        if buf.len() < wanted {
+            continue;
+        }
+        attempts += 1;
         match brine::decode(&buf) {
             Ok((_, used)) => {
                 buf.truncate(used);
                 return Ok(buf);
             }
-            Err(e) if e.is_truncated() && buf.len() < max => continue,
             Err(e) if e.is_truncated() => {
-                return Err(format!("request exceeds {max} bytes"));
+                let end = e.needed_end();
+                if end > max as u64 || buf.len() >= max {
+                    return Err(format!(
+                        "request exceeds {max} bytes ({e}, so at least {end} bytes)"
+                    ));
+                }
+                if attempts >= MAX_DECODE_ATTEMPTS {
+                    return Err(format!(
+                        "request still incomplete after {attempts} pieces ({} bytes)",
+                        buf.len()
+                    ));
+                }
+                wanted = usize::try_from(end)
+                    .unwrap_or(usize::MAX)
+                    .max(buf.len() + 1);
             }
             Err(e) => return Err(e.to_string()),
         }
@@ -604,6 +634,7 @@ async fn handle_tcp(
             return;
         }
         Err(_) => {
+            shared.lock().record_dropped();
             tracing::info!(%from, deadline_ms = deadline.as_millis() as u64, "registry connection sent no complete request in time; closed");
             return;
         }

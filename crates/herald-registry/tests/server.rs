@@ -207,7 +207,9 @@ async fn bad_datagrams_are_dropped_and_the_server_keeps_serving() {
     let t = |items: Vec<Value>| brine::encode(&Value::Tuple(items));
     let oversized = reg(&["ALIAS"; 400], 1);
     assert!(oversized.len() > 1500);
-    let mut deep = vec![0x10u8; 10_000];
+    // Deeper than the decoder's limit, and small enough to be decoded (not dropped
+    // as an oversized datagram first).
+    let mut deep = vec![0x10u8; 40];
     deep.push(0x00);
     let bad: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", vec![0xff, 0xfe, 0xfd]),
@@ -355,6 +357,18 @@ async fn malformed_or_oversized_tcp_requests_are_closed_without_reply() {
     let mut big = vec![0x15, 0x00, 0x01, 0x00, 0x00];
     big.extend(std::iter::repeat_n(0x50u8, 8000));
     assert_eq!(tcp_reply(addr, &big).await, None);
+    // Declarations that cannot fit in the cap, and nesting deeper than the decoder's
+    // limit: closed as soon as they are read (`tcp_reply` fails if the server waits
+    // for the 60 s deadline).
+    let mut deep = vec![0x10u8; 40];
+    deep.push(0x00);
+    for bad in [
+        vec![0x0f, 0xff, 0xff, 0xff, 0xff, 0x41],
+        vec![0x15, 0xff, 0xff, 0xff, 0xff, 0x50],
+        deep,
+    ] {
+        assert_eq!(tcp_reply(addr, &bad).await, None, "{bad:02x?}");
+    }
     assert_eq!(
         TcpRegistryClient::new(addr)
             .discover("keep")
@@ -363,7 +377,45 @@ async fn malformed_or_oversized_tcp_requests_are_closed_without_reply() {
             .len(),
         1
     );
-    assert_eq!(server.stats().dropped, 3);
+    assert_eq!(server.stats().dropped, 6);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_request_trickled_in_many_pieces_is_closed_without_decoding_each_byte() {
+    let server = RegistryServer::bind(RegistryConfig {
+        tcp_deadline: Duration::from_secs(60), // closing must not wait for it
+        ..config()
+    })
+    .await
+    .expect("bind");
+    let addr = server.local_addr();
+    // 300 aliases: an item boundary every few bytes, each one a point where the request
+    // is incomplete with only a byte known to be missing.
+    let req = reg(&["ALIAS"; 300], 1);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let mut closed = false;
+    for b in &req {
+        if s.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("server closes within the wait");
+    assert!(
+        closed || read.is_err() || out.is_empty(),
+        "no reply: {out:?}"
+    );
+    assert!(out.is_empty(), "a trickled request got a reply");
+    assert_eq!(server.stats().dropped, 1);
+    // A request in a few pieces is still reassembled (see the split test), and the
+    // server keeps serving.
+    assert!(tcp_reply(addr, &query("x")).await.is_some());
     server.shutdown().await;
 }
 
