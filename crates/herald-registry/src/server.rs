@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -58,6 +59,9 @@ pub struct RegistryConfig {
     pub udp_max_request: usize,
     /// Concurrent TCP connections; more are closed at once with a log line.
     pub max_tcp_connections: usize,
+    /// Concurrent TCP connections from one source address (IPv4, or IPv6 with
+    /// v4-mapped addresses taken as IPv4): one host cannot take every slot.
+    pub max_tcp_connections_per_source: usize,
     /// Capacity of the event channel (slow receivers see `Lagged`).
     pub event_capacity: usize,
 }
@@ -75,6 +79,7 @@ impl Default for RegistryConfig {
             tcp_max_request: 64 * 1024,
             udp_max_request: crate::core::MAX_CLIENT_READ,
             max_tcp_connections: 1024,
+            max_tcp_connections_per_source: 64,
             event_capacity: 1024,
         }
     }
@@ -525,6 +530,7 @@ async fn serve_tcp(
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_tcp_connections.max(1)));
+    let per_source = Arc::new(Mutex::new(HashMap::new()));
     let mut conns = JoinSet::new();
     loop {
         let (stream, from) = tokio::select! {
@@ -548,13 +554,62 @@ async fn serve_tcp(
             drop(stream);
             continue;
         };
+        let Some(slot) = SourceSlot::take(
+            &per_source,
+            from.ip(),
+            config.max_tcp_connections_per_source,
+        ) else {
+            tracing::warn!(%from, max = config.max_tcp_connections_per_source, "too many registry connections from this source; closing");
+            drop(stream);
+            continue;
+        };
         let shared = shared.clone();
         let deadline = config.tcp_deadline;
         let max = config.tcp_max_request;
         conns.spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             handle_tcp(stream, from, &shared, deadline, max).await;
         });
+    }
+}
+
+/// Open TCP connections per source address.
+type PerSource = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// One source's hold on a TCP connection slot, given back when dropped (the entry of a
+/// source with no connection left is removed, so the map holds at most
+/// `max_tcp_connections` entries).
+struct SourceSlot {
+    map: PerSource,
+    ip: IpAddr,
+}
+
+impl SourceSlot {
+    fn take(map: &PerSource, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+        let ip = ip.to_canonical();
+        let mut held = map.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(ip).or_insert(0);
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            map: map.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut held = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
     }
 }
 

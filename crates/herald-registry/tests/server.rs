@@ -625,6 +625,70 @@ async fn registrar_keeps_alive_retries_and_unregisters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_take_every_tcp_slot() {
+    let server = RegistryServer::bind(RegistryConfig {
+        max_tcp_connections_per_source: 2,
+        tcp_deadline: Duration::from_secs(60),
+        ..config()
+    })
+    .await
+    .expect("bind");
+    let addr = server.local_addr();
+    let from = |ip: [u8; 4]| async move {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind((ip, 0).into())
+            .expect("bind a loopback source address");
+        sock.connect(addr).await.expect("connect")
+    };
+    // 127.0.0.2 holds two idle connections: its third is turned away.
+    let idle = (from([127, 0, 0, 2]).await, from([127, 0, 0, 2]).await);
+    let mut refused = false;
+    for _ in 0..100 {
+        let mut third = from([127, 0, 0, 2]).await;
+        third.write_all(&query("x")).await.expect("write");
+        let mut out = Vec::new();
+        let closed = tokio::time::timeout(WAIT, third.read_to_end(&mut out)).await;
+        if matches!(closed, Ok(Ok(_)) | Ok(Err(_))) && out.is_empty() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "a third connection from the same source is closed");
+    // Another source is served meanwhile.
+    let mut other = from([127, 0, 0, 3]).await;
+    other.write_all(&query("x")).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, other.read_to_end(&mut out))
+        .await
+        .expect("answered")
+        .expect("read");
+    assert_eq!(
+        proto::parse_query_reply(&out).expect("a QUERY reply").len(),
+        0
+    );
+    // Once the source's connections are gone, it is served again.
+    drop(idle);
+    let mut served = false;
+    for _ in 0..250 {
+        let mut again = from([127, 0, 0, 2]).await;
+        again.write_all(&query("x")).await.expect("write");
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(WAIT, again.read_to_end(&mut out)).await;
+        if !out.is_empty() {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        served,
+        "the source is served again once its connections closed"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_are_closed_and_udp_still_answers() {
     let server = RegistryServer::bind(RegistryConfig {
         max_tcp_connections: 2,
