@@ -182,7 +182,7 @@ impl UdpRegistryClient {
         mut accept: impl FnMut(&[u8]) -> Option<T>,
     ) -> Result<T, ClientError> {
         let sock = self.send(command).await?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = deadline_after(self.timeout);
         let mut buf = vec![0u8; 65_536];
         loop {
             let recv = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await;
@@ -198,7 +198,7 @@ impl UdpRegistryClient {
                     // e.g. ECONNREFUSED from an ICMP error: keep waiting for others.
                     tracing::debug!(error = %e, "registry client recv error");
                     tokio::time::sleep_until(
-                        deadline.min(Instant::now() + Duration::from_millis(20)),
+                        deadline.min(deadline_after(Duration::from_millis(20))),
                     )
                     .await;
                     continue;
@@ -316,7 +316,7 @@ impl TcpRegistryClient {
 
     /// Sends one request and reads one complete brine reply.
     async fn call(&self, command: &Command) -> Result<Vec<u8>, ClientError> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = deadline_after(self.timeout);
         let timeout = || self.timeout_error(command);
         let mut stream = tokio::time::timeout_at(deadline, self.connect(command))
             .await
@@ -474,4 +474,11 @@ impl From<TcpRegistryClient> for RegistryClient {
     fn from(c: TcpRegistryClient) -> Self {
         RegistryClient::Tcp(c)
     }
+}
+
+/// `now + timeout`, or a day from now when that does not fit (a huge timeout).
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400))
 }

@@ -58,6 +58,9 @@ impl Transport {
     }
 }
 
+/// Most sources whose rate-limit bucket is tracked at once.
+pub const MAX_RATE_BUCKETS: usize = 65_536;
+
 /// A per-source token bucket: `per_second` requests on average, bursts of `burst`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
@@ -194,6 +197,8 @@ pub struct Stats {
     pub pruned: u64,
     /// Entries in the table now.
     pub entries: u64,
+    /// Sources whose rate-limit bucket is tracked now (at most [`MAX_RATE_BUCKETS`]).
+    pub rate_tracked: u64,
 }
 
 /// Why a request got no reply.
@@ -293,6 +298,8 @@ pub struct RegistryCore {
     entries: usize,
     next_seq: u64,
     buckets: HashMap<IpAddr, Bucket>,
+    /// When refilled buckets were last forgotten (see `check_rate`).
+    buckets_swept: Option<Instant>,
     events: Vec<RegistryEvent>,
     stats: Stats,
 }
@@ -324,6 +331,7 @@ impl RegistryCore {
             entries: 0,
             next_seq: 0,
             buckets: HashMap::new(),
+            buckets_swept: None,
             events: Vec::new(),
             stats: Stats::default(),
         }
@@ -338,6 +346,7 @@ impl RegistryCore {
     pub fn stats(&self) -> Stats {
         Stats {
             entries: self.entries as u64,
+            rate_tracked: self.buckets.len() as u64,
             ..self.stats
         }
     }
@@ -473,11 +482,27 @@ impl RegistryCore {
         let Some(limit) = self.config.rate_limit else {
             return Ok(());
         };
-        if self.buckets.len() >= 65_536 {
-            // Forget sources whose bucket has refilled: they lose nothing.
-            let refill = Duration::from_secs_f64(limit.burst / limit.per_second.max(1e-9));
-            self.buckets
-                .retain(|_, b| now.saturating_duration_since(b.last) < refill);
+        if self.buckets.len() >= MAX_RATE_BUCKETS && !self.buckets.contains_key(&source) {
+            // Forget sources whose bucket has refilled (they lose nothing), at most once a
+            // second: under a flood from more sources than that, a scan per request
+            // would cost more than the limiter saves.
+            let sweep_due = self
+                .buckets_swept
+                .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
+            if sweep_due {
+                self.buckets_swept = Some(now);
+                let refill = Duration::try_from_secs_f64(limit.burst / limit.per_second.max(1e-9))
+                    .unwrap_or(Duration::MAX);
+                self.buckets
+                    .retain(|_, b| now.saturating_duration_since(b.last) < refill);
+            }
+            // Still full: one tracked source gives way (its next request starts with a
+            // full bucket), so the table stays bounded.
+            if self.buckets.len() >= MAX_RATE_BUCKETS
+                && let Some(evicted) = self.buckets.keys().next().copied()
+            {
+                self.buckets.remove(&evicted);
+            }
         }
         let bucket = self.buckets.entry(source).or_insert(Bucket {
             tokens: limit.burst,

@@ -253,6 +253,35 @@ fn rate_limit_refills_with_the_clock() {
 }
 
 #[test]
+fn rate_limit_tracks_a_bounded_number_of_sources() {
+    use herald_registry::core::MAX_RATE_BUCKETS;
+    let mut h = Harness::new(CoreConfig {
+        rate_limit: Some(RateLimit {
+            per_second: 1.0,
+            burst: 1.0,
+        }),
+        ..CoreConfig::default()
+    });
+    // A flood from more sources than are tracked (none of their buckets refills
+    // within the test: the clock does not move).
+    for i in 0..(MAX_RATE_BUCKETS as u32 + 5_000) {
+        let ip =
+            std::net::Ipv6Addr::from(0xfd00_0000_0000_0000_0000_0000_0000_0000u128 + u128::from(i));
+        h.send(&ip.to_string(), &query("x"))
+            .expect("first request of each source");
+    }
+    let stats = h.core.stats();
+    assert!(stats.rate_tracked <= MAX_RATE_BUCKETS as u64, "{stats:?}");
+    assert!(stats.rate_tracked > 0);
+    // The limiter still works for a tracked source.
+    h.send("10.0.0.9", &query("x")).expect("first");
+    assert!(
+        h.send("10.0.0.9", &query("x")).is_err(),
+        "second within the second is limited"
+    );
+}
+
+#[test]
 fn entry_caps_and_name_length() {
     let mut h = Harness::new(CoreConfig {
         max_entries: 3,
