@@ -1,10 +1,11 @@
 //! Entry points shared by the `cargo fuzz` targets (`fuzz/fuzz_targets/brine.rs`,
-//! `registry_datagram.rs`) and the corpus replay test; each panics only when an
-//! invariant is broken.
+//! `registry_datagram.rs`, `registry_reply.rs`) and the corpus replay test; each
+//! panics only when an invariant is broken.
 //!
 //! ```
 //! herald_registry::fuzz_entry::brine(&[0x12, 0x50, 0x51, 0x52]);
 //! herald_registry::fuzz_entry::registry_datagram(b"\x00\xff\xfe");
+//! herald_registry::fuzz_entry::registry_reply(b"\x0e\x02OK");
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::brine;
 use crate::core::{CoreConfig, MAX_UDP_LIST_READ, RegistryCore, Transport};
+use crate::proto;
 
 /// Decodes `data`; a decoded value must re-encode to bytes that decode to a value
 /// encoding identically (a fixed point), and must print.
@@ -79,4 +81,35 @@ pub fn registry_datagram(data: &[u8]) {
     assert_eq!(rows, core.len());
     core.prune(now + Duration::from_secs(10));
     assert!(core.is_empty());
+}
+
+/// Feeds `data` to the client's reply parsers (what a registry, or anyone answering
+/// from its port, sends back): a QUERY or LIST reply that parses must come out the
+/// same after being encoded again, and the `"OK"` check must agree with the decoder.
+pub fn registry_reply(data: &[u8]) {
+    if let Ok(addrs) = proto::parse_query_reply(data) {
+        let mut again = Vec::new();
+        brine::encode_tuple_header(addrs.len(), &mut again);
+        for a in &addrs {
+            proto::encode_addr(&a.host, &a.port, &mut again);
+        }
+        match proto::parse_query_reply(&again) {
+            Ok(back) => assert_eq!(back, addrs),
+            Err(e) => panic!("re-encoded QUERY reply does not parse: {e}"),
+        }
+    }
+    if let Ok(Some(names)) = proto::parse_list_reply(data) {
+        let mut again = Vec::new();
+        brine::encode_tuple_header(names.len(), &mut again);
+        for n in &names {
+            brine::encode_str(n, &mut again);
+        }
+        match proto::parse_list_reply(&again) {
+            Ok(back) => assert_eq!(back, Some(names)),
+            Err(e) => panic!("re-encoded LIST reply does not parse: {e}"),
+        }
+    }
+    let ok = proto::is_ok_reply(data);
+    let decoded_ok = matches!(brine::decode(data), Ok((brine::Value::Str(s), _)) if s == "OK");
+    assert_eq!(ok, decoded_ok);
 }

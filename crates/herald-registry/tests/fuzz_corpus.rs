@@ -1,4 +1,4 @@
-//! Replays the committed fuzz corpora (`fuzz/corpus/{brine,registry_datagram}`)
+//! Replays the committed fuzz corpora (`fuzz/corpus/{brine,registry_datagram,registry_reply}`)
 //! through the same entry points the `cargo fuzz` targets call; none may panic.
 
 use std::path::Path;
@@ -27,5 +27,13 @@ fn registry_datagram_corpus() {
     replay(
         "registry_datagram",
         herald_registry::fuzz_entry::registry_datagram,
+    );
+}
+
+#[test]
+fn registry_reply_corpus() {
+    replay(
+        "registry_reply",
+        herald_registry::fuzz_entry::registry_reply,
     );
 }
