@@ -788,25 +788,36 @@ struct AddParams {
     b: i64,
 }
 
-/// Graceful shutdown: requests in flight when `disconnect` starts are finished and
-/// answered.
+/// Graceful shutdown: requests in flight when `disconnect` starts are finished,
+/// answered and settled exactly once: none of them is handed back to the broker, so a
+/// second instance started afterwards does not run them again.
 pub async fn graceful_shutdown(b: Arc<dyn Backend>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let svc = unique("grace");
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let router = ServiceRouter::new("1", "work").method(
-        MethodInfo::new("work", "signals, sleeps, answers").param("ms", "int", ""),
-        move |p: WorkParams, _ctx: Arc<RequestContext>| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(());
-                tokio::time::sleep(Duration::from_millis(p.ms)).await;
-                Ok::<_, ServiceError>(json!(p.ms))
-            }
-        },
-    );
-    let s = Mesh::connect(b.clone(), MeshConfig::service(&svc, router).prefetch(8))
-        .await
-        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let make_router = || {
+        let tx = tx.clone();
+        let runs = runs.clone();
+        ServiceRouter::new("1", "work").method(
+            MethodInfo::new("work", "signals, sleeps, answers").param("ms", "int", ""),
+            move |p: WorkParams, _ctx: Arc<RequestContext>| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(());
+                    tokio::time::sleep(Duration::from_millis(p.ms)).await;
+                    Ok::<_, ServiceError>(json!(p.ms))
+                }
+            },
+        )
+    };
+    let s = Mesh::connect(
+        b.clone(),
+        MeshConfig::service(&svc, make_router()).prefetch(8),
+    )
+    .await
+    .unwrap();
     let c = client(&b).await;
     let calls: Vec<_> = (0..4)
         .map(|_| {
@@ -826,12 +837,28 @@ pub async fn graceful_shutdown(b: Arc<dyn Backend>) {
     for h in calls {
         assert_eq!(h.await.unwrap().unwrap(), json!(500));
     }
+    assert_eq!(runs.load(Ordering::SeqCst), 4, "each request ran once");
     assert!(matches!(
         s.request(&svc, "work", json!({"ms": 1}), json!({}), None, None)
             .await,
         Err(MeshError::Disconnected)
     ));
-    c.disconnect().await.unwrap();
+    // A new instance on the same queue: anything the first one handed back would be
+    // ahead of this marker call (and run, and answered unpaired).
+    let s2 = Mesh::connect(
+        b.clone(),
+        MeshConfig::service(&svc, make_router()).prefetch(8),
+    )
+    .await
+    .unwrap();
+    assert_eq!(call_ok(&c, &svc, "work", json!({"ms": 0})).await, json!(0));
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        5,
+        "requests finished during the graceful shutdown were redelivered"
+    );
+    assert_eq!(c.unpaired_replies(), 0);
+    disconnect_all([s2, c]).await;
 }
 
 /// Replies for untracked correlation ids are ignored; a fixed instance id is single
