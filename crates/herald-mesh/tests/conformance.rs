@@ -962,6 +962,98 @@ pub async fn handler_panic(b: Arc<dyn Backend>) {
     disconnect_all([c, s]).await;
 }
 
+/// A handler that panics on every run does not loop: its delivery is requeued once,
+/// then (panicking again as a redelivery) dead-lettered; the caller gets an error reply
+/// rather than a timeout, and the service keeps serving.
+pub async fn handler_always_panics(b: Arc<dyn Backend>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    #[derive(Deserialize)]
+    struct NoParams {}
+    let svc = unique("doom");
+    let inline_runs = Arc::new(AtomicUsize::new(0));
+    let later_runs = Arc::new(AtomicUsize::new(0));
+    let event_runs = Arc::new(AtomicUsize::new(0));
+    let (i, l, e) = (inline_runs.clone(), later_runs.clone(), event_runs.clone());
+    let router = ServiceRouter::new("1.0", "always panics")
+        .on_event(format!("{svc}.doom"), move |_ev: EventBody| {
+            let n = e.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::task::yield_now().await;
+                assert!(
+                    n == usize::MAX,
+                    "deliberate panic of the handler_always_panics test"
+                );
+                Ok::<_, ServiceError>(())
+            }
+        })
+        .method(
+            MethodInfo::new("doom", "panics before any await"),
+            move |_: NoParams, _ctx: Arc<RequestContext>| {
+                let n = i.fetch_add(1, Ordering::SeqCst);
+                assert!(
+                    n == usize::MAX,
+                    "deliberate panic of the handler_always_panics test"
+                );
+                async move { Ok::<_, ServiceError>("never") }
+            },
+        )
+        .method(
+            MethodInfo::new("doom_later", "panics after an await"),
+            move |_: NoParams, _ctx: Arc<RequestContext>| {
+                let n = l.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    tokio::task::yield_now().await;
+                    assert!(
+                        n == usize::MAX,
+                        "deliberate panic of the handler_always_panics test"
+                    );
+                    Ok::<_, ServiceError>("never")
+                }
+            },
+        )
+        .method(
+            MethodInfo::new("add", "adds")
+                .param("a", "int", "")
+                .param("b", "int", ""),
+            |p: AddParams, _ctx: Arc<RequestContext>| async move {
+                Ok::<_, ServiceError>(json!(p.a + p.b))
+            },
+        );
+    let s = Mesh::connect(b.clone(), MeshConfig::service(&svc, router))
+        .await
+        .unwrap();
+    let c = client(&b).await;
+    let conn = b.connect("doom-probe").await.unwrap();
+    for method in ["doom", "doom_later"] {
+        match call(&c, &svc, method, json!({})).await {
+            Err(MeshError::Handling { .. }) => {}
+            other => panic!("{method}: expected an error reply, got {other:?}"),
+        }
+    }
+    c.publish_event(&format!("{svc}.doom"), json!(1), json!({}), None)
+        .await
+        .unwrap();
+    let dead = dead_letters(&conn, &svc, 3).await;
+    assert_eq!(dead.len(), 3);
+    for m in &dead {
+        assert_eq!(m.death.as_ref().unwrap().reason, DeathReason::Rejected);
+    }
+    assert_eq!(inline_runs.load(Ordering::SeqCst), 2);
+    assert_eq!(later_runs.load(Ordering::SeqCst), 2);
+    assert_eq!(event_runs.load(Ordering::SeqCst), 2);
+    for i in 0..5 {
+        assert_eq!(
+            call_ok(&c, &svc, "add", json!({"a": i, "b": 1})).await,
+            json!(i + 1)
+        );
+    }
+    assert_eq!(inline_runs.load(Ordering::SeqCst), 2, "no further runs");
+    assert_eq!(later_runs.load(Ordering::SeqCst), 2, "no further runs");
+    assert_eq!(event_runs.load(Ordering::SeqCst), 2, "no further runs");
+    conn.close().await.unwrap();
+    disconnect_all([c, s]).await;
+}
+
 /// Generates one `#[tokio::test]` per suite function; `$backend` is an expression of
 /// type `Option<Arc<dyn Backend>>` evaluated per test (`None` skips).
 macro_rules! conformance_tests {
@@ -969,7 +1061,7 @@ macro_rules! conformance_tests {
         conformance_tests!(@each $backend;
             request_response, errors, deadline, ttl_expiry, poison_messages, exactly_one_ack,
             command, events, leader, describe, encryption, graceful_shutdown,
-            unpaired_and_single_instance, handler_panic);
+            unpaired_and_single_instance, handler_panic, handler_always_panics);
     };
     (@each $backend:expr; $($name:ident),*) => {
         $(
