@@ -1831,6 +1831,14 @@ impl Connection for AmqpConnection {
     fn is_open(&self) -> bool {
         !self.inner.is_closed()
     }
+
+    fn is_connected(&self) -> bool {
+        !self.inner.is_closed()
+            && self
+                .inner
+                .current()
+                .is_some_and(|live| live.conn.status().connected())
+    }
 }
 
 #[cfg(test)]
