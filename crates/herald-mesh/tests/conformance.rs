@@ -697,11 +697,15 @@ pub async fn describe(b: Arc<dyn Backend>) {
 /// Encryption: `requires_encryption` is enforced; encrypted calls work against every
 /// instance of a service sharing one key; encrypted errors come back decrypted.
 pub async fn encryption(b: Arc<dyn Backend>) {
+    use std::sync::atomic::Ordering;
     let svc = unique("enc");
     let key = service_key();
     let mut instances = Vec::new();
+    let mut served = Vec::new();
     for _ in 0..2 {
-        let cfg = MeshConfig::service(&svc, ExampleService::new()).service_keys(key.clone());
+        let counted = CountsEncrypted::default();
+        served.push(counted.encrypted.clone());
+        let cfg = MeshConfig::service(&svc, counted).service_keys(key.clone());
         instances.push(Mesh::connect(b.clone(), cfg).await.unwrap());
     }
     let c = Mesh::connect(
@@ -731,6 +735,21 @@ pub async fn encryption(b: Arc<dyn Backend>) {
             .await
             .unwrap();
         assert_eq!(r, json!(text));
+    }
+    // Both instances (sharing the key) decrypt and answer: more calls until each one
+    // served at least one, within a bound.
+    let mut extra = 0;
+    while served.iter().any(|n| n.load(Ordering::SeqCst) == 0) {
+        assert!(
+            extra < 64,
+            "an instance never served an encrypted call: {served:?}"
+        );
+        let r = c
+            .request_with(&svc, "secret_echo", json!({"text": "more"}), enc())
+            .await
+            .unwrap();
+        assert_eq!(r, json!("more"));
+        extra += 1;
     }
     assert_eq!(
         c.request_with(&svc, "add", json!({"a": 1, "b": 2}), enc())
@@ -775,6 +794,40 @@ pub async fn encryption(b: Arc<dyn Backend>) {
     conn.close().await.unwrap();
     disconnect_all(instances).await;
     disconnect_all([s2, plain, c]).await;
+}
+
+/// The example service, counting the encrypted calls it handled.
+#[derive(Debug, Default)]
+struct CountsEncrypted {
+    inner: ExampleService,
+    encrypted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl herald_mesh::service::Service for CountsEncrypted {
+    fn info(&self) -> herald_mesh::service::ServiceInfo {
+        self.inner.info()
+    }
+    fn call(
+        &self,
+        method: &str,
+        params: &serde_json::Map<String, Value>,
+        ctx: Arc<RequestContext>,
+    ) -> futures::future::BoxFuture<'static, Result<Value, ServiceError>> {
+        if ctx.encrypted {
+            self.encrypted
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.call(method, params, ctx)
+    }
+    fn event_bindings(&self) -> Vec<String> {
+        self.inner.event_bindings()
+    }
+    fn on_event(
+        &self,
+        event: EventBody,
+    ) -> futures::future::BoxFuture<'static, Result<(), ServiceError>> {
+        self.inner.on_event(event)
+    }
 }
 
 #[derive(Deserialize)]
