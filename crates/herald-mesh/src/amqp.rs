@@ -1169,10 +1169,57 @@ pub fn fuzz_seed(message: &Message, body: &[u8]) -> Result<Vec<u8>, MeshError> {
     Ok(out)
 }
 
+/// The deliveries of one consumer channel that are not settled yet. A stopped consumer
+/// keeps its channel open until they are: closing it would make the broker requeue
+/// them, and the requests still being finished would then run a second time.
+#[derive(Debug, Default)]
+struct Unsettled {
+    count: AtomicUsize,
+    settled: tokio::sync::Notify,
+    /// The consumer was stopped and its channel is to be closed: acks wait until lapin
+    /// has sent them (its close would otherwise overtake them).
+    closing: AtomicBool,
+}
+
+impl Unsettled {
+    /// Resolves once no delivery of the channel is unsettled.
+    async fn drained(&self) {
+        loop {
+            let mut notified = std::pin::pin!(self.settled.notified());
+            notified.as_mut().enable();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One unsettled delivery's share of an [`Unsettled`] count, released when the
+/// delivery is settled (or handed back).
+#[derive(Debug)]
+struct UnsettledGuard(Arc<Unsettled>);
+
+impl UnsettledGuard {
+    fn new(unsettled: &Arc<Unsettled>) -> Self {
+        unsettled.count.fetch_add(1, Ordering::SeqCst);
+        Self(unsettled.clone())
+    }
+}
+
+impl Drop for UnsettledGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.settled.notify_waiters();
+        }
+    }
+}
+
 /// Settles one lapin delivery exactly once; dropping it unsettled requeues it.
 struct AmqpAcker {
     acker: Option<lapin::Acker>,
     queue: String,
+    unsettled: Option<UnsettledGuard>,
 }
 
 impl fmt::Debug for AmqpAcker {
@@ -1184,10 +1231,20 @@ impl fmt::Debug for AmqpAcker {
     }
 }
 
-fn settle_err(op: &str, queue: &str, e: &lapin::Error) -> MeshError {
+fn settle_err(op: &str, queue: &str, e: &dyn fmt::Display) -> MeshError {
     MeshError::Backend {
         backend: BACKEND,
         reason: format!("{op} on a delivery from {queue:?} failed (it will be redelivered): {e}"),
+    }
+}
+
+/// lapin's answer to a settlement: `Ok(false)` means that it was not sent (the channel
+/// is closed or failed), so the broker redelivers the message: not a success.
+fn settled(op: &str, queue: &str, r: lapin::Result<bool>) -> Result<(), MeshError> {
+    match r {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(settle_err(op, queue, &"its channel is closed")),
+        Err(e) => Err(settle_err(op, queue, &e)),
     }
 }
 
@@ -1200,15 +1257,26 @@ impl Acker for AmqpAcker {
     fn ack(mut self: Box<Self>) -> BackendFuture<'static, Result<(), MeshError>> {
         let acker = self.acker.take();
         let queue = std::mem::take(&mut self.queue);
+        let unsettled = self.unsettled.take();
         later(async move {
             if let Some(a) = acker {
-                let ack = std::pin::pin!(a.ack(BasicAckOptions::default()));
-                let polled =
-                    ack.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
-                if let std::task::Poll::Ready(r) = polled {
-                    r.map_err(|e| settle_err("basic.ack", &queue, &e))?;
+                let mut ack = std::pin::pin!(a.ack(BasicAckOptions::default()));
+                let closing = unsettled
+                    .as_ref()
+                    .is_some_and(|u| u.0.closing.load(Ordering::SeqCst));
+                if closing {
+                    settled("basic.ack", &queue, ack.await)?;
+                } else {
+                    let polled = ack
+                        .as_mut()
+                        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+                    if let std::task::Poll::Ready(r) = polled {
+                        settled("basic.ack", &queue, r)?;
+                    }
                 }
             }
+            // Handed to the connection (ahead of any later close of its channel).
+            drop(unsettled);
             Ok(())
         })
     }
@@ -1216,12 +1284,13 @@ impl Acker for AmqpAcker {
     fn reject(mut self: Box<Self>, requeue: bool) -> BackendFuture<'static, Result<(), MeshError>> {
         let acker = self.acker.take();
         let queue = std::mem::take(&mut self.queue);
+        let unsettled = self.unsettled.take();
         later(async move {
             if let Some(a) = acker {
-                a.reject(BasicRejectOptions { requeue })
-                    .await
-                    .map_err(|e| settle_err("basic.reject", &queue, &e))?;
+                let r = a.reject(BasicRejectOptions { requeue }).await;
+                settled("basic.reject", &queue, r)?;
             }
+            drop(unsettled);
             Ok(())
         })
     }
@@ -1233,6 +1302,7 @@ impl Drop for AmqpAcker {
             return;
         };
         tracing::debug!(queue = %self.queue, "unsettled delivery dropped; requeueing it");
+        let unsettled = self.unsettled.take();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 let _ = acker
@@ -1241,13 +1311,19 @@ impl Drop for AmqpAcker {
                         requeue: true,
                     })
                     .await;
+                drop(unsettled);
             });
         }
         // Without a runtime the channel close requeues it.
     }
 }
 
-fn to_delivery(queue: &str, d: LapinDelivery, auto_ack: bool) -> Delivery {
+fn to_delivery(
+    queue: &str,
+    d: LapinDelivery,
+    auto_ack: bool,
+    unsettled: &Arc<Unsettled>,
+) -> Delivery {
     let redelivered = d.redelivered;
     let message = message_from_amqp(&d.properties, d.data);
     let acker: Option<Box<dyn Acker>> = if auto_ack {
@@ -1256,6 +1332,7 @@ fn to_delivery(queue: &str, d: LapinDelivery, auto_ack: bool) -> Delivery {
         Some(Box::new(AmqpAcker {
             acker: Some(d.acker),
             queue: queue.to_owned(),
+            unsettled: Some(UnsettledGuard::new(unsettled)),
         }))
     };
     Delivery::new(message, redelivered, acker)
@@ -1305,6 +1382,8 @@ struct ConsumerState {
     /// cancel nor close), not a consumer on a channel of its own.
     direct: bool,
     current: Option<(Channel, lapin::Consumer)>,
+    /// The unsettled deliveries of the current consumer's channel.
+    unsettled: Arc<Unsettled>,
 }
 
 impl Drop for ConsumerState {
@@ -1315,13 +1394,33 @@ impl Drop for ConsumerState {
         if self.inner.is_closed() || self.direct {
             return;
         }
-        // The stream was dropped: cancel the consumer and close its channel, which
-        // requeues whatever it still had unsettled.
+        // The stream was dropped: cancel the consumer (no new deliveries), let the
+        // deliveries still being handled be settled on the channel they came on, then
+        // close it, which requeues only what was never handed out (still buffered in the
+        // consumer). Closing it at once would requeue the in-flight ones too, and a
+        // graceful shutdown would have them run twice.
+        let unsettled = self.unsettled.clone();
+        let inner = self.inner.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
+                // From now on acks are sent before they count as settled; those handed
+                // over before are through lapin by the time the cancel is answered.
+                unsettled.closing.store(true, Ordering::SeqCst);
                 let _ = ch
                     .basic_cancel(consumer.tag(), BasicCancelOptions::default())
                     .await;
+                drop(consumer);
+                // Bounded by the connection: once it is closed or lost, the channel is
+                // gone and there is nothing left to wait for.
+                while !inner.is_closed() && ch.status().connected() {
+                    let drained = unsettled.drained();
+                    if tokio::time::timeout(Duration::from_millis(200), drained)
+                        .await
+                        .is_ok()
+                    {
+                        break;
+                    }
+                }
                 let _ = ch.close(200, ShortString::from("consumer dropped")).await;
             });
         }
@@ -1344,7 +1443,12 @@ impl ConsumerState {
                         if self.options.auto_ack {
                             self.inner.reply_seen(&d);
                         }
-                        return Some(to_delivery(&self.queue, d, self.options.auto_ack));
+                        return Some(to_delivery(
+                            &self.queue,
+                            d,
+                            self.options.auto_ack,
+                            &self.unsettled,
+                        ));
                     }
                     Some(Err(e)) => {
                         tracing::warn!(queue = %self.queue, error = %e, "consumer error");
@@ -1382,6 +1486,7 @@ impl ConsumerState {
                     Ok(c) => {
                         tracing::info!(queue = %self.queue, generation = live.generation, "consumer restarted");
                         self.current = Some(c);
+                        self.unsettled = Arc::default();
                         delay = self.inner.options.reconnect_initial;
                     }
                     Err(e) => {
@@ -1628,6 +1733,7 @@ impl Connection for AmqpConnection {
                 options,
                 direct: false,
                 current: Some(current),
+                unsettled: Arc::default(),
             };
             Ok(consumer_stream(state))
         })
@@ -1665,6 +1771,7 @@ impl Connection for AmqpConnection {
                 options: ConsumeOptions::exclusive_auto_ack(),
                 direct: true,
                 current: Some(current),
+                unsettled: Arc::default(),
             };
             Ok(Some((DIRECT_REPLY_TO.to_owned(), consumer_stream(state))))
         })
@@ -1723,6 +1830,14 @@ impl Connection for AmqpConnection {
 
     fn is_open(&self) -> bool {
         !self.inner.is_closed()
+    }
+
+    fn is_connected(&self) -> bool {
+        !self.inner.is_closed()
+            && self
+                .inner
+                .current()
+                .is_some_and(|live| live.conn.status().connected())
     }
 }
 

@@ -371,6 +371,14 @@ pub trait Connection: Send + Sync + fmt::Debug {
 
     /// Whether the connection is still usable.
     fn is_open(&self) -> bool;
+
+    /// Whether the link to the broker is up right now: `false` while a lost connection
+    /// is being re-established (when the broker has already released whatever this
+    /// connection held, such as the leader lock). Defaults to [`is_open`](Self::is_open)
+    /// for backends that cannot lose their link.
+    fn is_connected(&self) -> bool {
+        self.is_open()
+    }
 }
 
 /// A broker: opens connections.

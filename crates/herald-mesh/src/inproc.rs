@@ -77,9 +77,6 @@ pub struct BrokerStats {
     pub expired: u64,
     /// Messages dropped because a queue was full.
     pub overflowed: u64,
-    /// Settlements refused because the delivery was already settled (always 0: the
-    /// API makes double settlement impossible; kept to prove it in tests).
-    pub double_settled: u64,
 }
 
 #[derive(Default)]
@@ -93,7 +90,6 @@ struct Stats {
     dead_lettered: AtomicU64,
     expired: AtomicU64,
     overflowed: AtomicU64,
-    double_settled: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -530,7 +526,6 @@ impl InProcBroker {
             dead_lettered: l(&s.dead_lettered),
             expired: l(&s.expired),
             overflowed: l(&s.overflowed),
-            double_settled: l(&s.double_settled),
         }
     }
 
@@ -1006,8 +1001,9 @@ impl fmt::Debug for InProcAcker {
 
 impl InProcAcker {
     fn finish(&mut self) -> Option<Message> {
+        // Settling twice is impossible by construction (`ack` and `reject` consume the
+        // acker, and its drop only requeues what is still unsettled).
         if self.settled {
-            inc(&self.broker.stats.double_settled);
             return None;
         }
         self.settled = true;

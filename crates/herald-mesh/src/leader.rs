@@ -47,8 +47,17 @@ impl LeaderWatch {
     }
 }
 
+/// How often a leader checks its connection while it waits (for the next attempt, or
+/// for an attempt that is blocked reconnecting).
+const LOSS_CHECK: Duration = Duration::from_millis(20);
+
 /// Starts the election task for `service` on `conn`: it calls
 /// [`Connection::try_lead`] every `interval` until `stop` is cancelled.
+///
+/// Leadership is dropped as soon as the connection is known to be lost
+/// ([`Connection::is_connected`]), not when the next attempt returns: the broker
+/// releases the lock with the connection, so another instance may lead while this one
+/// waits (up to the backend's reconnect wait) to reconnect.
 pub fn spawn_election(
     conn: Arc<dyn Connection>,
     service: String,
@@ -58,9 +67,15 @@ pub fn spawn_election(
 ) -> LeaderWatch {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
+        let who = Who {
+            conn: conn.as_ref(),
+            tx: &tx,
+            service: &service,
+            instance_id: &instance_id,
+        };
         loop {
             let now = if conn.is_open() {
-                match conn.try_lead(&service).await {
+                match who.clear_on_loss(conn.try_lead(&service)).await {
                     Ok(v) => v,
                     Err(e) => {
                         warn!(service = %service, error = %e, "leader lock attempt failed");
@@ -79,13 +94,44 @@ pub fn spawn_election(
                 }
                 tx.send_replace(now);
             }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(interval) => {}
+            let pause = async {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(interval) => {}
+                }
+            };
+            who.clear_on_loss(pause).await;
+            if stop.is_cancelled() {
+                break;
             }
         }
         tx.send_replace(false);
         debug!(service = %service, instance = %instance_id, "leader election stopped");
     });
     LeaderWatch { rx }
+}
+
+/// One instance's election state, for [`Who::clear_on_loss`].
+struct Who<'a> {
+    conn: &'a dyn Connection,
+    tx: &'a watch::Sender<bool>,
+    service: &'a str,
+    instance_id: &'a str,
+}
+
+impl Who<'_> {
+    /// Runs `fut`, clearing leadership as soon as the connection is lost meanwhile.
+    async fn clear_on_loss<F: Future>(&self, fut: F) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            if *self.tx.borrow() && !self.conn.is_connected() {
+                warn!(service = %self.service, instance = %self.instance_id, "connection lost; leadership dropped");
+                self.tx.send_replace(false);
+            }
+            tokio::select! {
+                out = fut.as_mut() => return out,
+                () = tokio::time::sleep(LOSS_CHECK) => {}
+            }
+        }
+    }
 }

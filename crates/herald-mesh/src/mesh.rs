@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -1190,7 +1190,9 @@ async fn dispatch_loop(
                 std::task::Poll::Ready(match polled {
                     Ok(p) => p.is_ready(),
                     Err(_) => {
-                        warn!("a service handler panicked; its delivery is requeued");
+                        warn!(
+                            "a service failed outside its handler (panic); its delivery is requeued"
+                        );
                         true
                     }
                 })
@@ -1259,9 +1261,12 @@ async fn handle_work(inner: Arc<Inner>, d: crate::backend::Delivery) {
         Step::Done => {}
         Step::Finish(finish, outcome) => finish_call(&inner, finish, outcome, None).await,
         Step::Handler(handler, ctx, finish) => {
-            let outcome = handler.await;
-            finish_call(&inner, finish, outcome, Some(ctx)).await
+            match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
+                Ok(outcome) => finish_call(&inner, finish, outcome, Some(ctx)).await,
+                Err(_) => call_panicked(&inner, finish).await,
+            }
         }
+        Step::Panicked(finish) => call_panicked(&inner, finish).await,
         Step::Poison(settle_handle, reply) => {
             settle(settle_handle, false, "poison message").await;
             if let Some(reply) = reply {
@@ -1269,13 +1274,55 @@ async fn handle_work(inner: Arc<Inner>, d: crate::backend::Delivery) {
                 publish_reply(&inner, &rt, msg).await;
             }
         }
-        Step::Event(handler, settle_handle, topic) => match handler.await {
-            Ok(()) => settle(settle_handle, true, "event").await,
-            Err(e) => {
-                warn!(service = %inner.service_name, topic = %topic, error = %e, "event handler failed; event dead-lettered");
-                settle(settle_handle, false, "event").await;
+        Step::Event(handler, settle_handle, topic) => {
+            match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
+                Ok(Ok(())) => settle(settle_handle, true, "event").await,
+                Ok(Err(e)) => {
+                    warn!(service = %inner.service_name, topic = %topic, error = %e, "event handler failed; event dead-lettered");
+                    settle(settle_handle, false, "event").await;
+                }
+                Err(_) => event_panicked(&inner, settle_handle, &topic).await,
             }
-        },
+        }
+        Step::EventPanicked(settle_handle, topic) => {
+            event_panicked(&inner, settle_handle, &topic).await
+        }
+    }
+}
+
+/// A call whose handler panicked. The first time its delivery is requeued (the panic
+/// may have been transient); a delivery that was already redelivered is dead-lettered
+/// and the caller of a request gets an error reply, so a handler that always panics
+/// runs at most twice per message instead of forever.
+async fn call_panicked(inner: &Inner, mut finish: FinishCall) {
+    let method = match finish.env.as_ref() {
+        Envelope::Request(b) | Envelope::Command(b) => b.method.clone(),
+        _ => String::new(),
+    };
+    if !finish.settle.redelivered() {
+        warn!(service = %inner.service_name, method = %method, correlation_id = %finish.correlation_id, "a service handler panicked; its delivery is requeued once");
+        // Dropping the unsettled delivery requeues it (marked redelivered).
+        drop(finish);
+        return;
+    }
+    warn!(service = %inner.service_name, method = %method, correlation_id = %finish.correlation_id, "a service handler panicked on a redelivered message; dead-lettered");
+    finish.dead_letter = Some("handler panicked");
+    let err = ServiceError::handling(format!(
+        "{}.{method} panicked while handling the request",
+        inner.service_name
+    ));
+    finish_call(inner, finish, Err(err), None).await;
+}
+
+/// An event whose handler panicked: requeued once, dead-lettered when redelivered
+/// (see [`call_panicked`]).
+async fn event_panicked(inner: &Inner, settle_handle: Settle, topic: &str) {
+    if settle_handle.redelivered() {
+        warn!(service = %inner.service_name, topic = %topic, "an event handler panicked on a redelivered event; dead-lettered");
+        settle(settle_handle, false, "event").await;
+    } else {
+        warn!(service = %inner.service_name, topic = %topic, "an event handler panicked; the event is requeued once");
+        drop(settle_handle);
     }
 }
 
@@ -1297,6 +1344,10 @@ enum Step {
     Poison(Settle, Option<Box<(String, Message)>>),
     /// An event whose handler is running; its settlement and topic.
     Event(BoxFuture<'static, Result<(), ServiceError>>, Settle, String),
+    /// A call whose handler panicked before returning its future.
+    Panicked(FinishCall),
+    /// An event whose handler panicked before returning its future.
+    EventPanicked(Settle, String),
 }
 
 /// What answering a call needs once its outcome is known.
@@ -1359,11 +1410,13 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
             let Some(s) = &inner.serving else {
                 return Step::Done;
             };
-            return Step::Event(
-                s.service.on_event(ev.clone()),
-                settle_handle,
-                ev.topic.clone(),
-            );
+            let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                s.service.on_event(ev.clone())
+            }));
+            return match started {
+                Ok(handler) => Step::Event(handler, settle_handle, ev.topic.clone()),
+                Err(_) => Step::EventPanicked(settle_handle, ev.topic.clone()),
+            };
         }
         Envelope::Response(_) => {
             warn!(service = %inner.service_name, correlation_id = %correlation_id, "response on a service queue dead-lettered");
@@ -1427,8 +1480,13 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
             .deadline_ms
             .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
         let ctx = Arc::new(c);
-        let handler = serving.service.call(method, &body.params, ctx.clone());
-        return Step::Handler(handler, ctx, finish);
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            serving.service.call(method, &body.params, ctx.clone())
+        }));
+        return match started {
+            Ok(handler) => Step::Handler(handler, ctx, finish),
+            Err(_) => Step::Panicked(finish),
+        };
     };
     Step::Finish(finish, outcome)
 }

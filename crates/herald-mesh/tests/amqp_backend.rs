@@ -859,3 +859,107 @@ async fn direct_reply_to_calls_errors_not_found_deadline_and_reconnect() {
     }
     admin.close().await.expect("close");
 }
+
+/// A TCP proxy to the broker that a test can cut (its connections dropped, new ones
+/// closed at once) for as long as it likes, which `simulate_connection_loss` cannot do
+/// (the next operation reconnects at once).
+struct CuttableProxy {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+async fn cuttable_proxy(upstream: String) -> CuttableProxy {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let addr = listener.local_addr().expect("proxy address");
+    let (cut, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            if *rx.borrow() {
+                continue;
+            }
+            let mut rx = rx.clone();
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                    _ = rx.wait_for(|c| *c) => {}
+                }
+            });
+        }
+    });
+    CuttableProxy { addr, cut }
+}
+
+/// `url`'s `host:port` and the same URL pointing at `proxy` instead.
+fn through_proxy(url: &str, proxy: std::net::SocketAddr) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").expect("an amqp:// URL");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let upstream = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:5672")
+    };
+    (upstream, format!("{scheme}://{userinfo}{proxy}/{path}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_is_dropped_as_soon_as_the_connection_is_lost() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let (upstream, _) = through_proxy(&url, "127.0.0.1:1".parse().expect("addr"));
+    let proxy = cuttable_proxy(upstream).await;
+    let (_, proxied) = through_proxy(&url, proxy.addr);
+    let name = unique("lead-loss");
+    let cfg = || {
+        MeshConfig::service(&name, ExampleService::new()).leader_interval(Duration::from_millis(50))
+    };
+    let first = Mesh::connect(Arc::new(AmqpBackend::new(&proxied).expect("url")), cfg())
+        .await
+        .expect("first instance (through the proxy)");
+    let mut w1 = first.leader_watch();
+    assert!(
+        tokio::time::timeout(WAIT, w1.wait_for(true))
+            .await
+            .expect("the first instance leads")
+    );
+    let second = Mesh::connect(Arc::new(AmqpBackend::new(&url).expect("url")), cfg())
+        .await
+        .expect("second instance");
+    let mut w2 = second.leader_watch();
+
+    // A lasting outage of the first instance: the broker drops its connection and with
+    // it the leader lock, and the second instance takes the lead.
+    proxy.cut.send_replace(true);
+    assert!(
+        tokio::time::timeout(WAIT, w2.wait_for(true))
+            .await
+            .expect("the second instance leads once the first one's connection is gone")
+    );
+    // The first is still trying to reconnect (for up to `reconnect_wait`, 30 s) and must
+    // not claim leadership meanwhile.
+    let dropped = tokio::time::timeout(Duration::from_secs(5), w1.wait_for(false)).await;
+    assert!(
+        matches!(dropped, Ok(true)),
+        "both instances report is_leader during the outage"
+    );
+    assert!(second.is_leader() && !first.is_leader());
+
+    proxy.cut.send_replace(false);
+    second.disconnect().await.expect("disconnect second");
+    first.disconnect().await.expect("disconnect first");
+    let admin = connect(&url).await;
+    for q in [service_queue(&name), dead_letter_queue(&name)] {
+        admin.delete_queue(&q).await.expect("cleanup");
+    }
+    admin.close().await.expect("close");
+}

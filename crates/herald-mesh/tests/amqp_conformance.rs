@@ -73,6 +73,9 @@ impl Connection for TidyConn {
     fn is_open(&self) -> bool {
         self.inner.is_open()
     }
+    fn is_connected(&self) -> bool {
+        self.inner.is_connected()
+    }
 }
 
 impl Backend for Tidy {

@@ -697,11 +697,15 @@ pub async fn describe(b: Arc<dyn Backend>) {
 /// Encryption: `requires_encryption` is enforced; encrypted calls work against every
 /// instance of a service sharing one key; encrypted errors come back decrypted.
 pub async fn encryption(b: Arc<dyn Backend>) {
+    use std::sync::atomic::Ordering;
     let svc = unique("enc");
     let key = service_key();
     let mut instances = Vec::new();
+    let mut served = Vec::new();
     for _ in 0..2 {
-        let cfg = MeshConfig::service(&svc, ExampleService::new()).service_keys(key.clone());
+        let counted = CountsEncrypted::default();
+        served.push(counted.encrypted.clone());
+        let cfg = MeshConfig::service(&svc, counted).service_keys(key.clone());
         instances.push(Mesh::connect(b.clone(), cfg).await.unwrap());
     }
     let c = Mesh::connect(
@@ -731,6 +735,21 @@ pub async fn encryption(b: Arc<dyn Backend>) {
             .await
             .unwrap();
         assert_eq!(r, json!(text));
+    }
+    // Both instances (sharing the key) decrypt and answer: more calls until each one
+    // served at least one, within a bound.
+    let mut extra = 0;
+    while served.iter().any(|n| n.load(Ordering::SeqCst) == 0) {
+        assert!(
+            extra < 64,
+            "an instance never served an encrypted call: {served:?}"
+        );
+        let r = c
+            .request_with(&svc, "secret_echo", json!({"text": "more"}), enc())
+            .await
+            .unwrap();
+        assert_eq!(r, json!("more"));
+        extra += 1;
     }
     assert_eq!(
         c.request_with(&svc, "add", json!({"a": 1, "b": 2}), enc())
@@ -777,6 +796,40 @@ pub async fn encryption(b: Arc<dyn Backend>) {
     disconnect_all([s2, plain, c]).await;
 }
 
+/// The example service, counting the encrypted calls it handled.
+#[derive(Debug, Default)]
+struct CountsEncrypted {
+    inner: ExampleService,
+    encrypted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl herald_mesh::service::Service for CountsEncrypted {
+    fn info(&self) -> herald_mesh::service::ServiceInfo {
+        self.inner.info()
+    }
+    fn call(
+        &self,
+        method: &str,
+        params: &serde_json::Map<String, Value>,
+        ctx: Arc<RequestContext>,
+    ) -> futures::future::BoxFuture<'static, Result<Value, ServiceError>> {
+        if ctx.encrypted {
+            self.encrypted
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.call(method, params, ctx)
+    }
+    fn event_bindings(&self) -> Vec<String> {
+        self.inner.event_bindings()
+    }
+    fn on_event(
+        &self,
+        event: EventBody,
+    ) -> futures::future::BoxFuture<'static, Result<(), ServiceError>> {
+        self.inner.on_event(event)
+    }
+}
+
 #[derive(Deserialize)]
 struct WorkParams {
     ms: u64,
@@ -788,25 +841,36 @@ struct AddParams {
     b: i64,
 }
 
-/// Graceful shutdown: requests in flight when `disconnect` starts are finished and
-/// answered.
+/// Graceful shutdown: requests in flight when `disconnect` starts are finished,
+/// answered and settled exactly once: none of them is handed back to the broker, so a
+/// second instance started afterwards does not run them again.
 pub async fn graceful_shutdown(b: Arc<dyn Backend>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let svc = unique("grace");
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let router = ServiceRouter::new("1", "work").method(
-        MethodInfo::new("work", "signals, sleeps, answers").param("ms", "int", ""),
-        move |p: WorkParams, _ctx: Arc<RequestContext>| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(());
-                tokio::time::sleep(Duration::from_millis(p.ms)).await;
-                Ok::<_, ServiceError>(json!(p.ms))
-            }
-        },
-    );
-    let s = Mesh::connect(b.clone(), MeshConfig::service(&svc, router).prefetch(8))
-        .await
-        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let make_router = || {
+        let tx = tx.clone();
+        let runs = runs.clone();
+        ServiceRouter::new("1", "work").method(
+            MethodInfo::new("work", "signals, sleeps, answers").param("ms", "int", ""),
+            move |p: WorkParams, _ctx: Arc<RequestContext>| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(());
+                    tokio::time::sleep(Duration::from_millis(p.ms)).await;
+                    Ok::<_, ServiceError>(json!(p.ms))
+                }
+            },
+        )
+    };
+    let s = Mesh::connect(
+        b.clone(),
+        MeshConfig::service(&svc, make_router()).prefetch(8),
+    )
+    .await
+    .unwrap();
     let c = client(&b).await;
     let calls: Vec<_> = (0..4)
         .map(|_| {
@@ -826,12 +890,28 @@ pub async fn graceful_shutdown(b: Arc<dyn Backend>) {
     for h in calls {
         assert_eq!(h.await.unwrap().unwrap(), json!(500));
     }
+    assert_eq!(runs.load(Ordering::SeqCst), 4, "each request ran once");
     assert!(matches!(
         s.request(&svc, "work", json!({"ms": 1}), json!({}), None, None)
             .await,
         Err(MeshError::Disconnected)
     ));
-    c.disconnect().await.unwrap();
+    // A new instance on the same queue: anything the first one handed back would be
+    // ahead of this marker call (and run, and answered unpaired).
+    let s2 = Mesh::connect(
+        b.clone(),
+        MeshConfig::service(&svc, make_router()).prefetch(8),
+    )
+    .await
+    .unwrap();
+    assert_eq!(call_ok(&c, &svc, "work", json!({"ms": 0})).await, json!(0));
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        5,
+        "requests finished during the graceful shutdown were redelivered"
+    );
+    assert_eq!(c.unpaired_replies(), 0);
+    disconnect_all([s2, c]).await;
 }
 
 /// Replies for untracked correlation ids are ignored; a fixed instance id is single
@@ -935,6 +1015,98 @@ pub async fn handler_panic(b: Arc<dyn Backend>) {
     disconnect_all([c, s]).await;
 }
 
+/// A handler that panics on every run does not loop: its delivery is requeued once,
+/// then (panicking again as a redelivery) dead-lettered; the caller gets an error reply
+/// rather than a timeout, and the service keeps serving.
+pub async fn handler_always_panics(b: Arc<dyn Backend>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    #[derive(Deserialize)]
+    struct NoParams {}
+    let svc = unique("doom");
+    let inline_runs = Arc::new(AtomicUsize::new(0));
+    let later_runs = Arc::new(AtomicUsize::new(0));
+    let event_runs = Arc::new(AtomicUsize::new(0));
+    let (i, l, e) = (inline_runs.clone(), later_runs.clone(), event_runs.clone());
+    let router = ServiceRouter::new("1.0", "always panics")
+        .on_event(format!("{svc}.doom"), move |_ev: EventBody| {
+            let n = e.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::task::yield_now().await;
+                assert!(
+                    n == usize::MAX,
+                    "deliberate panic of the handler_always_panics test"
+                );
+                Ok::<_, ServiceError>(())
+            }
+        })
+        .method(
+            MethodInfo::new("doom", "panics before any await"),
+            move |_: NoParams, _ctx: Arc<RequestContext>| {
+                let n = i.fetch_add(1, Ordering::SeqCst);
+                assert!(
+                    n == usize::MAX,
+                    "deliberate panic of the handler_always_panics test"
+                );
+                async move { Ok::<_, ServiceError>("never") }
+            },
+        )
+        .method(
+            MethodInfo::new("doom_later", "panics after an await"),
+            move |_: NoParams, _ctx: Arc<RequestContext>| {
+                let n = l.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    tokio::task::yield_now().await;
+                    assert!(
+                        n == usize::MAX,
+                        "deliberate panic of the handler_always_panics test"
+                    );
+                    Ok::<_, ServiceError>("never")
+                }
+            },
+        )
+        .method(
+            MethodInfo::new("add", "adds")
+                .param("a", "int", "")
+                .param("b", "int", ""),
+            |p: AddParams, _ctx: Arc<RequestContext>| async move {
+                Ok::<_, ServiceError>(json!(p.a + p.b))
+            },
+        );
+    let s = Mesh::connect(b.clone(), MeshConfig::service(&svc, router))
+        .await
+        .unwrap();
+    let c = client(&b).await;
+    let conn = b.connect("doom-probe").await.unwrap();
+    for method in ["doom", "doom_later"] {
+        match call(&c, &svc, method, json!({})).await {
+            Err(MeshError::Handling { .. }) => {}
+            other => panic!("{method}: expected an error reply, got {other:?}"),
+        }
+    }
+    c.publish_event(&format!("{svc}.doom"), json!(1), json!({}), None)
+        .await
+        .unwrap();
+    let dead = dead_letters(&conn, &svc, 3).await;
+    assert_eq!(dead.len(), 3);
+    for m in &dead {
+        assert_eq!(m.death.as_ref().unwrap().reason, DeathReason::Rejected);
+    }
+    assert_eq!(inline_runs.load(Ordering::SeqCst), 2);
+    assert_eq!(later_runs.load(Ordering::SeqCst), 2);
+    assert_eq!(event_runs.load(Ordering::SeqCst), 2);
+    for i in 0..5 {
+        assert_eq!(
+            call_ok(&c, &svc, "add", json!({"a": i, "b": 1})).await,
+            json!(i + 1)
+        );
+    }
+    assert_eq!(inline_runs.load(Ordering::SeqCst), 2, "no further runs");
+    assert_eq!(later_runs.load(Ordering::SeqCst), 2, "no further runs");
+    assert_eq!(event_runs.load(Ordering::SeqCst), 2, "no further runs");
+    conn.close().await.unwrap();
+    disconnect_all([c, s]).await;
+}
+
 /// Generates one `#[tokio::test]` per suite function; `$backend` is an expression of
 /// type `Option<Arc<dyn Backend>>` evaluated per test (`None` skips).
 macro_rules! conformance_tests {
@@ -942,7 +1114,7 @@ macro_rules! conformance_tests {
         conformance_tests!(@each $backend;
             request_response, errors, deadline, ttl_expiry, poison_messages, exactly_one_ack,
             command, events, leader, describe, encryption, graceful_shutdown,
-            unpaired_and_single_instance, handler_panic);
+            unpaired_and_single_instance, handler_panic, handler_always_panics);
     };
     (@each $backend:expr; $($name:ident),*) => {
         $(
