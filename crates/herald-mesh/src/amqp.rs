@@ -22,7 +22,8 @@
 //!   refused exclusive consume (403, "in exclusive use") closes only that channel;
 //! * a **topology channel** for declarations. Exchanges and queues are declared by Herald
 //!   itself, idempotently, with nuropb's exact flags and arguments (a mismatch would be a 406);
-//!   every declaration is remembered and replayed after a reconnect;
+//!   every declaration is remembered and replayed after a reconnect, but for queues
+//!   forgotten with [`Connection::forget_queue`] (a dropped event subscription's);
 //! * a **leader channel**: the leader lock of a service is the exclusive queue
 //!   `nuropb-<service>-leader`. Exactly one connection can own it; the broker deletes it
 //!   when that connection closes or dies, and the next [`Connection::try_lead`] of another
@@ -773,6 +774,12 @@ impl Inner {
             if let Err(e) = res {
                 tracing::warn!(error = %e, "re-declaring after reconnect failed");
             }
+        }
+    }
+
+    fn forget_queue(&self, queue: &str) {
+        if let Ok(mut declared) = self.declared.lock() {
+            declared.retain(|d| !matches!(d, Declared::Queue(q) if q.name == queue));
         }
     }
 
@@ -1830,6 +1837,10 @@ impl Connection for AmqpConnection {
 
     fn is_open(&self) -> bool {
         !self.inner.is_closed()
+    }
+
+    fn forget_queue(&self, queue: &str) {
+        self.inner.forget_queue(queue);
     }
 
     fn is_connected(&self) -> bool {

@@ -379,6 +379,15 @@ pub trait Connection: Send + Sync + fmt::Debug {
     fn is_connected(&self) -> bool {
         self.is_open()
     }
+
+    /// Says that nobody will consume `queue` from this connection again (its consumer
+    /// was dropped): a backend that re-declares its topology after a reconnect leaves
+    /// it out from now on, so an auto-delete queue that went away with its consumer does
+    /// not come back with no one to empty it. The default does nothing (backends that
+    /// never reconnect).
+    fn forget_queue(&self, queue: &str) {
+        let _ = queue;
+    }
 }
 
 /// A broker: opens connections.

@@ -901,6 +901,7 @@ impl Mesh {
             pattern: pattern.to_owned(),
             queue: name,
             stream,
+            conn: self.inner.conn.clone(),
         })
     }
 
@@ -979,6 +980,15 @@ pub struct EventSubscription {
     pattern: String,
     queue: String,
     stream: DeliveryStream,
+    /// Told when the subscription is dropped, so its (auto-delete) queue is not
+    /// re-declared after a reconnect.
+    conn: Arc<dyn Connection>,
+}
+
+impl Drop for EventSubscription {
+    fn drop(&mut self) {
+        self.conn.forget_queue(&self.queue);
+    }
 }
 
 impl fmt::Debug for EventSubscription {

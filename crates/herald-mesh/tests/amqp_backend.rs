@@ -407,6 +407,67 @@ async fn dropped_unsettled_delivery_is_requeued_and_redelivered() {
 }
 
 #[tokio::test]
+async fn a_forgotten_queue_is_not_re_declared_after_a_reconnect() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let conn = connect(&url).await;
+    // Two auto-delete subscription queues; the consumer of the first is dropped and
+    // the queue forgotten (what dropping an `EventSubscription` does).
+    let gone = unique("nuropb-forget") + "-ev0";
+    let kept = unique("nuropb-forget") + "-ev1";
+    for x in nuropb_exchanges() {
+        conn.declare_exchange(&x).await.expect("declare exchange");
+    }
+    for q in [&gone, &kept] {
+        conn.declare_queue(&QueueSpec::subscription(q.clone(), "forget.#"))
+            .await
+            .expect("declare");
+    }
+    let dropped = conn
+        .consume(&gone, ConsumeOptions::exclusive_auto_ack())
+        .await
+        .expect("consume");
+    let mut kept_stream = conn
+        .consume(&kept, ConsumeOptions::exclusive_auto_ack())
+        .await
+        .expect("consume");
+    drop(dropped);
+    conn.forget_queue(&gone);
+    conn.simulate_connection_loss().await;
+    // After the reconnect, the kept queue is back (its consumer restarted) and the
+    // forgotten one is not: a mandatory message to it is unroutable.
+    let routed = |q: String| {
+        let conn = &conn;
+        async move {
+            let mut m = request("forget", "probe");
+            m.properties.mandatory = true;
+            match conn.publish("", &q, m).await {
+                Ok(()) => true,
+                Err(MeshError::Unroutable { .. }) => false,
+                Err(e) => panic!("publish to {q}: {e}"),
+            }
+        }
+    };
+    let mut kept_back = false;
+    for _ in 0..50 {
+        if routed(kept.clone()).await {
+            kept_back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(kept_back, "the kept queue was re-declared");
+    assert!(conn.generation() >= 2, "a new connection was made");
+    let got = tokio::time::timeout(Duration::from_secs(10), kept_stream.next())
+        .await
+        .expect("the kept consumer restarted");
+    assert!(got.is_some());
+    assert!(!routed(gone.clone()).await, "the forgotten queue came back");
+    conn.close().await.expect("close");
+}
+
+#[tokio::test]
 async fn reconnect_redeclares_topology_and_restarts_consumers() {
     let Some(url) = herald_pyenv::amqp_url_or_skip() else {
         return;

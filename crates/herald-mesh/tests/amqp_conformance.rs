@@ -76,6 +76,9 @@ impl Connection for TidyConn {
     fn is_connected(&self) -> bool {
         self.inner.is_connected()
     }
+    fn forget_queue(&self, queue: &str) {
+        self.inner.forget_queue(queue)
+    }
 }
 
 impl Backend for Tidy {
