@@ -557,6 +557,46 @@ impl ClientCipher for NuropbCipher {
     }
 }
 
+/// Fuzzing entry point for the decoders of encrypted traffic: the first byte picks one.
+/// `0`: `data` as a PEM public key (what a remote describe document carries); `1`: as
+/// an encrypted request body opened with a service key (reachable by any publisher);
+/// `2`: as a reply body opened with a call's Fernet key; `3`: as a plaintext, which
+/// must come back unchanged through `seal_reply` and `open_reply` (an oracle for the
+/// Fernet layer). Must never panic otherwise.
+pub fn fuzz_crypto(data: &[u8]) {
+    use std::sync::OnceLock;
+    // One small key for the whole run: generating RSA keys per input would be all the
+    // fuzzer does.
+    static KEY: OnceLock<Option<ServiceKey>> = OnceLock::new();
+    let Some((&route, rest)) = data.split_first() else {
+        return;
+    };
+    let fernet = FernetKey::from_bytes([7; 32]);
+    match route % 4 {
+        0 => {
+            let _ = PublicKey::from_pem(&String::from_utf8_lossy(rest));
+        }
+        1 => {
+            if let Some(key) = KEY.get_or_init(|| ServiceKey::generate(1024).ok()) {
+                let _ = open_request(rest, key);
+            }
+        }
+        2 => {
+            let _ = open_reply(rest, &fernet);
+        }
+        _ => {
+            if let Some(key) = KEY.get_or_init(|| ServiceKey::generate(1024).ok())
+                && let Ok(wire) = seal_reply(rest, &fernet, key.public_key())
+            {
+                match open_reply(&wire, &fernet) {
+                    Ok(back) => assert_eq!(back, rest, "sealed reply does not open to itself"),
+                    Err(e) => panic!("a reply sealed here does not open: {e}"),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
