@@ -66,6 +66,18 @@ struct PeerState {
     producer: usize,
 }
 
+impl PeerState {
+    /// Counts a message just queued by the thread `me` (see `producer`).
+    fn count_queued(&mut self, me: usize) {
+        self.enqueued += 1;
+        self.producer = match self.producer {
+            0 => me,
+            p if p == me => p,
+            _ => SEVERAL,
+        };
+    }
+}
+
 /// [`PeerState::producer`] when messages came from more than one thread.
 const SEVERAL: usize = usize::MAX;
 
@@ -292,13 +304,7 @@ impl Peer {
             fail_too_large(shared, env, too_large);
             return Ok(());
         }
-        st.enqueued += 1;
-        let me = thread_token();
-        st.producer = match st.producer {
-            0 => me,
-            p if p == me => p,
-            _ => SEVERAL,
-        };
+        st.count_queued(thread_token());
         if let Some(detail) = evict {
             let oldest = st.msgs.pop_front();
             drop(st);
@@ -312,12 +318,7 @@ impl Peer {
         // Only the first message wakes the peer task: it checks the queue under this
         // lock before it waits, and takes everything queued each time it wakes.
         let first = st.msgs.len() == 1;
-        let (settled, partial) =
-            if st.msgs.bytes.len() >= st.flush_at.max(FLUSH_BYTES) && st.producer != SEVERAL {
-                self.try_flush(shared, &mut st)
-            } else {
-                (0, false)
-            };
+        let (settled, partial) = self.flush_if_due(shared, &mut st);
         drop(st);
         if settled > 0 {
             self.settle(settled);
@@ -370,17 +371,10 @@ impl Peer {
             }
             envs.next();
             queued += 1;
-            st.enqueued += 1;
-            st.producer = match st.producer {
-                0 => me,
-                p if p == me => p,
-                _ => SEVERAL,
-            };
-            if st.msgs.bytes.len() >= st.flush_at.max(FLUSH_BYTES) && st.producer != SEVERAL {
-                let (n, p) = self.try_flush(shared, &mut st);
-                settled += n;
-                partial |= p;
-            }
+            st.count_queued(me);
+            let (n, p) = self.flush_if_due(shared, &mut st);
+            settled += n;
+            partial |= p;
         }
         drop(st);
         self.settle(settled);
@@ -481,6 +475,16 @@ impl Peer {
     /// part (then moved to `partial`, for the task to finish before anything else). A
     /// write that takes nothing (`WouldBlock`: the socket is full) or fails leaves the
     /// queue to the task; the next try waits for another [`FLUSH_BYTES`].
+    /// [`Peer::try_flush`] once the queue holds `FLUSH_BYTES` (or what the last failed
+    /// flush asked for) from a single producer; `(0, false)` otherwise.
+    fn flush_if_due(&self, shared: &Shared, st: &mut PeerState) -> (u64, bool) {
+        if st.msgs.bytes.len() >= st.flush_at.max(FLUSH_BYTES) && st.producer != SEVERAL {
+            self.try_flush(shared, st)
+        } else {
+            (0, false)
+        }
+    }
+
     fn try_flush(&self, shared: &Shared, st: &mut PeerState) -> (u64, bool) {
         let next = st.msgs.bytes.len() + FLUSH_BYTES;
         if st.busy || st.partial.is_some() || !st.control.is_empty() || !st.adopt.is_empty() {
