@@ -14,7 +14,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::time::Instant;
 
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
+};
 use std::io::{IoSlice, IoSliceMut};
 
 use crate::core::{HandleError, RegistryCore, Transport};
@@ -121,16 +124,53 @@ fn to_socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
     s.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
 
+/// Most datagrams one GSO send carries (the kernel's limit is 64 on older kernels).
+const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Replies up to this size may be sent as segments of one GSO send: small enough for
+/// any path MTU a registry reply meets (the kernel refuses a segment over the MTU).
+const GSO_MAX_SEGMENT: usize = 1200;
+
+/// Most bytes one GSO send carries (one IP packet before segmentation).
+const GSO_MAX_BYTES: usize = 60_000;
+
+/// Replies to the same destination with the same length, sent as one message: one
+/// UDP GSO send (`UDP_SEGMENT`) that the kernel splits into `count` datagrams, or a
+/// plain datagram when `count` is 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    /// First reply of the run in [`SendBatch::order`].
+    start: usize,
+    count: usize,
+    /// How many runs to the same destination go before this one.
+    wave: usize,
+}
+
 /// Replies waiting to go out, each with its destination, sent by `sendmmsg`.
+///
+/// Replies to one destination that have the same length (a pipelining client asking
+/// the same question again and again) go out as one UDP GSO message: one pass through
+/// the kernel's send path for the whole run instead of one per datagram, and the
+/// client still receives separate datagrams. Everything else is one plain datagram
+/// per reply, as before. When the kernel or the route refuses GSO, the run is sent as
+/// plain datagrams and, if GSO is not supported at all, it is not tried again.
 #[derive(Debug)]
 pub(crate) struct SendBatch {
     replies: Vec<Vec<u8>>,
-    dests: Vec<Option<SockaddrStorage>>,
+    dests: Vec<SockaddrStorage>,
     to: Vec<SocketAddr>,
     /// Replies filled in (`replies[..len]`).
     len: usize,
-    /// Replies already sent or given up (`replies[..done]`).
-    done: usize,
+    /// Send order: reply indices grouped by (length, destination).
+    order: Vec<usize>,
+    /// Messages to send, in order; `runs[next_run..]` are pending.
+    runs: Vec<Run>,
+    next_run: usize,
+    /// Replies in the pending runs.
+    pending: usize,
+    /// Whether `order` and `runs` describe `replies[..len]`.
+    planned: bool,
+    gso: bool,
 }
 
 impl SendBatch {
@@ -141,16 +181,40 @@ impl SendBatch {
             dests: Vec::with_capacity(capacity),
             to: Vec::with_capacity(capacity),
             len: 0,
-            done: 0,
+            order: Vec::with_capacity(capacity),
+            runs: Vec::with_capacity(capacity),
+            next_run: 0,
+            pending: 0,
+            planned: true,
+            gso: true,
         }
+    }
+
+    /// The same batch that never tries GSO (for tests of the plain path).
+    #[cfg(test)]
+    fn without_gso(capacity: usize) -> Self {
+        Self {
+            gso: false,
+            ..Self::new(capacity)
+        }
+    }
+
+    /// Whether replies to one destination may still go out as one GSO send.
+    #[cfg(test)]
+    fn gso_enabled(&self) -> bool {
+        self.gso
     }
 
     /// Empties the batch.
     pub(crate) fn clear(&mut self) {
         self.len = 0;
-        self.done = 0;
         self.dests.clear();
         self.to.clear();
+        self.order.clear();
+        self.runs.clear();
+        self.next_run = 0;
+        self.pending = 0;
+        self.planned = true;
     }
 
     /// The buffer for the next reply, or `None` when the batch is full.
@@ -162,61 +226,220 @@ impl SendBatch {
     pub(crate) fn commit(&mut self, to: SocketAddr) {
         if self.len < self.replies.len() {
             self.len += 1;
-            self.dests.push(Some(SockaddrStorage::from(to)));
+            self.pending += 1;
+            self.planned = false;
+            self.dests.push(SockaddrStorage::from(to));
             self.to.push(to);
         }
     }
 
     /// Replies neither sent nor given up yet.
     pub(crate) fn pending(&self) -> usize {
-        self.len - self.done
+        self.pending
     }
 
-    /// Destination of the first pending reply.
-    pub(crate) fn first_pending(&self) -> Option<SocketAddr> {
-        self.to
-            .get(self.done)
-            .copied()
-            .filter(|_| self.pending() > 0)
+    /// Destination of the first pending message.
+    pub(crate) fn first_pending(&mut self) -> Option<SocketAddr> {
+        self.plan();
+        let run = self.runs.get(self.next_run)?;
+        let i = *self.order.get(run.start)?;
+        self.to.get(i).copied()
     }
 
-    /// Gives up the first pending reply (after an error sending it).
+    /// Gives up the first pending message (after an error sending it): one reply, or
+    /// every reply of a run to the same destination.
     pub(crate) fn skip_one(&mut self) {
-        if self.pending() > 0 {
-            self.done += 1;
+        self.plan();
+        if let Some(run) = self.runs.get(self.next_run) {
+            self.pending -= run.count;
+            self.next_run += 1;
         }
     }
 
     /// Gives up every pending reply.
     pub(crate) fn skip_all(&mut self) {
-        self.done = self.len;
+        self.plan();
+        self.next_run = self.runs.len();
+        self.pending = 0;
     }
 
-    /// One non-blocking `sendmmsg` of the pending replies: returns how many went out
-    /// (at least one; the rest stay pending), or the error of the first one
-    /// (`WouldBlock` when the send buffer is full).
-    pub(crate) fn send(&mut self, fd: RawFd) -> io::Result<usize> {
-        if self.pending() == 0 {
-            return Ok(0);
+    /// Groups the queued replies into messages (called once per filled batch, before
+    /// the first send). Each destination's replies keep their order: its consecutive
+    /// replies of one length form a run, and its runs go out one after the other. The
+    /// `k`-th runs of all destinations form wave `k`; within a wave plain datagrams
+    /// come first, then the GSO runs by segment size, so that each `sendmmsg` carries
+    /// messages of one kind and the usual batch (one run per client) takes one or two
+    /// system calls.
+    fn plan(&mut self) {
+        if self.planned {
+            return;
         }
-        let slices: Vec<[IoSlice<'_>; 1]> = self.replies[self.done..self.len]
-            .iter()
-            .map(|r| [IoSlice::new(r)])
-            .collect();
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
-        let results = sendmmsg(
-            fd,
-            &mut headers,
-            slices.iter(),
-            &self.dests[self.done..self.len],
-            [],
-            MsgFlags::MSG_DONTWAIT,
-        )
-        .map_err(io::Error::from)?;
-        let sent = results.count();
-        self.done += sent;
-        Ok(sent)
+        self.planned = true;
+        self.order.clear();
+        self.order.extend(0..self.len);
+        self.runs.clear();
+        self.next_run = 0;
+        if !self.gso {
+            self.runs.extend((0..self.len).map(|start| Run {
+                start,
+                count: 1,
+                wave: 0,
+            }));
+            return;
+        }
+        let (replies, to) = (&self.replies, &self.to);
+        // Stable: each destination's replies stay in arrival order.
+        self.order.sort_by_key(|&i| to[i]);
+        let mut start = 0;
+        let mut wave = 0;
+        while start < self.order.len() {
+            let first = self.order[start];
+            if start > 0 && to[self.order[start - 1]] != to[first] {
+                wave = 0;
+            }
+            let seg = replies[first].len();
+            let mut count = 1;
+            if seg > 0 && seg <= GSO_MAX_SEGMENT {
+                while start + count < self.order.len()
+                    && count < GSO_MAX_SEGMENTS
+                    && (count + 1) * seg <= GSO_MAX_BYTES
+                {
+                    let next = self.order[start + count];
+                    if replies[next].len() != seg || to[next] != to[first] {
+                        break;
+                    }
+                    count += 1;
+                }
+            }
+            self.runs.push(Run { start, count, wave });
+            wave += 1;
+            start += count;
+        }
+        let order = &self.order;
+        // Stable, and a destination's runs are in different waves: its order holds.
+        self.runs.sort_by_key(|r| {
+            let seg = if r.count > 1 {
+                replies[order[r.start]].len()
+            } else {
+                0
+            };
+            (r.wave, seg)
+        });
     }
+
+    /// The segment size of a pending run sent with GSO, `None` for a plain datagram.
+    fn segment(&self, run: &Run) -> Option<u16> {
+        if run.count < 2 {
+            return None;
+        }
+        let first = *self.order.get(run.start)?;
+        u16::try_from(self.replies.get(first)?.len()).ok()
+    }
+
+    /// Sends the pending run `next_run` as plain datagrams from now on.
+    fn split_first_run(&mut self) {
+        if let Some(run) = self.runs.get(self.next_run).copied() {
+            let singles = (run.start..run.start + run.count).map(|start| Run {
+                start,
+                count: 1,
+                wave: run.wave,
+            });
+            self.runs.splice(self.next_run..=self.next_run, singles);
+        }
+    }
+
+    /// One non-blocking `sendmmsg` of pending messages of one kind (plain datagrams,
+    /// or GSO runs of one segment size): returns how many replies went out (the rest
+    /// stay pending), or the error of the first message (`WouldBlock` when the send
+    /// buffer is full). A GSO run the kernel refuses is turned into plain datagrams
+    /// and `Ok(0)` is returned, so the caller simply sends again.
+    pub(crate) fn send(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.plan();
+        let Some(first) = self.runs.get(self.next_run) else {
+            return Ok(0);
+        };
+        let seg = self.segment(first);
+        let batch: Vec<Run> = self.runs[self.next_run..]
+            .iter()
+            .take_while(|r| self.segment(r) == seg)
+            .copied()
+            .collect();
+        let slices: Vec<Vec<IoSlice<'_>>> = batch
+            .iter()
+            .map(|r| {
+                self.order[r.start..r.start + r.count]
+                    .iter()
+                    .map(|&i| IoSlice::new(&self.replies[i]))
+                    .collect()
+            })
+            .collect();
+        let dests: Vec<Option<SockaddrStorage>> = batch
+            .iter()
+            .map(|r| Some(self.dests[self.order[r.start]]))
+            .collect();
+        let result = match seg {
+            None => {
+                let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
+                sendmmsg(
+                    fd,
+                    &mut headers,
+                    slices.iter(),
+                    &dests,
+                    [],
+                    MsgFlags::MSG_DONTWAIT,
+                )
+                .map(|r| r.count())
+            }
+            Some(seg) => {
+                let cmsg = [ControlMessage::UdpGsoSegments(&seg)];
+                let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(
+                    slices.len(),
+                    Some(nix::cmsg_space!(u16)),
+                );
+                sendmmsg(
+                    fd,
+                    &mut headers,
+                    slices.iter(),
+                    &dests,
+                    cmsg,
+                    MsgFlags::MSG_DONTWAIT,
+                )
+                .map(|r| r.count())
+            }
+        };
+        drop(slices);
+        match result {
+            Ok(sent) => {
+                let replies: usize = batch.iter().take(sent).map(|r| r.count).sum();
+                self.next_run += sent;
+                self.pending -= replies;
+                Ok(replies)
+            }
+            Err(errno) if seg.is_some() && gso_refused(errno) => {
+                if gso_unsupported(errno) {
+                    tracing::debug!(error = %errno, "UDP GSO not available; replies go out one datagram each");
+                    self.gso = false;
+                }
+                self.split_first_run();
+                Ok(0)
+            }
+            Err(errno) => Err(io::Error::from(errno)),
+        }
+    }
+}
+
+/// Errors with which the kernel refuses a GSO send itself (not its destination).
+fn gso_refused(errno: Errno) -> bool {
+    matches!(
+        errno,
+        Errno::EINVAL | Errno::EIO | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP | Errno::EMSGSIZE
+    )
+}
+
+/// Errors that mean GSO does not work on this socket at all: no kernel support, or
+/// no checksum offload on the way out.
+fn gso_unsupported(errno: Errno) -> bool {
+    matches!(errno, Errno::EIO | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP)
 }
 
 /// What happened to one datagram of a batch, for the caller's log.
@@ -566,5 +789,168 @@ mod tests {
         assert_eq!(recv_one(&c).0, b"two");
         tx.clear();
         assert_eq!(tx.send(server.as_raw_fd()).expect("nothing to send"), 0);
+    }
+
+    /// Reads until `n` datagrams have been seen and sends every reply through `tx`.
+    fn serve_batch(core: &mut RegistryCore, server: &UdpSocket, tx: &mut SendBatch, n: usize) {
+        let mut rx = RecvBatch::new(BATCH, 1500);
+        let deadline = Instant::now() + WAIT;
+        let mut seen = 0;
+        while seen < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {seen} of {n} datagrams arrived"
+            );
+            match rx.recv(server.as_raw_fd()) {
+                Ok(k) => seen += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                Err(e) => panic!("recvmmsg: {e}"),
+            }
+            answer(core, Instant::now(), None, &rx, tx, |_| {});
+            while tx.pending() > 0 {
+                tx.send(server.as_raw_fd()).expect("sendmmsg");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pipelining_client_gets_separate_datagrams_from_one_gso_send() {
+        let mut core = core_with(&[("ALPHA", "10.0.0.1", 1000), ("BETA", "10.0.0.22", 2000)]);
+        let server = server_socket("127.0.0.1:0");
+        let addr = server.local_addr().expect("addr");
+        let piped = bound("127.0.0.1:0");
+        let single = bound("127.0.0.1:0");
+        // Five ALPHA queries and a BETA one (a longer reply) from one client, one
+        // from another client; all queued before the server reads.
+        for _ in 0..5 {
+            piped.send_to(&query("ALPHA"), addr).expect("send");
+        }
+        piped.send_to(&query("BETA"), addr).expect("send");
+        single.send_to(&query("ALPHA"), addr).expect("send");
+        let alpha = expected_reply(&mut core, &query("ALPHA"));
+        let beta = expected_reply(&mut core, &query("BETA"));
+        assert_ne!(
+            alpha.len(),
+            beta.len(),
+            "the test needs replies of two sizes"
+        );
+
+        let mut tx = SendBatch::new(BATCH);
+        serve_batch(&mut core, &server, &mut tx, 7);
+        assert!(tx.gso_enabled(), "loopback takes UDP GSO sends");
+        // All seven arrived before the server read, so they were one batch; the five
+        // ALPHA replies went out as one GSO message the kernel did not refuse.
+        let mut runs: Vec<usize> = tx.runs.iter().map(|r| r.count).collect();
+        runs.sort_unstable();
+        assert_eq!(runs, vec![1, 1, 5], "messages of the last batch");
+
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            let (reply, from) = recv_one(&piped);
+            assert_eq!(from, addr, "replies leave from the registry's port");
+            got.push(reply);
+        }
+        let mut want = vec![alpha.clone(); 5];
+        want.push(beta);
+        assert_eq!(
+            got, want,
+            "one datagram per reply, in request order, none merged or cut"
+        );
+        assert_eq!(recv_one(&single).0, alpha);
+        piped
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut buf = [0u8; 2048];
+        assert!(piped.recv_from(&mut buf).is_err(), "no extra datagram");
+    }
+
+    #[test]
+    fn equal_length_neighbours_to_one_destination_form_one_run_in_order() {
+        let a: SocketAddr = "127.0.0.1:1001".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.1:1002".parse().expect("addr");
+        let mut tx = SendBatch::new(8);
+        for (body, to) in [
+            (&b"a1"[..], a),
+            (b"b1", b),
+            (b"a2", a),
+            (b"long", a),
+            (b"a3", a),
+            (b"b2", b),
+            (b"c", a),
+        ] {
+            let buf = tx.next_buf().expect("room");
+            buf.clear();
+            buf.extend_from_slice(body);
+            tx.commit(to);
+        }
+        tx.plan();
+        let messages: Vec<Vec<&[u8]>> = tx
+            .runs
+            .iter()
+            .map(|r| {
+                tx.order[r.start..r.start + r.count]
+                    .iter()
+                    .map(|&i| tx.replies[i].as_slice())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            messages,
+            vec![
+                vec![&b"a1"[..], b"a2"],
+                vec![b"b1", b"b2"],
+                vec![b"long"],
+                vec![b"a3"],
+                vec![b"c"],
+            ],
+            "each destination's replies in arrival order, equal-length neighbours as one run"
+        );
+        assert_eq!(tx.pending(), 7);
+        assert_eq!(tx.first_pending(), Some(a));
+        // A refused GSO run goes out as plain datagrams, still in order.
+        tx.split_first_run();
+        assert_eq!(tx.runs.len(), 2 + 4);
+        tx.skip_one();
+        assert_eq!(tx.pending(), 6);
+        assert_eq!(tx.first_pending(), Some(a));
+        tx.skip_one();
+        assert_eq!(tx.first_pending(), Some(b));
+        tx.skip_one();
+        assert_eq!(tx.pending(), 3);
+        assert_eq!(tx.first_pending(), Some(a));
+        tx.skip_all();
+        assert_eq!(tx.pending(), 0);
+        assert_eq!(tx.first_pending(), None);
+    }
+
+    #[test]
+    fn gso_errors_are_told_apart_from_destination_errors() {
+        assert!(gso_refused(Errno::EIO) && gso_unsupported(Errno::EIO));
+        assert!(gso_refused(Errno::EINVAL) && !gso_unsupported(Errno::EINVAL));
+        assert!(!gso_refused(Errno::ECONNREFUSED));
+        assert!(
+            !gso_refused(Errno::EAGAIN),
+            "a full buffer is waited for, not split"
+        );
+    }
+
+    #[test]
+    fn without_gso_every_reply_is_its_own_datagram() {
+        let mut core = core_with(&[("ALPHA", "10.0.0.1", 1000)]);
+        let server = server_socket("127.0.0.1:0");
+        let addr = server.local_addr().expect("addr");
+        let c = bound("127.0.0.1:0");
+        for _ in 0..4 {
+            c.send_to(&query("ALPHA"), addr).expect("send");
+        }
+        let mut tx = SendBatch::without_gso(BATCH);
+        serve_batch(&mut core, &server, &mut tx, 4);
+        let want = expected_reply(&mut core, &query("ALPHA"));
+        for _ in 0..4 {
+            assert_eq!(recv_one(&c).0, want);
+        }
     }
 }
