@@ -23,16 +23,12 @@ struct Serve {
 
 impl Serve {
     fn start(extra: &[&str]) -> Self {
+        Self::start_on("127.0.0.1", extra)
+    }
+
+    fn start_on(host: &str, extra: &[&str]) -> Self {
         let mut child = herald()
-            .args([
-                "registry",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--json",
-            ])
+            .args(["registry", "serve", "--host", host, "--port", "0", "--json"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -54,12 +50,19 @@ impl Serve {
         };
         let first = serve.next_json();
         assert_eq!(first["event"], "listening", "{first}");
-        let udp = first["udp"].as_str().expect("udp address");
-        serve.port = udp
+        if extra.contains(&"--tcp-only") {
+            assert!(first["udp"].is_null(), "{first}");
+        }
+        let bound = first["udp"]
+            .as_str()
+            .or_else(|| first["tcp"].as_str())
+            .expect("a listening address");
+        serve.port = bound
             .rsplit(':')
             .next()
             .and_then(|p| p.parse().ok())
             .expect("port");
+        let udp = first["udp"].as_str().unwrap_or(bound);
         if extra.contains(&"--udp-only") {
             assert!(first["tcp"].is_null(), "{first}");
         } else {
@@ -333,4 +336,163 @@ fn serve_stops_cleanly_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Exit 1 and rpyc's "no reply" after a short timeout: the registry stayed silent.
+fn assert_no_reply(out: &Output, what: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn tcp_only_and_udp_only_serve_just_that_transport() {
+    let serve = Serve::start(&["--tcp-only"]);
+    let reg = serve.registry();
+    let r = json_out(&run(&[
+        "registry",
+        "register",
+        "calc",
+        "--port",
+        "7101",
+        "--tcp",
+        "--registry",
+        &reg,
+        "--json",
+    ]));
+    assert_eq!(r["registered"], true);
+    let found = json_out(&run(&[
+        "registry",
+        "discover",
+        "calc",
+        "--tcp",
+        "--registry",
+        &reg,
+        "--json",
+    ]));
+    assert_eq!(found[0]["port"], 7101, "{found}");
+    // Nothing answers UDP on that port number.
+    let out = run(&[
+        "registry",
+        "discover",
+        "calc",
+        "--registry",
+        &reg,
+        "--timeout",
+        "0.5",
+    ]);
+    assert_no_reply(&out, "UDP QUERY to a --tcp-only registry");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no reply to QUERY"));
+    drop(serve);
+
+    let serve = Serve::start(&["--udp-only"]);
+    let reg = serve.registry();
+    let r = json_out(&run(&[
+        "registry",
+        "register",
+        "calc",
+        "--port",
+        "7102",
+        "--registry",
+        &reg,
+        "--json",
+    ]));
+    assert_eq!(r["registered"], true);
+    let out = run(&[
+        "registry",
+        "discover",
+        "calc",
+        "--tcp",
+        "--registry",
+        &reg,
+        "--timeout",
+        "2",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "TCP QUERY to a --udp-only registry"
+    );
+}
+
+#[test]
+fn allow_list_decides_who_may_register() {
+    // 127.0.0.1 is outside the allowed network: its REGISTER gets no reply and no entry.
+    let serve = Serve::start(&["--allow", "10.0.0.0/8", "--allow", "192.168.0.0/16"]);
+    let reg = serve.registry();
+    let out = run(&[
+        "registry",
+        "register",
+        "calc",
+        "--port",
+        "7201",
+        "--registry",
+        &reg,
+        "--timeout",
+        "0.5",
+    ]);
+    assert_no_reply(&out, "REGISTER from outside --allow");
+    // QUERY is not restricted by --allow, and the table stayed empty.
+    let found = json_out(&run(&[
+        "registry",
+        "discover",
+        "calc",
+        "--registry",
+        &reg,
+        "--json",
+    ]));
+    assert_eq!(found, serde_json::json!([]));
+    drop(serve);
+
+    let serve = Serve::start(&["--allow", "127.0.0.0/8"]);
+    let reg = serve.registry();
+    let r = json_out(&run(&[
+        "registry",
+        "register",
+        "calc",
+        "--port",
+        "7202",
+        "--registry",
+        &reg,
+        "--json",
+    ]));
+    assert_eq!(r["registered"], true);
+    let added = serve.next_json();
+    assert_eq!(added["event"], "added", "{added}");
+}
+
+#[test]
+fn broadcast_register_reaches_a_registry_on_the_wildcard_address() {
+    // --host 0.0.0.0 receives datagrams sent to the loopback broadcast address (never
+    // 255.255.255.255 in tests); a registry address with a 255 component is broadcast,
+    // as in rpyc.
+    let serve = Serve::start_on("0.0.0.0", &[]);
+    let port = serve.port.to_string();
+    let broadcast = format!("127.255.255.255:{port}");
+    let r = json_out(&run(&[
+        "registry",
+        "register",
+        "calc",
+        "--port",
+        "7301",
+        "--registry",
+        &broadcast,
+        "--json",
+    ]));
+    assert_eq!(r["registered"], true);
+    let added = serve.next_json();
+    assert_eq!(added["event"], "added", "{added}");
+    assert_eq!(added["host"], "127.0.0.1", "{added}");
+    let found = json_out(&run(&[
+        "registry",
+        "discover",
+        "calc",
+        "--registry",
+        &format!("127.0.0.1:{port}"),
+        "--json",
+    ]));
+    assert_eq!(found[0]["port"], 7301, "{found}");
 }
