@@ -7,11 +7,9 @@
 //! `/proc/<pid>/stat`) can be read; a Rust load generator in another process keeps
 //! QUERYs in flight (UDP: 4 sockets x 32; TCP: 8 connections, one QUERY each, as the
 //! protocol allows). The name has two servers (41-byte reply), as in the rpyc script.
-//! Each figure is the median of several runs. Two more UDP shapes are reported: the
-//! same 4 x 32 from a client that polls its sockets instead of sleeping (over loopback
-//! the kernel charges the wake-up of a sleeping client to the sending server), and 128
-//! sockets with one QUERY each (rpyc's own clients: no two replies share a destination,
-//! so none share a GSO send).
+//! Each figure is the median of several runs. A second UDP shape is reported too: 128
+//! sockets with one QUERY in flight each (rpyc's own clients: no two replies of a batch
+//! share a destination, so none share a GSO send).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -186,10 +184,6 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let bin = common::build_example("herald-registry", "registry_bench")?;
     let server = start_server(&bin)?;
     let (udp_rate, udp_cost) = herald_mode(&bin, &server, "udp", 4, 32, &plan)?;
-    // The same datagrams from a load generator that polls instead of sleeping: over
-    // loopback the kernel charges waking a sleeping client to the sender, here the
-    // server; on a network the client's host pays for it.
-    let (_poll_rate, poll_cost) = herald_mode(&bin, &server, "udp-poll", 4, 32, &plan)?;
     // Clients as rpyc's: one QUERY in flight each, so every reply goes to another
     // address and none can share a GSO send.
     let (many_rate, many_cost) = herald_mode(&bin, &server, "udp", 128, 1, &plan)?;
@@ -216,7 +210,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         "server CPU per reply: herald UDP {udp_cost:.2} us (rpyc {r_udp_cost:.1} us), herald TCP {tcp_cost:.2} us (rpyc {r_tcp_cost:.1} us)"
     );
     println!(
-        "herald UDP server CPU per reply by load shape: 4 sockets x 32 {udp_cost:.2} us, the same from a polling client {poll_cost:.2} us, 128 sockets x 1 {many_cost:.2} us"
+        "herald UDP server CPU per reply by load shape: 4 sockets x 32 {udp_cost:.2} us, 128 sockets x 1 {many_cost:.2} us"
     );
     let rows = vec![
         BenchRow::new(
@@ -228,12 +222,6 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         BenchRow::new(
             "UDP replies per server CPU-second",
             per_cpu_second(udp_cost),
-            "rpyc UDPRegistryServer",
-            per_cpu_second(r_udp_cost),
-        ),
-        BenchRow::new(
-            "UDP replies per server CPU-second, polling client",
-            per_cpu_second(poll_cost),
             "rpyc UDPRegistryServer",
             per_cpu_second(r_udp_cost),
         ),

@@ -2,15 +2,13 @@
 //!
 //! ```text
 //! registry_bench serve                       # Herald's registry on 127.0.0.1:<port>, prints the port
-//! registry_bench load udp|udp-poll|tcp PORT SECS WARMUP [PARALLEL [WINDOW]]
+//! registry_bench load udp|tcp PORT SECS WARMUP [PARALLEL [WINDOW]]
 //!                                             # QUERY load, prints {"rate":..,"total_replies":..,"bad_replies":..}
 //! ```
 //!
 //! The load mirrors `shared/peers/rpyc_registry_bench.py`: QUERY for `BENCH`, which has
 //! two servers (a 41-byte reply). UDP keeps WINDOW requests (default 32) in flight on
-//! each of PARALLEL sockets, from tokio tasks (`udp`) or from one thread polling
-//! non-blocking sockets (`udp-poll`); TCP keeps PARALLEL connections in flight, one
-//! QUERY each.
+//! each of PARALLEL sockets; TCP keeps PARALLEL connections in flight, one QUERY each.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,14 +27,6 @@ fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("serve") => serve(),
-        Some("load") if args.len() >= 5 && args[1] == "udp-poll" => {
-            let port: u16 = args[2].parse()?;
-            let secs: f64 = args[3].parse()?;
-            let warmup: f64 = args[4].parse()?;
-            let parallel: usize = args.get(5).map(|p| p.parse()).transpose()?.unwrap_or(4);
-            let window: usize = args.get(6).map(|p| p.parse()).transpose()?.unwrap_or(32);
-            load_udp_poll(port, secs, warmup, parallel, window)
-        }
         Some("load") if args.len() >= 5 => {
             let port: u16 = args[2].parse()?;
             let secs: f64 = args[3].parse()?;
@@ -213,79 +203,6 @@ async fn load(
         replies as f64 / elapsed,
         counters.total.load(Ordering::Relaxed),
         counters.bad.load(Ordering::Relaxed)
-    );
-    Ok(())
-}
-
-/// UDP load from one thread that polls its non-blocking sockets instead of sleeping in
-/// epoll: the same datagrams as `udp`, but no wake-up of a sleeping client is charged
-/// to the server by the loopback device (on a real network the client's host pays it).
-fn load_udp_poll(
-    port: u16,
-    secs: f64,
-    warmup: f64,
-    parallel: usize,
-    window: usize,
-) -> Result<(), BoxError> {
-    let window = window.max(1);
-    let server: SocketAddr = ([127, 0, 0, 1], port).into();
-    let query = encode_request(&Command::Query {
-        name: "BENCH".into(),
-    });
-    let mut socks = Vec::new();
-    for _ in 0..parallel.max(1) {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        s.connect(server)?;
-        s.set_nonblocking(true)?;
-        socks.push((s, 0usize, Instant::now()));
-    }
-    let mut buf = [0u8; 2048];
-    let start = Instant::now();
-    let measure_from = start + Duration::from_secs_f64(warmup);
-    let end = measure_from + Duration::from_secs_f64(secs);
-    let (mut replies, mut total, mut bad) = (0u64, 0u64, 0u64);
-    let mut expected: Option<Vec<u8>> = None;
-    loop {
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
-        let measuring = now >= measure_from;
-        for (s, out, last) in socks.iter_mut() {
-            while *out < window {
-                if s.send(&query).is_err() {
-                    break;
-                }
-                *out += 1;
-            }
-            loop {
-                match s.recv(&mut buf) {
-                    Ok(n) => {
-                        *out = out.saturating_sub(1);
-                        *last = now;
-                        let e = expected.get_or_insert_with(|| buf[..n].to_vec());
-                        if buf[..n] == e[..] && n > 1 {
-                            total += 1;
-                            if measuring {
-                                replies += 1;
-                            }
-                        } else {
-                            bad += 1;
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
-            // Lost datagrams: assume the window is gone and refill.
-            if now.duration_since(*last) > Duration::from_millis(200) {
-                *out = 0;
-                *last = now;
-            }
-        }
-    }
-    println!(
-        "{{\"rate\": {:.1}, \"replies\": {replies}, \"total_replies\": {total}, \"bad_replies\": {bad}}}",
-        replies as f64 / secs
     );
     Ok(())
 }
