@@ -34,7 +34,10 @@
 //! [`AmqpOptions::reconnect_max`]), replays the remembered topology and restarts every
 //! consumer on the new connection, so the [`DeliveryStream`]s handed out keep flowing.
 //! Operations give up with an error after [`AmqpOptions::reconnect_wait`]. Publishes are
-//! never silently retried (a publish cut off by the loss might have been routed).
+//! never silently retried (a publish cut off by the loss might have been routed). Each
+//! loss is counted ([`Connection::link_losses`]) as soon as lapin reports it and before
+//! the reconnect, so the mesh can fail the calls whose replies died with the connection
+//! ([`MeshError::ConnectionLost`]).
 //!
 //! **Decoding** never fails: whatever arrives becomes a [`Message`]; missing or bad nuropb
 //! headers are left for [`Headers::message_type`] to report, so that the service can
@@ -352,6 +355,11 @@ struct Inner {
     /// Direct reply-to is in use: reopened publishing channels get its consumer.
     direct_replies: AtomicBool,
     closed: AtomicBool,
+    /// How many times the link to the broker was lost ([`Connection::link_losses`]).
+    losses: tokio::sync::watch::Sender<u64>,
+    /// The newest connection generation whose loss was counted (each counts once,
+    /// whether its watcher or a reconnect notices it first).
+    lost_generation: AtomicU64,
 }
 
 /// One connection to RabbitMQ (see the [module docs](self)).
@@ -471,6 +479,8 @@ impl AmqpConnection {
             awaiting_count: AtomicUsize::new(0),
             direct_replies: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            losses: tokio::sync::watch::Sender::new(0),
+            lost_generation: AtomicU64::new(0),
         });
         let live = Inner::dial(&inner).await?;
         if let Ok(mut cur) = inner.current.write() {
@@ -671,6 +681,12 @@ impl Inner {
         )
         .await?;
         let generation = this.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::spawn(watch_link(
+            Arc::downgrade(this),
+            generation,
+            conn.status().clone(),
+            conn.events_listener(),
+        ));
         Ok(Arc::new(Live {
             generation,
             conn,
@@ -678,6 +694,19 @@ impl Inner {
             topology: Mutex::new(None),
             leader: Mutex::new(None),
         }))
+    }
+
+    /// Counts the loss of connection `generation` (once, and not after [`close`]).
+    ///
+    /// [`close`]: Connection::close
+    fn note_loss(&self, generation: u64) {
+        if self.is_closed()
+            || self.lost_generation.fetch_max(generation, Ordering::SeqCst) >= generation
+        {
+            return;
+        }
+        tracing::warn!(url = %redact(&self.url), generation, "amqp connection lost");
+        self.losses.send_modify(|n| *n += 1);
     }
 
     fn is_closed(&self) -> bool {
@@ -703,6 +732,11 @@ impl Inner {
         if let Some(live) = self.current() {
             if live.is_connected() {
                 return Ok(live);
+            }
+            // Counted before any new connection exists, so that a call registered on
+            // the new one is never failed for the loss of the old one.
+            if !live.conn.status().connected() {
+                self.note_loss(live.generation);
             }
             // The connection is fine but the broker closed a publishing channel:
             // reopen the channels rather than the connection.
@@ -796,6 +830,39 @@ impl Inner {
             *slot = item;
         } else {
             declared.push(item);
+        }
+    }
+}
+
+/// How often [`watch_link`] looks at a connection's state between its events (a
+/// connection closed by the broker, or by [`AmqpConnection::simulate_connection_loss`],
+/// changes its state without an event).
+const LINK_CHECK: Duration = Duration::from_millis(100);
+
+/// Watches one broker connection (generation `generation`) and counts its loss
+/// ([`Inner::note_loss`]) as soon as lapin reports it: at once on a connection error
+/// (socket closed or reset, missed heartbeats), within [`LINK_CHECK`] otherwise. Ends
+/// with the connection, or when the [`AmqpConnection`] is gone.
+async fn watch_link(
+    inner: std::sync::Weak<Inner>,
+    generation: u64,
+    status: lapin::ConnectionStatus,
+    events: impl futures::Stream<Item = lapin::Event>,
+) {
+    let mut events = std::pin::pin!(events);
+    let mut events_open = true;
+    loop {
+        tokio::select! {
+            event = events.next(), if events_open => events_open = event.is_some(),
+            () = tokio::time::sleep(LINK_CHECK) => {}
+        }
+        let Some(this) = inner.upgrade() else { return };
+        if this.is_closed() {
+            return;
+        }
+        if !status.connected() {
+            this.note_loss(generation);
+            return;
         }
     }
 }
@@ -1670,59 +1737,68 @@ impl Connection for AmqpConnection {
             let exchange_s = short("exchange name", exchange)?;
             let key_s = short("routing key", routing_key)?;
             let live = self.inner.live().await?;
-            let about = About::Exchange(exchange);
-            let opts = &self.inner.options;
-            let mandatory = message.properties.mandatory;
-            let confirmed = !mandatory
-                && opts.publisher_confirms
-                && (opts.confirm_replies || !exchange.is_empty());
-            // A call's reply proves that it was routed, its return that it was not.
-            let reply_proof = (mandatory && !message.properties.correlation_id.is_empty())
-                .then(|| ReplyProof::register(&self.inner, &message.properties.correlation_id));
-            let channels = live.channels().ok_or(MeshError::Disconnected)?;
-            let channel = if confirmed {
-                &channels.publish
-            } else {
-                &channels.unconfirmed
-            };
-            let confirm = channel
-                .basic_publish(
-                    exchange_s,
-                    key_s,
-                    BasicPublishOptions {
-                        mandatory,
-                        immediate: false,
-                    },
-                    &body,
-                    props,
-                )
-                .await
-                .map_err(|e| map_err("basic.publish", about, &e))?;
-            if !confirmed {
-                drop(confirm);
-                if !mandatory {
-                    return Ok(());
+            let outcome = async {
+                let about = About::Exchange(exchange);
+                let opts = &self.inner.options;
+                let mandatory = message.properties.mandatory;
+                let confirmed = !mandatory
+                    && opts.publisher_confirms
+                    && (opts.confirm_replies || !exchange.is_empty());
+                // A call's reply proves that it was routed, its return that it was not.
+                let reply_proof = (mandatory && !message.properties.correlation_id.is_empty())
+                    .then(|| ReplyProof::register(&self.inner, &message.properties.correlation_id));
+                let channels = live.channels().ok_or(MeshError::Disconnected)?;
+                let channel = if confirmed {
+                    &channels.publish
+                } else {
+                    &channels.unconfirmed
+                };
+                let confirm = channel
+                    .basic_publish(
+                        exchange_s,
+                        key_s,
+                        BasicPublishOptions {
+                            mandatory,
+                            immediate: false,
+                        },
+                        &body,
+                        props,
+                    )
+                    .await
+                    .map_err(|e| map_err("basic.publish", about, &e))?;
+                if !confirmed {
+                    drop(confirm);
+                    if !mandatory {
+                        return Ok(());
+                    }
+                    return self
+                        .routed_unconfirmed(&channels.unconfirmed, reply_proof, exchange, routing_key)
+                        .await;
                 }
-                return self
-                    .routed_unconfirmed(&channels.unconfirmed, reply_proof, exchange, routing_key)
-                    .await;
-            }
-            let confirmation = confirm.await;
-            match confirmation.map_err(|e| map_err("publisher confirm", about, &e))? {
-                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-                Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
-                    Err(MeshError::Unroutable {
-                        exchange: exchange.to_owned(),
-                        routing_key: routing_key.to_owned(),
-                    })
+                let confirmation = confirm.await;
+                match confirmation.map_err(|e| map_err("publisher confirm", about, &e))? {
+                    Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+                    Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
+                        Err(MeshError::Unroutable {
+                            exchange: exchange.to_owned(),
+                            routing_key: routing_key.to_owned(),
+                        })
+                    }
+                    Confirmation::Nack(None) => Err(MeshError::Backend {
+                        backend: BACKEND,
+                        reason: format!(
+                            "the broker refused (nack) a message to exchange {exchange:?} with routing key {routing_key:?}"
+                        ),
+                    }),
                 }
-                Confirmation::Nack(None) => Err(MeshError::Backend {
-                    backend: BACKEND,
-                    reason: format!(
-                        "the broker refused (nack) a message to exchange {exchange:?} with routing key {routing_key:?}"
-                    ),
-                }),
             }
+            .await;
+            // A publish that fails because the link broke: the loss is counted before
+            // the caller hears of the failure (see `Mesh`'s `ConnectionLost`).
+            if outcome.is_err() && !live.conn.status().connected() {
+                self.inner.note_loss(live.generation);
+            }
+            outcome
         })
     }
 
@@ -1849,6 +1925,10 @@ impl Connection for AmqpConnection {
                 .inner
                 .current()
                 .is_some_and(|live| live.conn.status().connected())
+    }
+
+    fn link_losses(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.inner.losses.subscribe())
     }
 }
 

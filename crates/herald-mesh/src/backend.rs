@@ -380,6 +380,17 @@ pub trait Connection: Send + Sync + fmt::Debug {
         self.is_open()
     }
 
+    /// A watch on how many times this connection has lost its link to the broker
+    /// (it changes as soon as the backend knows of a loss, before any reconnect), or
+    /// `None` for backends that cannot lose their link (the default; the in-process
+    /// broker). Replies to requests published before a loss cannot arrive once the link
+    /// is back (the response queue and the direct reply-to channel die with the
+    /// connection), so the mesh fails those requests with
+    /// [`MeshError::ConnectionLost`] when this changes.
+    fn link_losses(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// Says that nobody will consume `queue` from this connection again (its consumer
     /// was dropped): a backend that re-declares its topology after a reconnect leaves
     /// it out from now on, so an auto-delete queue that went away with its consumer does

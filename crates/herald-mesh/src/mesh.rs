@@ -217,6 +217,16 @@ impl RequestOptions {
 
 type Reply = Result<(ResponseBody, Headers), MeshError>;
 
+/// What ends a pending call: its reply, or the loss of the connection its reply had
+/// to come back on.
+// As large as the reply it carries (which went through the same channel before);
+// boxing it would allocate once per call.
+#[allow(clippy::large_enum_variant)]
+enum Answer {
+    Reply(Reply),
+    ConnectionLost,
+}
+
 /// A request or command ready to publish.
 struct Call {
     msg: Message,
@@ -228,8 +238,11 @@ struct Call {
 }
 
 struct Pending {
-    tx: oneshot::Sender<Reply>,
+    tx: oneshot::Sender<Answer>,
     session: Option<Box<dyn SessionKey>>,
+    /// The connection's count of link losses when the call was registered: a later
+    /// loss fails it ([`PendingMap::fail_lost`]).
+    losses: u64,
 }
 
 /// Calls waiting for a reply, keyed by the counter part of their correlation id
@@ -255,11 +268,29 @@ impl PendingMap {
         }
         u64::from_str_radix(counter, 16).ok()
     }
-    /// Registers the call with counter `n` (its id is `correlation_id(prefix, n)`).
-    fn insert(&self, n: u64, p: Pending) {
-        if let Ok(mut m) = self.map.lock() {
-            m.insert(n, p);
-        }
+    /// Registers the call with counter `n` (its id is `correlation_id(prefix, n)`),
+    /// stamped with the link-loss count read under the map's lock, so that a loss is
+    /// either seen by the stamp or fails the call ([`PendingMap::fail_lost`]).
+    fn insert(
+        &self,
+        n: u64,
+        tx: oneshot::Sender<Answer>,
+        session: Option<Box<dyn SessionKey>>,
+        losses: Option<&tokio::sync::watch::Receiver<u64>>,
+    ) -> u64 {
+        let Ok(mut m) = self.map.lock() else {
+            return 0;
+        };
+        let losses = losses.map_or(0, |rx| *rx.borrow());
+        m.insert(
+            n,
+            Pending {
+                tx,
+                session,
+                losses,
+            },
+        );
+        losses
     }
     fn remove_counter(&self, n: u64) -> Option<Pending> {
         self.map.lock().ok().and_then(|mut m| m.remove(&n))
@@ -272,6 +303,24 @@ impl PendingMap {
         if let Ok(mut m) = self.map.lock() {
             m.clear();
         }
+    }
+    /// Ends every call registered before the connection's `losses`-th link loss with
+    /// [`Answer::ConnectionLost`]; returns how many.
+    fn fail_lost(&self, losses: u64) -> usize {
+        let Ok(mut m) = self.map.lock() else {
+            return 0;
+        };
+        let lost: Vec<u64> = m
+            .iter()
+            .filter(|(_, p)| p.losses < losses)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in &lost {
+            if let Some(p) = m.remove(n) {
+                let _ = p.tx.send(Answer::ConnectionLost);
+            }
+        }
+        lost.len()
     }
 }
 
@@ -306,6 +355,9 @@ struct Inner {
     config: MeshConfig,
     serving: Option<ServingState>,
     pending: Arc<PendingMap>,
+    /// The connection's link-loss count ([`Connection::link_losses`]), if it can lose
+    /// its link.
+    link_losses: Option<tokio::sync::watch::Receiver<u64>>,
     id_prefix: u64,
     counter: AtomicU64,
     sub_counter: AtomicU64,
@@ -491,6 +543,15 @@ impl Mesh {
         let id_prefix = random_u64();
         let pending = Arc::new(PendingMap::new(id_prefix));
         tokio::spawn(reply_loop(replies, pending.clone(), shutdown.clone()));
+        let link_losses = conn.link_losses();
+        if let Some(losses) = &link_losses {
+            tokio::spawn(loss_loop(
+                losses.clone(),
+                pending.clone(),
+                service_name.clone(),
+                shutdown.clone(),
+            ));
+        }
         let mut reply_to = rq.clone();
         if config.direct_reply_to
             && let Some((address, direct)) = conn.consume_direct_replies().await?
@@ -540,6 +601,7 @@ impl Mesh {
             config,
             serving,
             pending,
+            link_losses,
             id_prefix,
             counter: AtomicU64::new(0),
             sub_counter: AtomicU64::new(0),
@@ -665,7 +727,10 @@ impl Mesh {
     /// Calls `service.method(**params)` and returns its result, as nuropb's
     /// `request(service, method, params, context, ttl, trace_id)`.
     ///
-    /// Resolves by the deadline (the ttl): never hangs.
+    /// Resolves by the deadline (the ttl): never hangs. If the backend loses its
+    /// connection to the broker while the call is in flight, it ends at once with
+    /// [`MeshError::ConnectionLost`] (the reply cannot come back; whether the service
+    /// ran the call is unknown). The in-process broker never loses its connection.
     pub async fn request(
         &self,
         service: &str,
@@ -719,7 +784,10 @@ impl Mesh {
             .await?;
         let deadline = opts.timeout.unwrap_or(ttl);
         let (tx, rx) = oneshot::channel();
-        self.inner.pending.insert(counter, Pending { tx, session });
+        let losses =
+            self.inner
+                .pending
+                .insert(counter, tx, session, self.inner.link_losses.as_ref());
         let _guard = PendingGuard {
             pending: &self.inner.pending,
             counter,
@@ -735,13 +803,20 @@ impl Mesh {
             // Boxed: the selects of a broker's publish stay out of the state of every
             // call.
             futures::future::Either::Right(publishing) => {
-                let publish = async move { call_published(publishing.await, service, method) };
+                let publish = async move {
+                    let published = call_published(publishing.await, service, method);
+                    self.lost_if_cut(published, losses, service, method)
+                };
                 Box::pin(publish_and_wait(publish, reply, PUBLISH_GRACE)).await?
             }
         };
         match outcome {
-            Ok(Ok(Ok((body, _headers)))) => Ok(body),
-            Ok(Ok(Err(e))) => Err(e),
+            Ok(Ok(Answer::Reply(Ok((body, _headers))))) => Ok(body),
+            Ok(Ok(Answer::Reply(Err(e)))) => Err(e),
+            Ok(Ok(Answer::ConnectionLost)) => Err(MeshError::ConnectionLost {
+                service: service.to_owned(),
+                method: method.to_owned(),
+            }),
             Ok(Err(_)) => Err(MeshError::Disconnected),
             Err(_) => Err(MeshError::Timeout {
                 service: service.to_owned(),
@@ -752,7 +827,9 @@ impl Mesh {
     }
 
     /// Fire-and-forget call. Resolves once published; an unknown service is an error
-    /// ([`MeshError::NotFound`]), unlike nuropb which only logs it.
+    /// ([`MeshError::NotFound`]), unlike nuropb which only logs it. A publish cut off
+    /// by the loss of the broker connection is [`MeshError::ConnectionLost`] (whether
+    /// the broker took the command is unknown).
     pub async fn command(
         &self,
         service: &str,
@@ -763,12 +840,44 @@ impl Mesh {
         let call = self
             .prepare_call(MessageType::Command, service, method, params, &opts)
             .await?;
+        let losses = self.link_losses();
         let published = self
             .inner
             .conn
             .publish(RPC_EXCHANGE, service, call.msg)
             .await;
-        call_published(published, service, method)
+        self.lost_if_cut(
+            call_published(published, service, method),
+            losses,
+            service,
+            method,
+        )
+    }
+
+    /// How many times the connection has lost its link so far.
+    fn link_losses(&self) -> u64 {
+        self.inner.link_losses.as_ref().map_or(0, |rx| *rx.borrow())
+    }
+
+    /// A backend failure of a publish that a link loss cut off (one counted after
+    /// `losses`) is [`MeshError::ConnectionLost`]: whether the broker took the message
+    /// is unknown. (A backend counts the loss before it fails the publishes it cut.)
+    fn lost_if_cut(
+        &self,
+        published: Result<(), MeshError>,
+        losses: u64,
+        service: &str,
+        method: &str,
+    ) -> Result<(), MeshError> {
+        match published {
+            Err(MeshError::Backend { .. }) if self.link_losses() > losses => {
+                Err(MeshError::ConnectionLost {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                })
+            }
+            other => other,
+        }
     }
 
     /// [`Mesh::build_call`], then sealing it when `opts` asks for encryption (the
@@ -1138,9 +1247,34 @@ async fn reply_loop(
             continue;
         };
         let reply = decode_reply(msg, p.session.as_deref());
-        let _ = p.tx.send(reply);
+        let _ = p.tx.send(Answer::Reply(reply));
     }
     debug!("reply consumer stopped");
+}
+
+/// Fails the calls waiting for a reply when the connection loses its link to the
+/// broker: their replies cannot come back on a new connection.
+async fn loss_loop(
+    mut losses: tokio::sync::watch::Receiver<u64>,
+    pending: Arc<PendingMap>,
+    service_name: String,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let changed = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            changed = losses.changed() => changed,
+        };
+        if changed.is_err() {
+            break;
+        }
+        let count = *losses.borrow_and_update();
+        let failed = pending.fail_lost(count);
+        if failed > 0 {
+            warn!(service = %service_name, calls = failed, "broker connection lost: calls waiting for a reply fail with ConnectionLost");
+        }
+    }
 }
 
 fn decode_reply(msg: Box<Message>, session: Option<&dyn SessionKey>) -> Reply {

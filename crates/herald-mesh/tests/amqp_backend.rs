@@ -1024,3 +1024,127 @@ async fn leadership_is_dropped_as_soon_as_the_connection_is_lost() {
     }
     admin.close().await.expect("close");
 }
+
+/// Calls waiting for their replies when the client's broker connection is lost end at
+/// once with `ConnectionLost` (naming the service and method), not at their deadline,
+/// through the response queue and through direct reply-to alike; calls made once the
+/// connection is back work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_fail_with_connection_lost_when_the_connection_is_lost() {
+    use herald_mesh::RequestOptions;
+    use herald_mesh::ServiceError;
+    use herald_mesh::service::{MethodInfo, RequestContext, ServiceRouter};
+    use serde_json::json;
+
+    #[derive(serde::Deserialize)]
+    struct Hold {
+        ms: u64,
+    }
+
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let (upstream, _) = through_proxy(&url, "127.0.0.1:1".parse().expect("addr"));
+    let proxy = cuttable_proxy(upstream).await;
+    let (_, proxied) = through_proxy(&url, proxy.addr);
+    let name = unique("lost-calls");
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let router = ServiceRouter::new("1", "slow calls").method(
+        MethodInfo::new("slow", "signals, then sleeps ms").param("ms", "int", ""),
+        move |p: Hold, _ctx: Arc<RequestContext>| {
+            let started_tx = started_tx.clone();
+            async move {
+                let _ = started_tx.send(());
+                tokio::time::sleep(Duration::from_millis(p.ms)).await;
+                Ok::<_, ServiceError>(json!(p.ms))
+            }
+        },
+    );
+    // The service talks to the broker directly; only the clients go through the proxy.
+    let service = Mesh::connect(
+        Arc::new(AmqpBackend::new(&url).expect("url")),
+        MeshConfig::service(&name, router).shutdown_grace(Duration::from_millis(200)),
+    )
+    .await
+    .expect("service");
+    let mut clients = Vec::new();
+    for direct in [false, true] {
+        let client = Mesh::connect(
+            Arc::new(AmqpBackend::new(&proxied).expect("url")),
+            MeshConfig::client().direct_reply_to(direct),
+        )
+        .await
+        .expect("client through the proxy");
+        clients.push(client);
+    }
+    // A ttl far beyond the test's waits: only the connection loss can end these calls.
+    let long = Duration::from_secs(600);
+    let slow_call = |client: &Mesh, ms: u64, ttl: Duration| {
+        let client = client.clone();
+        let name = name.clone();
+        async move {
+            let opts = RequestOptions {
+                ttl: Some(ttl),
+                ..RequestOptions::default()
+            };
+            client
+                .request_with(&name, "slow", json!({ "ms": ms }), opts)
+                .await
+        }
+    };
+    let in_flight: Vec<_> = clients
+        .iter()
+        .map(|c| tokio::spawn(slow_call(c, 3_600_000, long)))
+        .collect();
+    for _ in 0..in_flight.len() {
+        tokio::time::timeout(WAIT, started.recv())
+            .await
+            .expect("the service started handling the call")
+            .expect("service alive");
+    }
+
+    proxy.cut.send_replace(true);
+    for (i, call) in in_flight.into_iter().enumerate() {
+        let outcome = tokio::time::timeout(WAIT, call)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("client {i}: a call in flight did not end within {WAIT:?} of the connection loss (its ttl is {long:?})")
+            })
+            .expect("join");
+        let err = outcome.expect_err("the reply cannot arrive");
+        assert!(
+            matches!(&err, MeshError::ConnectionLost { service, method } if *service == name && method == "slow"),
+            "client {i}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&name) && text.contains("slow"), "{text}");
+    }
+
+    // Once the broker is reachable again, new calls are answered.
+    proxy.cut.send_replace(false);
+    for (i, client) in clients.iter().enumerate() {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match slow_call(client, 0, Duration::from_secs(2)).await {
+                Ok(v) => {
+                    assert_eq!(v, json!(0));
+                    break;
+                }
+                Err(e) => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "client {i}: no answer after the connection came back: {e:?}"
+                ),
+            }
+        }
+    }
+
+    for client in clients {
+        client.disconnect().await.expect("disconnect client");
+    }
+    service.disconnect().await.expect("disconnect service");
+    let admin = connect(&url).await;
+    for q in [service_queue(&name), dead_letter_queue(&name)] {
+        admin.delete_queue(&q).await.expect("cleanup");
+    }
+    admin.close().await.expect("close");
+}
