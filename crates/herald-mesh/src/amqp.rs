@@ -18,6 +18,14 @@
 //!   caller's deadline (see [`AmqpOptions::confirm_replies`]);
 //! * one **confirmed publish channel** for events: each waits for the broker's confirm,
 //!   so it is either routed or reported as an error;
+//! * one **channel for the messages that ask for a confirm** ([`Properties::confirm`]:
+//!   confirmed commands), opened on first use, in confirm mode, and used by **one
+//!   publish at a time**: a `mandatory` message that no queue takes comes back as a
+//!   `basic.return` before its confirm, and lapin hands a returned message to whichever
+//!   confirm it completes next, so only with a single publish in flight is the return
+//!   certainly that publish's. (Events need no such care: they are not mandatory, so
+//!   nothing on their channel is ever returned.) The outcome of a confirm is read by the
+//!   same code for both channels;
 //! * one **channel per consumer**, so each consumer has its own prefetch (`basic.qos`) and a
 //!   refused exclusive consume (403, "in exclusive use") closes only that channel;
 //! * a **topology channel** for declarations. Exchanges and queues are declared by Herald
@@ -244,6 +252,9 @@ struct Live {
     channels: RwLock<Arc<PublishChannels>>,
     topology: Mutex<Option<Channel>>,
     leader: Mutex<Option<Channel>>,
+    /// The channel for messages that ask for a confirm, opened on first use; its lock
+    /// is held from a publish until its confirm is in (one publish at a time).
+    confirmed: Arc<Mutex<Option<Channel>>>,
 }
 
 /// The publishing channels of a connection.
@@ -693,6 +704,7 @@ impl Inner {
             channels: RwLock::new(Arc::new(channels)),
             topology: Mutex::new(None),
             leader: Mutex::new(None),
+            confirmed: Arc::new(Mutex::new(None)),
         }))
     }
 
@@ -1137,6 +1149,7 @@ pub fn message_from_amqp(props: &BasicProperties, body: Vec<u8>) -> Message {
             .as_ref()
             .and_then(|e| e.as_str().parse().ok()),
         mandatory: false,
+        confirm: false,
     };
     Message {
         properties,
@@ -1634,6 +1647,87 @@ impl AmqpConnection {
     }
 }
 
+/// What the broker's publisher confirm says about a message published to `exchange`
+/// with `routing_key`: taken (`Ok`), returned unroutable ([`MeshError::Unroutable`]), or
+/// refused (`nack`).
+fn confirmed_outcome(
+    confirmation: lapin::Result<Confirmation>,
+    about: About<'_>,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), MeshError> {
+    match confirmation.map_err(|e| map_err("publisher confirm", about, &e))? {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
+            Err(MeshError::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            })
+        }
+        Confirmation::Nack(None) => Err(MeshError::Backend {
+            backend: BACKEND,
+            reason: format!(
+                "the broker refused (nack) a message to exchange {exchange:?} with routing key {routing_key:?}"
+            ),
+        }),
+    }
+}
+
+/// Publishes a message that asks for a confirm ([`Properties::confirm`]) on `live`'s
+/// channel for them, alone (see the [module docs](self)), and waits for the confirm.
+/// Once its turn has come, the publish and the wait run on a task of their own, so a
+/// caller that gives up does not end the turn before the confirm is in (the next
+/// publish could otherwise be handed this one's returned message).
+async fn publish_alone(
+    live: Arc<Live>,
+    (exchange, routing_key): (String, String),
+    (exchange_s, key_s): (ShortString, ShortString),
+    mandatory: bool,
+    body: Bytes,
+    props: BasicProperties,
+) -> Result<(), MeshError> {
+    let mut turn = live.confirmed.clone().lock_owned().await;
+    let publish = tokio::spawn(async move {
+        let about = About::Exchange(&exchange);
+        let channel = match turn.as_ref().filter(|c| c.status().connected()) {
+            Some(c) => c.clone(),
+            None => {
+                let c =
+                    live.conn.create_channel().await.map_err(|e| {
+                        map_err("channel.open", About::Other("confirmed channel"), &e)
+                    })?;
+                c.confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .map_err(|e| {
+                        map_err("confirm.select", About::Other("confirmed channel"), &e)
+                    })?;
+                *turn = Some(c.clone());
+                c
+            }
+        };
+        let confirm = channel
+            .basic_publish(
+                exchange_s,
+                key_s,
+                BasicPublishOptions {
+                    mandatory,
+                    immediate: false,
+                },
+                &body,
+                props,
+            )
+            .await
+            .map_err(|e| map_err("basic.publish", about, &e))?;
+        confirmed_outcome(confirm.await, about, &exchange, &routing_key)
+    });
+    publish.await.unwrap_or_else(|e| {
+        Err(MeshError::Backend {
+            backend: BACKEND,
+            reason: format!("a confirmed publish ended without an outcome: {e}"),
+        })
+    })
+}
+
 /// One synchronous round trip on a publishing channel (`basic.qos` with no limit;
 /// there is no consumer on it to limit).
 async fn sync_channel(channel: &Channel) -> Result<(), lapin::Error> {
@@ -1738,6 +1832,19 @@ impl Connection for AmqpConnection {
             let key_s = short("routing key", routing_key)?;
             let live = self.inner.live().await?;
             let outcome = async {
+                if message.properties.confirm {
+                    let target = (exchange.to_owned(), routing_key.to_owned());
+                    let mandatory = message.properties.mandatory;
+                    return publish_alone(
+                        live.clone(),
+                        target,
+                        (exchange_s, key_s),
+                        mandatory,
+                        body,
+                        props,
+                    )
+                    .await;
+                }
                 let about = About::Exchange(exchange);
                 let opts = &self.inner.options;
                 let mandatory = message.properties.mandatory;
@@ -1772,25 +1879,15 @@ impl Connection for AmqpConnection {
                         return Ok(());
                     }
                     return self
-                        .routed_unconfirmed(&channels.unconfirmed, reply_proof, exchange, routing_key)
+                        .routed_unconfirmed(
+                            &channels.unconfirmed,
+                            reply_proof,
+                            exchange,
+                            routing_key,
+                        )
                         .await;
                 }
-                let confirmation = confirm.await;
-                match confirmation.map_err(|e| map_err("publisher confirm", about, &e))? {
-                    Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-                    Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
-                        Err(MeshError::Unroutable {
-                            exchange: exchange.to_owned(),
-                            routing_key: routing_key.to_owned(),
-                        })
-                    }
-                    Confirmation::Nack(None) => Err(MeshError::Backend {
-                        backend: BACKEND,
-                        reason: format!(
-                            "the broker refused (nack) a message to exchange {exchange:?} with routing key {routing_key:?}"
-                        ),
-                    }),
-                }
+                confirmed_outcome(confirm.await, about, exchange, routing_key)
             }
             .await;
             // A publish that fails because the link broke: the loss is counted before

@@ -59,6 +59,7 @@ pub struct MeshConfig {
     service_keys: Option<Arc<dyn ServiceKeys>>,
     client_cipher: Option<Arc<dyn ClientCipher>>,
     direct_reply_to: bool,
+    confirm_commands: bool,
 }
 
 impl fmt::Debug for MeshConfig {
@@ -76,6 +77,7 @@ impl fmt::Debug for MeshConfig {
             .field("service_keys", &self.service_keys.is_some())
             .field("client_cipher", &self.client_cipher.is_some())
             .field("direct_reply_to", &self.direct_reply_to)
+            .field("confirm_commands", &self.confirm_commands)
             .finish()
     }
 }
@@ -97,6 +99,7 @@ impl MeshConfig {
             service_keys: None,
             client_cipher: None,
             direct_reply_to: false,
+            confirm_commands: false,
         }
     }
 
@@ -131,6 +134,14 @@ impl MeshConfig {
     /// Without such a thing (the in-process broker) the response queue is used.
     pub fn direct_reply_to(mut self, yes: bool) -> Self {
         self.direct_reply_to = yes;
+        self
+    }
+
+    /// Makes every [`Mesh::command`] of this handle a [`Mesh::command_confirmed`]
+    /// (default false: nuropb's fire-and-forget, resolved once the command is handed to
+    /// the connection and routed, without waiting for a broker confirm).
+    pub fn confirm_commands(mut self, yes: bool) -> Self {
+        self.confirm_commands = yes;
         self
     }
 
@@ -829,7 +840,8 @@ impl Mesh {
     /// Fire-and-forget call. Resolves once published; an unknown service is an error
     /// ([`MeshError::NotFound`]), unlike nuropb which only logs it. A publish cut off
     /// by the loss of the broker connection is [`MeshError::ConnectionLost`] (whether
-    /// the broker took the command is unknown).
+    /// the broker took the command is unknown). With
+    /// [`MeshConfig::confirm_commands`] it is a [`Mesh::command_confirmed`].
     pub async fn command(
         &self,
         service: &str,
@@ -837,9 +849,49 @@ impl Mesh {
         params: Value,
         opts: RequestOptions,
     ) -> Result<(), MeshError> {
-        let call = self
+        let confirm = self.inner.config.confirm_commands;
+        self.send_command(service, method, params, opts, confirm)
+            .await
+    }
+
+    /// A command that must not be lost: `Ok` only once the broker has confirmed it and
+    /// routed it to a queue of the service (on RabbitMQ a `mandatory` publish with a
+    /// publisher confirm; the confirm means that the broker holds the message, which
+    /// like every nuropb message is transient, not that it is on disk).
+    /// [`MeshError::NotFound`] when no queue is bound for the service; a broker that
+    /// refuses it (`nack`, e.g. a bound queue that is full and rejects publishes) is a
+    /// [`MeshError::Backend`] error naming the exchange and routing key;
+    /// [`MeshError::ConnectionLost`] when the connection breaks before the confirm
+    /// (whether the broker took it is then unknown). Either way the command itself
+    /// still gets no reply.
+    ///
+    /// Slower than [`Mesh::command`]: the caller waits for a broker round trip, and a
+    /// handle's confirmed publishes go to the broker one at a time (see
+    /// [`crate::amqp`]). The in-process broker routes synchronously, so it gives the
+    /// same answers as for [`Mesh::command`].
+    pub async fn command_confirmed(
+        &self,
+        service: &str,
+        method: &str,
+        params: Value,
+        opts: RequestOptions,
+    ) -> Result<(), MeshError> {
+        self.send_command(service, method, params, opts, true).await
+    }
+
+    /// [`Mesh::command`], asking the backend for a confirm or not.
+    async fn send_command(
+        &self,
+        service: &str,
+        method: &str,
+        params: Value,
+        opts: RequestOptions,
+        confirm: bool,
+    ) -> Result<(), MeshError> {
+        let mut call = self
             .prepare_call(MessageType::Command, service, method, params, &opts)
             .await?;
+        call.msg.properties.confirm = confirm;
         let losses = self.link_losses();
         let published = self
             .inner

@@ -178,7 +178,7 @@ impl Headers {
     }
 }
 
-/// AMQP basic properties Herald uses, plus the `mandatory` publish flag.
+/// AMQP basic properties Herald uses, plus the `mandatory` and `confirm` publish flags.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Properties {
     /// Always `application/json`.
@@ -191,10 +191,15 @@ pub struct Properties {
     pub expiration_ms: Option<u64>,
     /// Publish flag: an unroutable message is an error, not a silent drop.
     pub mandatory: bool,
+    /// Publish flag: the publish resolves only once the broker has confirmed that it
+    /// took the message (RabbitMQ: a publisher confirm, and a `nack` is an error),
+    /// whatever the backend does for other messages. A backend that routes
+    /// synchronously (the in-process broker) has its answer at once either way.
+    pub confirm: bool,
 }
 
 impl Properties {
-    /// JSON content type, no reply_to, no expiration, not mandatory.
+    /// JSON content type, no reply_to, no expiration, not mandatory, no confirm asked.
     pub fn new(correlation_id: String) -> Self {
         Self {
             content_type: Cow::Borrowed(CONTENT_TYPE_JSON),
@@ -202,6 +207,7 @@ impl Properties {
             reply_to: None,
             expiration_ms: None,
             mandatory: false,
+            confirm: false,
         }
     }
 }

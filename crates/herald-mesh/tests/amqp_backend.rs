@@ -1148,3 +1148,90 @@ async fn calls_in_flight_fail_with_connection_lost_when_the_connection_is_lost()
     }
     admin.close().await.expect("close");
 }
+
+/// `command_confirmed` waits for the broker's publisher confirm: a command routed to a
+/// queue that refuses it (full, `x-overflow: reject-publish`) is `Ok` as a plain
+/// fire-and-forget command (it was routed; the broker drops it afterwards) but an error
+/// when confirmed (the broker nacks it). Events, also confirmed, are not disturbed.
+#[tokio::test]
+async fn a_confirmed_command_is_ok_only_once_the_broker_confirmed_it() {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use serde_json::json;
+
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let name = unique("refusing");
+    let admin = connect(&url).await;
+    for x in nuropb_exchanges() {
+        admin.declare_exchange(&x).await.expect("declare exchange");
+    }
+    // A queue that takes no message, bound as the service's queue would be. Exclusive:
+    // it goes away with this connection.
+    let raw = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .expect("raw connection");
+    let ch = raw.create_channel().await.expect("channel");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
+    let full = format!("herald-test-{name}-full");
+    ch.queue_declare(
+        full.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await
+    .expect("declare the full queue");
+    ch.queue_bind(
+        full.as_str().into(),
+        RPC_EXCHANGE.into(),
+        name.as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind it to the service name");
+
+    let client = Mesh::connect(
+        Arc::new(AmqpBackend::new(&url).expect("url")),
+        MeshConfig::client(),
+    )
+    .await
+    .expect("client");
+    let opts = herald_mesh::RequestOptions::default;
+    client
+        .command(&name, "add", json!({"a": 1, "b": 2}), opts())
+        .await
+        .expect("a plain command is done once routed");
+    let err = client
+        .command_confirmed(&name, "add", json!({"a": 1, "b": 2}), opts())
+        .await
+        .expect_err("the broker refuses the confirmed one");
+    assert!(
+        matches!(&err, MeshError::Backend { reason, .. } if reason.contains("nack") && reason.contains(&name)),
+        "{err:?}"
+    );
+    // The refusal leaves the handle working: events (confirmed too) and another
+    // confirmed command.
+    client
+        .publish_event("refusing.done", json!({}), json!({}), None)
+        .await
+        .expect("event");
+    assert!(matches!(
+        client
+            .command_confirmed(&unique("absent"), "x", json!({}), opts())
+            .await,
+        Err(MeshError::NotFound { .. })
+    ));
+
+    client.disconnect().await.expect("disconnect");
+    raw.close(200, "done".into()).await.expect("close raw");
+    admin.close().await.expect("close");
+}

@@ -521,6 +521,91 @@ pub async fn command(b: Arc<dyn Backend>) {
     disconnect_all([c, s]).await;
 }
 
+/// Confirmed commands (`Mesh::command_confirmed`, and `Mesh::command` on a handle with
+/// `MeshConfig::confirm_commands(true)`): `Ok` once the broker took the command into
+/// the service's queue (the command then runs), `NotFound` when no queue is bound for
+/// the service, and each of many concurrent ones, half of them to missing services,
+/// gets its own outcome.
+pub async fn command_confirmed(b: Arc<dyn Backend>) {
+    let (svc, s, c) = example_and_client(&b, "cmdc").await;
+    let topic = format!("cmdc.{}", unique("t"));
+    let mut sub = c.subscribe(&topic).await.unwrap();
+    c.command_confirmed(
+        &svc,
+        "emit",
+        json!({"topic": topic, "payload": {"n": 1}}),
+        RequestOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_event(&mut sub).await.event, json!({"n": 1}));
+    let absent = unique("absent");
+    let err = c
+        .command_confirmed(&absent, "x", json!({}), RequestOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, MeshError::NotFound { service, method } if *service == absent && method == "x"),
+        "{err:?}"
+    );
+
+    // The switch on the handle makes every command a confirmed one.
+    let confirming = Mesh::connect(b.clone(), MeshConfig::client().confirm_commands(true))
+        .await
+        .unwrap();
+    confirming
+        .command(
+            &svc,
+            "emit",
+            json!({"topic": topic, "payload": {"n": 2}}),
+            RequestOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut sub).await.event, json!({"n": 2}));
+    assert!(matches!(
+        confirming
+            .command(&absent, "x", json!({}), RequestOptions::default())
+            .await,
+        Err(MeshError::NotFound { .. })
+    ));
+    let commands = (0..20i64).map(|i| {
+        let target = if i % 2 == 0 {
+            svc.clone()
+        } else {
+            unique("absent")
+        };
+        let confirming = confirming.clone();
+        async move {
+            let r = confirming
+                .command_confirmed(
+                    &target,
+                    "add",
+                    json!({"a": i, "b": 1}),
+                    RequestOptions::default(),
+                )
+                .await;
+            (i, target, r)
+        }
+    });
+    for (i, target, r) in futures::future::join_all(commands).await {
+        if i % 2 == 0 {
+            assert!(r.is_ok(), "command {i} to {target}: {r:?}");
+        } else {
+            assert!(
+                matches!(&r, Err(MeshError::NotFound { service, .. }) if *service == target),
+                "command {i} to {target}: {r:?}"
+            );
+        }
+    }
+    // The service is still fine after all of them.
+    assert_eq!(
+        call_ok(&c, &svc, "add", json!({"a": 1, "b": 1})).await,
+        json!(2)
+    );
+    disconnect_all([confirming, c, s]).await;
+}
+
 /// Events by topic pattern: `*` and `#` subscriptions, service event bindings
 /// (`interop.#` on the example service), emitted events carry the call's ids.
 pub async fn events(b: Arc<dyn Backend>) {
@@ -1125,7 +1210,7 @@ macro_rules! conformance_tests {
     ($backend:expr) => {
         conformance_tests!(@each $backend;
             request_response, errors, deadline, ttl_expiry, poison_messages, exactly_one_ack,
-            command, events, leader, describe, encryption, graceful_shutdown,
+            command, command_confirmed, events, leader, describe, encryption, graceful_shutdown,
             unpaired_and_single_instance, handler_panic, handler_always_panics);
     };
     (@each $backend:expr; $($name:ident),*) => {
