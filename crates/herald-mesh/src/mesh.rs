@@ -1408,7 +1408,7 @@ struct Incoming {
     deadline_ms: Option<u64>,
 }
 
-fn decode_incoming(inner: &Inner, msg: Box<Message>) -> Result<Incoming, MeshError> {
+fn decode_incoming(inner: &Inner, msg: &Message) -> Result<Incoming, MeshError> {
     let kind = msg.headers.message_type()?;
     let (env, session) = if msg.headers.encrypted {
         let keys = inner.config.service_keys.as_ref().ok_or_else(|| {
@@ -1463,8 +1463,15 @@ async fn handle_work(inner: Arc<Inner>, d: crate::backend::Delivery) {
             }
         }
         Step::Panicked(finish) => call_panicked(&inner, finish).await,
-        Step::Poison(settle_handle, reply) => {
-            settle(settle_handle, false, "poison message").await;
+        Step::Poison(dead, reply) => {
+            let Poison {
+                settle: settle_handle,
+                message,
+                reason,
+            } = *dead;
+            if let Err(e) = settle_handle.dead_letter(message, reason).await {
+                warn!(error = %e, "dead-lettering a poison message failed");
+            }
             if let Some(reply) = reply {
                 let (rt, msg) = *reply;
                 publish_reply(&inner, &rt, msg).await;
@@ -1535,15 +1542,24 @@ enum Step {
         Arc<RequestContext>,
         FinishCall,
     ),
-    /// A message that cannot be handled: dead-letter it, then send the error reply
-    /// (destination and message) if it was a request.
-    Poison(Settle, Option<Box<(String, Message)>>),
+    /// A message that cannot be handled: dead-letter it (with the reason), then send
+    /// the error reply (destination and message) if it was a request.
+    Poison(Box<Poison>, Option<Box<(String, Message)>>),
     /// An event whose handler is running; its settlement and topic.
     Event(BoxFuture<'static, Result<(), ServiceError>>, Settle, String),
     /// A call whose handler panicked before returning its future.
     Panicked(FinishCall),
     /// An event whose handler panicked before returning its future.
     EventPanicked(Settle, String),
+}
+
+/// A delivery to dead-letter because it cannot be handled.
+struct Poison {
+    settle: Settle,
+    /// The delivered message (what a backend republishing the dead letter needs).
+    message: Box<Message>,
+    /// Why it cannot be handled (the decode error), carried by the dead letter.
+    reason: String,
 }
 
 /// What answering a call needs once its outcome is known.
@@ -1569,7 +1585,7 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
     let correlation_id = std::mem::take(&mut msg.properties.correlation_id);
     let header_trace = msg.headers.trace_id.take();
     let is_request = msg.headers.nuropb_type == "request";
-    let incoming = match decode_incoming(inner, msg) {
+    let incoming = match decode_incoming(inner, &msg) {
         Ok(i) => i,
         Err(error) => {
             warn!(
@@ -1596,9 +1612,15 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
                 }
                 _ => None,
             };
-            return Step::Poison(settle_handle, reply);
+            let dead = Box::new(Poison {
+                settle: settle_handle,
+                message: msg,
+                reason: error.to_string(),
+            });
+            return Step::Poison(dead, reply);
         }
     };
+    drop(msg);
     let (is_command, body) = match incoming.env.as_ref() {
         Envelope::Request(b) => (false, b),
         Envelope::Command(b) => (true, b),

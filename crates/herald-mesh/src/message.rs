@@ -69,6 +69,10 @@ pub mod header {
     /// Herald extension: absolute deadline of a request, Unix epoch milliseconds.
     /// nuropb ignores it.
     pub const DEADLINE: &str = "herald_deadline";
+    /// Herald extension on a dead letter that Herald dead-lettered itself (a poison
+    /// message): why, in words (the decode error). See
+    /// [`DeathInfo::detail`](super::DeathInfo::detail).
+    pub const HERALD_REASON: &str = "x-herald-reason";
 }
 
 /// Service queue of `service`: `nuropb-<service>-sq`.
@@ -261,6 +265,11 @@ pub struct DeathInfo {
     pub exchange: String,
     /// Its routing key.
     pub routing_key: String,
+    /// Why, in words, when Herald dead-lettered it itself (header
+    /// [`x-herald-reason`](header::HERALD_REASON)): for a poison message, the error
+    /// that decoding it gave. `None` for the broker's own dead letters (expired,
+    /// overflowed) and for rejections that carry no reason.
+    pub detail: Option<String>,
 }
 
 /// A message body: raw bytes or an already decoded envelope.

@@ -1235,3 +1235,204 @@ async fn a_confirmed_command_is_ok_only_once_the_broker_confirmed_it() {
     raw.close(200, "done".into()).await.expect("close raw");
     admin.close().await.expect("close");
 }
+
+/// A poison message (here: a body that is not JSON) is dead-lettered the way the
+/// broker dead-letters a rejected message (same body, properties, headers and routing
+/// key, `x-death` and `x-first-death-*` saying `rejected` in the service queue), plus
+/// `x-herald-reason`: the decode error, in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_with_its_decode_error() {
+    use lapin::BasicProperties;
+    use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions};
+
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let name = unique("poison-raw");
+    let service = Mesh::connect(
+        Arc::new(AmqpBackend::new(&url).expect("url")),
+        MeshConfig::service(&name, ExampleService::new()),
+    )
+    .await
+    .expect("service");
+    let raw = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .expect("raw connection");
+    let ch = raw.create_channel().await.expect("channel");
+    let mut headers = FieldTable::default();
+    for (k, v) in [
+        ("nuropb_protocol", "0.1.1"),
+        ("nuropb_version", "0.1.8"),
+        ("nuropb_type", "request"),
+        ("x-custom", "kept"),
+    ] {
+        headers.insert(k.into(), AMQPValue::LongString(LongString::from(v)));
+    }
+    let body = b"{not json".to_vec();
+    let props = BasicProperties::default()
+        .with_correlation_id("raw-poison".into())
+        .with_content_type("application/json".into())
+        .with_expiration("60000".into())
+        .with_headers(headers);
+    ch.basic_publish(
+        RPC_EXCHANGE.into(),
+        name.as_str().into(),
+        BasicPublishOptions::default(),
+        &body,
+        props,
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("published");
+
+    // The dead-letter exchange is a fanout: skip other services' dead letters.
+    let dlq = dead_letter_queue(&name);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let dead = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no dead letter of the poison message in {dlq}"
+        );
+        let got = ch
+            .basic_get(dlq.as_str().into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get");
+        let Some(got) = got else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        got.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+        let mine = got
+            .delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .is_some_and(|c| c.as_str() == "raw-poison");
+        if mine {
+            break got.delivery;
+        }
+    };
+    let text = |v: Option<&AMQPValue>| match v {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    };
+    assert_eq!(dead.exchange.as_str(), DL_EXCHANGE);
+    assert_eq!(dead.routing_key.as_str(), name, "the original routing key");
+    assert_eq!(dead.data, body, "the original body");
+    let p = &dead.properties;
+    assert_eq!(
+        p.content_type().as_ref().map(|c| c.as_str()),
+        Some("application/json")
+    );
+    assert!(p.expiration().is_none(), "expiration moves into x-death");
+    let h = p.headers().as_ref().expect("headers").inner();
+    for (k, v) in [
+        ("nuropb_protocol", "0.1.1"),
+        ("nuropb_version", "0.1.8"),
+        ("nuropb_type", "request"),
+        ("x-custom", "kept"),
+    ] {
+        assert_eq!(text(h.get(k)).as_deref(), Some(v), "original header {k}");
+    }
+    let sq = service_queue(&name);
+    assert_eq!(
+        text(h.get("x-first-death-reason")).as_deref(),
+        Some("rejected")
+    );
+    assert_eq!(text(h.get("x-first-death-queue")), Some(sq.clone()));
+    assert_eq!(
+        text(h.get("x-first-death-exchange")).as_deref(),
+        Some(RPC_EXCHANGE)
+    );
+    let Some(AMQPValue::FieldArray(deaths)) = h.get("x-death") else {
+        panic!("no x-death array: {h:?}");
+    };
+    let [AMQPValue::FieldTable(death)] = deaths.as_slice() else {
+        panic!("expected one x-death entry: {deaths:?}");
+    };
+    let d = death.inner();
+    assert_eq!(d.get("count"), Some(&AMQPValue::LongLongInt(1)));
+    assert_eq!(text(d.get("reason")).as_deref(), Some("rejected"));
+    assert_eq!(text(d.get("queue")), Some(sq));
+    assert_eq!(text(d.get("exchange")).as_deref(), Some(RPC_EXCHANGE));
+    assert_eq!(text(d.get("original-expiration")).as_deref(), Some("60000"));
+    assert!(
+        matches!(d.get("time"), Some(AMQPValue::Timestamp(_))),
+        "{d:?}"
+    );
+    assert_eq!(
+        d.get("routing-keys"),
+        Some(&AMQPValue::FieldArray(
+            vec![AMQPValue::LongString(LongString::from(name.as_str()))].into()
+        ))
+    );
+    let reason = text(h.get("x-herald-reason")).expect("an x-herald-reason header (long string)");
+    assert!(
+        reason.contains("invalid nuropb JSON body"),
+        "x-herald-reason {reason:?}"
+    );
+    service.disconnect().await.expect("disconnect");
+    raw.close(200, "done".into()).await.expect("close raw");
+    let admin = connect(&url).await;
+    for q in [service_queue(&name), dlq] {
+        admin.delete_queue(&q).await.expect("cleanup");
+    }
+    admin.close().await.expect("close");
+}
+
+/// `Delivery::dead_letter` settles a delivery exactly once even when its copy with the
+/// reason cannot be published (here the queue's dead-letter exchange does not exist,
+/// so the broker refuses the copy): the delivery is rejected instead, not requeued,
+/// and the connection's confirmed publishes keep working.
+#[tokio::test]
+async fn a_dead_letter_falls_back_to_a_reject_when_its_copy_is_refused() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let conn = connect(&url).await;
+    for x in nuropb_exchanges() {
+        conn.declare_exchange(&x).await.expect("declare exchange");
+    }
+    let queue = unique("nuropb-fallback");
+    let spec = QueueSpec {
+        dead_letter_exchange: Some(unique("herald-no-such-dlx")),
+        ..QueueSpec::response(queue.clone())
+    };
+    conn.declare_queue(&spec).await.expect("declare");
+    let mut stream = conn
+        .consume(&queue, ConsumeOptions::manual(1))
+        .await
+        .expect("consume");
+    conn.publish("", &queue, request("fallback", "fb-1"))
+        .await
+        .expect("publish");
+    let d = next(&mut stream).await;
+    assert_eq!(d.message.properties.correlation_id, "fb-1");
+    d.dead_letter("cannot be handled")
+        .await
+        .expect("settled by the fallback reject");
+    // Settled, not requeued: the next delivery is the next message.
+    conn.publish("", &queue, request("fallback", "fb-2"))
+        .await
+        .expect("publish");
+    let d = next(&mut stream).await;
+    assert_eq!(d.message.properties.correlation_id, "fb-2");
+    assert!(!d.redelivered);
+    d.ack().await.expect("ack");
+    // The channel for confirmed publishes was closed by the refusal and comes back.
+    let mut confirmed = request(&unique("absent"), "fb-3");
+    confirmed.properties.confirm = true;
+    let err = conn
+        .publish(RPC_EXCHANGE, "no-queue-bound", confirmed)
+        .await
+        .expect_err("unroutable");
+    assert!(matches!(err, MeshError::Unroutable { .. }), "{err:?}");
+    drop(stream);
+    conn.delete_queue(&queue).await.expect("cleanup");
+    conn.close().await.expect("close");
+}
