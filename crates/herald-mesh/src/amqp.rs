@@ -18,6 +18,14 @@
 //!   caller's deadline (see [`AmqpOptions::confirm_replies`]);
 //! * one **confirmed publish channel** for events: each waits for the broker's confirm,
 //!   so it is either routed or reported as an error;
+//! * one **channel for the messages that ask for a confirm** ([`Properties::confirm`]:
+//!   confirmed commands, and the dead-letter copies of [`Acker::dead_letter`]), opened
+//!   on first use, in confirm mode, and used by **one publish at a time**: a `mandatory`
+//!   message that no queue takes comes back as a `basic.return` before its confirm, and
+//!   lapin hands a returned message to whichever confirm it completes next, so only
+//!   with a single publish in flight is the return certainly that publish's. (Events
+//!   need no such care: they are not mandatory, so nothing on their channel is ever
+//!   returned.) The outcome of a confirm is read by the same code for both channels;
 //! * one **channel per consumer**, so each consumer has its own prefetch (`basic.qos`) and a
 //!   refused exclusive consume (403, "in exclusive use") closes only that channel;
 //! * a **topology channel** for declarations. Exchanges and queues are declared by Herald
@@ -34,11 +42,25 @@
 //! [`AmqpOptions::reconnect_max`]), replays the remembered topology and restarts every
 //! consumer on the new connection, so the [`DeliveryStream`]s handed out keep flowing.
 //! Operations give up with an error after [`AmqpOptions::reconnect_wait`]. Publishes are
-//! never silently retried (a publish cut off by the loss might have been routed).
+//! never silently retried (a publish cut off by the loss might have been routed). Each
+//! loss is counted ([`Connection::link_losses`]) as soon as lapin reports it and before
+//! the reconnect, so the mesh can fail the calls whose replies died with the connection
+//! ([`MeshError::ConnectionLost`]).
 //!
 //! **Decoding** never fails: whatever arrives becomes a [`Message`]; missing or bad nuropb
 //! headers are left for [`Headers::message_type`] to report, so that the service can
 //! dead-letter a poison message once and keep serving ([`message_from_amqp`]).
+//!
+//! **Dead letters with a reason.** A broker `reject` cannot say why. So
+//! [`Acker::dead_letter`] publishes a copy of the delivery to its queue's dead-letter
+//! exchange itself, as the broker would dead-letter it (same body, properties, headers
+//! and routing key; `x-death` and `x-first-death-*` for reason `rejected` in that
+//! queue; the expiration moved into the `x-death` entry), plus the header
+//! `x-herald-reason`, waits for the broker's confirm, and only then acks the delivery.
+//! If the copy cannot be published (no known dead-letter exchange, connection lost,
+//! refused), the delivery is rejected instead: settled once either way. A connection
+//! lost between the confirm and the ack makes the broker redeliver the delivery, which
+//! is then dead-lettered again (two dead letters for one message, never none).
 //!
 //! ```no_run
 //! use herald_mesh::amqp::AmqpBackend;
@@ -241,6 +263,9 @@ struct Live {
     channels: RwLock<Arc<PublishChannels>>,
     topology: Mutex<Option<Channel>>,
     leader: Mutex<Option<Channel>>,
+    /// The channel for messages that ask for a confirm, opened on first use; its lock
+    /// is held from a publish until its confirm is in (one publish at a time).
+    confirmed: Arc<Mutex<Option<Channel>>>,
 }
 
 /// The publishing channels of a connection.
@@ -352,6 +377,11 @@ struct Inner {
     /// Direct reply-to is in use: reopened publishing channels get its consumer.
     direct_replies: AtomicBool,
     closed: AtomicBool,
+    /// How many times the link to the broker was lost ([`Connection::link_losses`]).
+    losses: tokio::sync::watch::Sender<u64>,
+    /// The newest connection generation whose loss was counted (each counts once,
+    /// whether its watcher or a reconnect notices it first).
+    lost_generation: AtomicU64,
 }
 
 /// One connection to RabbitMQ (see the [module docs](self)).
@@ -471,6 +501,8 @@ impl AmqpConnection {
             awaiting_count: AtomicUsize::new(0),
             direct_replies: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            losses: tokio::sync::watch::Sender::new(0),
+            lost_generation: AtomicU64::new(0),
         });
         let live = Inner::dial(&inner).await?;
         if let Ok(mut cur) = inner.current.write() {
@@ -671,13 +703,33 @@ impl Inner {
         )
         .await?;
         let generation = this.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::spawn(watch_link(
+            Arc::downgrade(this),
+            generation,
+            conn.status().clone(),
+            conn.events_listener(),
+        ));
         Ok(Arc::new(Live {
             generation,
             conn,
             channels: RwLock::new(Arc::new(channels)),
             topology: Mutex::new(None),
             leader: Mutex::new(None),
+            confirmed: Arc::new(Mutex::new(None)),
         }))
+    }
+
+    /// Counts the loss of connection `generation` (once, and not after [`close`]).
+    ///
+    /// [`close`]: Connection::close
+    fn note_loss(&self, generation: u64) {
+        if self.is_closed()
+            || self.lost_generation.fetch_max(generation, Ordering::SeqCst) >= generation
+        {
+            return;
+        }
+        tracing::warn!(url = %redact(&self.url), generation, "amqp connection lost");
+        self.losses.send_modify(|n| *n += 1);
     }
 
     fn is_closed(&self) -> bool {
@@ -703,6 +755,11 @@ impl Inner {
         if let Some(live) = self.current() {
             if live.is_connected() {
                 return Ok(live);
+            }
+            // Counted before any new connection exists, so that a call registered on
+            // the new one is never failed for the loss of the old one.
+            if !live.conn.status().connected() {
+                self.note_loss(live.generation);
             }
             // The connection is fine but the broker closed a publishing channel:
             // reopen the channels rather than the connection.
@@ -777,6 +834,16 @@ impl Inner {
         }
     }
 
+    /// The dead-letter exchange of `queue`, if it was declared on this connection with
+    /// one.
+    fn dead_letter_exchange(&self, queue: &str) -> Option<String> {
+        let declared = self.declared.lock().ok()?;
+        declared.iter().find_map(|d| match d {
+            Declared::Queue(q) if q.name == queue => q.dead_letter_exchange.clone(),
+            _ => None,
+        })
+    }
+
     fn forget_queue(&self, queue: &str) {
         if let Ok(mut declared) = self.declared.lock() {
             declared.retain(|d| !matches!(d, Declared::Queue(q) if q.name == queue));
@@ -796,6 +863,39 @@ impl Inner {
             *slot = item;
         } else {
             declared.push(item);
+        }
+    }
+}
+
+/// How often [`watch_link`] looks at a connection's state between its events (a
+/// connection closed by the broker, or by [`AmqpConnection::simulate_connection_loss`],
+/// changes its state without an event).
+const LINK_CHECK: Duration = Duration::from_millis(100);
+
+/// Watches one broker connection (generation `generation`) and counts its loss
+/// ([`Inner::note_loss`]) as soon as lapin reports it: at once on a connection error
+/// (socket closed or reset, missed heartbeats), within [`LINK_CHECK`] otherwise. Ends
+/// with the connection, or when the [`AmqpConnection`] is gone.
+async fn watch_link(
+    inner: std::sync::Weak<Inner>,
+    generation: u64,
+    status: lapin::ConnectionStatus,
+    events: impl futures::Stream<Item = lapin::Event>,
+) {
+    let mut events = std::pin::pin!(events);
+    let mut events_open = true;
+    loop {
+        tokio::select! {
+            event = events.next(), if events_open => events_open = event.is_some(),
+            () = tokio::time::sleep(LINK_CHECK) => {}
+        }
+        let Some(this) = inner.upgrade() else { return };
+        if this.is_closed() {
+            return;
+        }
+        if !status.connected() {
+            this.note_loss(generation);
+            return;
         }
     }
 }
@@ -1023,7 +1123,131 @@ fn first_death(headers: &FieldTable) -> Option<DeathInfo> {
         queue,
         exchange,
         routing_key,
+        detail: None,
     })
+}
+
+/// The longest `x-herald-reason` written (longer reasons are cut at a character
+/// boundary): a decode error may quote a header value of any length.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// The properties of the copy of a message that Herald dead-letters itself from
+/// `queue` (into which it had been published to `exchange` with `routing_key`): those
+/// of the original, changed as RabbitMQ's own dead-lettering for reason `rejected`
+/// changes them, plus `x-herald-reason: reason`. That is: the `x-death` entry for
+/// (`queue`, `rejected`) is counted up and moved first, or a new one is put first
+/// (`count` 1, `reason`, `queue`, `time` = `now_secs`, `exchange`, `routing-keys`, and
+/// the message's expiration as `original-expiration`); `x-first-death-reason`,
+/// `-queue` and `-exchange` are set unless present; the expiration property is
+/// removed (a dead letter must not expire again in the dead-letter queue).
+fn dead_letter_properties(
+    original: &BasicProperties,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+    reason: &str,
+    now_secs: u64,
+) -> BasicProperties {
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    let mut headers = original.headers().clone().unwrap_or_default();
+    let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
+        _ => Vec::new(),
+    };
+    let is_this_death = |d: &AMQPValue| match d {
+        AMQPValue::FieldTable(t) => {
+            let t = t.inner();
+            t.get("queue").and_then(value_text).as_deref() == Some(queue)
+                && t.get("reason").and_then(value_text).as_deref() == Some("rejected")
+        }
+        _ => false,
+    };
+    let entry = match deaths.iter().position(is_this_death) {
+        Some(i) => {
+            let mut entry = deaths.remove(i);
+            if let AMQPValue::FieldTable(t) = &mut entry {
+                let count = t.inner().get("count").and_then(value_u64).unwrap_or(0);
+                t.insert(
+                    ShortString::from("count"),
+                    AMQPValue::LongLongInt(
+                        i64::try_from(count.saturating_add(1)).unwrap_or(i64::MAX),
+                    ),
+                );
+            }
+            entry
+        }
+        None => {
+            let mut t = FieldTable::default();
+            t.insert(ShortString::from("count"), AMQPValue::LongLongInt(1));
+            t.insert(ShortString::from("reason"), text("rejected"));
+            t.insert(ShortString::from("queue"), text(queue));
+            t.insert(ShortString::from("time"), AMQPValue::Timestamp(now_secs));
+            t.insert(ShortString::from("exchange"), text(exchange));
+            t.insert(
+                ShortString::from("routing-keys"),
+                AMQPValue::FieldArray(vec![text(routing_key)].into()),
+            );
+            if let Some(expiration) = original.expiration() {
+                t.insert(
+                    ShortString::from("original-expiration"),
+                    text(expiration.as_str()),
+                );
+            }
+            AMQPValue::FieldTable(t)
+        }
+    };
+    deaths.insert(0, entry);
+    headers.insert(
+        ShortString::from("x-death"),
+        AMQPValue::FieldArray(deaths.into()),
+    );
+    for (key, value) in [
+        ("x-first-death-reason", "rejected"),
+        ("x-first-death-queue", queue),
+        ("x-first-death-exchange", exchange),
+    ] {
+        if !headers.inner().contains_key(key) {
+            headers.insert(ShortString::from(key), text(value));
+        }
+    }
+    let mut end = reason.len().min(MAX_REASON_BYTES);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    headers.insert(
+        ShortString::from(header::HERALD_REASON),
+        text(&reason[..end]),
+    );
+    // Every property of the original but the expiration (the builder cannot unset one).
+    type Set = fn(BasicProperties, ShortString) -> BasicProperties;
+    let o = original;
+    let mut props = BasicProperties::default().with_headers(headers);
+    let short_props: [(&Option<ShortString>, Set); 9] = [
+        (o.content_type(), BasicProperties::with_content_type),
+        (o.content_encoding(), BasicProperties::with_content_encoding),
+        (o.correlation_id(), BasicProperties::with_correlation_id),
+        (o.reply_to(), BasicProperties::with_reply_to),
+        (o.message_id(), BasicProperties::with_message_id),
+        (o.kind(), BasicProperties::with_type),
+        (o.user_id(), BasicProperties::with_user_id),
+        (o.app_id(), BasicProperties::with_app_id),
+        (o.cluster_id(), BasicProperties::with_cluster_id),
+    ];
+    for (value, set) in short_props {
+        if let Some(v) = value {
+            props = set(props, v.clone());
+        }
+    }
+    if let Some(v) = *o.delivery_mode() {
+        props = props.with_delivery_mode(v);
+    }
+    if let Some(v) = *o.priority() {
+        props = props.with_priority(v);
+    }
+    if let Some(v) = *o.timestamp() {
+        props = props.with_timestamp(v);
+    }
+    props
 }
 
 /// Turns an AMQP delivery (properties + body) into a [`Message`]. Never fails: missing
@@ -1070,12 +1294,17 @@ pub fn message_from_amqp(props: &BasicProperties, body: Vec<u8>) -> Message {
             .as_ref()
             .and_then(|e| e.as_str().parse().ok()),
         mandatory: false,
+        confirm: false,
     };
+    let death = first_death(table).map(|mut death| {
+        death.detail = map.get(header::HERALD_REASON).and_then(value_text);
+        death
+    });
     Message {
         properties,
         headers,
         payload: Payload::Bytes(Bytes::from(body)),
-        death: first_death(table),
+        death,
     }
 }
 
@@ -1227,6 +1456,17 @@ struct AmqpAcker {
     acker: Option<lapin::Acker>,
     queue: String,
     unsettled: Option<UnsettledGuard>,
+    /// The connection, and what the delivery arrived with besides its body: what
+    /// [`Acker::dead_letter`] needs to publish the dead-letter copy.
+    inner: Arc<Inner>,
+    original: Original,
+}
+
+/// What a delivery arrived with, besides its body.
+struct Original {
+    exchange: ShortString,
+    routing_key: ShortString,
+    properties: BasicProperties,
 }
 
 impl fmt::Debug for AmqpAcker {
@@ -1256,6 +1496,39 @@ fn settled(op: &str, queue: &str, r: lapin::Result<bool>) -> Result<(), MeshErro
 }
 
 impl Acker for AmqpAcker {
+    /// Publishes a copy of the message with `reason` to the queue's dead-letter
+    /// exchange (see the [module docs](self)), then acks the delivery; rejects it
+    /// instead when the copy is not confirmed.
+    fn dead_letter(
+        self: Box<Self>,
+        message: Box<Message>,
+        reason: String,
+    ) -> BackendFuture<'static, Result<(), MeshError>> {
+        let dlx = self.inner.dead_letter_exchange(&self.queue);
+        // On a lost connection the delivery is redelivered whatever is done here: no
+        // copy (there would be two dead letters).
+        let live = self.inner.current().filter(|live| live.is_connected());
+        let (Some(dlx), Some(live), Some(_)) = (dlx, live, self.acker.as_ref()) else {
+            tracing::debug!(queue = %self.queue, reason = %reason, "dead-lettered without its reason (no dead-letter exchange known, or no connection)");
+            return self.reject(false);
+        };
+        later(async move {
+            let copy = dead_letter_copy(&self, &message, &dlx, &reason);
+            drop(message);
+            let published = match copy {
+                Ok(outgoing) => publish_alone(live, outgoing).await,
+                Err(e) => Err(e),
+            };
+            match published {
+                Ok(()) => self.ack().await,
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, dead_letter_exchange = %dlx, error = %e, "publishing a dead letter with its reason failed; rejected without it");
+                    self.reject(false).await
+                }
+            }
+        })
+    }
+
     /// Resolves once the ack is handed to the connection, without waiting for lapin's
     /// I/O thread to write it: that wait only woke the settling task (a thread switch
     /// per request) to learn that the write went out. An ack refused at once (its
@@ -1325,21 +1598,68 @@ impl Drop for AmqpAcker {
     }
 }
 
+/// The dead-letter copy of `message`, delivered from `acker`'s queue, for exchange
+/// `dlx` (not mandatory: the broker's own dead-lettering is not either).
+fn dead_letter_copy(
+    acker: &AmqpAcker,
+    message: &Message,
+    dlx: &str,
+    reason: &str,
+) -> Result<Outgoing, MeshError> {
+    let original = &acker.original;
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let props = dead_letter_properties(
+        &original.properties,
+        &acker.queue,
+        original.exchange.as_str(),
+        original.routing_key.as_str(),
+        reason,
+        now_secs,
+    );
+    Ok(Outgoing {
+        exchange: (dlx.to_owned(), short("exchange name", dlx)?),
+        routing_key: (
+            original.routing_key.as_str().to_owned(),
+            original.routing_key.clone(),
+        ),
+        mandatory: false,
+        body: message.payload.to_bytes()?,
+        props,
+    })
+}
+
 fn to_delivery(
+    inner: &Arc<Inner>,
     queue: &str,
     d: LapinDelivery,
     auto_ack: bool,
     unsettled: &Arc<Unsettled>,
 ) -> Delivery {
-    let redelivered = d.redelivered;
-    let message = message_from_amqp(&d.properties, d.data);
+    let LapinDelivery {
+        exchange,
+        routing_key,
+        redelivered,
+        properties,
+        data,
+        acker,
+        ..
+    } = d;
+    let message = message_from_amqp(&properties, data);
     let acker: Option<Box<dyn Acker>> = if auto_ack {
         None
     } else {
         Some(Box::new(AmqpAcker {
-            acker: Some(d.acker),
+            acker: Some(acker),
             queue: queue.to_owned(),
             unsettled: Some(UnsettledGuard::new(unsettled)),
+            inner: inner.clone(),
+            original: Original {
+                exchange,
+                routing_key,
+                properties,
+            },
         }))
     };
     Delivery::new(message, redelivered, acker)
@@ -1451,6 +1771,7 @@ impl ConsumerState {
                             self.inner.reply_seen(&d);
                         }
                         return Some(to_delivery(
+                            &self.inner,
                             &self.queue,
                             d,
                             self.options.auto_ack,
@@ -1567,6 +1888,97 @@ impl AmqpConnection {
     }
 }
 
+/// What the broker's publisher confirm says about a message published to `exchange`
+/// with `routing_key`: taken (`Ok`), returned unroutable ([`MeshError::Unroutable`]), or
+/// refused (`nack`).
+fn confirmed_outcome(
+    confirmation: lapin::Result<Confirmation>,
+    about: About<'_>,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), MeshError> {
+    match confirmation.map_err(|e| map_err("publisher confirm", about, &e))? {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
+            Err(MeshError::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            })
+        }
+        Confirmation::Nack(None) => Err(MeshError::Backend {
+            backend: BACKEND,
+            reason: format!(
+                "the broker refused (nack) a message to exchange {exchange:?} with routing key {routing_key:?}"
+            ),
+        }),
+    }
+}
+
+/// A message ready to publish: where to (names for errors, and as AMQP strings), the
+/// `mandatory` flag, the body and the AMQP properties.
+struct Outgoing {
+    exchange: (String, ShortString),
+    routing_key: (String, ShortString),
+    mandatory: bool,
+    body: Bytes,
+    props: BasicProperties,
+}
+
+/// Publishes a message that asks for a confirm ([`Properties::confirm`]) on `live`'s
+/// channel for them, alone (see the [module docs](self)), and waits for the confirm.
+/// Once its turn has come, the publish and the wait run on a task of their own, so a
+/// caller that gives up does not end the turn before the confirm is in (the next
+/// publish could otherwise be handed this one's returned message).
+async fn publish_alone(live: Arc<Live>, outgoing: Outgoing) -> Result<(), MeshError> {
+    let Outgoing {
+        exchange: (exchange, exchange_s),
+        routing_key: (routing_key, key_s),
+        mandatory,
+        body,
+        props,
+    } = outgoing;
+    let mut turn = live.confirmed.clone().lock_owned().await;
+    let publish = tokio::spawn(async move {
+        let about = About::Exchange(&exchange);
+        let channel = match turn.as_ref().filter(|c| c.status().connected()) {
+            Some(c) => c.clone(),
+            None => {
+                let c =
+                    live.conn.create_channel().await.map_err(|e| {
+                        map_err("channel.open", About::Other("confirmed channel"), &e)
+                    })?;
+                c.confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .map_err(|e| {
+                        map_err("confirm.select", About::Other("confirmed channel"), &e)
+                    })?;
+                *turn = Some(c.clone());
+                c
+            }
+        };
+        let confirm = channel
+            .basic_publish(
+                exchange_s,
+                key_s,
+                BasicPublishOptions {
+                    mandatory,
+                    immediate: false,
+                },
+                &body,
+                props,
+            )
+            .await
+            .map_err(|e| map_err("basic.publish", about, &e))?;
+        confirmed_outcome(confirm.await, about, &exchange, &routing_key)
+    });
+    publish.await.unwrap_or_else(|e| {
+        Err(MeshError::Backend {
+            backend: BACKEND,
+            reason: format!("a confirmed publish ended without an outcome: {e}"),
+        })
+    })
+}
+
 /// One synchronous round trip on a publishing channel (`basic.qos` with no limit;
 /// there is no consumer on it to limit).
 async fn sync_channel(channel: &Channel) -> Result<(), lapin::Error> {
@@ -1670,59 +2082,68 @@ impl Connection for AmqpConnection {
             let exchange_s = short("exchange name", exchange)?;
             let key_s = short("routing key", routing_key)?;
             let live = self.inner.live().await?;
-            let about = About::Exchange(exchange);
-            let opts = &self.inner.options;
-            let mandatory = message.properties.mandatory;
-            let confirmed = !mandatory
-                && opts.publisher_confirms
-                && (opts.confirm_replies || !exchange.is_empty());
-            // A call's reply proves that it was routed, its return that it was not.
-            let reply_proof = (mandatory && !message.properties.correlation_id.is_empty())
-                .then(|| ReplyProof::register(&self.inner, &message.properties.correlation_id));
-            let channels = live.channels().ok_or(MeshError::Disconnected)?;
-            let channel = if confirmed {
-                &channels.publish
-            } else {
-                &channels.unconfirmed
-            };
-            let confirm = channel
-                .basic_publish(
-                    exchange_s,
-                    key_s,
-                    BasicPublishOptions {
-                        mandatory,
-                        immediate: false,
-                    },
-                    &body,
-                    props,
-                )
-                .await
-                .map_err(|e| map_err("basic.publish", about, &e))?;
-            if !confirmed {
-                drop(confirm);
-                if !mandatory {
-                    return Ok(());
+            let outcome = async {
+                if message.properties.confirm {
+                    let outgoing = Outgoing {
+                        exchange: (exchange.to_owned(), exchange_s),
+                        routing_key: (routing_key.to_owned(), key_s),
+                        mandatory: message.properties.mandatory,
+                        body,
+                        props,
+                    };
+                    return publish_alone(live.clone(), outgoing).await;
                 }
-                return self
-                    .routed_unconfirmed(&channels.unconfirmed, reply_proof, exchange, routing_key)
-                    .await;
-            }
-            let confirmation = confirm.await;
-            match confirmation.map_err(|e| map_err("publisher confirm", about, &e))? {
-                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-                Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
-                    Err(MeshError::Unroutable {
-                        exchange: exchange.to_owned(),
-                        routing_key: routing_key.to_owned(),
-                    })
+                let about = About::Exchange(exchange);
+                let opts = &self.inner.options;
+                let mandatory = message.properties.mandatory;
+                let confirmed = !mandatory
+                    && opts.publisher_confirms
+                    && (opts.confirm_replies || !exchange.is_empty());
+                // A call's reply proves that it was routed, its return that it was not.
+                let reply_proof = (mandatory && !message.properties.correlation_id.is_empty())
+                    .then(|| ReplyProof::register(&self.inner, &message.properties.correlation_id));
+                let channels = live.channels().ok_or(MeshError::Disconnected)?;
+                let channel = if confirmed {
+                    &channels.publish
+                } else {
+                    &channels.unconfirmed
+                };
+                let confirm = channel
+                    .basic_publish(
+                        exchange_s,
+                        key_s,
+                        BasicPublishOptions {
+                            mandatory,
+                            immediate: false,
+                        },
+                        &body,
+                        props,
+                    )
+                    .await
+                    .map_err(|e| map_err("basic.publish", about, &e))?;
+                if !confirmed {
+                    drop(confirm);
+                    if !mandatory {
+                        return Ok(());
+                    }
+                    return self
+                        .routed_unconfirmed(
+                            &channels.unconfirmed,
+                            reply_proof,
+                            exchange,
+                            routing_key,
+                        )
+                        .await;
                 }
-                Confirmation::Nack(None) => Err(MeshError::Backend {
-                    backend: BACKEND,
-                    reason: format!(
-                        "the broker refused (nack) a message to exchange {exchange:?} with routing key {routing_key:?}"
-                    ),
-                }),
+                confirmed_outcome(confirm.await, about, exchange, routing_key)
             }
+            .await;
+            // A publish that fails because the link broke: the loss is counted before
+            // the caller hears of the failure (see `Mesh`'s `ConnectionLost`).
+            if outcome.is_err() && !live.conn.status().connected() {
+                self.inner.note_loss(live.generation);
+            }
+            outcome
         })
     }
 
@@ -1850,6 +2271,10 @@ impl Connection for AmqpConnection {
                 .current()
                 .is_some_and(|live| live.conn.status().connected())
     }
+
+    fn link_losses(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.inner.losses.subscribe())
+    }
 }
 
 #[cfg(test)]
@@ -1952,6 +2377,81 @@ mod tests {
         assert_eq!(d.queue, "nuropb-svc-sq");
         assert_eq!(d.exchange, "nuropb-rpc-exchange");
         assert_eq!(d.routing_key, "svc");
+    }
+
+    #[test]
+    fn dead_letter_copies_look_like_the_brokers_and_carry_the_reason() {
+        let text = |s: &str| AMQPValue::LongString(s.into());
+        let m = request();
+        let mut original = amqp_properties(&m).unwrap();
+        let mut h = original.headers().clone().unwrap();
+        h.insert("x-custom".into(), text("kept"));
+        original = original.with_headers(h).with_priority(3);
+        let copy = dead_letter_properties(
+            &original,
+            "nuropb-svc-sq",
+            "nuropb-rpc-exchange",
+            "svc",
+            "malformed message: bad",
+            1_700_000_000,
+        );
+        assert!(copy.expiration().is_none());
+        assert_eq!(copy.correlation_id(), original.correlation_id());
+        assert_eq!(copy.reply_to(), original.reply_to());
+        assert_eq!(copy.content_type(), original.content_type());
+        assert_eq!(*copy.priority(), Some(3));
+        let h = copy.headers().as_ref().unwrap().inner();
+        assert_eq!(h.get("x-custom"), Some(&text("kept")));
+        assert_eq!(h.get("nuropb_protocol"), Some(&text("0.1.1")));
+        assert_eq!(
+            h.get("x-herald-reason"),
+            Some(&text("malformed message: bad"))
+        );
+        assert_eq!(h.get("x-first-death-reason"), Some(&text("rejected")));
+        assert_eq!(h.get("x-first-death-queue"), Some(&text("nuropb-svc-sq")));
+        let Some(AMQPValue::FieldArray(deaths)) = h.get("x-death") else {
+            panic!("no x-death");
+        };
+        let [AMQPValue::FieldTable(d)] = deaths.as_slice() else {
+            panic!("one entry expected: {deaths:?}");
+        };
+        let d = d.inner();
+        assert_eq!(d.get("count"), Some(&AMQPValue::LongLongInt(1)));
+        assert_eq!(d.get("original-expiration"), Some(&text("1500")));
+        assert_eq!(d.get("time"), Some(&AMQPValue::Timestamp(1_700_000_000)));
+        let back = message_from_amqp(&copy, Vec::new()).death.unwrap();
+        assert_eq!(back.reason, DeathReason::Rejected);
+        assert_eq!(back.routing_key, "svc");
+        assert_eq!(back.detail.as_deref(), Some("malformed message: bad"));
+
+        // Dead-lettered again from the same queue: the entry is counted up, the first
+        // death kept, the reason replaced; a long reason is cut at a char boundary.
+        let long = "é".repeat(MAX_REASON_BYTES);
+        let again = dead_letter_properties(&copy, "nuropb-svc-sq", "x", "y", &long, 1);
+        let h = again.headers().as_ref().unwrap().inner();
+        let Some(AMQPValue::FieldArray(deaths)) = h.get("x-death") else {
+            panic!("no x-death");
+        };
+        let [AMQPValue::FieldTable(d)] = deaths.as_slice() else {
+            panic!("one entry expected: {deaths:?}");
+        };
+        assert_eq!(d.inner().get("count"), Some(&AMQPValue::LongLongInt(2)));
+        assert_eq!(
+            h.get("x-first-death-exchange"),
+            Some(&text("nuropb-rpc-exchange"))
+        );
+        let Some(AMQPValue::LongString(reason)) = h.get("x-herald-reason") else {
+            panic!("no reason");
+        };
+        assert_eq!(reason.as_bytes().len(), MAX_REASON_BYTES);
+        assert!(std::str::from_utf8(reason.as_bytes()).is_ok());
+        // From another queue: a new entry in front.
+        let other = dead_letter_properties(&again, "nuropb-other-sq", "x", "y", "r", 2);
+        let h = other.headers().as_ref().unwrap().inner();
+        let Some(AMQPValue::FieldArray(deaths)) = h.get("x-death") else {
+            panic!("no x-death");
+        };
+        assert_eq!(deaths.as_slice().len(), 2);
     }
 
     #[test]

@@ -14,9 +14,10 @@
 //!
 //! The trait is object safe (`Arc<dyn Backend>`); futures are boxed.
 //!
-//! A [`Delivery`] is settled **exactly once** by construction: [`Delivery::ack`] and
-//! [`Delivery::reject`] consume it. Dropping an unsettled delivery hands it back to the
-//! backend, which requeues it (like a channel close in AMQP).
+//! A [`Delivery`] is settled **exactly once** by construction: [`Delivery::ack`],
+//! [`Delivery::reject`] and [`Delivery::dead_letter`] consume it. Dropping an unsettled
+//! delivery hands it back to the backend, which requeues it (like a channel close in
+//! AMQP).
 
 use std::fmt;
 use std::sync::Arc;
@@ -229,6 +230,22 @@ pub trait Acker: Send + fmt::Debug {
     /// Negative acknowledgement: requeue, or dead-letter (reason `rejected`) when the
     /// queue has a DLX, else drop.
     fn reject(self: Box<Self>, requeue: bool) -> BackendFuture<'static, Result<(), MeshError>>;
+
+    /// Dead-letters the delivery (reason `rejected`, as [`Acker::reject`] without
+    /// requeue) with a human-readable `reason` that the dead letter carries
+    /// ([`DeathInfo::detail`](crate::message::DeathInfo::detail), header
+    /// `x-herald-reason`). `message` is the delivered message (its body is what a
+    /// backend that must republish the dead letter itself needs). The delivery is still
+    /// settled exactly once. The default rejects without the reason.
+    fn dead_letter(
+        self: Box<Self>,
+        message: Box<Message>,
+        reason: String,
+    ) -> BackendFuture<'static, Result<(), MeshError>> {
+        drop(message);
+        let _ = reason;
+        self.reject(false)
+    }
 }
 
 /// One delivered message, to be settled exactly once.
@@ -276,6 +293,13 @@ impl Delivery {
     pub async fn reject(self, requeue: bool) -> Result<(), MeshError> {
         self.into_parts().1.reject(requeue).await
     }
+
+    /// Dead-letters it (reason `rejected`) carrying `reason` (see
+    /// [`Settle::dead_letter`]).
+    pub async fn dead_letter(self, reason: impl Into<String>) -> Result<(), MeshError> {
+        let (message, settle) = self.into_parts();
+        settle.dead_letter(message, reason.into()).await
+    }
 }
 
 /// The settlement still owed for a delivery whose message was taken out. Settled
@@ -311,6 +335,31 @@ impl Settle {
         requeue: bool,
     ) -> impl Future<Output = Result<(), MeshError>> + Send + 'static {
         let answer = self.acker.map(|a| a.reject(requeue));
+        async move {
+            match answer {
+                Some(a) => a.await,
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// Dead-letters the delivery whose message is `message` (reason `rejected`), with
+    /// `reason` in words on the dead letter ([`DeathInfo::detail`], header
+    /// `x-herald-reason`), for a message that cannot be handled (the mesh gives the
+    /// decode error of a poison message). Settles it exactly once: on RabbitMQ a copy
+    /// with the reason (and the original's body, properties, headers and routing key)
+    /// goes to the queue's dead-letter exchange, confirmed, and then the delivery is
+    /// acked; if that copy cannot be published, the delivery is rejected instead (a dead
+    /// letter without the reason). The in-process broker dead-letters it with the
+    /// reason directly.
+    ///
+    /// [`DeathInfo::detail`]: crate::message::DeathInfo::detail
+    pub fn dead_letter(
+        self,
+        message: Box<Message>,
+        reason: String,
+    ) -> impl Future<Output = Result<(), MeshError>> + Send + 'static {
+        let answer = self.acker.map(|a| a.dead_letter(message, reason));
         async move {
             match answer {
                 Some(a) => a.await,
@@ -378,6 +427,17 @@ pub trait Connection: Send + Sync + fmt::Debug {
     /// for backends that cannot lose their link.
     fn is_connected(&self) -> bool {
         self.is_open()
+    }
+
+    /// A watch on how many times this connection has lost its link to the broker
+    /// (it changes as soon as the backend knows of a loss, before any reconnect), or
+    /// `None` for backends that cannot lose their link (the default; the in-process
+    /// broker). Replies to requests published before a loss cannot arrive once the link
+    /// is back (the response queue and the direct reply-to channel die with the
+    /// connection), so the mesh fails those requests with
+    /// [`MeshError::ConnectionLost`] when this changes.
+    fn link_losses(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
     }
 
     /// Says that nobody will consume `queue` from this connection again (its consumer

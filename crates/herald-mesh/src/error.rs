@@ -115,6 +115,21 @@ pub enum MeshError {
         /// What differs.
         reason: String,
     },
+    /// The connection to the broker was lost while a call was in flight: a request
+    /// waiting for its reply (which can no longer arrive: the response queue, or the
+    /// direct reply-to channel, went away with the connection), or a request or
+    /// command whose publish the loss cut off. The call ends at once instead of at its
+    /// deadline. Whether the service ran it is unknown: it may have been handled, may
+    /// still be, or may never be.
+    #[error(
+        "call {service}.{method} failed: the broker connection was lost before its outcome was known (it may or may not have been handled)"
+    )]
+    ConnectionLost {
+        /// Called service.
+        service: String,
+        /// Called method.
+        method: String,
+    },
     /// The connection (or the mesh handle) is closed.
     #[error("the mesh connection is closed")]
     Disconnected,

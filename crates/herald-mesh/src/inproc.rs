@@ -11,8 +11,9 @@
 //! * per-message ttl (`expiration`): an expired message is dead-lettered with reason
 //!   `expired` (checked when a consumer takes it and by a background sweeper, so
 //!   unlike RabbitMQ a message stuck behind others still expires on time);
-//! * reject without requeue dead-letters with reason `rejected`; requeue sets the
-//!   `redelivered` flag; an unsettled delivery that is dropped is requeued;
+//! * reject without requeue dead-letters with reason `rejected`
+//!   ([`Acker::dead_letter`] too, with its reason in [`DeathInfo::detail`]); requeue
+//!   sets the `redelivered` flag; an unsettled delivery that is dropped is requeued;
 //! * length-bounded queues (`max_length`, oldest dropped, dead-lettered with reason
 //!   `maxlen` if the queue has a DLX), used for bounded dead-letter queues;
 //! * auto-delete queues removed with their last consumer;
@@ -341,7 +342,7 @@ impl Broker {
         if let Some(old) = overflow {
             inc(&self.stats.overflowed);
             debug!(queue = %q.spec.name, "queue full: oldest message dropped");
-            self.dead_letter(q, old, DeathReason::MaxLen);
+            self.dead_letter(q, old, DeathReason::MaxLen, None);
         }
     }
 
@@ -364,7 +365,15 @@ impl Broker {
         q.notify.notify_one();
     }
 
-    fn dead_letter(self: &Arc<Self>, q: &Queue, entry: Entry, reason: DeathReason) {
+    /// Dead-letters `entry` from `q` for `reason`, with Herald's reason in words
+    /// (`detail`) if any.
+    fn dead_letter(
+        self: &Arc<Self>,
+        q: &Queue,
+        entry: Entry,
+        reason: DeathReason,
+        detail: Option<String>,
+    ) {
         let Some(dlx) = &q.spec.dead_letter_exchange else {
             trace!(queue = %q.spec.name, %reason, "message dropped (no dead-letter exchange)");
             return;
@@ -375,13 +384,23 @@ impl Broker {
             Some(o) => (o.0.clone(), o.1.clone()),
             None => (String::new(), q.spec.name.clone()),
         };
-        if message.death.is_none() {
-            message.death = Some(DeathInfo {
-                reason,
-                queue: q.spec.name.clone(),
-                exchange,
-                routing_key: routing_key.clone(),
-            });
+        match &mut message.death {
+            None => {
+                message.death = Some(DeathInfo {
+                    reason,
+                    queue: q.spec.name.clone(),
+                    exchange,
+                    routing_key: routing_key.clone(),
+                    detail,
+                });
+            }
+            // The first death is kept (as RabbitMQ's `x-first-death-*`); the reason in
+            // words is the latest (as the `x-herald-reason` header of a copy).
+            Some(death) => {
+                if detail.is_some() {
+                    death.detail = detail;
+                }
+            }
         }
         message.properties.expiration_ms = None;
         message.properties.mandatory = false;
@@ -394,7 +413,7 @@ impl Broker {
     fn expire_all(self: &Arc<Self>, dead: Vec<Entry>, q: &Queue) {
         for e in dead {
             inc(&self.stats.expired);
-            self.dead_letter(q, e, DeathReason::Expired);
+            self.dead_letter(q, e, DeathReason::Expired, None);
         }
     }
 
@@ -1037,28 +1056,48 @@ impl Acker for InProcAcker {
         done(r)
     }
 
-    fn reject(mut self: Box<Self>, requeue: bool) -> BackendFuture<'static, Result<(), MeshError>> {
-        let r = if self.closed() {
+    fn reject(self: Box<Self>, requeue: bool) -> BackendFuture<'static, Result<(), MeshError>> {
+        done(self.reject_now(requeue, None))
+    }
+
+    /// Dead-letters the broker's own copy of the message (the one given is the same).
+    fn dead_letter(
+        self: Box<Self>,
+        message: Box<Message>,
+        reason: String,
+    ) -> BackendFuture<'static, Result<(), MeshError>> {
+        drop(message);
+        done(self.reject_now(false, Some(reason)))
+    }
+}
+
+impl InProcAcker {
+    /// Requeues, or dead-letters with reason `rejected` and `detail`.
+    fn reject_now(
+        mut self: Box<Self>,
+        requeue: bool,
+        detail: Option<String>,
+    ) -> Result<(), MeshError> {
+        if self.closed() {
             self.requeue_now();
-            Err(MeshError::Disconnected)
-        } else if requeue {
+            return Err(MeshError::Disconnected);
+        }
+        if requeue {
             self.requeue_now();
-            Ok(())
-        } else {
-            if let Some(m) = self.finish() {
-                inc(&self.broker.stats.rejected);
-                let entry = Entry {
-                    message: Box::new(m),
-                    expires: None,
-                    redelivered: false,
-                    origin: self.origin.take(),
-                };
-                self.broker
-                    .dead_letter(&self.queue, entry, DeathReason::Rejected);
-            }
-            Ok(())
-        };
-        done(r)
+            return Ok(());
+        }
+        if let Some(m) = self.finish() {
+            inc(&self.broker.stats.rejected);
+            let entry = Entry {
+                message: Box::new(m),
+                expires: None,
+                redelivered: false,
+                origin: self.origin.take(),
+            };
+            self.broker
+                .dead_letter(&self.queue, entry, DeathReason::Rejected, detail);
+        }
+        Ok(())
     }
 }
 

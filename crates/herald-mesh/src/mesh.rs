@@ -59,6 +59,7 @@ pub struct MeshConfig {
     service_keys: Option<Arc<dyn ServiceKeys>>,
     client_cipher: Option<Arc<dyn ClientCipher>>,
     direct_reply_to: bool,
+    confirm_commands: bool,
 }
 
 impl fmt::Debug for MeshConfig {
@@ -76,6 +77,7 @@ impl fmt::Debug for MeshConfig {
             .field("service_keys", &self.service_keys.is_some())
             .field("client_cipher", &self.client_cipher.is_some())
             .field("direct_reply_to", &self.direct_reply_to)
+            .field("confirm_commands", &self.confirm_commands)
             .finish()
     }
 }
@@ -97,6 +99,7 @@ impl MeshConfig {
             service_keys: None,
             client_cipher: None,
             direct_reply_to: false,
+            confirm_commands: false,
         }
     }
 
@@ -131,6 +134,14 @@ impl MeshConfig {
     /// Without such a thing (the in-process broker) the response queue is used.
     pub fn direct_reply_to(mut self, yes: bool) -> Self {
         self.direct_reply_to = yes;
+        self
+    }
+
+    /// Makes every [`Mesh::command`] of this handle a [`Mesh::command_confirmed`]
+    /// (default false: nuropb's fire-and-forget, resolved once the command is handed to
+    /// the connection and routed, without waiting for a broker confirm).
+    pub fn confirm_commands(mut self, yes: bool) -> Self {
+        self.confirm_commands = yes;
         self
     }
 
@@ -217,6 +228,16 @@ impl RequestOptions {
 
 type Reply = Result<(ResponseBody, Headers), MeshError>;
 
+/// What ends a pending call: its reply, or the loss of the connection its reply had
+/// to come back on.
+// As large as the reply it carries (which went through the same channel before);
+// boxing it would allocate once per call.
+#[allow(clippy::large_enum_variant)]
+enum Answer {
+    Reply(Reply),
+    ConnectionLost,
+}
+
 /// A request or command ready to publish.
 struct Call {
     msg: Message,
@@ -228,8 +249,11 @@ struct Call {
 }
 
 struct Pending {
-    tx: oneshot::Sender<Reply>,
+    tx: oneshot::Sender<Answer>,
     session: Option<Box<dyn SessionKey>>,
+    /// The connection's count of link losses when the call was registered: a later
+    /// loss fails it ([`PendingMap::fail_lost`]).
+    losses: u64,
 }
 
 /// Calls waiting for a reply, keyed by the counter part of their correlation id
@@ -255,11 +279,29 @@ impl PendingMap {
         }
         u64::from_str_radix(counter, 16).ok()
     }
-    /// Registers the call with counter `n` (its id is `correlation_id(prefix, n)`).
-    fn insert(&self, n: u64, p: Pending) {
-        if let Ok(mut m) = self.map.lock() {
-            m.insert(n, p);
-        }
+    /// Registers the call with counter `n` (its id is `correlation_id(prefix, n)`),
+    /// stamped with the link-loss count read under the map's lock, so that a loss is
+    /// either seen by the stamp or fails the call ([`PendingMap::fail_lost`]).
+    fn insert(
+        &self,
+        n: u64,
+        tx: oneshot::Sender<Answer>,
+        session: Option<Box<dyn SessionKey>>,
+        losses: Option<&tokio::sync::watch::Receiver<u64>>,
+    ) -> u64 {
+        let Ok(mut m) = self.map.lock() else {
+            return 0;
+        };
+        let losses = losses.map_or(0, |rx| *rx.borrow());
+        m.insert(
+            n,
+            Pending {
+                tx,
+                session,
+                losses,
+            },
+        );
+        losses
     }
     fn remove_counter(&self, n: u64) -> Option<Pending> {
         self.map.lock().ok().and_then(|mut m| m.remove(&n))
@@ -272,6 +314,24 @@ impl PendingMap {
         if let Ok(mut m) = self.map.lock() {
             m.clear();
         }
+    }
+    /// Ends every call registered before the connection's `losses`-th link loss with
+    /// [`Answer::ConnectionLost`]; returns how many.
+    fn fail_lost(&self, losses: u64) -> usize {
+        let Ok(mut m) = self.map.lock() else {
+            return 0;
+        };
+        let lost: Vec<u64> = m
+            .iter()
+            .filter(|(_, p)| p.losses < losses)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in &lost {
+            if let Some(p) = m.remove(n) {
+                let _ = p.tx.send(Answer::ConnectionLost);
+            }
+        }
+        lost.len()
     }
 }
 
@@ -306,6 +366,9 @@ struct Inner {
     config: MeshConfig,
     serving: Option<ServingState>,
     pending: Arc<PendingMap>,
+    /// The connection's link-loss count ([`Connection::link_losses`]), if it can lose
+    /// its link.
+    link_losses: Option<tokio::sync::watch::Receiver<u64>>,
     id_prefix: u64,
     counter: AtomicU64,
     sub_counter: AtomicU64,
@@ -491,6 +554,15 @@ impl Mesh {
         let id_prefix = random_u64();
         let pending = Arc::new(PendingMap::new(id_prefix));
         tokio::spawn(reply_loop(replies, pending.clone(), shutdown.clone()));
+        let link_losses = conn.link_losses();
+        if let Some(losses) = &link_losses {
+            tokio::spawn(loss_loop(
+                losses.clone(),
+                pending.clone(),
+                service_name.clone(),
+                shutdown.clone(),
+            ));
+        }
         let mut reply_to = rq.clone();
         if config.direct_reply_to
             && let Some((address, direct)) = conn.consume_direct_replies().await?
@@ -540,6 +612,7 @@ impl Mesh {
             config,
             serving,
             pending,
+            link_losses,
             id_prefix,
             counter: AtomicU64::new(0),
             sub_counter: AtomicU64::new(0),
@@ -665,7 +738,10 @@ impl Mesh {
     /// Calls `service.method(**params)` and returns its result, as nuropb's
     /// `request(service, method, params, context, ttl, trace_id)`.
     ///
-    /// Resolves by the deadline (the ttl): never hangs.
+    /// Resolves by the deadline (the ttl): never hangs. If the backend loses its
+    /// connection to the broker while the call is in flight, it ends at once with
+    /// [`MeshError::ConnectionLost`] (the reply cannot come back; whether the service
+    /// ran the call is unknown). The in-process broker never loses its connection.
     pub async fn request(
         &self,
         service: &str,
@@ -719,7 +795,10 @@ impl Mesh {
             .await?;
         let deadline = opts.timeout.unwrap_or(ttl);
         let (tx, rx) = oneshot::channel();
-        self.inner.pending.insert(counter, Pending { tx, session });
+        let losses =
+            self.inner
+                .pending
+                .insert(counter, tx, session, self.inner.link_losses.as_ref());
         let _guard = PendingGuard {
             pending: &self.inner.pending,
             counter,
@@ -735,13 +814,20 @@ impl Mesh {
             // Boxed: the selects of a broker's publish stay out of the state of every
             // call.
             futures::future::Either::Right(publishing) => {
-                let publish = async move { call_published(publishing.await, service, method) };
+                let publish = async move {
+                    let published = call_published(publishing.await, service, method);
+                    self.lost_if_cut(published, losses, service, method)
+                };
                 Box::pin(publish_and_wait(publish, reply, PUBLISH_GRACE)).await?
             }
         };
         match outcome {
-            Ok(Ok(Ok((body, _headers)))) => Ok(body),
-            Ok(Ok(Err(e))) => Err(e),
+            Ok(Ok(Answer::Reply(Ok((body, _headers))))) => Ok(body),
+            Ok(Ok(Answer::Reply(Err(e)))) => Err(e),
+            Ok(Ok(Answer::ConnectionLost)) => Err(MeshError::ConnectionLost {
+                service: service.to_owned(),
+                method: method.to_owned(),
+            }),
             Ok(Err(_)) => Err(MeshError::Disconnected),
             Err(_) => Err(MeshError::Timeout {
                 service: service.to_owned(),
@@ -752,7 +838,10 @@ impl Mesh {
     }
 
     /// Fire-and-forget call. Resolves once published; an unknown service is an error
-    /// ([`MeshError::NotFound`]), unlike nuropb which only logs it.
+    /// ([`MeshError::NotFound`]), unlike nuropb which only logs it. A publish cut off
+    /// by the loss of the broker connection is [`MeshError::ConnectionLost`] (whether
+    /// the broker took the command is unknown). With
+    /// [`MeshConfig::confirm_commands`] it is a [`Mesh::command_confirmed`].
     pub async fn command(
         &self,
         service: &str,
@@ -760,15 +849,87 @@ impl Mesh {
         params: Value,
         opts: RequestOptions,
     ) -> Result<(), MeshError> {
-        let call = self
+        let confirm = self.inner.config.confirm_commands;
+        self.send_command(service, method, params, opts, confirm)
+            .await
+    }
+
+    /// A command that must not be lost: `Ok` only once the broker has confirmed it and
+    /// routed it to a queue of the service (on RabbitMQ a `mandatory` publish with a
+    /// publisher confirm; the confirm means that the broker holds the message, which
+    /// like every nuropb message is transient, not that it is on disk).
+    /// [`MeshError::NotFound`] when no queue is bound for the service; a broker that
+    /// refuses it (`nack`, e.g. a bound queue that is full and rejects publishes) is a
+    /// [`MeshError::Backend`] error naming the exchange and routing key;
+    /// [`MeshError::ConnectionLost`] when the connection breaks before the confirm
+    /// (whether the broker took it is then unknown). Either way the command itself
+    /// still gets no reply.
+    ///
+    /// Slower than [`Mesh::command`]: the caller waits for a broker round trip, and a
+    /// handle's confirmed publishes go to the broker one at a time (see
+    /// [`crate::amqp`]). The in-process broker routes synchronously, so it gives the
+    /// same answers as for [`Mesh::command`].
+    pub async fn command_confirmed(
+        &self,
+        service: &str,
+        method: &str,
+        params: Value,
+        opts: RequestOptions,
+    ) -> Result<(), MeshError> {
+        self.send_command(service, method, params, opts, true).await
+    }
+
+    /// [`Mesh::command`], asking the backend for a confirm or not.
+    async fn send_command(
+        &self,
+        service: &str,
+        method: &str,
+        params: Value,
+        opts: RequestOptions,
+        confirm: bool,
+    ) -> Result<(), MeshError> {
+        let mut call = self
             .prepare_call(MessageType::Command, service, method, params, &opts)
             .await?;
+        call.msg.properties.confirm = confirm;
+        let losses = self.link_losses();
         let published = self
             .inner
             .conn
             .publish(RPC_EXCHANGE, service, call.msg)
             .await;
-        call_published(published, service, method)
+        self.lost_if_cut(
+            call_published(published, service, method),
+            losses,
+            service,
+            method,
+        )
+    }
+
+    /// How many times the connection has lost its link so far.
+    fn link_losses(&self) -> u64 {
+        self.inner.link_losses.as_ref().map_or(0, |rx| *rx.borrow())
+    }
+
+    /// A backend failure of a publish that a link loss cut off (one counted after
+    /// `losses`) is [`MeshError::ConnectionLost`]: whether the broker took the message
+    /// is unknown. (A backend counts the loss before it fails the publishes it cut.)
+    fn lost_if_cut(
+        &self,
+        published: Result<(), MeshError>,
+        losses: u64,
+        service: &str,
+        method: &str,
+    ) -> Result<(), MeshError> {
+        match published {
+            Err(MeshError::Backend { .. }) if self.link_losses() > losses => {
+                Err(MeshError::ConnectionLost {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                })
+            }
+            other => other,
+        }
     }
 
     /// [`Mesh::build_call`], then sealing it when `opts` asks for encryption (the
@@ -1138,9 +1299,34 @@ async fn reply_loop(
             continue;
         };
         let reply = decode_reply(msg, p.session.as_deref());
-        let _ = p.tx.send(reply);
+        let _ = p.tx.send(Answer::Reply(reply));
     }
     debug!("reply consumer stopped");
+}
+
+/// Fails the calls waiting for a reply when the connection loses its link to the
+/// broker: their replies cannot come back on a new connection.
+async fn loss_loop(
+    mut losses: tokio::sync::watch::Receiver<u64>,
+    pending: Arc<PendingMap>,
+    service_name: String,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let changed = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            changed = losses.changed() => changed,
+        };
+        if changed.is_err() {
+            break;
+        }
+        let count = *losses.borrow_and_update();
+        let failed = pending.fail_lost(count);
+        if failed > 0 {
+            warn!(service = %service_name, calls = failed, "broker connection lost: calls waiting for a reply fail with ConnectionLost");
+        }
+    }
 }
 
 fn decode_reply(msg: Box<Message>, session: Option<&dyn SessionKey>) -> Reply {
@@ -1222,7 +1408,7 @@ struct Incoming {
     deadline_ms: Option<u64>,
 }
 
-fn decode_incoming(inner: &Inner, msg: Box<Message>) -> Result<Incoming, MeshError> {
+fn decode_incoming(inner: &Inner, msg: &Message) -> Result<Incoming, MeshError> {
     let kind = msg.headers.message_type()?;
     let (env, session) = if msg.headers.encrypted {
         let keys = inner.config.service_keys.as_ref().ok_or_else(|| {
@@ -1277,8 +1463,15 @@ async fn handle_work(inner: Arc<Inner>, d: crate::backend::Delivery) {
             }
         }
         Step::Panicked(finish) => call_panicked(&inner, finish).await,
-        Step::Poison(settle_handle, reply) => {
-            settle(settle_handle, false, "poison message").await;
+        Step::Poison(dead, reply) => {
+            let Poison {
+                settle: settle_handle,
+                message,
+                reason,
+            } = *dead;
+            if let Err(e) = settle_handle.dead_letter(message, reason).await {
+                warn!(error = %e, "dead-lettering a poison message failed");
+            }
             if let Some(reply) = reply {
                 let (rt, msg) = *reply;
                 publish_reply(&inner, &rt, msg).await;
@@ -1349,15 +1542,24 @@ enum Step {
         Arc<RequestContext>,
         FinishCall,
     ),
-    /// A message that cannot be handled: dead-letter it, then send the error reply
-    /// (destination and message) if it was a request.
-    Poison(Settle, Option<Box<(String, Message)>>),
+    /// A message that cannot be handled: dead-letter it (with the reason), then send
+    /// the error reply (destination and message) if it was a request.
+    Poison(Box<Poison>, Option<Box<(String, Message)>>),
     /// An event whose handler is running; its settlement and topic.
     Event(BoxFuture<'static, Result<(), ServiceError>>, Settle, String),
     /// A call whose handler panicked before returning its future.
     Panicked(FinishCall),
     /// An event whose handler panicked before returning its future.
     EventPanicked(Settle, String),
+}
+
+/// A delivery to dead-letter because it cannot be handled.
+struct Poison {
+    settle: Settle,
+    /// The delivered message (what a backend republishing the dead letter needs).
+    message: Box<Message>,
+    /// Why it cannot be handled (the decode error), carried by the dead letter.
+    reason: String,
 }
 
 /// What answering a call needs once its outcome is known.
@@ -1383,7 +1585,7 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
     let correlation_id = std::mem::take(&mut msg.properties.correlation_id);
     let header_trace = msg.headers.trace_id.take();
     let is_request = msg.headers.nuropb_type == "request";
-    let incoming = match decode_incoming(inner, msg) {
+    let incoming = match decode_incoming(inner, &msg) {
         Ok(i) => i,
         Err(error) => {
             warn!(
@@ -1410,9 +1612,15 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
                 }
                 _ => None,
             };
-            return Step::Poison(settle_handle, reply);
+            let dead = Box::new(Poison {
+                settle: settle_handle,
+                message: msg,
+                reason: error.to_string(),
+            });
+            return Step::Poison(dead, reply);
         }
     };
+    drop(msg);
     let (is_command, body) = match incoming.env.as_ref() {
         Envelope::Request(b) => (false, b),
         Envelope::Command(b) => (true, b),

@@ -69,6 +69,10 @@ pub mod header {
     /// Herald extension: absolute deadline of a request, Unix epoch milliseconds.
     /// nuropb ignores it.
     pub const DEADLINE: &str = "herald_deadline";
+    /// Herald extension on a dead letter that Herald dead-lettered itself (a poison
+    /// message): why, in words (the decode error). See
+    /// [`DeathInfo::detail`](super::DeathInfo::detail).
+    pub const HERALD_REASON: &str = "x-herald-reason";
 }
 
 /// Service queue of `service`: `nuropb-<service>-sq`.
@@ -178,7 +182,7 @@ impl Headers {
     }
 }
 
-/// AMQP basic properties Herald uses, plus the `mandatory` publish flag.
+/// AMQP basic properties Herald uses, plus the `mandatory` and `confirm` publish flags.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Properties {
     /// Always `application/json`.
@@ -191,10 +195,15 @@ pub struct Properties {
     pub expiration_ms: Option<u64>,
     /// Publish flag: an unroutable message is an error, not a silent drop.
     pub mandatory: bool,
+    /// Publish flag: the publish resolves only once the broker has confirmed that it
+    /// took the message (RabbitMQ: a publisher confirm, and a `nack` is an error),
+    /// whatever the backend does for other messages. A backend that routes
+    /// synchronously (the in-process broker) has its answer at once either way.
+    pub confirm: bool,
 }
 
 impl Properties {
-    /// JSON content type, no reply_to, no expiration, not mandatory.
+    /// JSON content type, no reply_to, no expiration, not mandatory, no confirm asked.
     pub fn new(correlation_id: String) -> Self {
         Self {
             content_type: Cow::Borrowed(CONTENT_TYPE_JSON),
@@ -202,6 +211,7 @@ impl Properties {
             reply_to: None,
             expiration_ms: None,
             mandatory: false,
+            confirm: false,
         }
     }
 }
@@ -255,6 +265,11 @@ pub struct DeathInfo {
     pub exchange: String,
     /// Its routing key.
     pub routing_key: String,
+    /// Why, in words, when Herald dead-lettered it itself (header
+    /// [`x-herald-reason`](header::HERALD_REASON)): for a poison message, the error
+    /// that decoding it gave. `None` for the broker's own dead letters (expired,
+    /// overflowed) and for rejections that carry no reason.
+    pub detail: Option<String>,
 }
 
 /// A message body: raw bytes or an already decoded envelope.

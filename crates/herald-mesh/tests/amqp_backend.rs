@@ -1024,3 +1024,415 @@ async fn leadership_is_dropped_as_soon_as_the_connection_is_lost() {
     }
     admin.close().await.expect("close");
 }
+
+/// Calls waiting for their replies when the client's broker connection is lost end at
+/// once with `ConnectionLost` (naming the service and method), not at their deadline,
+/// through the response queue and through direct reply-to alike; calls made once the
+/// connection is back work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_fail_with_connection_lost_when_the_connection_is_lost() {
+    use herald_mesh::RequestOptions;
+    use herald_mesh::ServiceError;
+    use herald_mesh::service::{MethodInfo, RequestContext, ServiceRouter};
+    use serde_json::json;
+
+    #[derive(serde::Deserialize)]
+    struct Hold {
+        ms: u64,
+    }
+
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let (upstream, _) = through_proxy(&url, "127.0.0.1:1".parse().expect("addr"));
+    let proxy = cuttable_proxy(upstream).await;
+    let (_, proxied) = through_proxy(&url, proxy.addr);
+    let name = unique("lost-calls");
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let router = ServiceRouter::new("1", "slow calls").method(
+        MethodInfo::new("slow", "signals, then sleeps ms").param("ms", "int", ""),
+        move |p: Hold, _ctx: Arc<RequestContext>| {
+            let started_tx = started_tx.clone();
+            async move {
+                let _ = started_tx.send(());
+                tokio::time::sleep(Duration::from_millis(p.ms)).await;
+                Ok::<_, ServiceError>(json!(p.ms))
+            }
+        },
+    );
+    // The service talks to the broker directly; only the clients go through the proxy.
+    let service = Mesh::connect(
+        Arc::new(AmqpBackend::new(&url).expect("url")),
+        MeshConfig::service(&name, router).shutdown_grace(Duration::from_millis(200)),
+    )
+    .await
+    .expect("service");
+    let mut clients = Vec::new();
+    for direct in [false, true] {
+        let client = Mesh::connect(
+            Arc::new(AmqpBackend::new(&proxied).expect("url")),
+            MeshConfig::client().direct_reply_to(direct),
+        )
+        .await
+        .expect("client through the proxy");
+        clients.push(client);
+    }
+    // A ttl far beyond the test's waits: only the connection loss can end these calls.
+    let long = Duration::from_secs(600);
+    let slow_call = |client: &Mesh, ms: u64, ttl: Duration| {
+        let client = client.clone();
+        let name = name.clone();
+        async move {
+            let opts = RequestOptions {
+                ttl: Some(ttl),
+                ..RequestOptions::default()
+            };
+            client
+                .request_with(&name, "slow", json!({ "ms": ms }), opts)
+                .await
+        }
+    };
+    let in_flight: Vec<_> = clients
+        .iter()
+        .map(|c| tokio::spawn(slow_call(c, 3_600_000, long)))
+        .collect();
+    for _ in 0..in_flight.len() {
+        tokio::time::timeout(WAIT, started.recv())
+            .await
+            .expect("the service started handling the call")
+            .expect("service alive");
+    }
+
+    proxy.cut.send_replace(true);
+    for (i, call) in in_flight.into_iter().enumerate() {
+        let outcome = tokio::time::timeout(WAIT, call)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("client {i}: a call in flight did not end within {WAIT:?} of the connection loss (its ttl is {long:?})")
+            })
+            .expect("join");
+        let err = outcome.expect_err("the reply cannot arrive");
+        assert!(
+            matches!(&err, MeshError::ConnectionLost { service, method } if *service == name && method == "slow"),
+            "client {i}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&name) && text.contains("slow"), "{text}");
+    }
+
+    // Once the broker is reachable again, new calls are answered.
+    proxy.cut.send_replace(false);
+    for (i, client) in clients.iter().enumerate() {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match slow_call(client, 0, Duration::from_secs(2)).await {
+                Ok(v) => {
+                    assert_eq!(v, json!(0));
+                    break;
+                }
+                Err(e) => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "client {i}: no answer after the connection came back: {e:?}"
+                ),
+            }
+        }
+    }
+
+    for client in clients {
+        client.disconnect().await.expect("disconnect client");
+    }
+    service.disconnect().await.expect("disconnect service");
+    let admin = connect(&url).await;
+    for q in [service_queue(&name), dead_letter_queue(&name)] {
+        admin.delete_queue(&q).await.expect("cleanup");
+    }
+    admin.close().await.expect("close");
+}
+
+/// `command_confirmed` waits for the broker's publisher confirm: a command routed to a
+/// queue that refuses it (full, `x-overflow: reject-publish`) is `Ok` as a plain
+/// fire-and-forget command (it was routed; the broker drops it afterwards) but an error
+/// when confirmed (the broker nacks it). Events, also confirmed, are not disturbed.
+#[tokio::test]
+async fn a_confirmed_command_is_ok_only_once_the_broker_confirmed_it() {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use serde_json::json;
+
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let name = unique("refusing");
+    let admin = connect(&url).await;
+    for x in nuropb_exchanges() {
+        admin.declare_exchange(&x).await.expect("declare exchange");
+    }
+    // A queue that takes no message, bound as the service's queue would be. Exclusive:
+    // it goes away with this connection.
+    let raw = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .expect("raw connection");
+    let ch = raw.create_channel().await.expect("channel");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
+    let full = format!("herald-test-{name}-full");
+    ch.queue_declare(
+        full.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await
+    .expect("declare the full queue");
+    ch.queue_bind(
+        full.as_str().into(),
+        RPC_EXCHANGE.into(),
+        name.as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind it to the service name");
+
+    let client = Mesh::connect(
+        Arc::new(AmqpBackend::new(&url).expect("url")),
+        MeshConfig::client(),
+    )
+    .await
+    .expect("client");
+    let opts = herald_mesh::RequestOptions::default;
+    client
+        .command(&name, "add", json!({"a": 1, "b": 2}), opts())
+        .await
+        .expect("a plain command is done once routed");
+    let err = client
+        .command_confirmed(&name, "add", json!({"a": 1, "b": 2}), opts())
+        .await
+        .expect_err("the broker refuses the confirmed one");
+    assert!(
+        matches!(&err, MeshError::Backend { reason, .. } if reason.contains("nack") && reason.contains(&name)),
+        "{err:?}"
+    );
+    // The refusal leaves the handle working: events (confirmed too) and another
+    // confirmed command.
+    client
+        .publish_event("refusing.done", json!({}), json!({}), None)
+        .await
+        .expect("event");
+    assert!(matches!(
+        client
+            .command_confirmed(&unique("absent"), "x", json!({}), opts())
+            .await,
+        Err(MeshError::NotFound { .. })
+    ));
+
+    client.disconnect().await.expect("disconnect");
+    raw.close(200, "done".into()).await.expect("close raw");
+    admin.close().await.expect("close");
+}
+
+/// A poison message (here: a body that is not JSON) is dead-lettered the way the
+/// broker dead-letters a rejected message (same body, properties, headers and routing
+/// key, `x-death` and `x-first-death-*` saying `rejected` in the service queue), plus
+/// `x-herald-reason`: the decode error, in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_with_its_decode_error() {
+    use lapin::BasicProperties;
+    use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions};
+
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let name = unique("poison-raw");
+    let service = Mesh::connect(
+        Arc::new(AmqpBackend::new(&url).expect("url")),
+        MeshConfig::service(&name, ExampleService::new()),
+    )
+    .await
+    .expect("service");
+    let raw = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .expect("raw connection");
+    let ch = raw.create_channel().await.expect("channel");
+    let mut headers = FieldTable::default();
+    for (k, v) in [
+        ("nuropb_protocol", "0.1.1"),
+        ("nuropb_version", "0.1.8"),
+        ("nuropb_type", "request"),
+        ("x-custom", "kept"),
+    ] {
+        headers.insert(k.into(), AMQPValue::LongString(LongString::from(v)));
+    }
+    let body = b"{not json".to_vec();
+    let props = BasicProperties::default()
+        .with_correlation_id("raw-poison".into())
+        .with_content_type("application/json".into())
+        .with_expiration("60000".into())
+        .with_headers(headers);
+    ch.basic_publish(
+        RPC_EXCHANGE.into(),
+        name.as_str().into(),
+        BasicPublishOptions::default(),
+        &body,
+        props,
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("published");
+
+    // The dead-letter exchange is a fanout: skip other services' dead letters.
+    let dlq = dead_letter_queue(&name);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let dead = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no dead letter of the poison message in {dlq}"
+        );
+        let got = ch
+            .basic_get(dlq.as_str().into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get");
+        let Some(got) = got else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        got.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+        let mine = got
+            .delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .is_some_and(|c| c.as_str() == "raw-poison");
+        if mine {
+            break got.delivery;
+        }
+    };
+    let text = |v: Option<&AMQPValue>| match v {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    };
+    assert_eq!(dead.exchange.as_str(), DL_EXCHANGE);
+    assert_eq!(dead.routing_key.as_str(), name, "the original routing key");
+    assert_eq!(dead.data, body, "the original body");
+    let p = &dead.properties;
+    assert_eq!(
+        p.content_type().as_ref().map(|c| c.as_str()),
+        Some("application/json")
+    );
+    assert!(p.expiration().is_none(), "expiration moves into x-death");
+    let h = p.headers().as_ref().expect("headers").inner();
+    for (k, v) in [
+        ("nuropb_protocol", "0.1.1"),
+        ("nuropb_version", "0.1.8"),
+        ("nuropb_type", "request"),
+        ("x-custom", "kept"),
+    ] {
+        assert_eq!(text(h.get(k)).as_deref(), Some(v), "original header {k}");
+    }
+    let sq = service_queue(&name);
+    assert_eq!(
+        text(h.get("x-first-death-reason")).as_deref(),
+        Some("rejected")
+    );
+    assert_eq!(text(h.get("x-first-death-queue")), Some(sq.clone()));
+    assert_eq!(
+        text(h.get("x-first-death-exchange")).as_deref(),
+        Some(RPC_EXCHANGE)
+    );
+    let Some(AMQPValue::FieldArray(deaths)) = h.get("x-death") else {
+        panic!("no x-death array: {h:?}");
+    };
+    let [AMQPValue::FieldTable(death)] = deaths.as_slice() else {
+        panic!("expected one x-death entry: {deaths:?}");
+    };
+    let d = death.inner();
+    assert_eq!(d.get("count"), Some(&AMQPValue::LongLongInt(1)));
+    assert_eq!(text(d.get("reason")).as_deref(), Some("rejected"));
+    assert_eq!(text(d.get("queue")), Some(sq));
+    assert_eq!(text(d.get("exchange")).as_deref(), Some(RPC_EXCHANGE));
+    assert_eq!(text(d.get("original-expiration")).as_deref(), Some("60000"));
+    assert!(
+        matches!(d.get("time"), Some(AMQPValue::Timestamp(_))),
+        "{d:?}"
+    );
+    assert_eq!(
+        d.get("routing-keys"),
+        Some(&AMQPValue::FieldArray(
+            vec![AMQPValue::LongString(LongString::from(name.as_str()))].into()
+        ))
+    );
+    let reason = text(h.get("x-herald-reason")).expect("an x-herald-reason header (long string)");
+    assert!(
+        reason.contains("invalid nuropb JSON body"),
+        "x-herald-reason {reason:?}"
+    );
+    service.disconnect().await.expect("disconnect");
+    raw.close(200, "done".into()).await.expect("close raw");
+    let admin = connect(&url).await;
+    for q in [service_queue(&name), dlq] {
+        admin.delete_queue(&q).await.expect("cleanup");
+    }
+    admin.close().await.expect("close");
+}
+
+/// `Delivery::dead_letter` settles a delivery exactly once even when its copy with the
+/// reason cannot be published (here the queue's dead-letter exchange does not exist,
+/// so the broker refuses the copy): the delivery is rejected instead, not requeued,
+/// and the connection's confirmed publishes keep working.
+#[tokio::test]
+async fn a_dead_letter_falls_back_to_a_reject_when_its_copy_is_refused() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let conn = connect(&url).await;
+    for x in nuropb_exchanges() {
+        conn.declare_exchange(&x).await.expect("declare exchange");
+    }
+    let queue = unique("nuropb-fallback");
+    let spec = QueueSpec {
+        dead_letter_exchange: Some(unique("herald-no-such-dlx")),
+        ..QueueSpec::response(queue.clone())
+    };
+    conn.declare_queue(&spec).await.expect("declare");
+    let mut stream = conn
+        .consume(&queue, ConsumeOptions::manual(1))
+        .await
+        .expect("consume");
+    conn.publish("", &queue, request("fallback", "fb-1"))
+        .await
+        .expect("publish");
+    let d = next(&mut stream).await;
+    assert_eq!(d.message.properties.correlation_id, "fb-1");
+    d.dead_letter("cannot be handled")
+        .await
+        .expect("settled by the fallback reject");
+    // Settled, not requeued: the next delivery is the next message.
+    conn.publish("", &queue, request("fallback", "fb-2"))
+        .await
+        .expect("publish");
+    let d = next(&mut stream).await;
+    assert_eq!(d.message.properties.correlation_id, "fb-2");
+    assert!(!d.redelivered);
+    d.ack().await.expect("ack");
+    // The channel for confirmed publishes was closed by the refusal and comes back.
+    let mut confirmed = request(&unique("absent"), "fb-3");
+    confirmed.properties.confirm = true;
+    let err = conn
+        .publish(RPC_EXCHANGE, "no-queue-bound", confirmed)
+        .await
+        .expect_err("unroutable");
+    assert!(matches!(err, MeshError::Unroutable { .. }), "{err:?}");
+    drop(stream);
+    conn.delete_queue(&queue).await.expect("cleanup");
+    conn.close().await.expect("close");
+}

@@ -79,6 +79,9 @@ impl Connection for TidyConn {
     fn forget_queue(&self, queue: &str) {
         self.inner.forget_queue(queue)
     }
+    fn link_losses(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.link_losses()
+    }
 }
 
 impl Backend for Tidy {

@@ -405,31 +405,77 @@ pub async fn ttl_expiry(b: Arc<dyn Backend>) {
 }
 
 /// Poison messages (bad JSON, wrong protocol, unknown type, a list body, a stray
-/// response) are dead-lettered once each with reason `rejected`, the caller of a
-/// decodable-but-bad request gets an error reply, and the service keeps serving.
+/// response) are dead-lettered once each with reason `rejected` and, in words, the
+/// error that decoding them gave (`DeathInfo::detail`, header `x-herald-reason`),
+/// keeping their body, headers and routing key; the caller of a decodable-but-bad
+/// request gets an error reply, and the service keeps serving.
 pub async fn poison_messages(b: Arc<dyn Backend>) {
     let (svc, s, c) = example_and_client(&b, "poison").await;
     let conn = b.connect("poison-probe").await.unwrap();
+    // Each with a fragment of the decode error its dead letter must carry.
     let poison = [
-        raw_request(&svc, b"not json at all", "0.1.1", "request"),
-        raw_request(&svc, br#"{"tag":"request"}"#, "9.9.9", "request"),
-        raw_request(&svc, br#"{"tag":"request"}"#, "0.1.1", "bogus"),
-        raw_request(&svc, b"[1,2,3]", "0.1.1", "request"),
-        raw_request(&svc, b"\xff\xfe\x00garbage", "0.1.1", "command"),
+        (
+            raw_request(&svc, b"not json at all", "0.1.1", "request"),
+            "invalid nuropb JSON body",
+        ),
+        (
+            raw_request(&svc, br#"{"tag":"request"}"#, "9.9.9", "request"),
+            "unsupported nuropb_protocol \"9.9.9\"",
+        ),
+        (
+            raw_request(&svc, br#"{"tag":"request"}"#, "0.1.1", "bogus"),
+            "unknown nuropb_type \"bogus\"",
+        ),
+        (
+            raw_request(&svc, b"[1,2,3]", "0.1.1", "request"),
+            "invalid nuropb JSON body",
+        ),
+        (
+            raw_request(&svc, b"\xff\xfe\x00garbage", "0.1.1", "command"),
+            "invalid nuropb JSON body",
+        ),
     ];
     let n = poison.len();
-    for (i, mut m) in poison.into_iter().enumerate() {
+    let mut sent = Vec::new();
+    for (i, (mut m, error)) in poison.into_iter().enumerate() {
         m.properties.correlation_id = format!("poison-{i}");
         if i == 0 {
             // A request with a reply_to gets an error reply (unpaired here).
             m.properties.reply_to = Some(c.response_queue().to_owned());
         }
+        sent.push((m.clone(), error));
         conn.publish(RPC_EXCHANGE, &svc, m).await.unwrap();
     }
     let dead = dead_letters(&conn, &svc, n).await;
     assert_eq!(dead.len(), n);
     for m in &dead {
-        assert_eq!(m.death.as_ref().unwrap().reason, DeathReason::Rejected);
+        let death = m.death.as_ref().unwrap();
+        assert_eq!(death.reason, DeathReason::Rejected);
+        assert_eq!(death.exchange, RPC_EXCHANGE);
+        assert_eq!(death.routing_key, svc, "the original routing key");
+        let (original, error) = sent
+            .iter()
+            .find(|(o, _)| o.properties.correlation_id == m.properties.correlation_id)
+            .unwrap_or_else(|| panic!("an unexpected dead letter {m:?}"));
+        let detail = death.detail.as_deref().unwrap_or_else(|| {
+            panic!(
+                "dead letter {} carries no reason",
+                m.properties.correlation_id
+            )
+        });
+        assert!(
+            detail.contains(error),
+            "dead letter {}: reason {detail:?} does not name {error:?}",
+            m.properties.correlation_id
+        );
+        assert_eq!(
+            m.payload.to_bytes().unwrap(),
+            original.payload.to_bytes().unwrap(),
+            "the original body"
+        );
+        assert_eq!(m.headers.nuropb_protocol, original.headers.nuropb_protocol);
+        assert_eq!(m.headers.nuropb_type, original.headers.nuropb_type);
+        assert_eq!(m.properties.reply_to, original.properties.reply_to);
     }
     wait_until("the error reply to the poison request", || {
         c.unpaired_replies() >= 1
@@ -519,6 +565,91 @@ pub async fn command(b: Arc<dyn Backend>) {
         Err(MeshError::NotFound { .. })
     ));
     disconnect_all([c, s]).await;
+}
+
+/// Confirmed commands (`Mesh::command_confirmed`, and `Mesh::command` on a handle with
+/// `MeshConfig::confirm_commands(true)`): `Ok` once the broker took the command into
+/// the service's queue (the command then runs), `NotFound` when no queue is bound for
+/// the service, and each of many concurrent ones, half of them to missing services,
+/// gets its own outcome.
+pub async fn command_confirmed(b: Arc<dyn Backend>) {
+    let (svc, s, c) = example_and_client(&b, "cmdc").await;
+    let topic = format!("cmdc.{}", unique("t"));
+    let mut sub = c.subscribe(&topic).await.unwrap();
+    c.command_confirmed(
+        &svc,
+        "emit",
+        json!({"topic": topic, "payload": {"n": 1}}),
+        RequestOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_event(&mut sub).await.event, json!({"n": 1}));
+    let absent = unique("absent");
+    let err = c
+        .command_confirmed(&absent, "x", json!({}), RequestOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, MeshError::NotFound { service, method } if *service == absent && method == "x"),
+        "{err:?}"
+    );
+
+    // The switch on the handle makes every command a confirmed one.
+    let confirming = Mesh::connect(b.clone(), MeshConfig::client().confirm_commands(true))
+        .await
+        .unwrap();
+    confirming
+        .command(
+            &svc,
+            "emit",
+            json!({"topic": topic, "payload": {"n": 2}}),
+            RequestOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut sub).await.event, json!({"n": 2}));
+    assert!(matches!(
+        confirming
+            .command(&absent, "x", json!({}), RequestOptions::default())
+            .await,
+        Err(MeshError::NotFound { .. })
+    ));
+    let commands = (0..20i64).map(|i| {
+        let target = if i % 2 == 0 {
+            svc.clone()
+        } else {
+            unique("absent")
+        };
+        let confirming = confirming.clone();
+        async move {
+            let r = confirming
+                .command_confirmed(
+                    &target,
+                    "add",
+                    json!({"a": i, "b": 1}),
+                    RequestOptions::default(),
+                )
+                .await;
+            (i, target, r)
+        }
+    });
+    for (i, target, r) in futures::future::join_all(commands).await {
+        if i % 2 == 0 {
+            assert!(r.is_ok(), "command {i} to {target}: {r:?}");
+        } else {
+            assert!(
+                matches!(&r, Err(MeshError::NotFound { service, .. }) if *service == target),
+                "command {i} to {target}: {r:?}"
+            );
+        }
+    }
+    // The service is still fine after all of them.
+    assert_eq!(
+        call_ok(&c, &svc, "add", json!({"a": 1, "b": 1})).await,
+        json!(2)
+    );
+    disconnect_all([confirming, c, s]).await;
 }
 
 /// Events by topic pattern: `*` and `#` subscriptions, service event bindings
@@ -1125,7 +1256,7 @@ macro_rules! conformance_tests {
     ($backend:expr) => {
         conformance_tests!(@each $backend;
             request_response, errors, deadline, ttl_expiry, poison_messages, exactly_one_ack,
-            command, events, leader, describe, encryption, graceful_shutdown,
+            command, command_confirmed, events, leader, describe, encryption, graceful_shutdown,
             unpaired_and_single_instance, handler_panic, handler_always_panics);
     };
     (@each $backend:expr; $($name:ident),*) => {
