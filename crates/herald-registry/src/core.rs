@@ -24,7 +24,9 @@
 //! ```
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -283,6 +285,16 @@ impl Name {
     }
 }
 
+/// What one host has registered: the index UNREGISTER walks instead of the table.
+#[derive(Debug, Default)]
+struct HostRecord {
+    /// Its entries in the table (what `max_entries_per_host` caps).
+    entries: usize,
+    /// The names where it has entries, each with how many (one per port); the counts
+    /// add up to `entries`.
+    names: HashMap<Arc<str>, usize>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
@@ -293,8 +305,9 @@ struct Bucket {
 #[derive(Debug)]
 pub struct RegistryCore {
     config: CoreConfig,
-    names: HashMap<String, Name>,
-    per_host: HashMap<IpAddr, usize>,
+    names: HashMap<Arc<str>, Name>,
+    /// Index of `names` by recorded host (only hosts with entries).
+    per_host: HashMap<IpAddr, HostRecord>,
     entries: usize,
     next_seq: u64,
     buckets: HashMap<IpAddr, Bucket>,
@@ -302,6 +315,10 @@ pub struct RegistryCore {
     buckets_swept: Option<Instant>,
     events: Vec<RegistryEvent>,
     stats: Stats,
+    /// Names looked at by UNREGISTER and the pruning scan (what the tests assert on to
+    /// show that UNREGISTER visits only the sender's names).
+    #[cfg(test)]
+    names_visited: usize,
 }
 
 /// Normalises a source address: `::ffff:a.b.c.d` becomes `a.b.c.d`.
@@ -334,6 +351,8 @@ impl RegistryCore {
             buckets_swept: None,
             events: Vec::new(),
             stats: Stats::default(),
+            #[cfg(test)]
+            names_visited: 0,
         }
     }
 
@@ -552,7 +571,7 @@ impl RegistryCore {
             .filter(|n| {
                 !self
                     .names
-                    .get(*n)
+                    .get(n.as_str())
                     .is_some_and(|e| e.servers.iter().any(|s| s.ip == source && s.port == *port))
             })
             .count();
@@ -563,7 +582,7 @@ impl RegistryCore {
                 max: self.config.max_entries,
             });
         }
-        let host_count = self.per_host.get(&source).copied().unwrap_or(0);
+        let host_count = self.per_host.get(&source).map_or(0, |h| h.entries);
         if host_count + new > self.config.max_entries_per_host {
             return Err(HandleError::TooManyEntries {
                 source_ip: source,
@@ -572,14 +591,20 @@ impl RegistryCore {
             });
         }
         for name in upper {
-            let seq = self.next_seq;
-            let entry = self.names.entry(name.clone()).or_insert_with(|| Name {
-                seq,
-                servers: Vec::new(),
-            });
-            if entry.seq == seq {
-                self.next_seq += 1;
-            }
+            let (key, entry) = match self.names.entry(Arc::from(name.as_str())) {
+                Entry::Occupied(o) => (Arc::clone(o.key()), o.into_mut()),
+                Entry::Vacant(v) => {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    (
+                        Arc::clone(v.key()),
+                        v.insert(Name {
+                            seq,
+                            servers: Vec::new(),
+                        }),
+                    )
+                }
+            };
             if let Some(i) = entry
                 .servers
                 .iter()
@@ -598,7 +623,9 @@ impl RegistryCore {
                     last_seen: now,
                 });
                 self.entries += 1;
-                *self.per_host.entry(source).or_insert(0) += 1;
+                let host_record = self.per_host.entry(source).or_default();
+                host_record.entries += 1;
+                *host_record.names.entry(key).or_insert(0) += 1;
                 self.stats.added += 1;
                 tracing::info!(%name, host = %source, %port, "service registered");
                 self.events.push(RegistryEvent::Added {
@@ -613,11 +640,19 @@ impl RegistryCore {
         Ok(())
     }
 
+    /// Accounts for `s`, already taken out of `name`'s servers: counters, the host
+    /// index, the log and the event.
     fn forget(&mut self, name: &str, s: &Server, reason: RemoveReason) {
         self.entries -= 1;
-        if let Some(n) = self.per_host.get_mut(&s.ip) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(h) = self.per_host.get_mut(&s.ip) {
+            h.entries -= 1;
+            if let Some(n) = h.names.get_mut(name) {
+                *n -= 1;
+                if *n == 0 {
+                    h.names.remove(name);
+                }
+            }
+            if h.entries == 0 {
                 self.per_host.remove(&s.ip);
             }
         }
@@ -640,6 +675,10 @@ impl RegistryCore {
     /// returns how many entries went.
     fn remove_where(&mut self, gone: impl Fn(&Server) -> bool, reason: RemoveReason) -> usize {
         let mut removed = Vec::new();
+        #[cfg(test)]
+        {
+            self.names_visited += self.names.len();
+        }
         self.names.retain(|name, entry| {
             removed.extend(
                 entry
@@ -656,13 +695,42 @@ impl RegistryCore {
         n
     }
 
-    /// Removes `source:port` from every name; returns how many entries went.
+    /// Removes `source:port` from every name; returns how many entries went. Only the
+    /// names where `source` has entries are looked at (at most
+    /// [`CoreConfig::max_entries_per_host`]), found through the host index.
     pub fn unregister(&mut self, source: IpAddr, port: &Port) -> usize {
         let source = normalize_ip(source);
-        self.remove_where(
-            |s| s.ip == source && s.port == *port,
-            RemoveReason::Unregistered,
-        )
+        let Some(host_record) = self.per_host.get(&source) else {
+            return 0;
+        };
+        let mut removed = Vec::new();
+        for name in host_record.names.keys() {
+            #[cfg(test)]
+            {
+                self.names_visited += 1;
+            }
+            let Some(entry) = self.names.get_mut(&**name) else {
+                continue;
+            };
+            let Some(i) = entry
+                .servers
+                .iter()
+                .position(|s| s.ip == source && s.port == *port)
+            else {
+                continue;
+            };
+            // `remove` keeps the others in order (oldest refresh first).
+            let s = entry.servers.remove(i);
+            if entry.servers.is_empty() {
+                self.names.remove(&**name);
+            }
+            removed.push((Arc::clone(name), s));
+        }
+        let n = removed.len();
+        for (name, s) in removed {
+            self.forget(&name, &s, RemoveReason::Unregistered);
+        }
+        n
     }
 
     /// Removes every stale entry (and names left empty); returns how many went.
@@ -748,7 +816,7 @@ impl RegistryCore {
             reply.extend_from_slice(&proto::REPLY_NONE);
             return;
         }
-        let mut names: Vec<(&String, &Name)> = self
+        let mut names: Vec<(&Arc<str>, &Name)> = self
             .names
             .iter()
             .filter(|(_, e)| filter.is_none_or(|h| e.servers.iter().any(|s| &*s.host == h)))
@@ -782,13 +850,13 @@ impl RegistryCore {
 
     /// A copy of the table, names in creation order, servers oldest refresh first.
     pub fn entries(&self, now: Instant) -> Vec<TableRow> {
-        let mut names: Vec<(&String, &Name)> = self.names.iter().collect();
+        let mut names: Vec<(&Arc<str>, &Name)> = self.names.iter().collect();
         names.sort_by_key(|(_, e)| e.seq);
         names
             .into_iter()
             .flat_map(|(name, e)| {
                 e.servers.iter().map(move |s| TableRow {
-                    name: name.clone(),
+                    name: name.to_string(),
                     host: s.host.to_string(),
                     port: s.port.to_string(),
                     age_ms: u64::try_from(now.saturating_duration_since(s.last_seen).as_millis())
@@ -808,3 +876,6 @@ impl RegistryCore {
         self.entries == 0
     }
 }
+
+#[cfg(test)]
+mod tests;
