@@ -23,8 +23,8 @@
 //! assert_eq!(core.prune(t0 + Duration::from_secs(241)), 1);
 //! ```
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -306,6 +306,8 @@ struct Bucket {
 pub struct RegistryCore {
     config: CoreConfig,
     names: HashMap<Arc<str>, Name>,
+    /// Index of `names` by creation order (`Name::seq`): what LIST and `entries` walk.
+    by_seq: BTreeMap<u64, Arc<str>>,
     /// Index of `names` by recorded host (only hosts with entries).
     per_host: HashMap<IpAddr, HostRecord>,
     entries: usize,
@@ -344,6 +346,7 @@ impl RegistryCore {
         Self {
             config,
             names: HashMap::new(),
+            by_seq: BTreeMap::new(),
             per_host: HashMap::new(),
             entries: 0,
             next_seq: 0,
@@ -596,6 +599,7 @@ impl RegistryCore {
                 Entry::Vacant(v) => {
                     let seq = self.next_seq;
                     self.next_seq += 1;
+                    self.by_seq.insert(seq, Arc::clone(v.key()));
                     (
                         Arc::clone(v.key()),
                         v.insert(Name {
@@ -686,7 +690,12 @@ impl RegistryCore {
                     .into_iter()
                     .map(|s| (name.clone(), s)),
             );
-            !entry.servers.is_empty()
+            if entry.servers.is_empty() {
+                self.by_seq.remove(&entry.seq);
+                false
+            } else {
+                true
+            }
         });
         let n = removed.len();
         for (name, s) in removed {
@@ -722,6 +731,7 @@ impl RegistryCore {
             // `remove` keeps the others in order (oldest refresh first).
             let s = entry.servers.remove(i);
             if entry.servers.is_empty() {
+                self.by_seq.remove(&entry.seq);
                 self.names.remove(&**name);
             }
             removed.push((Arc::clone(name), s));
@@ -755,6 +765,7 @@ impl RegistryCore {
         if let Some(entry) = self.names.get_mut(key.as_ref()) {
             let removed = entry.take_servers(|s| s.is_stale(now, timeout));
             if entry.servers.is_empty() {
+                self.by_seq.remove(&entry.seq);
                 self.names.remove(key.as_ref());
             }
             for s in removed {
@@ -816,30 +827,44 @@ impl RegistryCore {
             reply.extend_from_slice(&proto::REPLY_NONE);
             return;
         }
-        let mut names: Vec<(&Arc<str>, &Name)> = self
-            .names
-            .iter()
-            .filter(|(_, e)| filter.is_none_or(|h| e.servers.iter().any(|s| &*s.host == h)))
-            .collect();
-        names.sort_by_key(|(_, e)| e.seq);
         let cap = match transport {
             Transport::Udp => MAX_UDP_LIST_READ,
             Transport::Tcp => MAX_CLIENT_READ,
         };
+        // Names in creation order, until the reply is full: without a filter the work
+        // is bounded by the reply size, not by the table. A filter looks at the names
+        // in order until the reply is full (all of them when that host has few).
         let mut body = Vec::new();
         let mut count = 0;
-        for (name, _) in &names {
+        for name in self.by_seq.values() {
+            if let Some(h) = filter
+                && !self
+                    .names
+                    .get(&**name)
+                    .is_some_and(|e| e.servers.iter().any(|s| &*s.host == h))
+            {
+                continue;
+            }
             let before = body.len();
             brine::encode_str(name, &mut body);
             if body.len() + 5 > cap {
                 body.truncate(before);
                 self.stats.capped_replies += 1;
-                tracing::warn!(
-                    names = names.len(),
-                    kept = count,
-                    transport = transport.as_str(),
-                    "LIST reply capped to {cap} bytes (what rpyc clients read)"
-                );
+                match filter {
+                    None => tracing::warn!(
+                        names = self.names.len(),
+                        kept = count,
+                        transport = transport.as_str(),
+                        "LIST reply capped to {cap} bytes (what rpyc clients read)"
+                    ),
+                    // The names of that host past the cap are not counted.
+                    Some(h) => tracing::warn!(
+                        filter = h,
+                        kept = count,
+                        transport = transport.as_str(),
+                        "LIST reply capped to {cap} bytes (what rpyc clients read)"
+                    ),
+                }
                 break;
             }
             count += 1;
@@ -850,10 +875,9 @@ impl RegistryCore {
 
     /// A copy of the table, names in creation order, servers oldest refresh first.
     pub fn entries(&self, now: Instant) -> Vec<TableRow> {
-        let mut names: Vec<(&Arc<str>, &Name)> = self.names.iter().collect();
-        names.sort_by_key(|(_, e)| e.seq);
-        names
-            .into_iter()
+        self.by_seq
+            .values()
+            .filter_map(|name| Some((name, self.names.get(&**name)?)))
             .flat_map(|(name, e)| {
                 e.servers.iter().map(move |s| TableRow {
                     name: name.to_string(),

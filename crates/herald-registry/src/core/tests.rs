@@ -12,10 +12,33 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip literal")
 }
 
-/// Rebuilds the host index from the table and compares it with the one kept up to
-/// date: same hosts (none without entries), same names with the same counts, and
-/// entry counts that add up.
+/// Rebuilds the indexes from the table and compares them with the ones kept up to
+/// date: the creation-order index holds exactly the table's names under their `seq`;
+/// the host index has the same hosts (none without entries), the same names with the
+/// same counts, and entry counts that add up.
 pub(super) fn check_index(core: &RegistryCore) -> Result<(), String> {
+    if core.by_seq.len() != core.names.len() {
+        return Err(format!(
+            "{} names in creation order, {} in the table",
+            core.by_seq.len(),
+            core.names.len()
+        ));
+    }
+    for (seq, name) in &core.by_seq {
+        match core.names.get(&**name) {
+            Some(entry) if entry.seq == *seq => {}
+            Some(entry) => {
+                return Err(format!("{name} indexed at {seq}, created at {}", entry.seq));
+            }
+            None => return Err(format!("{name} indexed at {seq}, not in the table")),
+        }
+        if *seq >= core.next_seq {
+            return Err(format!(
+                "{name} indexed at {seq}, next is {}",
+                core.next_seq
+            ));
+        }
+    }
     let mut expected: HashMap<IpAddr, HashMap<&str, usize>> = HashMap::new();
     let mut total = 0;
     for (name, entry) in &core.names {
@@ -60,7 +83,7 @@ pub(super) fn check_index(core: &RegistryCore) -> Result<(), String> {
 }
 
 #[test]
-fn host_index_follows_register_keepalive_unregister_and_both_prunings() {
+fn indexes_follow_register_keepalive_unregister_and_both_prunings() {
     let mut core = RegistryCore::new(CoreConfig {
         prune_timeout: Duration::from_secs(10),
         ..CoreConfig::default()
@@ -108,6 +131,20 @@ fn host_index_follows_register_keepalive_unregister_and_both_prunings() {
     assert_eq!(core.prune(t0 + Duration::from_secs(17)), 1, "X");
     step(&core, "prune of the rest");
     assert!(core.per_host.is_empty() && core.names.is_empty());
+
+    // A name that went and comes back is created again: last in LIST order.
+    core.register(t0, a, &["x".into(), "y".into(), "z".into()], &Port::Num(1))
+        .expect("ok");
+    core.unregister(a, &Port::Num(1));
+    core.register(t0, a, &["y".into(), "x".into()], &Port::Num(1))
+        .expect("ok");
+    core.register(t0, b, &["z".into()], &Port::Num(1))
+        .expect("ok");
+    step(&core, "re-created names");
+    let names: Vec<&str> = core.by_seq.values().map(|n| &**n).collect();
+    assert_eq!(names, ["Y", "X", "Z"]);
+    let rows: Vec<String> = core.entries(t0).into_iter().map(|r| r.name).collect();
+    assert_eq!(rows, ["Y", "X", "Z"]);
 }
 
 #[test]
