@@ -221,3 +221,506 @@ fn unregister_visits_only_the_senders_names_in_a_big_table() {
     assert_eq!(core.drain_events().len(), 5_000);
     check_index(&core).expect("index");
 }
+
+/// A reference model of the table, written for clarity rather than speed, after
+/// rpyc's own registry: names in a list in creation order (rpyc's dict insertion
+/// order), each with its servers oldest refresh first. Every lookup is a scan.
+mod model {
+    use std::net::IpAddr;
+    use std::time::{Duration, Instant};
+
+    use crate::brine::{self, Value};
+    use crate::core::{
+        HandleError, MAX_CLIENT_READ, MAX_UDP_LIST_READ, RegistryEvent, RemoveReason, Stats,
+        TableRow, Transport,
+    };
+    use crate::proto::{Port, ServiceAddr};
+
+    struct Server {
+        ip: IpAddr,
+        host: String,
+        port: Port,
+        last_seen: Instant,
+    }
+
+    pub(super) struct Model {
+        pub(super) prune_timeout: Duration,
+        pub(super) max_entries: usize,
+        pub(super) max_entries_per_host: usize,
+        pub(super) max_name_len: usize,
+        names: Vec<(String, Vec<Server>)>,
+        pub(super) events: Vec<RegistryEvent>,
+        pub(super) stats: Stats,
+    }
+
+    impl Model {
+        pub(super) fn new(
+            prune_timeout: Duration,
+            max_entries: usize,
+            max_entries_per_host: usize,
+            max_name_len: usize,
+        ) -> Self {
+            Self {
+                prune_timeout,
+                max_entries,
+                max_entries_per_host,
+                max_name_len,
+                names: Vec::new(),
+                events: Vec::new(),
+                stats: Stats::default(),
+            }
+        }
+
+        fn count(&self, pick: impl Fn(&Server) -> bool) -> usize {
+            self.names
+                .iter()
+                .flat_map(|(_, servers)| servers)
+                .filter(|s| pick(s))
+                .count()
+        }
+
+        fn has(&self, name: &str, ip: IpAddr, port: &Port) -> bool {
+            self.names.iter().any(|(n, servers)| {
+                n == name && servers.iter().any(|s| s.ip == ip && s.port == *port)
+            })
+        }
+
+        /// REGISTER from `ip` (already normalised; `host` is how it is recorded).
+        pub(super) fn register(
+            &mut self,
+            now: Instant,
+            ip: IpAddr,
+            host: &str,
+            aliases: &[String],
+            port: &Port,
+        ) -> Result<(), HandleError> {
+            let mut upper: Vec<String> = Vec::new();
+            for a in aliases {
+                if a.len() > self.max_name_len {
+                    return Err(HandleError::NameTooLong {
+                        len: a.len(),
+                        max: self.max_name_len,
+                    });
+                }
+                if !upper.contains(&a.to_uppercase()) {
+                    upper.push(a.to_uppercase());
+                }
+            }
+            let new = upper.iter().filter(|n| !self.has(n, ip, port)).count();
+            if self.count(|_| true) + new > self.max_entries {
+                return Err(HandleError::TooManyEntries {
+                    source_ip: ip,
+                    what: "table",
+                    max: self.max_entries,
+                });
+            }
+            if self.count(|s| s.ip == ip) + new > self.max_entries_per_host {
+                return Err(HandleError::TooManyEntries {
+                    source_ip: ip,
+                    what: "per-host",
+                    max: self.max_entries_per_host,
+                });
+            }
+            for name in upper {
+                if !self.names.iter().any(|(n, _)| *n == name) {
+                    self.names.push((name.clone(), Vec::new()));
+                }
+                let Some((_, servers)) = self.names.iter_mut().find(|(n, _)| *n == name) else {
+                    unreachable!("just added");
+                };
+                if let Some(i) = servers.iter().position(|s| s.ip == ip && s.port == *port) {
+                    let mut s = servers.remove(i);
+                    s.last_seen = now;
+                    servers.push(s);
+                } else {
+                    servers.push(Server {
+                        ip,
+                        host: host.to_owned(),
+                        port: port.clone(),
+                        last_seen: now,
+                    });
+                    self.stats.added += 1;
+                    self.events.push(RegistryEvent::Added {
+                        name,
+                        addr: ServiceAddr {
+                            host: host.to_owned(),
+                            port: port.clone(),
+                        },
+                    });
+                }
+            }
+            self.stats.registers += 1;
+            Ok(())
+        }
+
+        /// Removes the servers `gone` picks from the names `which` picks.
+        fn remove(
+            &mut self,
+            which: impl Fn(&str) -> bool,
+            gone: impl Fn(&Server) -> bool,
+            reason: RemoveReason,
+        ) -> usize {
+            let mut n = 0;
+            for (name, servers) in &mut self.names {
+                if !which(name) {
+                    continue;
+                }
+                let mut kept = Vec::new();
+                for s in servers.drain(..) {
+                    if gone(&s) {
+                        n += 1;
+                        self.events.push(RegistryEvent::Removed {
+                            name: name.clone(),
+                            addr: ServiceAddr {
+                                host: s.host.clone(),
+                                port: s.port.clone(),
+                            },
+                            reason,
+                        });
+                    } else {
+                        kept.push(s);
+                    }
+                }
+                *servers = kept;
+            }
+            self.names.retain(|(_, servers)| !servers.is_empty());
+            match reason {
+                RemoveReason::Unregistered => self.stats.unregistered += n as u64,
+                RemoveReason::Pruned => self.stats.pruned += n as u64,
+            }
+            n
+        }
+
+        pub(super) fn unregister(&mut self, ip: IpAddr, port: &Port) {
+            self.remove(
+                |_| true,
+                |s| s.ip == ip && s.port == *port,
+                RemoveReason::Unregistered,
+            );
+            self.stats.unregisters += 1;
+        }
+
+        pub(super) fn prune(&mut self, now: Instant) -> usize {
+            let timeout = self.prune_timeout;
+            self.remove(
+                |_| true,
+                |s| now.saturating_duration_since(s.last_seen) > timeout,
+                RemoveReason::Pruned,
+            )
+        }
+
+        /// The QUERY reply (prunes the name first, like rpyc).
+        pub(super) fn query(&mut self, now: Instant, name: &str) -> Vec<u8> {
+            let key = name.to_uppercase();
+            let timeout = self.prune_timeout;
+            self.remove(
+                |n| n == key,
+                |s| now.saturating_duration_since(s.last_seen) > timeout,
+                RemoveReason::Pruned,
+            );
+            self.stats.queries += 1;
+            let servers = self
+                .names
+                .iter()
+                .find(|(n, _)| *n == key)
+                .map(|(_, servers)| {
+                    servers
+                        .iter()
+                        .map(|s| Value::tuple([Value::str(s.host.clone()), s.port.to_value()]))
+                        .collect()
+                })
+                .unwrap_or_default();
+            brine::encode(&Value::Tuple(servers))
+        }
+
+        /// The LIST reply (listing on, no allow-list).
+        pub(super) fn list(&mut self, filter: Option<&str>, transport: Transport) -> Vec<u8> {
+            let cap = match transport {
+                Transport::Udp => MAX_UDP_LIST_READ,
+                Transport::Tcp => MAX_CLIENT_READ,
+            };
+            let filter = filter.filter(|h| !h.is_empty());
+            let mut kept = Vec::new();
+            let mut size = 0;
+            for (name, servers) in &self.names {
+                if filter.is_some_and(|h| !servers.iter().any(|s| s.host == h)) {
+                    continue;
+                }
+                let len = brine::encode(&Value::str(name.clone())).len();
+                if size + len + 5 > cap {
+                    self.stats.capped_replies += 1;
+                    break;
+                }
+                size += len;
+                kept.push(Value::str(name.clone()));
+            }
+            self.stats.lists += 1;
+            brine::encode(&Value::Tuple(kept))
+        }
+
+        pub(super) fn rows(&self, now: Instant) -> Vec<TableRow> {
+            let mut rows = Vec::new();
+            for (name, servers) in &self.names {
+                for s in servers {
+                    rows.push(TableRow {
+                        name: name.clone(),
+                        host: s.host.clone(),
+                        port: s.port.to_string(),
+                        age_ms: now.saturating_duration_since(s.last_seen).as_millis() as u64,
+                    });
+                }
+            }
+            rows
+        }
+
+        pub(super) fn len(&self) -> usize {
+            self.count(|_| true)
+        }
+    }
+}
+
+mod model_test {
+    use std::net::IpAddr;
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+
+    use super::check_index;
+    use super::model::Model;
+    use crate::core::{CoreConfig, HandleError, RegistryCore, RegistryEvent, Transport};
+    use crate::proto::{self, Command, Port, encode_request};
+
+    /// Source addresses and how each is recorded: two spellings of one IPv4 host, so
+    /// the index has to key on the normalised address.
+    const SOURCES: [(&str, &str); 5] = [
+        ("10.0.0.1", "10.0.0.1"),
+        ("::ffff:10.0.0.1", "10.0.0.1"),
+        ("10.0.0.2", "10.0.0.2"),
+        ("fe80::1", "fe80::1"),
+        ("127.0.0.1", "127.0.0.1"),
+    ];
+    /// LIST filters: recorded hosts, a spelling never recorded, nobody, and `""` (all).
+    const FILTERS: [&str; 6] = [
+        "10.0.0.1",
+        "::ffff:10.0.0.1",
+        "10.0.0.2",
+        "fe80::1",
+        "nobody",
+        "",
+    ];
+    const MAX_NAME_LEN: usize = 400;
+
+    /// Aliases: short ones that upper-case onto each other, long ones (six of them
+    /// overflow a TCP LIST reply) and one over the name length limit.
+    fn alias(i: usize) -> String {
+        const SHORT: [&str; 6] = ["a", "A", "b", "svc", "Svc", "ß"];
+        match i {
+            0..6 => SHORT[i].to_owned(),
+            6..12 => format!("long{i}-{}", "x".repeat(300)),
+            _ => "y".repeat(MAX_NAME_LEN + 1),
+        }
+    }
+
+    fn port(i: usize) -> Port {
+        match i {
+            0 => Port::Num(1),
+            1 => Port::Num(18812),
+            _ => Port::Path("/run/svc.sock".into()),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Register {
+            source: usize,
+            aliases: Vec<usize>,
+            port: usize,
+        },
+        Unregister {
+            source: usize,
+            port: usize,
+        },
+        Prune,
+        Query {
+            name: usize,
+        },
+        List {
+            filter: Option<usize>,
+            tcp: bool,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..SOURCES.len(), proptest::collection::vec(0..13usize, 0..4), 0..3usize)
+                .prop_map(|(source, aliases, port)| Op::Register { source, aliases, port }),
+            2 => (0..SOURCES.len(), 0..3usize)
+                .prop_map(|(source, port)| Op::Unregister { source, port }),
+            1 => Just(Op::Prune),
+            2 => (0..13usize).prop_map(|name| Op::Query { name }),
+            2 => (proptest::option::of(0..FILTERS.len()), any::<bool>())
+                .prop_map(|(filter, tcp)| Op::List { filter, tcp }),
+        ]
+    }
+
+    /// Events of one step, in a canonical order: the table reports the removals of
+    /// one request name by name in hash order, which is unspecified.
+    fn sorted(mut events: Vec<RegistryEvent>) -> Vec<RegistryEvent> {
+        events.sort_by_key(|e| format!("{e:?}"));
+        events
+    }
+
+    /// Runs `steps` (each an operation and the seconds the clock moves first) against
+    /// the table and the model, comparing after every step.
+    fn run_against_model(steps: Vec<(Op, u64)>) -> Result<(), TestCaseError> {
+        let prune_timeout = Duration::from_secs(10);
+        let (max_entries, max_entries_per_host) = (14, 8);
+        let mut core = RegistryCore::new(CoreConfig {
+            prune_timeout,
+            allow_listing: true,
+            max_entries,
+            max_entries_per_host,
+            max_name_len: MAX_NAME_LEN,
+            ..CoreConfig::default()
+        });
+        let mut model = Model::new(
+            prune_timeout,
+            max_entries,
+            max_entries_per_host,
+            MAX_NAME_LEN,
+        );
+        let mut now = Instant::now();
+        let mut reply = Vec::new();
+        for (i, (op, dt)) in steps.into_iter().enumerate() {
+            now += Duration::from_secs(dt);
+            let mut handle = |core: &mut RegistryCore, source: &str, transport, cmd: &Command| {
+                let source: IpAddr = source.parse().expect("source literal");
+                core.handle(now, source, transport, &encode_request(cmd), &mut reply)
+                    .map(|_| reply.clone())
+            };
+            match &op {
+                Op::Register {
+                    source,
+                    aliases,
+                    port: p,
+                } => {
+                    let (src, host) = SOURCES[*source];
+                    let aliases: Vec<String> = aliases.iter().map(|&a| alias(a)).collect();
+                    let got = handle(
+                        &mut core,
+                        src,
+                        Transport::Udp,
+                        &Command::Register {
+                            aliases: aliases.clone(),
+                            port: port(*p),
+                        },
+                    );
+                    let ip: IpAddr = host.parse().expect("host literal");
+                    let want = model.register(now, ip, host, &aliases, &port(*p));
+                    model.stats.requests += 1;
+                    match want {
+                        Ok(()) => model.stats.replies += 1,
+                        Err(_) => model.stats.dropped += 1,
+                    }
+                    prop_assert_eq!(
+                        got,
+                        want.map(|()| proto::REPLY_OK.to_vec()),
+                        "step {} {:?}",
+                        i,
+                        op
+                    );
+                }
+                Op::Unregister { source, port: p } => {
+                    let (src, host) = SOURCES[*source];
+                    let got = handle(
+                        &mut core,
+                        src,
+                        Transport::Tcp,
+                        &Command::Unregister { port: port(*p) },
+                    );
+                    model.unregister(host.parse().expect("host literal"), &port(*p));
+                    model.stats.requests += 1;
+                    model.stats.replies += 1;
+                    prop_assert_eq!(
+                        got,
+                        Ok::<_, HandleError>(proto::REPLY_OK.to_vec()),
+                        "step {} {:?}",
+                        i,
+                        op
+                    );
+                }
+                Op::Prune => {
+                    prop_assert_eq!(core.prune(now), model.prune(now), "step {} {:?}", i, op);
+                }
+                Op::Query { name } => {
+                    let name = alias(*name);
+                    let got = handle(
+                        &mut core,
+                        "10.9.9.9",
+                        Transport::Udp,
+                        &Command::Query { name: name.clone() },
+                    );
+                    let want = model.query(now, &name);
+                    model.stats.requests += 1;
+                    model.stats.replies += 1;
+                    prop_assert_eq!(got, Ok(want), "step {} {:?}", i, op);
+                }
+                Op::List { filter, tcp } => {
+                    let filter = filter.map(|f| FILTERS[f].to_owned());
+                    let transport = if *tcp { Transport::Tcp } else { Transport::Udp };
+                    let got = handle(
+                        &mut core,
+                        "10.9.9.9",
+                        transport,
+                        &Command::List {
+                            filter: filter.clone(),
+                        },
+                    );
+                    let want = model.list(filter.as_deref(), transport);
+                    model.stats.requests += 1;
+                    model.stats.replies += 1;
+                    prop_assert_eq!(got, Ok(want), "step {} {:?}", i, op);
+                }
+            }
+            prop_assert_eq!(
+                sorted(core.drain_events()),
+                sorted(std::mem::take(&mut model.events)),
+                "events of step {} {:?}",
+                i,
+                op
+            );
+            let mut stats = model.stats;
+            stats.entries = model.len() as u64;
+            prop_assert_eq!(core.stats(), stats, "counters after step {} {:?}", i, op);
+            prop_assert_eq!(
+                core.entries(now),
+                model.rows(now),
+                "table after step {} {:?}",
+                i,
+                op
+            );
+            if let Err(e) = check_index(&core) {
+                return Err(TestCaseError::fail(format!(
+                    "indexes after step {i} {op:?}: {e}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Random REGISTER / UNREGISTER / timer prune / QUERY / LIST sequences against
+        /// the reference model: after every step the same reply bytes (or the same
+        /// error), the same events, the same counters, the same table dump (names in
+        /// creation order, servers oldest refresh first, same ages), and indexes that
+        /// agree with the table.
+        #[test]
+        fn table_matches_the_reference_model(
+            steps in proptest::collection::vec((op(), 0..5u64), 1..80)
+        ) {
+            run_against_model(steps)?;
+        }
+    }
+}
