@@ -23,8 +23,10 @@
 //! assert_eq!(core.prune(t0 + Duration::from_secs(241)), 1);
 //! ```
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -283,6 +285,16 @@ impl Name {
     }
 }
 
+/// What one host has registered: the index UNREGISTER walks instead of the table.
+#[derive(Debug, Default)]
+struct HostRecord {
+    /// Its entries in the table (what `max_entries_per_host` caps).
+    entries: usize,
+    /// The names where it has entries, each with how many (one per port); the counts
+    /// add up to `entries`.
+    names: HashMap<Arc<str>, usize>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
@@ -293,8 +305,11 @@ struct Bucket {
 #[derive(Debug)]
 pub struct RegistryCore {
     config: CoreConfig,
-    names: HashMap<String, Name>,
-    per_host: HashMap<IpAddr, usize>,
+    names: HashMap<Arc<str>, Name>,
+    /// Index of `names` by creation order (`Name::seq`): what LIST and `entries` walk.
+    by_seq: BTreeMap<u64, Arc<str>>,
+    /// Index of `names` by recorded host (only hosts with entries).
+    per_host: HashMap<IpAddr, HostRecord>,
     entries: usize,
     next_seq: u64,
     buckets: HashMap<IpAddr, Bucket>,
@@ -302,6 +317,10 @@ pub struct RegistryCore {
     buckets_swept: Option<Instant>,
     events: Vec<RegistryEvent>,
     stats: Stats,
+    /// Names looked at by UNREGISTER and the pruning scan (what the tests assert on to
+    /// show that UNREGISTER visits only the sender's names).
+    #[cfg(test)]
+    names_visited: usize,
 }
 
 /// Normalises a source address: `::ffff:a.b.c.d` becomes `a.b.c.d`.
@@ -327,6 +346,7 @@ impl RegistryCore {
         Self {
             config,
             names: HashMap::new(),
+            by_seq: BTreeMap::new(),
             per_host: HashMap::new(),
             entries: 0,
             next_seq: 0,
@@ -334,6 +354,8 @@ impl RegistryCore {
             buckets_swept: None,
             events: Vec::new(),
             stats: Stats::default(),
+            #[cfg(test)]
+            names_visited: 0,
         }
     }
 
@@ -552,7 +574,7 @@ impl RegistryCore {
             .filter(|n| {
                 !self
                     .names
-                    .get(*n)
+                    .get(n.as_str())
                     .is_some_and(|e| e.servers.iter().any(|s| s.ip == source && s.port == *port))
             })
             .count();
@@ -563,7 +585,7 @@ impl RegistryCore {
                 max: self.config.max_entries,
             });
         }
-        let host_count = self.per_host.get(&source).copied().unwrap_or(0);
+        let host_count = self.per_host.get(&source).map_or(0, |h| h.entries);
         if host_count + new > self.config.max_entries_per_host {
             return Err(HandleError::TooManyEntries {
                 source_ip: source,
@@ -572,14 +594,21 @@ impl RegistryCore {
             });
         }
         for name in upper {
-            let seq = self.next_seq;
-            let entry = self.names.entry(name.clone()).or_insert_with(|| Name {
-                seq,
-                servers: Vec::new(),
-            });
-            if entry.seq == seq {
-                self.next_seq += 1;
-            }
+            let (key, entry) = match self.names.entry(Arc::from(name.as_str())) {
+                Entry::Occupied(o) => (Arc::clone(o.key()), o.into_mut()),
+                Entry::Vacant(v) => {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    self.by_seq.insert(seq, Arc::clone(v.key()));
+                    (
+                        Arc::clone(v.key()),
+                        v.insert(Name {
+                            seq,
+                            servers: Vec::new(),
+                        }),
+                    )
+                }
+            };
             if let Some(i) = entry
                 .servers
                 .iter()
@@ -598,7 +627,9 @@ impl RegistryCore {
                     last_seen: now,
                 });
                 self.entries += 1;
-                *self.per_host.entry(source).or_insert(0) += 1;
+                let host_record = self.per_host.entry(source).or_default();
+                host_record.entries += 1;
+                *host_record.names.entry(key).or_insert(0) += 1;
                 self.stats.added += 1;
                 tracing::info!(%name, host = %source, %port, "service registered");
                 self.events.push(RegistryEvent::Added {
@@ -613,11 +644,19 @@ impl RegistryCore {
         Ok(())
     }
 
+    /// Accounts for `s`, already taken out of `name`'s servers: counters, the host
+    /// index, the log and the event.
     fn forget(&mut self, name: &str, s: &Server, reason: RemoveReason) {
         self.entries -= 1;
-        if let Some(n) = self.per_host.get_mut(&s.ip) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(h) = self.per_host.get_mut(&s.ip) {
+            h.entries -= 1;
+            if let Some(n) = h.names.get_mut(name) {
+                *n -= 1;
+                if *n == 0 {
+                    h.names.remove(name);
+                }
+            }
+            if h.entries == 0 {
                 self.per_host.remove(&s.ip);
             }
         }
@@ -640,6 +679,10 @@ impl RegistryCore {
     /// returns how many entries went.
     fn remove_where(&mut self, gone: impl Fn(&Server) -> bool, reason: RemoveReason) -> usize {
         let mut removed = Vec::new();
+        #[cfg(test)]
+        {
+            self.names_visited += self.names.len();
+        }
         self.names.retain(|name, entry| {
             removed.extend(
                 entry
@@ -647,7 +690,12 @@ impl RegistryCore {
                     .into_iter()
                     .map(|s| (name.clone(), s)),
             );
-            !entry.servers.is_empty()
+            if entry.servers.is_empty() {
+                self.by_seq.remove(&entry.seq);
+                false
+            } else {
+                true
+            }
         });
         let n = removed.len();
         for (name, s) in removed {
@@ -656,13 +704,43 @@ impl RegistryCore {
         n
     }
 
-    /// Removes `source:port` from every name; returns how many entries went.
+    /// Removes `source:port` from every name; returns how many entries went. Only the
+    /// names where `source` has entries are looked at (at most
+    /// [`CoreConfig::max_entries_per_host`]), found through the host index.
     pub fn unregister(&mut self, source: IpAddr, port: &Port) -> usize {
         let source = normalize_ip(source);
-        self.remove_where(
-            |s| s.ip == source && s.port == *port,
-            RemoveReason::Unregistered,
-        )
+        let Some(host_record) = self.per_host.get(&source) else {
+            return 0;
+        };
+        let mut removed = Vec::new();
+        for name in host_record.names.keys() {
+            #[cfg(test)]
+            {
+                self.names_visited += 1;
+            }
+            let Some(entry) = self.names.get_mut(&**name) else {
+                continue;
+            };
+            let Some(i) = entry
+                .servers
+                .iter()
+                .position(|s| s.ip == source && s.port == *port)
+            else {
+                continue;
+            };
+            // `remove` keeps the others in order (oldest refresh first).
+            let s = entry.servers.remove(i);
+            if entry.servers.is_empty() {
+                self.by_seq.remove(&entry.seq);
+                self.names.remove(&**name);
+            }
+            removed.push((Arc::clone(name), s));
+        }
+        let n = removed.len();
+        for (name, s) in removed {
+            self.forget(&name, &s, RemoveReason::Unregistered);
+        }
+        n
     }
 
     /// Removes every stale entry (and names left empty); returns how many went.
@@ -687,6 +765,7 @@ impl RegistryCore {
         if let Some(entry) = self.names.get_mut(key.as_ref()) {
             let removed = entry.take_servers(|s| s.is_stale(now, timeout));
             if entry.servers.is_empty() {
+                self.by_seq.remove(&entry.seq);
                 self.names.remove(key.as_ref());
             }
             for s in removed {
@@ -748,30 +827,44 @@ impl RegistryCore {
             reply.extend_from_slice(&proto::REPLY_NONE);
             return;
         }
-        let mut names: Vec<(&String, &Name)> = self
-            .names
-            .iter()
-            .filter(|(_, e)| filter.is_none_or(|h| e.servers.iter().any(|s| &*s.host == h)))
-            .collect();
-        names.sort_by_key(|(_, e)| e.seq);
         let cap = match transport {
             Transport::Udp => MAX_UDP_LIST_READ,
             Transport::Tcp => MAX_CLIENT_READ,
         };
+        // Names in creation order, until the reply is full: without a filter the work
+        // is bounded by the reply size, not by the table. A filter looks at the names
+        // in order until the reply is full (all of them when that host has few).
         let mut body = Vec::new();
         let mut count = 0;
-        for (name, _) in &names {
+        for name in self.by_seq.values() {
+            if let Some(h) = filter
+                && !self
+                    .names
+                    .get(&**name)
+                    .is_some_and(|e| e.servers.iter().any(|s| &*s.host == h))
+            {
+                continue;
+            }
             let before = body.len();
             brine::encode_str(name, &mut body);
             if body.len() + 5 > cap {
                 body.truncate(before);
                 self.stats.capped_replies += 1;
-                tracing::warn!(
-                    names = names.len(),
-                    kept = count,
-                    transport = transport.as_str(),
-                    "LIST reply capped to {cap} bytes (what rpyc clients read)"
-                );
+                match filter {
+                    None => tracing::warn!(
+                        names = self.names.len(),
+                        kept = count,
+                        transport = transport.as_str(),
+                        "LIST reply capped to {cap} bytes (what rpyc clients read)"
+                    ),
+                    // The names of that host past the cap are not counted.
+                    Some(h) => tracing::warn!(
+                        filter = h,
+                        kept = count,
+                        transport = transport.as_str(),
+                        "LIST reply capped to {cap} bytes (what rpyc clients read)"
+                    ),
+                }
                 break;
             }
             count += 1;
@@ -782,13 +875,12 @@ impl RegistryCore {
 
     /// A copy of the table, names in creation order, servers oldest refresh first.
     pub fn entries(&self, now: Instant) -> Vec<TableRow> {
-        let mut names: Vec<(&String, &Name)> = self.names.iter().collect();
-        names.sort_by_key(|(_, e)| e.seq);
-        names
-            .into_iter()
+        self.by_seq
+            .values()
+            .filter_map(|name| Some((name, self.names.get(&**name)?)))
             .flat_map(|(name, e)| {
                 e.servers.iter().map(move |s| TableRow {
-                    name: name.clone(),
+                    name: name.to_string(),
                     host: s.host.to_string(),
                     port: s.port.to_string(),
                     age_ms: u64::try_from(now.saturating_duration_since(s.last_seen).as_millis())
@@ -808,3 +900,6 @@ impl RegistryCore {
         self.entries == 0
     }
 }
+
+#[cfg(test)]
+mod tests;
