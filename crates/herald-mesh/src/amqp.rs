@@ -382,6 +382,25 @@ struct Inner {
     /// The newest connection generation whose loss was counted (each counts once,
     /// whether its watcher or a reconnect notices it first).
     lost_generation: AtomicU64,
+    /// Acks handed to lapin that it has not finished yet. lapin runs each ack, and each
+    /// channel or connection close, as a task of its own, so a close can overtake an
+    /// ack handed over before it (the broker then redelivers a message whose ack
+    /// returned `Ok`): closes wait for these first.
+    acks_in_flight: StdMutex<Vec<PendingAck>>,
+}
+
+/// An ack lapin has been given but not finished.
+type PendingAck = BoxFuture<'static, lapin::Result<bool>>;
+
+/// Longest a close waits for lapin to finish the acks handed to it (it finishes them
+/// within a write, or fails them with their channel).
+const ACKS_FINISH_WAIT: Duration = Duration::from_secs(5);
+
+/// Polls `ack` once without a waker: `true` when lapin has finished it.
+fn ack_done(ack: &mut PendingAck) -> bool {
+    ack.as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        .is_ready()
 }
 
 /// One connection to RabbitMQ (see the [module docs](self)).
@@ -503,6 +522,7 @@ impl AmqpConnection {
             closed: AtomicBool::new(false),
             losses: tokio::sync::watch::Sender::new(0),
             lost_generation: AtomicU64::new(0),
+            acks_in_flight: StdMutex::new(Vec::new()),
         });
         let live = Inner::dial(&inner).await?;
         if let Ok(mut cur) = inner.current.write() {
@@ -622,6 +642,37 @@ impl Drop for ReplyProof {
 }
 
 impl Inner {
+    /// Keeps an unfinished ack until it is done (finished ones are dropped on the way,
+    /// so the list stays as short as the acks lapin is still working on).
+    fn keep_ack(&self, ack: PendingAck) {
+        let mut acks = self
+            .acks_in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        acks.retain_mut(|a| !ack_done(a));
+        acks.push(ack);
+    }
+
+    /// Resolves once lapin has finished every ack handed to it (written, or failed with
+    /// its channel), or after [`ACKS_FINISH_WAIT`].
+    async fn acks_finished(&self) {
+        let acks = std::mem::take(
+            &mut *self
+                .acks_in_flight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if acks.is_empty() {
+            return;
+        }
+        if tokio::time::timeout(ACKS_FINISH_WAIT, futures::future::join_all(acks))
+            .await
+            .is_err()
+        {
+            tracing::warn!("acks handed to the connection did not finish before the close");
+        }
+    }
+
     /// A reply arrived: tell the publish of its request, if still waiting, that it was
     /// routed.
     fn reply_seen(&self, d: &LapinDelivery) {
@@ -1538,9 +1589,11 @@ impl Acker for AmqpAcker {
         let acker = self.acker.take();
         let queue = std::mem::take(&mut self.queue);
         let unsettled = self.unsettled.take();
+        let inner = self.inner.clone();
         later(async move {
             if let Some(a) = acker {
-                let mut ack = std::pin::pin!(a.ack(BasicAckOptions::default()));
+                let mut ack: PendingAck =
+                    Box::pin(async move { a.ack(BasicAckOptions::default()).await });
                 let closing = unsettled
                     .as_ref()
                     .is_some_and(|u| u.0.closing.load(Ordering::SeqCst));
@@ -1550,12 +1603,13 @@ impl Acker for AmqpAcker {
                     let polled = ack
                         .as_mut()
                         .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
-                    if let std::task::Poll::Ready(r) = polled {
-                        settled("basic.ack", &queue, r)?;
+                    match polled {
+                        std::task::Poll::Ready(r) => settled("basic.ack", &queue, r)?,
+                        // Handed to lapin; closes wait for it.
+                        std::task::Poll::Pending => inner.keep_ack(ack),
                     }
                 }
             }
-            // Handed to the connection (ahead of any later close of its channel).
             drop(unsettled);
             Ok(())
         })
@@ -1731,7 +1785,7 @@ impl Drop for ConsumerState {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 // From now on acks are sent before they count as settled; those handed
-                // over before are through lapin by the time the cancel is answered.
+                // over before are awaited below, before the close.
                 unsettled.closing.store(true, Ordering::SeqCst);
                 let _ = ch
                     .basic_cancel(consumer.tag(), BasicCancelOptions::default())
@@ -1748,6 +1802,7 @@ impl Drop for ConsumerState {
                         break;
                     }
                 }
+                inner.acks_finished().await;
                 let _ = ch.close(200, ShortString::from("consumer dropped")).await;
             });
         }
@@ -2240,6 +2295,8 @@ impl Connection for AmqpConnection {
             if self.inner.closed.swap(true, Ordering::SeqCst) {
                 return Ok(());
             }
+            // Acks already handed over go out before the close.
+            self.inner.acks_finished().await;
             let live = self.inner.current.write().ok().and_then(|mut c| c.take());
             // Best effort: the broker drops our channels, requeues unsettled deliveries
             // and deletes auto-delete/exclusive queues either way.

@@ -406,6 +406,75 @@ async fn dropped_unsettled_delivery_is_requeued_and_redelivered() {
     conn.close().await.expect("close");
 }
 
+/// An ack that returned `Ok` is never undone by closing its channel or connection right
+/// after: lapin runs acks and closes as tasks of their own, so a close could overtake
+/// acks handed over before it and the broker would redeliver those messages. Each
+/// round acks a burst of deliveries and drops the stream at once (or closes the whole
+/// connection), then counts what the queue still holds: exactly the unacked ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_deliveries_stay_acked_when_the_stream_or_connection_closes_right_after() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let admin = connect(&url).await;
+    let service = unique("ackclose");
+    let sq = service_topology(&admin, &service).await;
+    const SENT: usize = 200;
+    const ACKED: usize = 120;
+    for round in 0..6 {
+        for i in 0..SENT {
+            admin
+                .publish(
+                    RPC_EXCHANGE,
+                    &service,
+                    request(&service, &format!("m{round}-{i}")),
+                )
+                .await
+                .expect("publish");
+        }
+        // Odd rounds close the whole connection instead of only the stream.
+        let conn = connect(&url).await;
+        let mut stream = conn
+            .consume(&sq.name, ConsumeOptions::manual(SENT as u16))
+            .await
+            .expect("consume");
+        for _ in 0..ACKED {
+            next(&mut stream).await.ack().await.expect("ack");
+        }
+        drop(stream);
+        if round % 2 == 1 {
+            conn.close().await.expect("close");
+        }
+        // What is left: every message not acked, none of the acked ones.
+        let mut rest = admin
+            .consume(&sq.name, ConsumeOptions::manual(SENT as u16))
+            .await
+            .expect("consume the rest");
+        let mut left = 0;
+        while left < SENT - ACKED {
+            next(&mut rest).await.ack().await.expect("ack the rest");
+            left += 1;
+        }
+        // Then any acked one that came back.
+        while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(1), rest.next()).await {
+            left += 1;
+            d.ack().await.expect("ack the rest");
+        }
+        drop(rest);
+        assert_eq!(
+            left,
+            SENT - ACKED,
+            "round {round}: {} acked deliveries came back",
+            left.saturating_sub(SENT - ACKED)
+        );
+        if round % 2 == 0 {
+            conn.close().await.expect("close");
+        }
+    }
+    admin.delete_queue(&sq.name).await.expect("cleanup");
+    admin.close().await.expect("close");
+}
+
 #[tokio::test]
 async fn a_forgotten_queue_is_not_re_declared_after_a_reconnect() {
     let Some(url) = herald_pyenv::amqp_url_or_skip() else {
