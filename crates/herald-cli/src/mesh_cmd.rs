@@ -231,6 +231,9 @@ fn error_kind(e: &MeshError) -> &'static str {
         MeshError::Remote { .. } => "Remote",
         MeshError::Malformed(_) => "Malformed",
         MeshError::Disconnected => "Disconnected",
+        MeshError::ConnectionLost { .. } => "ConnectionLost",
+        MeshError::Unroutable { .. } => "Unroutable",
+        MeshError::ClientOnly { .. } => "ClientOnly",
         MeshError::InvalidArgument { .. } => "InvalidArgument",
         _ => "Error",
     }
@@ -604,4 +607,32 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     client.disconnect().await?;
     service.disconnect().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_json_names_the_kind_and_keeps_the_message() {
+        let lost = MeshError::ConnectionLost {
+            service: "calc".into(),
+            method: "add".into(),
+        };
+        let v = error_json(&lost);
+        assert_eq!(v["error"], "ConnectionLost");
+        let text = v["description"].as_str().unwrap_or_default();
+        assert!(text.contains("calc.add"), "{text}");
+        assert_eq!(
+            error_json(&MeshError::Remote {
+                error: "ValueError".into(),
+                description: "bad".into(),
+            }),
+            json!({"error": "ValueError", "description": "bad"})
+        );
+        assert_eq!(
+            error_json(&MeshError::Disconnected)["error"],
+            "Disconnected"
+        );
+    }
 }
