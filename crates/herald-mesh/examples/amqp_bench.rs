@@ -212,6 +212,11 @@ struct LapinExtras {
     /// Replies through RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`, consumed
     /// no-ack on the channel that publishes the requests) instead of a reply queue.
     drt: bool,
+    /// Requests go through a named direct exchange bound to the work queue (as
+    /// nuropb's `nuropb-rpc-exchange`) instead of the default exchange.
+    exchange: bool,
+    /// Bodies the size of nuropb's request and response envelopes (padded JSON).
+    envelope: bool,
 }
 
 impl LapinExtras {
@@ -225,6 +230,8 @@ impl LapinExtras {
                 "confirm" => x.confirm = true,
                 "durable" => x.durable = true,
                 "drt" => x.drt = true,
+                "exchange" => x.exchange = true,
+                "envelope" => x.envelope = true,
                 other => return Err(format!("unknown lapin extra {other:?}")),
             }
         }
@@ -267,6 +274,31 @@ async fn lapin_run(a: &Args, conc: usize, x: LapinExtras) -> AnyResult<RunResult
         qargs,
     )
     .await?;
+    let exchange = if x.exchange {
+        let name = format!("{queue}-x");
+        sch.exchange_declare(
+            ShortString::from(name.as_str()),
+            lapin::ExchangeKind::Direct,
+            lapin::options::ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+        sch.queue_bind(
+            ShortString::from(queue.as_str()),
+            ShortString::from(name.as_str()),
+            ShortString::from(queue.as_str()),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        name
+    } else {
+        String::new()
+    };
+    let exchange = Arc::new(exchange);
     sch.basic_qos(a.prefetch, BasicQosOptions::default())
         .await?;
     let mut work = sch
@@ -284,7 +316,15 @@ async fn lapin_run(a: &Args, conc: usize, x: LapinExtras) -> AnyResult<RunResult
             };
             let req: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
             let sum = req["a"].as_u64().unwrap_or(0) + req["b"].as_u64().unwrap_or(0);
-            let body = serde_json::to_vec(&json!({"result": sum})).unwrap_or_default();
+            let body = if x.envelope {
+                // nuropb's response fields, with the request's context echoed.
+                serde_json::to_vec(&json!({"tag": "response", "result": sum, "error": null,
+                    "correlation_id": req["correlation_id"], "trace_id": null,
+                    "context": req["context"], "warning": null, "reply_to": req["reply_to"]}))
+                .unwrap_or_default()
+            } else {
+                serde_json::to_vec(&json!({"result": sum})).unwrap_or_default()
+            };
             let mut props =
                 BasicProperties::default().with_content_type(ShortString::from("application/json"));
             if x.headers {
@@ -362,6 +402,7 @@ async fn lapin_run(a: &Args, conc: usize, x: LapinExtras) -> AnyResult<RunResult
             let rq_name = rq_name.clone();
             let queue_s = queue_s.clone();
             let counter = counter.clone();
+            let exchange = exchange.clone();
             async move {
                 let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let cid = format!("{n:032x}");
@@ -370,7 +411,15 @@ async fn lapin_run(a: &Args, conc: usize, x: LapinExtras) -> AnyResult<RunResult
                     .lock()
                     .map_err(|_| "poisoned")?
                     .insert(cid.clone(), tx);
-                let body = serde_json::to_vec(&json!({"a": i, "b": 1}))?;
+                let body = if x.envelope {
+                    // nuropb's request fields around the same two numbers.
+                    serde_json::to_vec(&json!({"a": i, "b": 1, "tag": "request",
+                        "service": "bench-service-name", "method": "add",
+                        "correlation_id": cid, "context": {}, "trace_id": null,
+                        "reply_to": rq_name.as_str()}))?
+                } else {
+                    serde_json::to_vec(&json!({"a": i, "b": 1}))?
+                };
                 let mut props = BasicProperties::default()
                     .with_content_type(ShortString::from("application/json"))
                     .with_correlation_id(ShortString::from(cid))
@@ -383,7 +432,7 @@ async fn lapin_run(a: &Args, conc: usize, x: LapinExtras) -> AnyResult<RunResult
                 }
                 let confirm = cch
                     .basic_publish(
-                        ShortString::from(""),
+                        ShortString::from(exchange.as_str()),
                         ShortString::from(queue_s.as_str()),
                         BasicPublishOptions {
                             mandatory: x.mandatory,
