@@ -1984,6 +1984,33 @@ struct Outgoing {
 /// Once its turn has come, the publish and the wait run on a task of their own, so a
 /// caller that gives up does not end the turn before the confirm is in (the next
 /// publish could otherwise be handed this one's returned message).
+/// `basic.publish` of one message on `channel` (never `immediate`, which RabbitMQ
+/// refuses); resolves once lapin wrote it, with the confirm to await if the channel
+/// is in confirm mode.
+async fn basic_publish(
+    channel: &Channel,
+    exchange: ShortString,
+    routing_key: ShortString,
+    mandatory: bool,
+    body: &[u8],
+    props: BasicProperties,
+    about: About<'_>,
+) -> Result<lapin::PublisherConfirm, MeshError> {
+    channel
+        .basic_publish(
+            exchange,
+            routing_key,
+            BasicPublishOptions {
+                mandatory,
+                immediate: false,
+            },
+            body,
+            props,
+        )
+        .await
+        .map_err(|e| map_err("basic.publish", about, &e))
+}
+
 async fn publish_alone(live: Arc<Live>, outgoing: Outgoing) -> Result<(), MeshError> {
     let Outgoing {
         exchange: (exchange, exchange_s),
@@ -2011,19 +2038,8 @@ async fn publish_alone(live: Arc<Live>, outgoing: Outgoing) -> Result<(), MeshEr
                 c
             }
         };
-        let confirm = channel
-            .basic_publish(
-                exchange_s,
-                key_s,
-                BasicPublishOptions {
-                    mandatory,
-                    immediate: false,
-                },
-                &body,
-                props,
-            )
-            .await
-            .map_err(|e| map_err("basic.publish", about, &e))?;
+        let confirm =
+            basic_publish(&channel, exchange_s, key_s, mandatory, &body, props, about).await?;
         confirmed_outcome(confirm.await, about, &exchange, &routing_key)
     });
     publish.await.unwrap_or_else(|e| {
@@ -2163,19 +2179,9 @@ impl Connection for AmqpConnection {
                 } else {
                     &channels.unconfirmed
                 };
-                let confirm = channel
-                    .basic_publish(
-                        exchange_s,
-                        key_s,
-                        BasicPublishOptions {
-                            mandatory,
-                            immediate: false,
-                        },
-                        &body,
-                        props,
-                    )
-                    .await
-                    .map_err(|e| map_err("basic.publish", about, &e))?;
+                let confirm =
+                    basic_publish(channel, exchange_s, key_s, mandatory, &body, props, about)
+                        .await?;
                 if !confirmed {
                     drop(confirm);
                     if !mandatory {
