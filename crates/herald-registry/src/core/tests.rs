@@ -724,3 +724,60 @@ mod model_test {
         }
     }
 }
+
+#[test]
+fn filtered_list_visits_only_that_hosts_names_in_a_big_table() {
+    let mut core = RegistryCore::new(CoreConfig {
+        allow_listing: true,
+        ..CoreConfig::default()
+    });
+    let t0 = Instant::now();
+    for h in 0..4u32 {
+        let host = IpAddr::from([10, 2, 0, h as u8 + 1]);
+        for k in 0..5_000u32 {
+            core.register(t0, host, &[format!("N{h}-{k}")], &Port::Num(1))
+                .expect("ok");
+        }
+    }
+    let me = ip("192.168.7.8");
+    // Registered in this order: LIST answers in creation order, not in index order.
+    for name in ["zeta", "alpha", "mid"] {
+        core.register(t0, me, &[name.into()], &Port::Num(9000))
+            .expect("ok");
+    }
+    let list = |core: &mut RegistryCore, filter: Option<&str>| {
+        core.names_visited = 0;
+        let req = encode_request(&Command::List {
+            filter: filter.map(str::to_owned),
+        });
+        let mut reply = Vec::new();
+        core.handle(t0, me, Transport::Udp, &req, &mut reply)
+            .expect("answered");
+        let names = proto::parse_list_reply(&reply)
+            .expect("a LIST reply")
+            .expect("listing is on");
+        (names, core.names_visited)
+    };
+    let (names, visited) = list(&mut core, Some("192.168.7.8"));
+    assert_eq!(names, ["ZETA", "ALPHA", "MID"]);
+    assert_eq!(visited, 3, "only that host's names were looked at");
+    // Spellings the table never shows, and a host with nothing, visit no name.
+    for other in [
+        "::ffff:192.168.7.8",
+        "192.168.007.008",
+        "nobody",
+        "172.16.0.1",
+    ] {
+        let (names, visited) = list(&mut core, Some(other));
+        assert!(names.is_empty(), "{other}: {names:?}");
+        assert_eq!(visited, 0, "{other}");
+    }
+    // Unfiltered: as many names as fit in the reply, and a few more at most.
+    let (names, visited) = list(&mut core, None);
+    assert!(!names.is_empty() && names.len() < 20_003, "{}", names.len());
+    assert_eq!(
+        visited,
+        names.len() + 1,
+        "stops at the first name that does not fit"
+    );
+}
