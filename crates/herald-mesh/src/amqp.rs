@@ -392,6 +392,9 @@ struct Inner {
 /// An ack lapin has been given but not finished.
 type PendingAck = BoxFuture<'static, lapin::Result<bool>>;
 
+/// Kept acks (finished or not) at which the finished ones are dropped.
+const ACKS_KEPT_BEFORE_SWEEP: usize = 64;
+
 /// Longest a close waits for lapin to finish the acks handed to it (it finishes them
 /// within a write, or fails them with their channel).
 const ACKS_FINISH_WAIT: Duration = Duration::from_secs(5);
@@ -642,14 +645,18 @@ impl Drop for ReplyProof {
 }
 
 impl Inner {
-    /// Keeps an unfinished ack until it is done (finished ones are dropped on the way,
-    /// so the list stays as short as the acks lapin is still working on).
+    /// Keeps an unfinished ack until it is done. Finished ones are dropped whenever
+    /// the list reaches [`ACKS_KEPT_BEFORE_SWEEP`] (not on every ack: that would poll
+    /// every kept ack per request), so it stays about as short as the acks lapin is
+    /// still working on plus that many.
     fn keep_ack(&self, ack: PendingAck) {
         let mut acks = self
             .acks_in_flight
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        acks.retain_mut(|a| !ack_done(a));
+        if acks.len() >= ACKS_KEPT_BEFORE_SWEEP {
+            acks.retain_mut(|a| !ack_done(a));
+        }
         acks.push(ack);
     }
 
