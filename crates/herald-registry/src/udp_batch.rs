@@ -161,7 +161,7 @@ pub(crate) struct SendBatch {
     to: Vec<SocketAddr>,
     /// Replies filled in (`replies[..len]`).
     len: usize,
-    /// Send order: reply indices grouped by (length, destination).
+    /// Send order: reply indices grouped by destination, each in arrival order.
     order: Vec<usize>,
     /// Messages to send, in order; `runs[next_run..]` are pending.
     runs: Vec<Run>,
