@@ -661,22 +661,32 @@ impl Inner {
     }
 
     /// Resolves once lapin has finished every ack handed to it (written, or failed with
-    /// its channel), or after [`ACKS_FINISH_WAIT`].
+    /// its channel), or after [`ACKS_FINISH_WAIT`]. The acks stay in the shared list
+    /// until they are done, so that every close waiting here (a consumer's channel, the
+    /// connection) waits for all of them, not only the first one to ask; lapin resolves
+    /// them on its own thread, so they are checked every millisecond.
     async fn acks_finished(&self) {
-        let acks = std::mem::take(
-            &mut *self
-                .acks_in_flight
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        if acks.is_empty() {
-            return;
-        }
-        if tokio::time::timeout(ACKS_FINISH_WAIT, futures::future::join_all(acks))
-            .await
-            .is_err()
-        {
-            tracing::warn!("acks handed to the connection did not finish before the close");
+        let deadline = tokio::time::Instant::now() + ACKS_FINISH_WAIT;
+        loop {
+            let left = {
+                let mut acks = self
+                    .acks_in_flight
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                acks.retain_mut(|a| !ack_done(a));
+                acks.len()
+            };
+            if left == 0 {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    left,
+                    "acks handed to the connection did not finish before the close"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
