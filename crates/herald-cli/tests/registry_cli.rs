@@ -338,6 +338,27 @@ fn serve_stops_cleanly_on_sigterm() {
     }
 }
 
+/// `herald registry CMD... --registry REGISTRY EXTRA...`.
+fn client(cmd: &[&str], registry: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["registry"];
+    args.extend_from_slice(cmd);
+    args.extend(["--registry", registry]);
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// Registers CALC at `port` through `registry` and checks the JSON answer.
+fn register_calc(registry: &str, port: &str, extra: &[&str]) {
+    let mut with_json = vec!["--json"];
+    with_json.extend_from_slice(extra);
+    let r = json_out(&client(
+        &["register", "calc", "--port", port],
+        registry,
+        &with_json,
+    ));
+    assert_eq!(r["registered"], true, "{r}");
+}
+
 /// Exit 1 and rpyc's "no reply" after a short timeout: the registry stayed silent.
 fn assert_no_reply(out: &Output, what: &str) {
     assert_eq!(
@@ -352,65 +373,19 @@ fn assert_no_reply(out: &Output, what: &str) {
 fn tcp_only_and_udp_only_serve_just_that_transport() {
     let serve = Serve::start(&["--tcp-only"]);
     let reg = serve.registry();
-    let r = json_out(&run(&[
-        "registry",
-        "register",
-        "calc",
-        "--port",
-        "7101",
-        "--tcp",
-        "--registry",
-        &reg,
-        "--json",
-    ]));
-    assert_eq!(r["registered"], true);
-    let found = json_out(&run(&[
-        "registry",
-        "discover",
-        "calc",
-        "--tcp",
-        "--registry",
-        &reg,
-        "--json",
-    ]));
+    register_calc(&reg, "7101", &["--tcp"]);
+    let found = json_out(&client(&["discover", "calc"], &reg, &["--tcp", "--json"]));
     assert_eq!(found[0]["port"], 7101, "{found}");
     // Nothing answers UDP on that port number.
-    let out = run(&[
-        "registry",
-        "discover",
-        "calc",
-        "--registry",
-        &reg,
-        "--timeout",
-        "0.5",
-    ]);
+    let out = client(&["discover", "calc"], &reg, &["--timeout", "0.5"]);
     assert_no_reply(&out, "UDP QUERY to a --tcp-only registry");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no reply to QUERY"));
     drop(serve);
 
     let serve = Serve::start(&["--udp-only"]);
     let reg = serve.registry();
-    let r = json_out(&run(&[
-        "registry",
-        "register",
-        "calc",
-        "--port",
-        "7102",
-        "--registry",
-        &reg,
-        "--json",
-    ]));
-    assert_eq!(r["registered"], true);
-    let out = run(&[
-        "registry",
-        "discover",
-        "calc",
-        "--tcp",
-        "--registry",
-        &reg,
-        "--timeout",
-        "2",
-    ]);
+    register_calc(&reg, "7102", &[]);
+    let out = client(&["discover", "calc"], &reg, &["--tcp", "--timeout", "2"]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -423,43 +398,19 @@ fn allow_list_decides_who_may_register() {
     // 127.0.0.1 is outside the allowed network: its REGISTER gets no reply and no entry.
     let serve = Serve::start(&["--allow", "10.0.0.0/8", "--allow", "192.168.0.0/16"]);
     let reg = serve.registry();
-    let out = run(&[
-        "registry",
-        "register",
-        "calc",
-        "--port",
-        "7201",
-        "--registry",
+    let out = client(
+        &["register", "calc", "--port", "7201"],
         &reg,
-        "--timeout",
-        "0.5",
-    ]);
+        &["--timeout", "0.5"],
+    );
     assert_no_reply(&out, "REGISTER from outside --allow");
     // QUERY is not restricted by --allow, and the table stayed empty.
-    let found = json_out(&run(&[
-        "registry",
-        "discover",
-        "calc",
-        "--registry",
-        &reg,
-        "--json",
-    ]));
+    let found = json_out(&client(&["discover", "calc"], &reg, &["--json"]));
     assert_eq!(found, serde_json::json!([]));
     drop(serve);
 
     let serve = Serve::start(&["--allow", "127.0.0.0/8"]);
-    let reg = serve.registry();
-    let r = json_out(&run(&[
-        "registry",
-        "register",
-        "calc",
-        "--port",
-        "7202",
-        "--registry",
-        &reg,
-        "--json",
-    ]));
-    assert_eq!(r["registered"], true);
+    register_calc(&serve.registry(), "7202", &[]);
     let added = serve.next_json();
     assert_eq!(added["event"], "added", "{added}");
 }
@@ -471,28 +422,11 @@ fn broadcast_register_reaches_a_registry_on_the_wildcard_address() {
     // as in rpyc.
     let serve = Serve::start_on("0.0.0.0", &[]);
     let port = serve.port.to_string();
-    let broadcast = format!("127.255.255.255:{port}");
-    let r = json_out(&run(&[
-        "registry",
-        "register",
-        "calc",
-        "--port",
-        "7301",
-        "--registry",
-        &broadcast,
-        "--json",
-    ]));
-    assert_eq!(r["registered"], true);
+    register_calc(&format!("127.255.255.255:{port}"), "7301", &[]);
     let added = serve.next_json();
     assert_eq!(added["event"], "added", "{added}");
     assert_eq!(added["host"], "127.0.0.1", "{added}");
-    let found = json_out(&run(&[
-        "registry",
-        "discover",
-        "calc",
-        "--registry",
-        &format!("127.0.0.1:{port}"),
-        "--json",
-    ]));
+    let unicast = format!("127.0.0.1:{port}");
+    let found = json_out(&client(&["discover", "calc"], &unicast, &["--json"]));
     assert_eq!(found[0]["port"], 7301, "{found}");
 }
