@@ -466,8 +466,15 @@ async fn lapin_run(a: &Args, conc: usize, x: LapinExtras) -> AnyResult<RunResult
     .await;
     reader.abort();
     server.abort();
-    let _ = client_conn.close(200, ShortString::from("bye")).await;
-    let _ = server_conn.close(200, ShortString::from("bye")).await;
+    // lapin waits for close-ok without a bound, and a close that never finished was
+    // seen to stall a whole benchmark run: give each a few seconds.
+    for conn in [&client_conn, &server_conn] {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            conn.close(200, ShortString::from("bye")),
+        )
+        .await;
+    }
     if x.durable {
         cleanup(&a.url, &[queue]).await?;
     }
@@ -485,6 +492,15 @@ async fn cleanup(url: &str, queues: &[String]) -> AnyResult<()> {
 
 fn main() -> AnyResult<()> {
     let a = parse_args()?;
+    // A watchdog: a run that stalls (a broker that stopped answering, a lost wake-up)
+    // ends the process with an error instead of hanging `cargo xtask bench` forever.
+    let planned = a.secs * (a.runs * a.stacks.len() * a.conc.len()) as f64;
+    let bound = Duration::from_secs_f64(planned * 3.0 + 120.0);
+    std::thread::spawn(move || {
+        std::thread::sleep(bound);
+        eprintln!("amqp_bench: no result within {bound:?}; giving up");
+        std::process::exit(3);
+    });
     let rt = if a.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -399,6 +399,28 @@ const ACKS_KEPT_BEFORE_SWEEP: usize = 64;
 /// within a write, or fails them with their channel).
 const ACKS_FINISH_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a `connection.close` or `channel.close` may wait for the broker's
+/// close-ok. lapin waits for it without a bound; a close that never completed was seen
+/// to stall a whole program (and, with the link silent, it would wait for the
+/// missed-heartbeat detection at best). Past this the handle is given up locally: the
+/// broker drops the channel or connection, and requeues what it held, when the socket
+/// goes.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Awaits a lapin close for at most [`CLOSE_WAIT`]; a failure or an overrun is logged
+/// (what: "connection" or the channel's purpose), never returned: a close is best effort.
+async fn close_bounded(what: &str, close: impl Future<Output = lapin::Result<()>>) {
+    match tokio::time::timeout(CLOSE_WAIT, close).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(what, error = %e, "amqp close"),
+        Err(_) => tracing::warn!(
+            what,
+            waited_ms = CLOSE_WAIT.as_millis() as u64,
+            "the broker did not confirm a close in time; given up locally"
+        ),
+    }
+}
+
 /// Polls `ack` once without a waker: `true` when lapin has finished it.
 fn ack_done(ack: &mut PendingAck) -> bool {
     ack.as_mut()
@@ -546,10 +568,12 @@ impl AmqpConnection {
     pub async fn simulate_connection_loss(&self) {
         let live = self.inner.current.read().ok().and_then(|c| c.clone());
         if let Some(live) = live {
-            let _ = live
-                .conn
-                .close(320, ShortString::from("herald: simulated connection loss"))
-                .await;
+            close_bounded(
+                "connection",
+                live.conn
+                    .close(320, ShortString::from("herald: simulated connection loss")),
+            )
+            .await;
         }
     }
 
@@ -598,7 +622,7 @@ impl AmqpConnection {
             .await
             .map_err(|e| map_err("channel.open", About::Queue(queue), &e))?;
         let res = op(ch.clone()).await;
-        let _ = ch.close(200, ShortString::from("done")).await;
+        close_bounded("queue channel", ch.close(200, ShortString::from("done"))).await;
         res
     }
 }
@@ -1820,7 +1844,11 @@ impl Drop for ConsumerState {
                     }
                 }
                 inner.acks_finished().await;
-                let _ = ch.close(200, ShortString::from("consumer dropped")).await;
+                close_bounded(
+                    "consumer channel",
+                    ch.close(200, ShortString::from("consumer dropped")),
+                )
+                .await;
             });
         }
     }
@@ -2115,7 +2143,7 @@ impl AmqpConnection {
             .await;
         match declared {
             Ok(()) => {
-                let _ = probe.close(200, ShortString::from("done")).await;
+                close_bounded("probe channel", probe.close(200, ShortString::from("done"))).await;
                 None
             }
             Err(e) => match map_err("exchange.declare(passive)", About::Exchange(exchange), &e) {
@@ -2325,12 +2353,12 @@ impl Connection for AmqpConnection {
             // and deletes auto-delete/exclusive queues either way.
             if let Some(live) = live
                 && live.conn.status().connected()
-                && let Err(e) = live
-                    .conn
-                    .close(200, ShortString::from("herald: closing"))
-                    .await
             {
-                tracing::debug!(error = %e, "amqp connection.close");
+                close_bounded(
+                    "connection",
+                    live.conn.close(200, ShortString::from("herald: closing")),
+                )
+                .await;
             }
             Ok(())
         })

@@ -992,10 +992,12 @@ async fn direct_reply_to_calls_errors_not_found_deadline_and_reconnect() {
 
 /// A TCP proxy to the broker that a test can cut (its connections dropped, new ones
 /// closed at once) for as long as it likes, which `simulate_connection_loss` cannot do
-/// (the next operation reconnects at once).
+/// (the next operation reconnects at once), or freeze (nothing relayed any more, both
+/// sockets kept open: a broker that stopped answering).
 struct CuttableProxy {
     addr: std::net::SocketAddr,
     cut: tokio::sync::watch::Sender<bool>,
+    freeze: tokio::sync::watch::Sender<bool>,
 }
 
 async fn cuttable_proxy(upstream: String) -> CuttableProxy {
@@ -1004,25 +1006,33 @@ async fn cuttable_proxy(upstream: String) -> CuttableProxy {
         .expect("bind the proxy");
     let addr = listener.local_addr().expect("proxy address");
     let (cut, rx) = tokio::sync::watch::channel(false);
+    let (freeze, frozen) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         while let Ok((mut down, _)) = listener.accept().await {
             if *rx.borrow() {
                 continue;
             }
             let mut rx = rx.clone();
+            let mut frozen = frozen.clone();
             let upstream = upstream.clone();
             tokio::spawn(async move {
                 let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
                     return;
                 };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
-                    _ = rx.wait_for(|c| *c) => {}
+                let held = tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut down, &mut up) => false,
+                    _ = rx.wait_for(|c| *c) => false,
+                    _ = frozen.wait_for(|f| *f) => true,
+                };
+                if held {
+                    // Silent but open until cut (or the test ends).
+                    let _ = rx.wait_for(|c| *c).await;
                 }
+                drop((down, up));
             });
         }
     });
-    CuttableProxy { addr, cut }
+    CuttableProxy { addr, cut, freeze }
 }
 
 /// `url`'s `host:port` and the same URL pointing at `proxy` instead.
@@ -1504,4 +1514,30 @@ async fn a_dead_letter_falls_back_to_a_reject_when_its_copy_is_refused() {
     drop(stream);
     conn.delete_queue(&queue).await.expect("cleanup");
     conn.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_is_bounded_when_the_broker_stops_answering() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let (upstream, _) = through_proxy(&url, "127.0.0.1:1".parse().expect("addr"));
+    let proxy = cuttable_proxy(upstream).await;
+    let (_, proxied) = through_proxy(&url, proxy.addr);
+    let conn = connect(&proxied).await;
+    let queue = unique("herald-close-bound");
+    conn.declare_queue(&QueueSpec::response(&queue))
+        .await
+        .expect("declare through the proxy");
+    // The broker goes silent: no close-ok will ever come back. lapin waits for it
+    // without a bound (and with the default 60 s heartbeat, nothing notices for
+    // minutes); Herald gives it a few seconds, then gives the handle up locally.
+    proxy.freeze.send_replace(true);
+    let closed = tokio::time::timeout(Duration::from_secs(45), conn.close()).await;
+    assert!(
+        closed.is_ok(),
+        "close() of a connection whose broker stopped answering did not return within 45 s"
+    );
+    assert!(!conn.is_open(), "the handle is closed after close()");
+    proxy.cut.send_replace(true);
 }
