@@ -91,6 +91,10 @@ pub struct CoreConfig {
     pub max_entries_per_host: usize,
     /// Maximum length of a service name in bytes.
     pub max_name_len: usize,
+    /// Maximum length in bytes of a str "port" (the socket path of a unix-socket
+    /// server; real ones are at most 108 bytes). The path is stored once per alias, so
+    /// without a limit one REGISTER could store its size many times over.
+    pub max_port_path_len: usize,
     /// Opt-in answer to rpyc issue #568: when a QUERY comes from another host, report
     /// servers registered over loopback at the registry's own address the query
     /// arrived on (when the I/O layer knows it), instead of `127.0.0.1`, which would
@@ -109,6 +113,7 @@ impl Default for CoreConfig {
             max_entries: 100_000,
             max_entries_per_host: 10_000,
             max_name_len: 255,
+            max_port_path_len: 255,
             rewrite_loopback: false,
         }
     }
@@ -230,6 +235,16 @@ pub enum HandleError {
         len: usize,
         /// The limit.
         max: usize,
+    },
+    /// A str port (unix-socket path) longer than allowed.
+    #[error("REGISTER port path of {len} bytes exceeds the limit of {max}: {start:?}...")]
+    PortPathTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+        /// Its first characters (at most 64 bytes).
+        start: String,
     },
     /// Registering would exceed an entry cap.
     #[error("REGISTER from {source_ip} refused: {what} limit of {max} entries reached")]
@@ -554,6 +569,19 @@ impl RegistryCore {
             return Err(HandleError::Denied {
                 command: "REGISTER",
                 source_ip: source,
+            });
+        }
+        if let Port::Path(path) = port
+            && path.len() > self.config.max_port_path_len
+        {
+            let mut cut = path.len().min(64);
+            while !path.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            return Err(HandleError::PortPathTooLong {
+                len: path.len(),
+                max: self.config.max_port_path_len,
+                start: path[..cut].to_owned(),
             });
         }
         let mut upper: Vec<String> = Vec::with_capacity(aliases.len());

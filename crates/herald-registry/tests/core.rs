@@ -386,6 +386,54 @@ fn str_port_and_str_aliases_like_rpyc() {
 }
 
 #[test]
+fn long_port_paths_are_refused_and_leave_the_table_unchanged() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.send("10.0.0.1", &reg(&["keep"], 1)).expect("ok");
+    h.core.drain_events();
+    let before = (h.core.entries(h.now), h.core.stats());
+    let aliases: Vec<String> = (0..50).map(|i| format!("svc{i}")).collect();
+    let long = "/".to_owned() + &"p".repeat(299);
+    let err = h
+        .send(
+            "10.0.0.2",
+            &encode_request(&Command::Register {
+                aliases: aliases.clone(),
+                port: Port::Path(long.clone()),
+            }),
+        )
+        .expect_err("a 300-byte path is refused");
+    assert_eq!(
+        err,
+        HandleError::PortPathTooLong {
+            len: 300,
+            max: 255,
+            start: long[..64].to_owned(),
+        }
+    );
+    assert!(err.to_string().contains("300 bytes"), "{err}");
+    assert_eq!(h.core.entries(h.now), before.0, "table unchanged");
+    let stats = h.core.stats();
+    assert_eq!(
+        (stats.entries, stats.added, stats.registers),
+        (before.1.entries, before.1.added, before.1.registers)
+    );
+    assert_eq!(stats.dropped, before.1.dropped + 1);
+    assert!(h.core.drain_events().is_empty(), "no events");
+    // A path of a realistic length is stored and returned as given.
+    let ok = "/run/".to_owned() + &"s".repeat(95);
+    h.send(
+        "10.0.0.2",
+        &encode_request(&Command::Register {
+            aliases,
+            port: Port::Path(ok.clone()),
+        }),
+    )
+    .expect("a 100-byte path is accepted");
+    assert_eq!(h.servers("svc7"), [format!("10.0.0.2:{ok}")]);
+    assert_eq!(h.core.len(), 51);
+}
+
+#[test]
 fn malformed_requests_are_dropped_and_leave_the_table_intact() {
     let mut h = Harness::new(CoreConfig::default());
     h.send("10.0.0.1", &reg(&["keep"], 1)).expect("ok");
