@@ -24,7 +24,7 @@
 //! ```
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,6 +95,10 @@ pub struct CoreConfig {
     /// server; real ones are at most 108 bytes). The path is stored once per alias, so
     /// without a limit one REGISTER could store its size many times over.
     pub max_port_path_len: usize,
+    /// Maximum number of aliases in one REGISTER (as sent, before duplicates are
+    /// dropped). rpyc's server reads 1500 bytes, which hold at most about 490 aliases;
+    /// services send a handful.
+    pub max_aliases_per_register: usize,
     /// Opt-in answer to rpyc issue #568: when a QUERY comes from another host, report
     /// servers registered over loopback at the registry's own address the query
     /// arrived on (when the I/O layer knows it), instead of `127.0.0.1`, which would
@@ -114,6 +118,7 @@ impl Default for CoreConfig {
             max_entries_per_host: 10_000,
             max_name_len: 255,
             max_port_path_len: 255,
+            max_aliases_per_register: 512,
             rewrite_loopback: false,
         }
     }
@@ -246,6 +251,16 @@ pub enum HandleError {
         /// Its first characters (at most 64 bytes).
         start: String,
     },
+    /// A REGISTER with more aliases than allowed.
+    #[error("REGISTER from {source_ip} refused: {count} aliases exceed the limit of {max}")]
+    TooManyAliases {
+        /// The source.
+        source_ip: IpAddr,
+        /// How many aliases it sent.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// Registering would exceed an entry cap.
     #[error("REGISTER from {source_ip} refused: {what} limit of {max} entries reached")]
     TooManyEntries {
@@ -336,6 +351,10 @@ pub struct RegistryCore {
     /// on to show that UNREGISTER and LIST visit only the names they answer with).
     #[cfg(test)]
     names_visited: usize,
+    /// Aliases REGISTER looked at to drop duplicates (what the tests assert on to show
+    /// that an oversized REGISTER is refused after bounded work).
+    #[cfg(test)]
+    aliases_compared: usize,
 }
 
 /// Normalises a source address: `::ffff:a.b.c.d` becomes `a.b.c.d`.
@@ -371,6 +390,8 @@ impl RegistryCore {
             stats: Stats::default(),
             #[cfg(test)]
             names_visited: 0,
+            #[cfg(test)]
+            aliases_compared: 0,
         }
     }
 
@@ -571,6 +592,14 @@ impl RegistryCore {
                 source_ip: source,
             });
         }
+        let max_aliases = self.config.max_aliases_per_register;
+        if aliases.len() > max_aliases {
+            return Err(HandleError::TooManyAliases {
+                source_ip: source,
+                count: aliases.len(),
+                max: max_aliases,
+            });
+        }
         if let Port::Path(path) = port
             && path.len() > self.config.max_port_path_len
         {
@@ -584,17 +613,34 @@ impl RegistryCore {
                 start: path[..cut].to_owned(),
             });
         }
-        let mut upper: Vec<String> = Vec::with_capacity(aliases.len());
+        if let Some(a) = aliases.iter().find(|a| a.len() > self.config.max_name_len) {
+            return Err(HandleError::NameTooLong {
+                len: a.len(),
+                max: self.config.max_name_len,
+            });
+        }
+        // Upper-cased, duplicates dropped, in the order sent. Each distinct name is an
+        // entry of this host unless it already holds it, so more distinct names than
+        // one host may hold can never be accepted: stop there.
+        let max_per_host = self.config.max_entries_per_host;
+        let mut upper: Vec<String> = Vec::with_capacity(aliases.len().min(max_per_host + 1));
+        let mut seen: HashSet<String> = HashSet::with_capacity(upper.capacity());
         for a in aliases {
-            if a.len() > self.config.max_name_len {
-                return Err(HandleError::NameTooLong {
-                    len: a.len(),
-                    max: self.config.max_name_len,
-                });
+            #[cfg(test)]
+            {
+                self.aliases_compared += 1;
             }
             let u = a.to_uppercase();
-            if !upper.contains(&u) {
+            if !seen.contains(&u) {
+                seen.insert(u.clone());
                 upper.push(u);
+                if upper.len() > max_per_host {
+                    return Err(HandleError::TooManyEntries {
+                        source_ip: source,
+                        what: "per-host",
+                        max: max_per_host,
+                    });
+                }
             }
         }
         let new = upper

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::{CoreConfig, RegistryCore, RegistryEvent, RemoveReason, Transport};
+use super::{CoreConfig, HandleError, RegistryCore, RegistryEvent, RemoveReason, Transport};
 use crate::proto::{self, Command, Port, ServiceAddr, encode_request};
 
 fn ip(s: &str) -> IpAddr {
@@ -222,6 +222,72 @@ fn unregister_visits_only_the_senders_names_in_a_big_table() {
     check_index(&core).expect("index");
 }
 
+#[test]
+fn a_register_with_20000_aliases_is_refused_after_bounded_work() {
+    let t0 = Instant::now();
+    let src = ip("10.0.0.1");
+    let aliases: Vec<String> = (0..20_000).map(|i| format!("A{i}")).collect();
+    let req = encode_request(&Command::Register {
+        aliases: aliases.clone(),
+        port: Port::Num(1),
+    });
+    let mut reply = Vec::new();
+
+    // Default: over the per-REGISTER alias limit, refused before any alias is looked at.
+    let mut core = RegistryCore::new(CoreConfig::default());
+    let err = core
+        .handle(t0, src, Transport::Tcp, &req, &mut reply)
+        .expect_err("refused");
+    assert_eq!(
+        err,
+        HandleError::TooManyAliases {
+            source_ip: src,
+            count: 20_000,
+            max: 512
+        }
+    );
+    assert_eq!(core.aliases_compared, 0);
+    assert!(core.is_empty());
+
+    // Without that limit, de-duplication stops once more distinct names than one host
+    // may hold have been seen.
+    let mut core = RegistryCore::new(CoreConfig {
+        max_aliases_per_register: usize::MAX,
+        max_entries_per_host: 1_000,
+        ..CoreConfig::default()
+    });
+    let err = core
+        .handle(t0, src, Transport::Tcp, &req, &mut reply)
+        .expect_err("refused");
+    assert_eq!(
+        err,
+        HandleError::TooManyEntries {
+            source_ip: src,
+            what: "per-host",
+            max: 1_000
+        }
+    );
+    assert!(
+        core.aliases_compared <= 1_001,
+        "{} alias comparisons for a refused REGISTER",
+        core.aliases_compared
+    );
+    assert!(core.is_empty() && core.drain_events().is_empty());
+
+    // Duplicates (case-insensitive) do not count against the caps, and the order sent is
+    // kept.
+    core.aliases_compared = 0;
+    let mut dup: Vec<String> = Vec::new();
+    for i in 0..5_000 {
+        dup.push(format!("b{}", i % 3));
+        dup.push(format!("B{}", i % 3));
+    }
+    core.register(t0, src, &dup, &Port::Num(2)).expect("three names");
+    assert_eq!(core.aliases_compared, 10_000, "one look per alias");
+    let names: Vec<String> = core.entries(t0).into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["B0", "B1", "B2"]);
+}
+
 /// A reference model of the table, written for clarity rather than speed, after
 /// rpyc's own registry: names in a list in creation order (rpyc's dict insertion
 /// order), each with its servers oldest refresh first. Every lookup is a scan.
@@ -305,6 +371,14 @@ mod model {
                 if !upper.contains(&a.to_uppercase()) {
                     upper.push(a.to_uppercase());
                 }
+            }
+            // More distinct names than one host may hold: refused whatever the table.
+            if upper.len() > self.max_entries_per_host {
+                return Err(HandleError::TooManyEntries {
+                    source_ip: ip,
+                    what: "per-host",
+                    max: self.max_entries_per_host,
+                });
             }
             let new = upper.iter().filter(|n| !self.has(n, ip, port)).count();
             if self.count(|_| true) + new > self.max_entries {
