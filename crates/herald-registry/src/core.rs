@@ -355,6 +355,10 @@ pub struct RegistryCore {
     /// that an oversized REGISTER is refused after bounded work).
     #[cfg(test)]
     aliases_compared: usize,
+    /// Servers QUERY looked at (pruning and sizing), to show that its work is bounded by
+    /// the reply size.
+    #[cfg(test)]
+    servers_visited: usize,
 }
 
 /// Normalises a source address: `::ffff:a.b.c.d` becomes `a.b.c.d`.
@@ -392,6 +396,8 @@ impl RegistryCore {
             names_visited: 0,
             #[cfg(test)]
             aliases_compared: 0,
+            #[cfg(test)]
+            servers_visited: 0,
         }
     }
 
@@ -423,6 +429,10 @@ impl RegistryCore {
 
     /// Handles one request from `source` received at `now`. On success the reply is in
     /// `reply` (cleared first); on error nothing must be sent.
+    ///
+    /// `now` must not go back from one call to the next (QUERY relies on the servers of
+    /// a name being in refresh order to prune only the stale ones at the front; the
+    /// pruning timer would still remove any it missed).
     pub fn handle(
         &mut self,
         now: Instant,
@@ -826,6 +836,11 @@ impl RegistryCore {
     /// Answers QUERY into `reply`: stale entries of the name are pruned first (like
     /// rpyc), then the rest are encoded oldest refresh first, keeping the freshest ones
     /// if they do not all fit in [`MAX_CLIENT_READ`] bytes.
+    ///
+    /// The work is bounded by the reply size, not by the number of servers under the
+    /// name: servers are kept oldest refresh first, so the stale ones are a prefix (the
+    /// clock passed in never goes back), and the sizes are summed arithmetically from
+    /// the freshest end until the reply is full.
     fn query(&mut self, now: Instant, name: &str, loopback_as: Option<&str>, reply: &mut Vec<u8>) {
         let key = if name
             .bytes()
@@ -837,7 +852,16 @@ impl RegistryCore {
         };
         let timeout = self.config.prune_timeout;
         if let Some(entry) = self.names.get_mut(key.as_ref()) {
-            let removed = entry.take_servers(|s| s.is_stale(now, timeout));
+            let stale = entry
+                .servers
+                .iter()
+                .take_while(|s| s.is_stale(now, timeout))
+                .count();
+            #[cfg(test)]
+            {
+                self.servers_visited += (stale + 1).min(entry.servers.len());
+            }
+            let removed: Vec<Server> = entry.servers.drain(..stale).collect();
             if entry.servers.is_empty() {
                 self.by_seq.remove(&entry.seq);
                 self.names.remove(key.as_ref());
@@ -851,35 +875,38 @@ impl RegistryCore {
             return;
         };
         let servers = &entry.servers;
-        brine::encode_tuple_header(servers.len(), reply);
-        for s in servers {
+        // From the freshest: `keep` counts those that fit with room for the largest
+        // tuple header (5 bytes); the walk ends once the sizes add up to more than the
+        // cap, since then the whole reply cannot fit.
+        let mut total = 0;
+        let mut keep = 0;
+        let mut keeping = true;
+        let mut walked_all = true;
+        for s in servers.iter().rev() {
+            #[cfg(test)]
+            {
+                self.servers_visited += 1;
+            }
+            let size = proto::encoded_addr_len(shown_host(s, loopback_as), &s.port);
+            if keeping && total + size + 5 <= MAX_CLIENT_READ {
+                keep += 1;
+            } else {
+                keeping = false;
+            }
+            total += size;
+            if total > MAX_CLIENT_READ {
+                walked_all = false;
+                break;
+            }
+        }
+        let whole =
+            walked_all && brine::tuple_header_len(servers.len()) + total <= MAX_CLIENT_READ;
+        let shown = if whole { servers.len() } else { keep };
+        brine::encode_tuple_header(shown, reply);
+        for s in &servers[servers.len() - shown..] {
             proto::encode_addr(shown_host(s, loopback_as), &s.port, reply);
         }
-        if reply.len() > MAX_CLIENT_READ {
-            // Keep the freshest entries that fit, still oldest first.
-            let sizes: Vec<usize> = servers
-                .iter()
-                .map(|s| {
-                    let mut b = Vec::new();
-                    proto::encode_addr(shown_host(s, loopback_as), &s.port, &mut b);
-                    b.len()
-                })
-                .collect();
-            let mut keep = 0;
-            let mut total = 0;
-            for size in sizes.iter().rev() {
-                // Header of at most 5 bytes.
-                if total + size + 5 > MAX_CLIENT_READ {
-                    break;
-                }
-                total += size;
-                keep += 1;
-            }
-            reply.clear();
-            brine::encode_tuple_header(keep, reply);
-            for s in &servers[servers.len() - keep..] {
-                proto::encode_addr(shown_host(s, loopback_as), &s.port, reply);
-            }
+        if !whole {
             self.stats.capped_replies += 1;
             tracing::warn!(
                 name = %key,

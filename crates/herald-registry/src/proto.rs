@@ -47,6 +47,14 @@ impl Port {
         }
     }
 
+    /// How many bytes its encoding takes.
+    fn encoded_len(&self) -> usize {
+        match self {
+            Port::Num(n) => brine::encoded_int_len(*n),
+            Port::Path(p) => brine::encoded_str_len(p),
+        }
+    }
+
     fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             Port::Num(n) => brine::encode_int(*n, out),
@@ -434,6 +442,11 @@ pub(crate) fn encode_addr(host: &str, port: &Port, out: &mut Vec<u8>) {
     port.encode_into(out);
 }
 
+/// How many bytes [`encode_addr`] appends, without encoding.
+pub(crate) fn encoded_addr_len(host: &str, port: &Port) -> usize {
+    brine::tuple_header_len(2) + brine::encoded_str_len(host) + port.encoded_len()
+}
+
 /// Parses a QUERY reply: a tuple of `(host, port)` pairs.
 pub fn parse_query_reply(bytes: &[u8]) -> Result<Vec<ServiceAddr>, ReplyError> {
     let (v, _) = brine::decode(bytes)?;
@@ -551,6 +564,21 @@ mod tests {
             port: Port::Path("/tmp/s.sock".into()),
         };
         assert_eq!(parse_request(&encode_request(&cmd)).map(|x| x.0), Ok(cmd));
+    }
+
+    #[test]
+    fn encoded_addr_len_matches_encode_addr() {
+        for (host, port) in [
+            ("10.0.0.1", Port::Num(1)),
+            ("fe80::1", Port::Num(18812)),
+            ("", Port::Num(-5_000_000_000)),
+            ("127.0.0.1", Port::Path("/run/svc.sock".into())),
+            ("h", Port::Path("p".repeat(300))),
+        ] {
+            let mut out = Vec::new();
+            encode_addr(host, &port, &mut out);
+            assert_eq!(encoded_addr_len(host, &port), out.len(), "{host} {port}");
+        }
     }
 
     #[test]

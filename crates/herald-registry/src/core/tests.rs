@@ -288,6 +288,102 @@ fn a_register_with_20000_aliases_is_refused_after_bounded_work() {
     assert_eq!(names, ["B0", "B1", "B2"]);
 }
 
+#[test]
+fn query_of_a_name_with_10000_servers_looks_at_what_fits_in_the_reply() {
+    let mut core = RegistryCore::new(CoreConfig::default());
+    let mut now = Instant::now();
+    let host = ip("10.0.0.1");
+    for port in 0..10_000i64 {
+        now += Duration::from_millis(1);
+        core.register(now, host, &["crowd".into()], &Port::Num(20_000 + port))
+            .expect("ok");
+    }
+    // Each entry takes this many bytes (ports of five digits).
+    let mut one = Vec::new();
+    proto::encode_addr("10.0.0.1", &Port::Num(20_000), &mut one);
+    let bound = super::MAX_CLIENT_READ / one.len() + 2;
+    let query = encode_request(&Command::Query {
+        name: "crowd".into(),
+    });
+    let mut reply = Vec::new();
+    for transport in [Transport::Udp, Transport::Tcp] {
+        core.servers_visited = 0;
+        core.handle(now, ip("10.9.9.9"), transport, &query, &mut reply)
+            .expect("answered");
+        assert!(
+            core.servers_visited <= bound,
+            "{} servers looked at, at most {bound} fit",
+            core.servers_visited
+        );
+        assert!(reply.len() <= 1500, "{} bytes", reply.len());
+        let got = proto::parse_query_reply(&reply).expect("a QUERY reply");
+        assert!(got.len() > 50, "{} servers", got.len());
+        assert_eq!(
+            got.last().map(ToString::to_string).as_deref(),
+            Some("10.0.0.1:29999"),
+            "ends with the freshest"
+        );
+        assert_eq!(
+            got.first().map(ToString::to_string),
+            Some(format!("10.0.0.1:{}", 30_000 - got.len())),
+            "the freshest that fit, oldest first"
+        );
+    }
+    assert_eq!(core.stats().capped_replies, 2);
+    // Once all are stale, QUERY prunes them all (it has to look at each).
+    core.servers_visited = 0;
+    core.handle(
+        now + Duration::from_secs(241),
+        ip("10.9.9.9"),
+        Transport::Udp,
+        &query,
+        &mut reply,
+    )
+    .expect("answered");
+    assert_eq!(reply, proto::REPLY_EMPTY);
+    assert_eq!(core.servers_visited, 10_000);
+    assert!(core.is_empty());
+    check_index(&core).expect("indexes");
+}
+
+/// The QUERY cap keeps exactly what encoding everything and then cutting it kept (the
+/// former algorithm), at every reply size around the cap, including whole replies that
+/// fit only because their tuple header is short.
+#[test]
+fn capped_query_keeps_what_encoding_everything_would() {
+    use crate::brine::{self, Value};
+    let query = encode_request(&Command::Query { name: "n".into() });
+    let mut reply = Vec::new();
+    for path_len in 1..40 {
+        let mut core = RegistryCore::new(CoreConfig::default());
+        let now = Instant::now();
+        let mut sent: Vec<Value> = Vec::new();
+        for i in 0..(1600 / (path_len + 14) + 3) {
+            let path = format!("{i:0>path_len$}");
+            core.register(now, ip("10.0.0.1"), &["n".into()], &Port::Path(path.clone()))
+                .expect("ok");
+            sent.push(Value::tuple([Value::str("10.0.0.1"), Value::str(path)]));
+            let mut want = brine::encode(&Value::Tuple(sent.clone()));
+            if want.len() > super::MAX_CLIENT_READ {
+                let mut keep = 0;
+                let mut total = 0;
+                for v in sent.iter().rev() {
+                    let size = brine::encode(v).len();
+                    if total + size + 5 > super::MAX_CLIENT_READ {
+                        break;
+                    }
+                    total += size;
+                    keep += 1;
+                }
+                want = brine::encode(&Value::Tuple(sent[sent.len() - keep..].to_vec()));
+            }
+            core.handle(now, ip("10.9.9.9"), Transport::Udp, &query, &mut reply)
+                .expect("answered");
+            assert_eq!(reply, want, "{} servers, paths of {path_len}", sent.len());
+        }
+    }
+}
+
 /// A reference model of the table, written for clarity rather than speed, after
 /// rpyc's own registry: names in a list in creation order (rpyc's dict insertion
 /// order), each with its servers oldest refresh first. Every lookup is a scan.
