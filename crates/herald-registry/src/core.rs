@@ -38,7 +38,8 @@ use crate::proto::{self, Command, Port, RequestError, ServiceAddr};
 pub const DEFAULT_PRUNE_TIMEOUT: Duration = Duration::from_secs(240);
 /// What rpyc clients read for QUERY and REGISTER replies and for LIST over TCP.
 pub const MAX_CLIENT_READ: usize = 1500;
-/// What rpyc's UDP client reads for a LIST reply.
+/// What rpyc's UDP client reads for a LIST reply (since 5.2.1; the 5.1.0 client, which
+/// sends LIST with args `()`, reads [`MAX_CLIENT_READ`]).
 pub const MAX_UDP_LIST_READ: usize = 15000;
 
 /// Which transport a request came over (decides how large a LIST reply may be).
@@ -538,8 +539,8 @@ impl RegistryCore {
                 self.query(now, name, loopback_as, reply);
                 self.stats.queries += 1;
             }
-            Command::List { filter } => {
-                self.list(source, transport, filter.as_deref(), reply);
+            Command::List { filter, legacy } => {
+                self.list(source, transport, *legacy, filter.as_deref(), reply);
                 self.stats.lists += 1;
             }
         }
@@ -921,6 +922,7 @@ impl RegistryCore {
         &mut self,
         source: IpAddr,
         transport: Transport,
+        legacy: bool,
         filter: Option<&str>,
         reply: &mut Vec<u8>,
     ) {
@@ -928,9 +930,10 @@ impl RegistryCore {
             reply.extend_from_slice(&proto::REPLY_NONE);
             return;
         }
-        let cap = match transport {
-            Transport::Udp => MAX_UDP_LIST_READ,
-            Transport::Tcp => MAX_CLIENT_READ,
+        // rpyc 5.1.0's UDP client (the `()` form) read 1500 bytes; 15000 came in 5.2.1.
+        let cap = match (transport, legacy) {
+            (Transport::Udp, false) => MAX_UDP_LIST_READ,
+            (Transport::Udp, true) | (Transport::Tcp, _) => MAX_CLIENT_READ,
         };
         // Names in creation order, until the reply is full: without a filter the work
         // is bounded by the reply size, not by the table. A filter names a host as the

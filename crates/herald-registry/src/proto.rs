@@ -102,6 +102,10 @@ pub enum Command {
     List {
         /// Host filter (`None` or `""` = all names).
         filter: Option<String>,
+        /// Sent in the rpyc 5.1.0 form, args `()`: no filter (`filter` is not sent), and
+        /// that client reads only 1500 bytes of the reply even over UDP. `false`: the
+        /// 5.2+ form `((filter_host,),)`.
+        legacy: bool,
     },
 }
 
@@ -305,6 +309,7 @@ pub fn parse_request_value(value: Value) -> Result<Command, RequestError> {
         }
         _ => {
             // LIST: rpyc 5.1 sent `()`, 5.2+ send `((filter_host,),)`.
+            let legacy = args.is_empty();
             let filter = match args.as_slice() {
                 [] => None,
                 [Value::Tuple(inner)] => match inner.as_slice() {
@@ -328,7 +333,7 @@ pub fn parse_request_value(value: Value) -> Result<Command, RequestError> {
                 }
                 _ => return Err(arity("0 or 1")),
             };
-            Ok(Command::List { filter })
+            Ok(Command::List { filter, legacy })
         }
     }
 }
@@ -360,7 +365,8 @@ fn request_header(command: &str, out: &mut Vec<u8>) {
     brine::encode_str(command, out);
 }
 
-/// Encodes a request exactly as rpyc 6 clients do (LIST in the 5.2+ form).
+/// Encodes a request exactly as rpyc 6 clients do (LIST in the 5.2+ form, or as rpyc
+/// 5.1.0 did when `legacy`).
 pub fn encode_request(cmd: &Command) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     request_header(cmd.name(), &mut out);
@@ -381,7 +387,13 @@ pub fn encode_request(cmd: &Command) -> Vec<u8> {
             brine::encode_tuple_header(1, &mut out);
             brine::encode_str(name, &mut out);
         }
-        Command::List { filter } => {
+        Command::List { legacy: true, .. } => {
+            brine::encode_tuple_header(0, &mut out);
+        }
+        Command::List {
+            filter,
+            legacy: false,
+        } => {
             brine::encode_tuple_header(1, &mut out);
             brine::encode_tuple_header(1, &mut out);
             match filter {
@@ -498,13 +510,24 @@ mod tests {
     fn list_forms() {
         // 5.1 form: args ()
         let v = Value::tuple([Value::str("RPYC"), Value::str("LIST"), Value::Tuple(vec![])]);
-        assert_eq!(parse_request_value(v), Ok(Command::List { filter: None }));
+        let legacy = Command::List {
+            filter: None,
+            legacy: true,
+        };
+        assert_eq!(parse_request_value(v.clone()), Ok(legacy.clone()));
+        assert_eq!(brine::encode(&v), encode_request(&legacy));
         let v = Value::tuple([
             Value::str("RPYC"),
             Value::str("list"),
             Value::tuple([Value::tuple([Value::str("")])]),
         ]);
-        assert_eq!(parse_request_value(v), Ok(Command::List { filter: None }));
+        assert_eq!(
+            parse_request_value(v),
+            Ok(Command::List {
+                filter: None,
+                legacy: false
+            })
+        );
         let v = Value::tuple([
             Value::str("RPYC"),
             Value::str("LIST"),

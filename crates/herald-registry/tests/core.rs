@@ -30,6 +30,7 @@ fn query(name: &str) -> Vec<u8> {
 fn list(filter: Option<&str>) -> Vec<u8> {
     encode_request(&Command::List {
         filter: filter.map(str::to_owned),
+        legacy: false,
     })
 }
 
@@ -368,6 +369,22 @@ fn list_reply_caps_differ_by_transport() {
     assert_eq!(udp.len(), 400, "{} bytes fit in 15000", reply.len());
     assert!(tcp.len() < 400 && tcp.len() > 50);
     assert_eq!(tcp[..], udp[..tcp.len()]);
+    // rpyc 5.1.0's LIST, args `()`: its UDP client reads only 1500 bytes.
+    let legacy = encode_request(&Command::List {
+        filter: None,
+        legacy: true,
+    });
+    assert_eq!(&legacy[legacy.len() - 1..], [0x02], "args ()");
+    for transport in [Transport::Udp, Transport::Tcp] {
+        h.core
+            .handle(h.now, ip("10.0.0.1"), transport, &legacy, &mut reply)
+            .expect("5.1 form answered");
+        assert!(reply.len() <= 1500, "{transport:?}: {} bytes", reply.len());
+        let names = parse_list_reply(&reply)
+            .expect("decodes")
+            .expect("listing on");
+        assert_eq!(names, tcp, "{transport:?}: the names that fit, in order");
+    }
 }
 
 #[test]

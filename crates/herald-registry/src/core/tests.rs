@@ -603,11 +603,17 @@ mod model {
             brine::encode(&Value::Tuple(servers))
         }
 
-        /// The LIST reply (listing on, no allow-list).
-        pub(super) fn list(&mut self, filter: Option<&str>, transport: Transport) -> Vec<u8> {
+        /// The LIST reply (listing on, no allow-list); `legacy`: the rpyc 5.1.0 form,
+        /// whose client reads 1500 bytes over UDP too.
+        pub(super) fn list(
+            &mut self,
+            filter: Option<&str>,
+            transport: Transport,
+            legacy: bool,
+        ) -> Vec<u8> {
             let cap = match transport {
-                Transport::Udp => MAX_UDP_LIST_READ,
-                Transport::Tcp => MAX_CLIENT_READ,
+                Transport::Udp if !legacy => MAX_UDP_LIST_READ,
+                _ => MAX_CLIENT_READ,
             };
             let filter = filter.filter(|h| !h.is_empty());
             let mut kept = Vec::new();
@@ -717,6 +723,8 @@ mod model_test {
         List {
             filter: Option<usize>,
             tcp: bool,
+            /// The rpyc 5.1.0 form (no filter).
+            legacy: bool,
         },
     }
 
@@ -728,8 +736,12 @@ mod model_test {
                 .prop_map(|(source, port)| Op::Unregister { source, port }),
             1 => Just(Op::Prune),
             2 => (0..13usize).prop_map(|name| Op::Query { name }),
-            2 => (proptest::option::of(0..FILTERS.len()), any::<bool>())
-                .prop_map(|(filter, tcp)| Op::List { filter, tcp }),
+            2 => (proptest::option::of(0..FILTERS.len()), any::<bool>(), any::<bool>())
+                .prop_map(|(filter, tcp, legacy)| Op::List {
+                    filter: filter.filter(|_| !legacy),
+                    tcp,
+                    legacy,
+                }),
         ]
     }
 
@@ -835,7 +847,11 @@ mod model_test {
                     model.stats.replies += 1;
                     prop_assert_eq!(got, Ok(want), "step {} {:?}", i, op);
                 }
-                Op::List { filter, tcp } => {
+                Op::List {
+                    filter,
+                    tcp,
+                    legacy,
+                } => {
                     let filter = filter.map(|f| FILTERS[f].to_owned());
                     let transport = if *tcp { Transport::Tcp } else { Transport::Udp };
                     let got = handle(
@@ -844,9 +860,10 @@ mod model_test {
                         transport,
                         &Command::List {
                             filter: filter.clone(),
+                            legacy: *legacy,
                         },
                     );
-                    let want = model.list(filter.as_deref(), transport);
+                    let want = model.list(filter.as_deref(), transport, *legacy);
                     model.stats.requests += 1;
                     model.stats.replies += 1;
                     prop_assert_eq!(got, Ok(want), "step {} {:?}", i, op);
@@ -919,6 +936,7 @@ fn filtered_list_visits_only_that_hosts_names_in_a_big_table() {
         core.names_visited = 0;
         let req = encode_request(&Command::List {
             filter: filter.map(str::to_owned),
+            legacy: false,
         });
         let mut reply = Vec::new();
         core.handle(t0, me, Transport::Udp, &req, &mut reply)
