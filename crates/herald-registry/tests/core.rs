@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use herald_registry::brine::{self, Value};
+use herald_registry::brine::{self, BrineError, Value};
 use herald_registry::core::{
     CoreConfig, HandleError, RateLimit, RegistryCore, RegistryEvent, RemoveReason, Transport,
 };
@@ -546,6 +546,17 @@ fn malformed_requests_are_dropped_and_leave_the_table_intact() {
             assert_eq!(
                 err,
                 HandleError::Request(RequestError::CommandNotStr { found: "int" })
+            );
+        }
+        if what == "deep nesting" {
+            // Refused by the decoder's depth limit (without it, 5000 nested 1-tuples
+            // decode and fail only as "not a 3-tuple").
+            assert_eq!(
+                err,
+                HandleError::Request(RequestError::Decode(BrineError::TooDeep {
+                    offset: brine::DEFAULT_MAX_DEPTH,
+                    limit: brine::DEFAULT_MAX_DEPTH
+                }))
             );
         }
     }
