@@ -779,17 +779,7 @@ mod tests {
 
     #[test]
     fn encoded_lengths_match_the_encoders() {
-        for i in [
-            i64::MIN,
-            -1_000_000,
-            -49,
-            -48,
-            0,
-            159,
-            160,
-            18812,
-            i64::MAX,
-        ] {
+        for i in [i64::MIN, -1_000_000, -49, -48, 0, 159, 160, 18812, i64::MAX] {
             let mut out = Vec::new();
             encode_int(i, &mut out);
             assert_eq!(encoded_int_len(i), out.len(), "int {i}");

@@ -282,7 +282,8 @@ fn a_register_with_20000_aliases_is_refused_after_bounded_work() {
         dup.push(format!("b{}", i % 3));
         dup.push(format!("B{}", i % 3));
     }
-    core.register(t0, src, &dup, &Port::Num(2)).expect("three names");
+    core.register(t0, src, &dup, &Port::Num(2))
+        .expect("three names");
     assert_eq!(core.aliases_compared, 10_000, "one look per alias");
     let names: Vec<String> = core.entries(t0).into_iter().map(|r| r.name).collect();
     assert_eq!(names, ["B0", "B1", "B2"]);
@@ -360,8 +361,13 @@ fn capped_query_keeps_what_encoding_everything_would() {
         let mut sent: Vec<Value> = Vec::new();
         for i in 0..(1600 / (path_len + 14) + 3) {
             let path = format!("{i:0>path_len$}");
-            core.register(now, ip("10.0.0.1"), &["n".into()], &Port::Path(path.clone()))
-                .expect("ok");
+            core.register(
+                now,
+                ip("10.0.0.1"),
+                &["n".into()],
+                &Port::Path(path.clone()),
+            )
+            .expect("ok");
             sent.push(Value::tuple([Value::str("10.0.0.1"), Value::str(path)]));
             let mut want = brine::encode(&Value::Tuple(sent.clone()));
             if want.len() > super::MAX_CLIENT_READ {
