@@ -362,6 +362,14 @@ pub struct RegistryCore {
     servers_visited: usize,
 }
 
+/// A request as the I/O layer hands it over.
+enum Input<'a> {
+    /// Raw bytes, decoded here.
+    Bytes(&'a [u8]),
+    /// Already decoded and interpreted.
+    Parsed(Result<Command, RequestError>),
+}
+
 /// Normalises a source address: `::ffff:a.b.c.d` becomes `a.b.c.d`.
 pub fn normalize_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
@@ -456,6 +464,35 @@ impl RegistryCore {
         request: &[u8],
         reply: &mut Vec<u8>,
     ) -> Result<CommandKind, HandleError> {
+        self.handle_input(now, source, local, transport, Input::Bytes(request), reply)
+    }
+
+    /// Like [`Self::handle_via`] for a request already decoded and interpreted by the
+    /// caller ([`proto::parse_request`] or [`proto::parse_request_value`]), so that this
+    /// work need not be done again while the table is locked (the TCP server decodes
+    /// each request anyway to find where it ends). Answers exactly as `handle_via`
+    /// answers the same bytes.
+    pub fn handle_parsed_via(
+        &mut self,
+        now: Instant,
+        source: IpAddr,
+        local: Option<IpAddr>,
+        transport: Transport,
+        request: Result<Command, RequestError>,
+        reply: &mut Vec<u8>,
+    ) -> Result<CommandKind, HandleError> {
+        self.handle_input(now, source, local, transport, Input::Parsed(request), reply)
+    }
+
+    fn handle_input(
+        &mut self,
+        now: Instant,
+        source: IpAddr,
+        local: Option<IpAddr>,
+        transport: Transport,
+        request: Input<'_>,
+        reply: &mut Vec<u8>,
+    ) -> Result<CommandKind, HandleError> {
         reply.clear();
         self.stats.requests += 1;
         let source = normalize_ip(source);
@@ -497,19 +534,25 @@ impl RegistryCore {
         source: IpAddr,
         loopback_as: Option<&str>,
         transport: Transport,
-        request: &[u8],
+        request: Input<'_>,
         reply: &mut Vec<u8>,
     ) -> Result<CommandKind, HandleError> {
         self.check_rate(now, source)?;
-        // Fast path for the common case: a QUERY exactly as rpyc clients encode it,
-        // read in place without building a value tree.
-        if let Some(name) = proto::canonical_query_name(request) {
-            self.query(now, name, loopback_as, reply);
-            self.stats.queries += 1;
-            return Ok(CommandKind::Query);
-        }
-        let cmd = match proto::parse_request(request) {
-            Ok((cmd, _trailing_ignored)) => cmd,
+        let parsed = match request {
+            Input::Bytes(request) => {
+                // Fast path for the common case: a QUERY exactly as rpyc clients encode
+                // it, read in place without building a value tree.
+                if let Some(name) = proto::canonical_query_name(request) {
+                    self.query(now, name, loopback_as, reply);
+                    self.stats.queries += 1;
+                    return Ok(CommandKind::Query);
+                }
+                proto::parse_request(request).map(|(cmd, _trailing_ignored)| cmd)
+            }
+            Input::Parsed(parsed) => parsed,
+        };
+        let cmd = match parsed {
+            Ok(cmd) => cmd,
             Err(RequestError::BytesName(_)) => {
                 // rpyc upper-cases a bytes name, which never matches a str key.
                 self.stats.queries += 1;
@@ -900,8 +943,7 @@ impl RegistryCore {
                 break;
             }
         }
-        let whole =
-            walked_all && brine::tuple_header_len(servers.len()) + total <= MAX_CLIENT_READ;
+        let whole = walked_all && brine::tuple_header_len(servers.len()) + total <= MAX_CLIENT_READ;
         let shown = if whole { servers.len() } else { keep };
         brine::encode_tuple_header(shown, reply);
         for s in &servers[servers.len() - shown..] {

@@ -564,6 +564,64 @@ fn malformed_requests_are_dropped_and_leave_the_table_intact() {
     assert_eq!(h.core.stats().dropped, 19);
 }
 
+/// The TCP server hands the core requests it has decoded already; the answers, errors
+/// and counters are those of the same bytes.
+#[test]
+fn a_request_parsed_outside_the_core_is_answered_as_its_bytes() {
+    let config = CoreConfig {
+        allow_listing: true,
+        ..CoreConfig::default()
+    };
+    let mut by_bytes = RegistryCore::new(config.clone());
+    let mut by_parsed = RegistryCore::new(config);
+    let t = |items: Vec<Value>| brine::encode(&Value::Tuple(items));
+    let mut deep = vec![0x10u8; 100];
+    deep.push(0x00);
+    let requests: Vec<Vec<u8>> = vec![
+        reg(&["a", "B", "a"], 1),
+        reg(&["c"], 2),
+        query("a"),
+        query("nothing"),
+        list(None),
+        list(Some("10.0.0.1")),
+        encode_request(&Command::List {
+            filter: None,
+            legacy: true,
+        }),
+        t(vec![
+            Value::str("RPYC"),
+            Value::str("QUERY"),
+            Value::tuple([Value::Bytes(b"A".to_vec())]),
+        ]),
+        encode_request(&Command::Register {
+            aliases: vec!["p".into()],
+            port: Port::Path("x".repeat(300)),
+        }),
+        encode_request(&Command::Unregister { port: Port::Num(2) }),
+        query("C"),
+        vec![0xff],
+        deep,
+        t(vec![
+            Value::str("RPYC"),
+            Value::Int(5),
+            Value::Tuple(vec![]),
+        ]),
+    ];
+    let now = Instant::now();
+    let (mut r1, mut r2) = (Vec::new(), Vec::new());
+    for req in &requests {
+        let a = by_bytes.handle_via(now, ip("10.0.0.1"), None, Transport::Tcp, req, &mut r1);
+        let parsed = proto::parse_request(req).map(|(cmd, _)| cmd);
+        let b =
+            by_parsed.handle_parsed_via(now, ip("10.0.0.1"), None, Transport::Tcp, parsed, &mut r2);
+        assert_eq!(a, b, "{req:02x?}");
+        assert_eq!(r1, r2, "{req:02x?}");
+    }
+    assert_eq!(by_bytes.stats(), by_parsed.stats());
+    assert_eq!(by_bytes.entries(now), by_parsed.entries(now));
+    assert_eq!(by_bytes.drain_events(), by_parsed.drain_events());
+}
+
 #[test]
 fn opt_in_loopback_rewrite_answers_remote_clients_with_the_registry_address() {
     for enabled in [false, true] {
