@@ -508,6 +508,35 @@ pub fn encode_tuple_header(n: usize, out: &mut Vec<u8>) {
     }
 }
 
+/// Tag and length bytes in front of `n` bytes or `n` tuple items (shortest form).
+fn header_len(n: usize) -> usize {
+    match n {
+        0..=4 => 1,
+        5..=255 => 2,
+        _ => 5,
+    }
+}
+
+/// How many bytes [`encode_str`] appends for `s`, without encoding it.
+pub fn encoded_str_len(s: &str) -> usize {
+    1 + header_len(s.len()) + s.len()
+}
+
+/// How many bytes [`encode_int`] appends for `i`, without encoding it.
+pub fn encoded_int_len(i: i64) -> usize {
+    if (-48..=159).contains(&i) {
+        1
+    } else {
+        // The text of an i64 is at most 20 bytes: always the 1-byte length form.
+        2 + itoa_buf(i).as_bytes().len()
+    }
+}
+
+/// How many bytes [`encode_tuple_header`] appends for `n` items.
+pub fn tuple_header_len(n: usize) -> usize {
+    header_len(n)
+}
+
 /// Decodes the first value of `input` with the default depth limit; returns it and the
 /// number of bytes it used (trailing bytes are left to the caller).
 pub fn decode(input: &[u8]) -> Result<(Value, usize), BrineError> {
@@ -747,6 +776,24 @@ fn parse_int(text: &[u8], offset: usize) -> Result<Value, BrineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_lengths_match_the_encoders() {
+        for i in [i64::MIN, -1_000_000, -49, -48, 0, 159, 160, 18812, i64::MAX] {
+            let mut out = Vec::new();
+            encode_int(i, &mut out);
+            assert_eq!(encoded_int_len(i), out.len(), "int {i}");
+        }
+        for n in [0usize, 1, 4, 5, 255, 256, 70_000] {
+            let s = "\u{e9}".repeat(n / 2) + &"x".repeat(n % 2);
+            let mut out = Vec::new();
+            encode_str(&s, &mut out);
+            assert_eq!(encoded_str_len(&s), out.len(), "str of {} bytes", s.len());
+            let mut out = Vec::new();
+            encode_tuple_header(n, &mut out);
+            assert_eq!(tuple_header_len(n), out.len(), "tuple of {n}");
+        }
+    }
 
     #[test]
     fn immediate_int_range() {

@@ -256,6 +256,7 @@ impl UdpRegistryClient {
     ) -> Result<Option<Vec<String>>, ClientError> {
         let list = Command::List {
             filter: filter_host.map(str::to_owned),
+            legacy: false,
         };
         self.call(&list, |r| proto::parse_list_reply(r).ok()).await
     }
@@ -401,6 +402,7 @@ impl TcpRegistryClient {
     ) -> Result<Option<Vec<String>>, ClientError> {
         let list = Command::List {
             filter: filter_host.map(str::to_owned),
+            legacy: false,
         };
         self.call_parsed(&list, proto::parse_list_reply).await
     }

@@ -24,7 +24,7 @@
 //! ```
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +38,8 @@ use crate::proto::{self, Command, Port, RequestError, ServiceAddr};
 pub const DEFAULT_PRUNE_TIMEOUT: Duration = Duration::from_secs(240);
 /// What rpyc clients read for QUERY and REGISTER replies and for LIST over TCP.
 pub const MAX_CLIENT_READ: usize = 1500;
-/// What rpyc's UDP client reads for a LIST reply.
+/// What rpyc's UDP client reads for a LIST reply (since 5.2.1; the 5.1.0 client, which
+/// sends LIST with args `()`, reads [`MAX_CLIENT_READ`]).
 pub const MAX_UDP_LIST_READ: usize = 15000;
 
 /// Which transport a request came over (decides how large a LIST reply may be).
@@ -91,6 +92,14 @@ pub struct CoreConfig {
     pub max_entries_per_host: usize,
     /// Maximum length of a service name in bytes.
     pub max_name_len: usize,
+    /// Maximum length in bytes of a str "port" (the socket path of a unix-socket
+    /// server; real ones are at most 108 bytes). The path is stored once per alias, so
+    /// without a limit one REGISTER could store its size many times over.
+    pub max_port_path_len: usize,
+    /// Maximum number of aliases in one REGISTER (as sent, before duplicates are
+    /// dropped). rpyc's server reads 1500 bytes, which hold at most about 490 aliases;
+    /// services send a handful.
+    pub max_aliases_per_register: usize,
     /// Opt-in answer to rpyc issue #568: when a QUERY comes from another host, report
     /// servers registered over loopback at the registry's own address the query
     /// arrived on (when the I/O layer knows it), instead of `127.0.0.1`, which would
@@ -109,6 +118,8 @@ impl Default for CoreConfig {
             max_entries: 100_000,
             max_entries_per_host: 10_000,
             max_name_len: 255,
+            max_port_path_len: 255,
+            max_aliases_per_register: 512,
             rewrite_loopback: false,
         }
     }
@@ -231,6 +242,26 @@ pub enum HandleError {
         /// The limit.
         max: usize,
     },
+    /// A str port (unix-socket path) longer than allowed.
+    #[error("REGISTER port path of {len} bytes exceeds the limit of {max}: {start:?}...")]
+    PortPathTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+        /// Its first characters (at most 64 bytes).
+        start: String,
+    },
+    /// A REGISTER with more aliases than allowed.
+    #[error("REGISTER from {source_ip} refused: {count} aliases exceed the limit of {max}")]
+    TooManyAliases {
+        /// The source.
+        source_ip: IpAddr,
+        /// How many aliases it sent.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// Registering would exceed an entry cap.
     #[error("REGISTER from {source_ip} refused: {what} limit of {max} entries reached")]
     TooManyEntries {
@@ -321,6 +352,22 @@ pub struct RegistryCore {
     /// on to show that UNREGISTER and LIST visit only the names they answer with).
     #[cfg(test)]
     names_visited: usize,
+    /// Aliases REGISTER looked at to drop duplicates (what the tests assert on to show
+    /// that an oversized REGISTER is refused after bounded work).
+    #[cfg(test)]
+    aliases_compared: usize,
+    /// Servers QUERY looked at (pruning and sizing), to show that its work is bounded by
+    /// the reply size.
+    #[cfg(test)]
+    servers_visited: usize,
+}
+
+/// A request as the I/O layer hands it over.
+enum Input<'a> {
+    /// Raw bytes, decoded here.
+    Bytes(&'a [u8]),
+    /// Already decoded and interpreted.
+    Parsed(Result<Command, RequestError>),
 }
 
 /// Normalises a source address: `::ffff:a.b.c.d` becomes `a.b.c.d`.
@@ -356,6 +403,10 @@ impl RegistryCore {
             stats: Stats::default(),
             #[cfg(test)]
             names_visited: 0,
+            #[cfg(test)]
+            aliases_compared: 0,
+            #[cfg(test)]
+            servers_visited: 0,
         }
     }
 
@@ -387,6 +438,10 @@ impl RegistryCore {
 
     /// Handles one request from `source` received at `now`. On success the reply is in
     /// `reply` (cleared first); on error nothing must be sent.
+    ///
+    /// `now` must not go back from one call to the next (QUERY relies on the servers of
+    /// a name being in refresh order to prune only the stale ones at the front; the
+    /// pruning timer would still remove any it missed).
     pub fn handle(
         &mut self,
         now: Instant,
@@ -407,6 +462,35 @@ impl RegistryCore {
         local: Option<IpAddr>,
         transport: Transport,
         request: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<CommandKind, HandleError> {
+        self.handle_input(now, source, local, transport, Input::Bytes(request), reply)
+    }
+
+    /// Like [`Self::handle_via`] for a request already decoded and interpreted by the
+    /// caller ([`proto::parse_request`] or [`proto::parse_request_value`]), so that this
+    /// work need not be done again while the table is locked (the TCP server decodes
+    /// each request anyway to find where it ends). Answers exactly as `handle_via`
+    /// answers the same bytes.
+    pub fn handle_parsed_via(
+        &mut self,
+        now: Instant,
+        source: IpAddr,
+        local: Option<IpAddr>,
+        transport: Transport,
+        request: Result<Command, RequestError>,
+        reply: &mut Vec<u8>,
+    ) -> Result<CommandKind, HandleError> {
+        self.handle_input(now, source, local, transport, Input::Parsed(request), reply)
+    }
+
+    fn handle_input(
+        &mut self,
+        now: Instant,
+        source: IpAddr,
+        local: Option<IpAddr>,
+        transport: Transport,
+        request: Input<'_>,
         reply: &mut Vec<u8>,
     ) -> Result<CommandKind, HandleError> {
         reply.clear();
@@ -450,19 +534,25 @@ impl RegistryCore {
         source: IpAddr,
         loopback_as: Option<&str>,
         transport: Transport,
-        request: &[u8],
+        request: Input<'_>,
         reply: &mut Vec<u8>,
     ) -> Result<CommandKind, HandleError> {
         self.check_rate(now, source)?;
-        // Fast path for the common case: a QUERY exactly as rpyc clients encode it,
-        // read in place without building a value tree.
-        if let Some(name) = proto::canonical_query_name(request) {
-            self.query(now, name, loopback_as, reply);
-            self.stats.queries += 1;
-            return Ok(CommandKind::Query);
-        }
-        let cmd = match proto::parse_request(request) {
-            Ok((cmd, _trailing_ignored)) => cmd,
+        let parsed = match request {
+            Input::Bytes(request) => {
+                // Fast path for the common case: a QUERY exactly as rpyc clients encode
+                // it, read in place without building a value tree.
+                if let Some(name) = proto::canonical_query_name(request) {
+                    self.query(now, name, loopback_as, reply);
+                    self.stats.queries += 1;
+                    return Ok(CommandKind::Query);
+                }
+                proto::parse_request(request).map(|(cmd, _trailing_ignored)| cmd)
+            }
+            Input::Parsed(parsed) => parsed,
+        };
+        let cmd = match parsed {
+            Ok(cmd) => cmd,
             Err(RequestError::BytesName(_)) => {
                 // rpyc upper-cases a bytes name, which never matches a str key.
                 self.stats.queries += 1;
@@ -492,8 +582,8 @@ impl RegistryCore {
                 self.query(now, name, loopback_as, reply);
                 self.stats.queries += 1;
             }
-            Command::List { filter } => {
-                self.list(source, transport, filter.as_deref(), reply);
+            Command::List { filter, legacy } => {
+                self.list(source, transport, *legacy, filter.as_deref(), reply);
                 self.stats.lists += 1;
             }
         }
@@ -556,17 +646,55 @@ impl RegistryCore {
                 source_ip: source,
             });
         }
-        let mut upper: Vec<String> = Vec::with_capacity(aliases.len());
+        let max_aliases = self.config.max_aliases_per_register;
+        if aliases.len() > max_aliases {
+            return Err(HandleError::TooManyAliases {
+                source_ip: source,
+                count: aliases.len(),
+                max: max_aliases,
+            });
+        }
+        if let Port::Path(path) = port
+            && path.len() > self.config.max_port_path_len
+        {
+            let mut cut = path.len().min(64);
+            while !path.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            return Err(HandleError::PortPathTooLong {
+                len: path.len(),
+                max: self.config.max_port_path_len,
+                start: path[..cut].to_owned(),
+            });
+        }
+        if let Some(a) = aliases.iter().find(|a| a.len() > self.config.max_name_len) {
+            return Err(HandleError::NameTooLong {
+                len: a.len(),
+                max: self.config.max_name_len,
+            });
+        }
+        // Upper-cased, duplicates dropped, in the order sent. Each distinct name is an
+        // entry of this host unless it already holds it, so more distinct names than
+        // one host may hold can never be accepted: stop there.
+        let max_per_host = self.config.max_entries_per_host;
+        let mut upper: Vec<String> = Vec::with_capacity(aliases.len().min(max_per_host + 1));
+        let mut seen: HashSet<String> = HashSet::with_capacity(upper.capacity());
         for a in aliases {
-            if a.len() > self.config.max_name_len {
-                return Err(HandleError::NameTooLong {
-                    len: a.len(),
-                    max: self.config.max_name_len,
-                });
+            #[cfg(test)]
+            {
+                self.aliases_compared += 1;
             }
             let u = a.to_uppercase();
-            if !upper.contains(&u) {
+            if !seen.contains(&u) {
+                seen.insert(u.clone());
                 upper.push(u);
+                if upper.len() > max_per_host {
+                    return Err(HandleError::TooManyEntries {
+                        source_ip: source,
+                        what: "per-host",
+                        max: max_per_host,
+                    });
+                }
             }
         }
         let new = upper
@@ -752,6 +880,11 @@ impl RegistryCore {
     /// Answers QUERY into `reply`: stale entries of the name are pruned first (like
     /// rpyc), then the rest are encoded oldest refresh first, keeping the freshest ones
     /// if they do not all fit in [`MAX_CLIENT_READ`] bytes.
+    ///
+    /// The work is bounded by the reply size, not by the number of servers under the
+    /// name: servers are kept oldest refresh first, so the stale ones are a prefix (the
+    /// clock passed in never goes back), and the sizes are summed arithmetically from
+    /// the freshest end until the reply is full.
     fn query(&mut self, now: Instant, name: &str, loopback_as: Option<&str>, reply: &mut Vec<u8>) {
         let key = if name
             .bytes()
@@ -763,7 +896,16 @@ impl RegistryCore {
         };
         let timeout = self.config.prune_timeout;
         if let Some(entry) = self.names.get_mut(key.as_ref()) {
-            let removed = entry.take_servers(|s| s.is_stale(now, timeout));
+            let stale = entry
+                .servers
+                .iter()
+                .take_while(|s| s.is_stale(now, timeout))
+                .count();
+            #[cfg(test)]
+            {
+                self.servers_visited += (stale + 1).min(entry.servers.len());
+            }
+            let removed: Vec<Server> = entry.servers.drain(..stale).collect();
             if entry.servers.is_empty() {
                 self.by_seq.remove(&entry.seq);
                 self.names.remove(key.as_ref());
@@ -777,35 +919,37 @@ impl RegistryCore {
             return;
         };
         let servers = &entry.servers;
-        brine::encode_tuple_header(servers.len(), reply);
-        for s in servers {
+        // From the freshest: `keep` counts those that fit with room for the largest
+        // tuple header (5 bytes); the walk ends once the sizes add up to more than the
+        // cap, since then the whole reply cannot fit.
+        let mut total = 0;
+        let mut keep = 0;
+        let mut keeping = true;
+        let mut walked_all = true;
+        for s in servers.iter().rev() {
+            #[cfg(test)]
+            {
+                self.servers_visited += 1;
+            }
+            let size = proto::encoded_addr_len(shown_host(s, loopback_as), &s.port);
+            if keeping && total + size + 5 <= MAX_CLIENT_READ {
+                keep += 1;
+            } else {
+                keeping = false;
+            }
+            total += size;
+            if total > MAX_CLIENT_READ {
+                walked_all = false;
+                break;
+            }
+        }
+        let whole = walked_all && brine::tuple_header_len(servers.len()) + total <= MAX_CLIENT_READ;
+        let shown = if whole { servers.len() } else { keep };
+        brine::encode_tuple_header(shown, reply);
+        for s in &servers[servers.len() - shown..] {
             proto::encode_addr(shown_host(s, loopback_as), &s.port, reply);
         }
-        if reply.len() > MAX_CLIENT_READ {
-            // Keep the freshest entries that fit, still oldest first.
-            let sizes: Vec<usize> = servers
-                .iter()
-                .map(|s| {
-                    let mut b = Vec::new();
-                    proto::encode_addr(shown_host(s, loopback_as), &s.port, &mut b);
-                    b.len()
-                })
-                .collect();
-            let mut keep = 0;
-            let mut total = 0;
-            for size in sizes.iter().rev() {
-                // Header of at most 5 bytes.
-                if total + size + 5 > MAX_CLIENT_READ {
-                    break;
-                }
-                total += size;
-                keep += 1;
-            }
-            reply.clear();
-            brine::encode_tuple_header(keep, reply);
-            for s in &servers[servers.len() - keep..] {
-                proto::encode_addr(shown_host(s, loopback_as), &s.port, reply);
-            }
+        if !whole {
             self.stats.capped_replies += 1;
             tracing::warn!(
                 name = %key,
@@ -820,6 +964,7 @@ impl RegistryCore {
         &mut self,
         source: IpAddr,
         transport: Transport,
+        legacy: bool,
         filter: Option<&str>,
         reply: &mut Vec<u8>,
     ) {
@@ -827,9 +972,10 @@ impl RegistryCore {
             reply.extend_from_slice(&proto::REPLY_NONE);
             return;
         }
-        let cap = match transport {
-            Transport::Udp => MAX_UDP_LIST_READ,
-            Transport::Tcp => MAX_CLIENT_READ,
+        // rpyc 5.1.0's UDP client (the `()` form) read 1500 bytes; 15000 came in 5.2.1.
+        let cap = match (transport, legacy) {
+            (Transport::Udp, false) => MAX_UDP_LIST_READ,
+            (Transport::Udp, true) | (Transport::Tcp, _) => MAX_CLIENT_READ,
         };
         // Names in creation order, until the reply is full: without a filter the work
         // is bounded by the reply size, not by the table. A filter names a host as the

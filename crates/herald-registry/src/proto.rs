@@ -47,6 +47,14 @@ impl Port {
         }
     }
 
+    /// How many bytes its encoding takes.
+    fn encoded_len(&self) -> usize {
+        match self {
+            Port::Num(n) => brine::encoded_int_len(*n),
+            Port::Path(p) => brine::encoded_str_len(p),
+        }
+    }
+
     fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             Port::Num(n) => brine::encode_int(*n, out),
@@ -94,6 +102,10 @@ pub enum Command {
     List {
         /// Host filter (`None` or `""` = all names).
         filter: Option<String>,
+        /// Sent in the rpyc 5.1.0 form, args `()`: no filter (`filter` is not sent), and
+        /// that client reads only 1500 bytes of the reply even over UDP. `false`: the
+        /// 5.2+ form `((filter_host,),)`.
+        legacy: bool,
     },
 }
 
@@ -297,6 +309,7 @@ pub fn parse_request_value(value: Value) -> Result<Command, RequestError> {
         }
         _ => {
             // LIST: rpyc 5.1 sent `()`, 5.2+ send `((filter_host,),)`.
+            let legacy = args.is_empty();
             let filter = match args.as_slice() {
                 [] => None,
                 [Value::Tuple(inner)] => match inner.as_slice() {
@@ -320,7 +333,7 @@ pub fn parse_request_value(value: Value) -> Result<Command, RequestError> {
                 }
                 _ => return Err(arity("0 or 1")),
             };
-            Ok(Command::List { filter })
+            Ok(Command::List { filter, legacy })
         }
     }
 }
@@ -352,7 +365,8 @@ fn request_header(command: &str, out: &mut Vec<u8>) {
     brine::encode_str(command, out);
 }
 
-/// Encodes a request exactly as rpyc 6 clients do (LIST in the 5.2+ form).
+/// Encodes a request exactly as rpyc 6 clients do (LIST in the 5.2+ form, or as rpyc
+/// 5.1.0 did when `legacy`).
 pub fn encode_request(cmd: &Command) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     request_header(cmd.name(), &mut out);
@@ -373,7 +387,13 @@ pub fn encode_request(cmd: &Command) -> Vec<u8> {
             brine::encode_tuple_header(1, &mut out);
             brine::encode_str(name, &mut out);
         }
-        Command::List { filter } => {
+        Command::List { legacy: true, .. } => {
+            brine::encode_tuple_header(0, &mut out);
+        }
+        Command::List {
+            filter,
+            legacy: false,
+        } => {
             brine::encode_tuple_header(1, &mut out);
             brine::encode_tuple_header(1, &mut out);
             match filter {
@@ -434,6 +454,11 @@ pub(crate) fn encode_addr(host: &str, port: &Port, out: &mut Vec<u8>) {
     port.encode_into(out);
 }
 
+/// How many bytes [`encode_addr`] appends, without encoding.
+pub(crate) fn encoded_addr_len(host: &str, port: &Port) -> usize {
+    brine::tuple_header_len(2) + brine::encoded_str_len(host) + port.encoded_len()
+}
+
 /// Parses a QUERY reply: a tuple of `(host, port)` pairs.
 pub fn parse_query_reply(bytes: &[u8]) -> Result<Vec<ServiceAddr>, ReplyError> {
     let (v, _) = brine::decode(bytes)?;
@@ -485,13 +510,24 @@ mod tests {
     fn list_forms() {
         // 5.1 form: args ()
         let v = Value::tuple([Value::str("RPYC"), Value::str("LIST"), Value::Tuple(vec![])]);
-        assert_eq!(parse_request_value(v), Ok(Command::List { filter: None }));
+        let legacy = Command::List {
+            filter: None,
+            legacy: true,
+        };
+        assert_eq!(parse_request_value(v.clone()), Ok(legacy.clone()));
+        assert_eq!(brine::encode(&v), encode_request(&legacy));
         let v = Value::tuple([
             Value::str("RPYC"),
             Value::str("list"),
             Value::tuple([Value::tuple([Value::str("")])]),
         ]);
-        assert_eq!(parse_request_value(v), Ok(Command::List { filter: None }));
+        assert_eq!(
+            parse_request_value(v),
+            Ok(Command::List {
+                filter: None,
+                legacy: false
+            })
+        );
         let v = Value::tuple([
             Value::str("RPYC"),
             Value::str("LIST"),
@@ -551,6 +587,21 @@ mod tests {
             port: Port::Path("/tmp/s.sock".into()),
         };
         assert_eq!(parse_request(&encode_request(&cmd)).map(|x| x.0), Ok(cmd));
+    }
+
+    #[test]
+    fn encoded_addr_len_matches_encode_addr() {
+        for (host, port) in [
+            ("10.0.0.1", Port::Num(1)),
+            ("fe80::1", Port::Num(18812)),
+            ("", Port::Num(-5_000_000_000)),
+            ("127.0.0.1", Port::Path("/run/svc.sock".into())),
+            ("h", Port::Path("p".repeat(300))),
+        ] {
+            let mut out = Vec::new();
+            encode_addr(host, &port, &mut out);
+            assert_eq!(encoded_addr_len(host, &port), out.len(), "{host} {port}");
+        }
     }
 
     #[test]

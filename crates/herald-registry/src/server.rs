@@ -32,6 +32,7 @@ use crate::brine;
 use crate::core::{
     CoreConfig, HandleError, RegistryCore, RegistryEvent, Stats, TableRow, Transport,
 };
+use crate::proto;
 
 /// Server settings. `Default` is rpyc's: `0.0.0.0:18811`, UDP and TCP, 240 s pruning,
 /// listing off.
@@ -617,14 +618,15 @@ impl Drop for SourceSlot {
 /// sends its request in more pieces than this is dropped (rpyc sends it in one write).
 const MAX_DECODE_ATTEMPTS: u32 = 32;
 
-/// Reads until one complete brine value, a malformed one, the size cap or EOF.
+/// Reads until one complete brine value, a malformed one, the size cap or EOF; returns
+/// the value (decoded here, outside the table's lock, and not again).
 ///
 /// The buffer is decoded again only once it holds the bytes the last attempt said were
 /// missing (a declared length, or one byte per declared item), and at most
 /// [`MAX_DECODE_ATTEMPTS`] times, so a client trickling bytes costs a bounded amount of
 /// work instead of a decode per byte; a declaration that cannot fit in `max` bytes is
 /// refused at once.
-async fn read_request(stream: &mut TcpStream, max: usize) -> Result<Vec<u8>, String> {
+async fn read_request(stream: &mut TcpStream, max: usize) -> Result<brine::Value, String> {
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 2048];
     // Length the buffer must reach before the next decode is worth trying.
@@ -648,10 +650,7 @@ async fn read_request(stream: &mut TcpStream, max: usize) -> Result<Vec<u8>, Str
         }
         attempts += 1;
         match brine::decode(&buf) {
-            Ok((_, used)) => {
-                buf.truncate(used);
-                return Ok(buf);
-            }
+            Ok((value, _trailing_ignored)) => return Ok(value),
             Err(e) if e.is_truncated() => {
                 let end = e.needed_end();
                 if end > max as u64 || buf.len() >= max {
@@ -694,15 +693,16 @@ async fn handle_tcp(
             return;
         }
     };
+    let request = proto::parse_request_value(request);
     let mut reply = Vec::with_capacity(256);
     let local = stream.local_addr().ok().map(|a| a.ip());
     let result = shared.update(|core| {
-        core.handle_via(
+        core.handle_parsed_via(
             Instant::now(),
             from.ip(),
             local,
             Transport::Tcp,
-            &request,
+            request,
             &mut reply,
         )
     });

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use herald_registry::brine::{self, Value};
+use herald_registry::brine::{self, BrineError, Value};
 use herald_registry::core::{
     CoreConfig, HandleError, RateLimit, RegistryCore, RegistryEvent, RemoveReason, Transport,
 };
@@ -30,6 +30,7 @@ fn query(name: &str) -> Vec<u8> {
 fn list(filter: Option<&str>) -> Vec<u8> {
     encode_request(&Command::List {
         filter: filter.map(str::to_owned),
+        legacy: false,
     })
 }
 
@@ -368,6 +369,22 @@ fn list_reply_caps_differ_by_transport() {
     assert_eq!(udp.len(), 400, "{} bytes fit in 15000", reply.len());
     assert!(tcp.len() < 400 && tcp.len() > 50);
     assert_eq!(tcp[..], udp[..tcp.len()]);
+    // rpyc 5.1.0's LIST, args `()`: its UDP client reads only 1500 bytes.
+    let legacy = encode_request(&Command::List {
+        filter: None,
+        legacy: true,
+    });
+    assert_eq!(&legacy[legacy.len() - 1..], [0x02], "args ()");
+    for transport in [Transport::Udp, Transport::Tcp] {
+        h.core
+            .handle(h.now, ip("10.0.0.1"), transport, &legacy, &mut reply)
+            .expect("5.1 form answered");
+        assert!(reply.len() <= 1500, "{transport:?}: {} bytes", reply.len());
+        let names = parse_list_reply(&reply)
+            .expect("decodes")
+            .expect("listing on");
+        assert_eq!(names, tcp, "{transport:?}: the names that fit, in order");
+    }
 }
 
 #[test]
@@ -383,6 +400,54 @@ fn str_port_and_str_aliases_like_rpyc() {
         brine::decode(&r).expect("decodes").0.to_string(),
         "(('127.0.0.1', '/run/svc.sock'),)"
     );
+}
+
+#[test]
+fn long_port_paths_are_refused_and_leave_the_table_unchanged() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.send("10.0.0.1", &reg(&["keep"], 1)).expect("ok");
+    h.core.drain_events();
+    let before = (h.core.entries(h.now), h.core.stats());
+    let aliases: Vec<String> = (0..50).map(|i| format!("svc{i}")).collect();
+    let long = "/".to_owned() + &"p".repeat(299);
+    let err = h
+        .send(
+            "10.0.0.2",
+            &encode_request(&Command::Register {
+                aliases: aliases.clone(),
+                port: Port::Path(long.clone()),
+            }),
+        )
+        .expect_err("a 300-byte path is refused");
+    assert_eq!(
+        err,
+        HandleError::PortPathTooLong {
+            len: 300,
+            max: 255,
+            start: long[..64].to_owned(),
+        }
+    );
+    assert!(err.to_string().contains("300 bytes"), "{err}");
+    assert_eq!(h.core.entries(h.now), before.0, "table unchanged");
+    let stats = h.core.stats();
+    assert_eq!(
+        (stats.entries, stats.added, stats.registers),
+        (before.1.entries, before.1.added, before.1.registers)
+    );
+    assert_eq!(stats.dropped, before.1.dropped + 1);
+    assert!(h.core.drain_events().is_empty(), "no events");
+    // A path of a realistic length is stored and returned as given.
+    let ok = "/run/".to_owned() + &"s".repeat(95);
+    h.send(
+        "10.0.0.2",
+        &encode_request(&Command::Register {
+            aliases,
+            port: Port::Path(ok.clone()),
+        }),
+    )
+    .expect("a 100-byte path is accepted");
+    assert_eq!(h.servers("svc7"), [format!("10.0.0.2:{ok}")]);
+    assert_eq!(h.core.len(), 51);
 }
 
 #[test]
@@ -483,9 +548,78 @@ fn malformed_requests_are_dropped_and_leave_the_table_intact() {
                 HandleError::Request(RequestError::CommandNotStr { found: "int" })
             );
         }
+        if what == "deep nesting" {
+            // Refused by the decoder's depth limit (without it, 5000 nested 1-tuples
+            // decode and fail only as "not a 3-tuple").
+            assert_eq!(
+                err,
+                HandleError::Request(RequestError::Decode(BrineError::TooDeep {
+                    offset: brine::DEFAULT_MAX_DEPTH,
+                    limit: brine::DEFAULT_MAX_DEPTH
+                }))
+            );
+        }
     }
     assert_eq!(h.servers("keep"), ["10.0.0.1:1"]);
     assert_eq!(h.core.stats().dropped, 19);
+}
+
+/// The TCP server hands the core requests it has decoded already; the answers, errors
+/// and counters are those of the same bytes.
+#[test]
+fn a_request_parsed_outside_the_core_is_answered_as_its_bytes() {
+    let config = CoreConfig {
+        allow_listing: true,
+        ..CoreConfig::default()
+    };
+    let mut by_bytes = RegistryCore::new(config.clone());
+    let mut by_parsed = RegistryCore::new(config);
+    let t = |items: Vec<Value>| brine::encode(&Value::Tuple(items));
+    let mut deep = vec![0x10u8; 100];
+    deep.push(0x00);
+    let requests: Vec<Vec<u8>> = vec![
+        reg(&["a", "B", "a"], 1),
+        reg(&["c"], 2),
+        query("a"),
+        query("nothing"),
+        list(None),
+        list(Some("10.0.0.1")),
+        encode_request(&Command::List {
+            filter: None,
+            legacy: true,
+        }),
+        t(vec![
+            Value::str("RPYC"),
+            Value::str("QUERY"),
+            Value::tuple([Value::Bytes(b"A".to_vec())]),
+        ]),
+        encode_request(&Command::Register {
+            aliases: vec!["p".into()],
+            port: Port::Path("x".repeat(300)),
+        }),
+        encode_request(&Command::Unregister { port: Port::Num(2) }),
+        query("C"),
+        vec![0xff],
+        deep,
+        t(vec![
+            Value::str("RPYC"),
+            Value::Int(5),
+            Value::Tuple(vec![]),
+        ]),
+    ];
+    let now = Instant::now();
+    let (mut r1, mut r2) = (Vec::new(), Vec::new());
+    for req in &requests {
+        let a = by_bytes.handle_via(now, ip("10.0.0.1"), None, Transport::Tcp, req, &mut r1);
+        let parsed = proto::parse_request(req).map(|(cmd, _)| cmd);
+        let b =
+            by_parsed.handle_parsed_via(now, ip("10.0.0.1"), None, Transport::Tcp, parsed, &mut r2);
+        assert_eq!(a, b, "{req:02x?}");
+        assert_eq!(r1, r2, "{req:02x?}");
+    }
+    assert_eq!(by_bytes.stats(), by_parsed.stats());
+    assert_eq!(by_bytes.entries(now), by_parsed.entries(now));
+    assert_eq!(by_bytes.drain_events(), by_parsed.drain_events());
 }
 
 #[test]

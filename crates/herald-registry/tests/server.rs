@@ -271,6 +271,38 @@ async fn bad_datagrams_are_dropped_and_the_server_keeps_serving() {
     server.shutdown().await;
 }
 
+/// The 40-deep datagram above fails to parse with or without the depth limit; with a
+/// larger datagram size allowed, 60 000 nested 1-tuples would overflow the stack of a
+/// decoder without one. Dropped, and the server keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_60000_deep_datagram_is_dropped_and_the_server_keeps_serving() {
+    let server = RegistryServer::bind(RegistryConfig {
+        udp_max_request: 65_000,
+        ..config()
+    })
+    .await
+    .expect("bind");
+    let addr = server.local_addr();
+    let sock = udp_from("127.0.0.1").await;
+    assert_eq!(
+        udp_reply(&sock, addr, &reg(&["keep"], 9)).await.as_deref(),
+        Some(&proto::REPLY_OK[..])
+    );
+    let mut deep = vec![0x10u8; 60_000];
+    deep.push(0x00);
+    assert_eq!(udp_reply(&sock, addr, &deep).await, None, "no reply");
+    assert_eq!(
+        UdpRegistryClient::unicast(addr)
+            .discover("KEEP")
+            .await
+            .expect("still serving")[0]
+            .to_string(),
+        "127.0.0.1:9"
+    );
+    assert_eq!(server.stats().dropped, 1);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tcp_client_blocks_nobody_and_is_closed_at_the_deadline() {
     let server = RegistryServer::bind(RegistryConfig {
@@ -359,9 +391,9 @@ async fn malformed_or_oversized_tcp_requests_are_closed_without_reply() {
     assert_eq!(tcp_reply(addr, &big).await, None);
     // Declarations that cannot fit in the cap, and nesting deeper than the decoder's
     // limit: closed as soon as they are read (`tcp_reply` fails if the server waits
-    // for the 60 s deadline).
-    let mut deep = vec![0x10u8; 40];
-    deep.push(0x00);
+    // for the 60 s deadline). The nesting is left open: only the depth limit tells that
+    // it is bad before more bytes arrive.
+    let deep = vec![0x10u8; 40];
     for bad in [
         vec![0x0f, 0xff, 0xff, 0xff, 0xff, 0x41],
         vec![0x15, 0xff, 0xff, 0xff, 0xff, 0x50],
@@ -378,6 +410,47 @@ async fn malformed_or_oversized_tcp_requests_are_closed_without_reply() {
         1
     );
     assert_eq!(server.stats().dropped, 6);
+    server.shutdown().await;
+}
+
+/// 60 000 nested 1-tuples in one TCP request (within the 64 KiB cap): a decoder
+/// without a depth limit would overflow the stack and take the process down. The
+/// connection is closed without a reply, and the server keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_60000_deep_tcp_request_is_closed_and_the_server_keeps_serving() {
+    let server = RegistryServer::bind(RegistryConfig {
+        tcp_deadline: Duration::from_secs(60), // closing must not wait for it
+        ..config()
+    })
+    .await
+    .expect("bind");
+    let addr = server.local_addr();
+    TcpRegistryClient::new(addr)
+        .register(&["keep"], 1u16)
+        .await
+        .expect("ok");
+    let deep = vec![0x10u8; 60_000];
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // The server may close (and reset) before it has read everything.
+    let _ = s.write_all(&deep).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("server closes within the wait");
+    assert!(
+        read.is_ok() || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{read:?}"
+    );
+    assert!(out.is_empty(), "no reply: {out:02x?}");
+    assert_eq!(
+        TcpRegistryClient::new(addr)
+            .discover("keep")
+            .await
+            .expect("still serving")
+            .len(),
+        1
+    );
+    assert_eq!(server.stats().dropped, 1);
     server.shutdown().await;
 }
 

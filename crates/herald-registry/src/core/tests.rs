@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::{CoreConfig, RegistryCore, RegistryEvent, RemoveReason, Transport};
+use super::{CoreConfig, HandleError, RegistryCore, RegistryEvent, RemoveReason, Transport};
 use crate::proto::{self, Command, Port, ServiceAddr, encode_request};
 
 fn ip(s: &str) -> IpAddr {
@@ -222,6 +222,174 @@ fn unregister_visits_only_the_senders_names_in_a_big_table() {
     check_index(&core).expect("index");
 }
 
+#[test]
+fn a_register_with_20000_aliases_is_refused_after_bounded_work() {
+    let t0 = Instant::now();
+    let src = ip("10.0.0.1");
+    let aliases: Vec<String> = (0..20_000).map(|i| format!("A{i}")).collect();
+    let req = encode_request(&Command::Register {
+        aliases: aliases.clone(),
+        port: Port::Num(1),
+    });
+    let mut reply = Vec::new();
+
+    // Default: over the per-REGISTER alias limit, refused before any alias is looked at.
+    let mut core = RegistryCore::new(CoreConfig::default());
+    let err = core
+        .handle(t0, src, Transport::Tcp, &req, &mut reply)
+        .expect_err("refused");
+    assert_eq!(
+        err,
+        HandleError::TooManyAliases {
+            source_ip: src,
+            count: 20_000,
+            max: 512
+        }
+    );
+    assert_eq!(core.aliases_compared, 0);
+    assert!(core.is_empty());
+
+    // Without that limit, de-duplication stops once more distinct names than one host
+    // may hold have been seen.
+    let mut core = RegistryCore::new(CoreConfig {
+        max_aliases_per_register: usize::MAX,
+        max_entries_per_host: 1_000,
+        ..CoreConfig::default()
+    });
+    let err = core
+        .handle(t0, src, Transport::Tcp, &req, &mut reply)
+        .expect_err("refused");
+    assert_eq!(
+        err,
+        HandleError::TooManyEntries {
+            source_ip: src,
+            what: "per-host",
+            max: 1_000
+        }
+    );
+    assert!(
+        core.aliases_compared <= 1_001,
+        "{} alias comparisons for a refused REGISTER",
+        core.aliases_compared
+    );
+    assert!(core.is_empty() && core.drain_events().is_empty());
+
+    // Duplicates (case-insensitive) do not count against the caps, and the order sent is
+    // kept.
+    core.aliases_compared = 0;
+    let mut dup: Vec<String> = Vec::new();
+    for i in 0..5_000 {
+        dup.push(format!("b{}", i % 3));
+        dup.push(format!("B{}", i % 3));
+    }
+    core.register(t0, src, &dup, &Port::Num(2))
+        .expect("three names");
+    assert_eq!(core.aliases_compared, 10_000, "one look per alias");
+    let names: Vec<String> = core.entries(t0).into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["B0", "B1", "B2"]);
+}
+
+#[test]
+fn query_of_a_name_with_10000_servers_looks_at_what_fits_in_the_reply() {
+    let mut core = RegistryCore::new(CoreConfig::default());
+    let mut now = Instant::now();
+    let host = ip("10.0.0.1");
+    for port in 0..10_000i64 {
+        now += Duration::from_millis(1);
+        core.register(now, host, &["crowd".into()], &Port::Num(20_000 + port))
+            .expect("ok");
+    }
+    // Each entry takes this many bytes (ports of five digits).
+    let mut one = Vec::new();
+    proto::encode_addr("10.0.0.1", &Port::Num(20_000), &mut one);
+    let bound = super::MAX_CLIENT_READ / one.len() + 2;
+    let query = encode_request(&Command::Query {
+        name: "crowd".into(),
+    });
+    let mut reply = Vec::new();
+    for transport in [Transport::Udp, Transport::Tcp] {
+        core.servers_visited = 0;
+        core.handle(now, ip("10.9.9.9"), transport, &query, &mut reply)
+            .expect("answered");
+        assert!(
+            core.servers_visited <= bound,
+            "{} servers looked at, at most {bound} fit",
+            core.servers_visited
+        );
+        assert!(reply.len() <= 1500, "{} bytes", reply.len());
+        let got = proto::parse_query_reply(&reply).expect("a QUERY reply");
+        assert!(got.len() > 50, "{} servers", got.len());
+        assert_eq!(
+            got.last().map(ToString::to_string).as_deref(),
+            Some("10.0.0.1:29999"),
+            "ends with the freshest"
+        );
+        assert_eq!(
+            got.first().map(ToString::to_string),
+            Some(format!("10.0.0.1:{}", 30_000 - got.len())),
+            "the freshest that fit, oldest first"
+        );
+    }
+    assert_eq!(core.stats().capped_replies, 2);
+    // Once all are stale, QUERY prunes them all (it has to look at each).
+    core.servers_visited = 0;
+    core.handle(
+        now + Duration::from_secs(241),
+        ip("10.9.9.9"),
+        Transport::Udp,
+        &query,
+        &mut reply,
+    )
+    .expect("answered");
+    assert_eq!(reply, proto::REPLY_EMPTY);
+    assert_eq!(core.servers_visited, 10_000);
+    assert!(core.is_empty());
+    check_index(&core).expect("indexes");
+}
+
+/// The QUERY cap keeps exactly what encoding everything and then cutting it kept (the
+/// former algorithm), at every reply size around the cap, including whole replies that
+/// fit only because their tuple header is short.
+#[test]
+fn capped_query_keeps_what_encoding_everything_would() {
+    use crate::brine::{self, Value};
+    let query = encode_request(&Command::Query { name: "n".into() });
+    let mut reply = Vec::new();
+    for path_len in 1..40 {
+        let mut core = RegistryCore::new(CoreConfig::default());
+        let now = Instant::now();
+        let mut sent: Vec<Value> = Vec::new();
+        for i in 0..(1600 / (path_len + 14) + 3) {
+            let path = format!("{i:0>path_len$}");
+            core.register(
+                now,
+                ip("10.0.0.1"),
+                &["n".into()],
+                &Port::Path(path.clone()),
+            )
+            .expect("ok");
+            sent.push(Value::tuple([Value::str("10.0.0.1"), Value::str(path)]));
+            let mut want = brine::encode(&Value::Tuple(sent.clone()));
+            if want.len() > super::MAX_CLIENT_READ {
+                let mut keep = 0;
+                let mut total = 0;
+                for v in sent.iter().rev() {
+                    let size = brine::encode(v).len();
+                    if total + size + 5 > super::MAX_CLIENT_READ {
+                        break;
+                    }
+                    total += size;
+                    keep += 1;
+                }
+                want = brine::encode(&Value::Tuple(sent[sent.len() - keep..].to_vec()));
+            }
+            core.handle(now, ip("10.9.9.9"), Transport::Udp, &query, &mut reply)
+                .expect("answered");
+            assert_eq!(reply, want, "{} servers, paths of {path_len}", sent.len());
+        }
+    }
+}
+
 /// A reference model of the table, written for clarity rather than speed, after
 /// rpyc's own registry: names in a list in creation order (rpyc's dict insertion
 /// order), each with its servers oldest refresh first. Every lookup is a scan.
@@ -305,6 +473,14 @@ mod model {
                 if !upper.contains(&a.to_uppercase()) {
                     upper.push(a.to_uppercase());
                 }
+            }
+            // More distinct names than one host may hold: refused whatever the table.
+            if upper.len() > self.max_entries_per_host {
+                return Err(HandleError::TooManyEntries {
+                    source_ip: ip,
+                    what: "per-host",
+                    max: self.max_entries_per_host,
+                });
             }
             let new = upper.iter().filter(|n| !self.has(n, ip, port)).count();
             if self.count(|_| true) + new > self.max_entries {
@@ -433,11 +609,17 @@ mod model {
             brine::encode(&Value::Tuple(servers))
         }
 
-        /// The LIST reply (listing on, no allow-list).
-        pub(super) fn list(&mut self, filter: Option<&str>, transport: Transport) -> Vec<u8> {
+        /// The LIST reply (listing on, no allow-list); `legacy`: the rpyc 5.1.0 form,
+        /// whose client reads 1500 bytes over UDP too.
+        pub(super) fn list(
+            &mut self,
+            filter: Option<&str>,
+            transport: Transport,
+            legacy: bool,
+        ) -> Vec<u8> {
             let cap = match transport {
-                Transport::Udp => MAX_UDP_LIST_READ,
-                Transport::Tcp => MAX_CLIENT_READ,
+                Transport::Udp if !legacy => MAX_UDP_LIST_READ,
+                _ => MAX_CLIENT_READ,
             };
             let filter = filter.filter(|h| !h.is_empty());
             let mut kept = Vec::new();
@@ -547,6 +729,8 @@ mod model_test {
         List {
             filter: Option<usize>,
             tcp: bool,
+            /// The rpyc 5.1.0 form (no filter).
+            legacy: bool,
         },
     }
 
@@ -558,8 +742,12 @@ mod model_test {
                 .prop_map(|(source, port)| Op::Unregister { source, port }),
             1 => Just(Op::Prune),
             2 => (0..13usize).prop_map(|name| Op::Query { name }),
-            2 => (proptest::option::of(0..FILTERS.len()), any::<bool>())
-                .prop_map(|(filter, tcp)| Op::List { filter, tcp }),
+            2 => (proptest::option::of(0..FILTERS.len()), any::<bool>(), any::<bool>())
+                .prop_map(|(filter, tcp, legacy)| Op::List {
+                    filter: filter.filter(|_| !legacy),
+                    tcp,
+                    legacy,
+                }),
         ]
     }
 
@@ -665,7 +853,11 @@ mod model_test {
                     model.stats.replies += 1;
                     prop_assert_eq!(got, Ok(want), "step {} {:?}", i, op);
                 }
-                Op::List { filter, tcp } => {
+                Op::List {
+                    filter,
+                    tcp,
+                    legacy,
+                } => {
                     let filter = filter.map(|f| FILTERS[f].to_owned());
                     let transport = if *tcp { Transport::Tcp } else { Transport::Udp };
                     let got = handle(
@@ -674,9 +866,10 @@ mod model_test {
                         transport,
                         &Command::List {
                             filter: filter.clone(),
+                            legacy: *legacy,
                         },
                     );
-                    let want = model.list(filter.as_deref(), transport);
+                    let want = model.list(filter.as_deref(), transport, *legacy);
                     model.stats.requests += 1;
                     model.stats.replies += 1;
                     prop_assert_eq!(got, Ok(want), "step {} {:?}", i, op);
@@ -749,6 +942,7 @@ fn filtered_list_visits_only_that_hosts_names_in_a_big_table() {
         core.names_visited = 0;
         let req = encode_request(&Command::List {
             filter: filter.map(str::to_owned),
+            legacy: false,
         });
         let mut reply = Vec::new();
         core.handle(t0, me, Transport::Udp, &req, &mut reply)
