@@ -33,6 +33,16 @@ use crate::service::{
 /// Default request ttl and client deadline (nuropb's is 1 hour; Herald's is shorter
 /// because the caller waits for it).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// The largest request or command ttl, in milliseconds: 2^32 - 1 (about 49.7 days).
+/// The ttl travels as the AMQP `expiration`, and RabbitMQ answers one beyond its limit
+/// with a channel error that closes the channel the handle publishes on (losing the
+/// other calls in flight on it). That limit is 2^32 - 1 ms on RabbitMQ versions with
+/// 32-bit expiry timers (also what other AMQP clients cap at) and 10 years on current
+/// ones (3.10 refuses 315,360,000,001 ms), so a ttl above the lower, portable bound is
+/// refused with [`MeshError::InvalidArgument`] before anything is sent.
+pub const MAX_TTL_MS: u64 = u32::MAX as u64;
+/// [`MAX_TTL_MS`] as a duration.
+pub const MAX_TTL: Duration = Duration::from_millis(MAX_TTL_MS);
 /// Default service prefetch (nuropb's is 1).
 pub const DEFAULT_PREFETCH: u16 = 64;
 /// How long a request waits for its reply before it also waits for the outcome of
@@ -151,7 +161,8 @@ impl MeshConfig {
         self
     }
 
-    /// Default request ttl (also the default client deadline).
+    /// Default request ttl (also the default client deadline). At most [`MAX_TTL`]:
+    /// [`Mesh::connect`] refuses a larger one with [`MeshError::InvalidArgument`].
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = ttl;
         self
@@ -206,7 +217,8 @@ impl MeshConfig {
 pub struct RequestOptions {
     /// Caller context (an object; echoed in the reply). Null becomes `{}`.
     pub context: Value,
-    /// Message ttl (default: the handle's default ttl).
+    /// Message ttl (default: the handle's default ttl); at most [`MAX_TTL`], a larger
+    /// one is refused with [`MeshError::InvalidArgument`].
     pub ttl: Option<Duration>,
     /// Client-side deadline (default: the ttl).
     pub timeout: Option<Duration>,
@@ -471,6 +483,21 @@ fn validate_name(what: &'static str, value: &str) -> Result<(), MeshError> {
     }
 }
 
+/// The ttl in whole milliseconds, if it fits the AMQP `expiration` (see [`MAX_TTL_MS`]).
+fn ttl_millis(what: &'static str, ttl: Duration) -> Result<u64, MeshError> {
+    let ms = ttl.as_millis();
+    match u64::try_from(ms) {
+        Ok(ms) if ms <= MAX_TTL_MS => Ok(ms),
+        _ => Err(MeshError::InvalidArgument {
+            what,
+            value: format!("{ms} ms"),
+            reason: format!(
+                "a ttl is at most {MAX_TTL_MS} ms (2^32 - 1, about 49.7 days): a larger message expiration makes RabbitMQ close the publishing channel"
+            ),
+        }),
+    }
+}
+
 fn params_object(params: Value) -> Result<Map<String, Value>, MeshError> {
     match params {
         Value::Object(m) => Ok(m),
@@ -514,6 +541,7 @@ impl Mesh {
         for p in &config.event_bindings {
             validate_topic_pattern(p)?;
         }
+        ttl_millis("default ttl", config.default_ttl)?;
         let conn = backend.connect(&service_name).await?;
         for ex in nuropb_exchanges() {
             conn.declare_exchange(&ex).await?;
@@ -965,6 +993,7 @@ impl Mesh {
         validate_name("service name", service)?;
         let params = params_object(params)?;
         let ttl = opts.ttl.unwrap_or(self.inner.config.default_ttl);
+        let ttl_ms = ttl_millis("ttl", ttl)?;
         let (id, counter) = self.next_id();
         let body = RequestBody {
             service: service.to_owned(),
@@ -979,7 +1008,6 @@ impl Mesh {
             _ => Envelope::Request(body),
         };
         let mut msg = Message::from_envelope(env);
-        let ttl_ms = ttl.as_millis().min(u128::from(u64::MAX)) as u64;
         msg.properties.reply_to = Some(self.inner.reply_to.clone());
         msg.properties.expiration_ms = Some(ttl_ms);
         msg.properties.mandatory = true;

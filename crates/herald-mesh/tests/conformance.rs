@@ -329,6 +329,81 @@ pub async fn deadline(b: Arc<dyn Backend>) {
     disconnect_all([c, s]).await;
 }
 
+/// A ttl beyond what an AMQP `expiration` may portably carry (2^32 - 1 ms; RabbitMQ
+/// answers one beyond its limit with a channel error that closes the handle's publish
+/// channel) is refused before anything is sent, and the handle's other calls are not
+/// disturbed; the largest allowed ttl works.
+pub async fn ttl_out_of_range(b: Arc<dyn Backend>) {
+    let (svc, s, c) = example_and_client(&b, "bigttl").await;
+    let too_long = Duration::from_millis(1 << 33);
+    // Beyond every RabbitMQ's limit (current ones allow up to 10 years).
+    let far_too_long = Duration::from_millis(u64::MAX);
+    let (refused, refused_far, added) = tokio::join!(
+        c.request(
+            &svc,
+            "add",
+            json!({"a": 1, "b": 1}),
+            json!({}),
+            Some(too_long),
+            None
+        ),
+        c.request(
+            &svc,
+            "add",
+            json!({"a": 1, "b": 1}),
+            json!({}),
+            Some(far_too_long),
+            None
+        ),
+        call(&c, &svc, "add", json!({"a": 2, "b": 3})),
+    );
+    match refused {
+        Err(MeshError::InvalidArgument { what, value, .. }) => {
+            assert_eq!((what, value.as_str()), ("ttl", "8589934592 ms"));
+        }
+        other => panic!("expected InvalidArgument for a 2^33 ms ttl, got {other:?}"),
+    }
+    assert!(
+        matches!(
+            refused_far,
+            Err(MeshError::InvalidArgument { what: "ttl", .. })
+        ),
+        "got {refused_far:?}"
+    );
+    assert_eq!(added.unwrap(), json!(5));
+    let opts = RequestOptions {
+        ttl: Some(too_long),
+        ..RequestOptions::default()
+    };
+    assert!(matches!(
+        c.command(&svc, "add", json!({"a": 1, "b": 1}), opts).await,
+        Err(MeshError::InvalidArgument { what: "ttl", .. })
+    ));
+    let max = herald_mesh::mesh::MAX_TTL;
+    assert_eq!(
+        c.request(
+            &svc,
+            "add",
+            json!({"a": 4, "b": 4}),
+            json!({}),
+            Some(max),
+            None
+        )
+        .await
+        .unwrap(),
+        json!(8)
+    );
+    assert_eq!(
+        call_ok(&c, &svc, "add", json!({"a": 1, "b": 2})).await,
+        json!(3)
+    );
+    match Mesh::connect(b.clone(), MeshConfig::client().default_ttl(too_long)).await {
+        Err(MeshError::InvalidArgument { what, .. }) => assert_eq!(what, "default ttl"),
+        other => panic!("expected InvalidArgument for a 2^33 ms default ttl, got {other:?}"),
+    }
+    disconnect_all([c, s]).await;
+}
+
 /// ttl expiry: a request whose ttl passes while queued behind a busy service is
 /// dead-lettered with reason `expired` and the caller gets an error.
 pub async fn ttl_expiry(b: Arc<dyn Backend>) {
@@ -1255,7 +1330,7 @@ pub async fn handler_always_panics(b: Arc<dyn Backend>) {
 macro_rules! conformance_tests {
     ($backend:expr) => {
         conformance_tests!(@each $backend;
-            request_response, errors, deadline, ttl_expiry, poison_messages, exactly_one_ack,
+            request_response, errors, deadline, ttl_out_of_range, ttl_expiry, poison_messages, exactly_one_ack,
             command, command_confirmed, events, leader, describe, encryption, graceful_shutdown,
             unpaired_and_single_instance, handler_panic, handler_always_panics);
     };
