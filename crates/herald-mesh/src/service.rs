@@ -190,7 +190,8 @@ pub struct PropertySchema {
     /// Description.
     #[serde(default)]
     pub description: String,
-    /// Default value (null when required).
+    /// Default value; `""` when the parameter is required (nuropb's `map_default`
+    /// returns `""` for a parameter without a default, and lists it in `required`).
     #[serde(default)]
     pub default: Value,
 }
@@ -267,7 +268,11 @@ impl ServiceDescription {
                             PropertySchema {
                                 type_name: p.type_name.clone(),
                                 description: p.description.clone(),
-                                default: p.default.clone().unwrap_or(Value::Null),
+                                // nuropb's map_default: "" for a required one.
+                                default: p
+                                    .default
+                                    .clone()
+                                    .unwrap_or_else(|| Value::String(String::new())),
                             },
                         )
                     })

@@ -882,9 +882,21 @@ pub async fn describe(b: Arc<dyn Backend>) {
         ["a", "b"]
     );
     assert_eq!(add.required, ["a", "b"]);
+    // A required parameter's default is "", as nuropb's map_default gives it.
+    for (name, schema) in &add.properties {
+        assert_eq!(schema.default, json!(""), "default of required {name}");
+    }
+    let fail = d.methods["fail"].parameters.clone().unwrap();
+    let kind = fail.properties.iter().find(|p| p.0 == "kind").unwrap();
+    assert_eq!(kind.1.default, json!("runtime"));
+    assert!(!fail.required.contains(&"kind".to_owned()));
     // The raw document has nuropb's shapes: properties as a list of pairs, a bool.
     let raw = call_ok(&c, &svc, "nuropb_describe", json!({})).await;
     assert!(raw["methods"]["add"]["parameters"]["properties"][0].is_array());
+    assert_eq!(
+        raw["methods"]["add"]["parameters"]["properties"][0][1]["default"],
+        json!("")
+    );
     assert_eq!(raw["encrypted_methods"], json!(true));
     assert!(c.requires_encryption(&svc, "secret_echo").await.unwrap());
     assert!(!c.requires_encryption(&svc, "add").await.unwrap());
