@@ -1117,9 +1117,7 @@ impl Mesh {
         let v = self
             .request_with(service, DESCRIBE_METHOD, Value::Object(Map::new()), opts)
             .await?;
-        let desc: ServiceDescription = serde_json::from_value(v)
-            .map_err(|e| MeshError::Malformed(format!("describe document of {service:?}: {e}")))?;
-        let desc = Arc::new(desc);
+        let desc = Arc::new(ServiceDescription::from_document(service, v)?);
         if let Ok(mut c) = self.inner.describe_cache.lock() {
             c.insert(service.to_owned(), desc.clone());
         }
