@@ -43,6 +43,9 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 pub const MAX_TTL_MS: u64 = u32::MAX as u64;
 /// [`MAX_TTL_MS`] as a duration.
 pub const MAX_TTL: Duration = Duration::from_millis(MAX_TTL_MS);
+/// The longest a describe request (and so an encrypted call's key lookup) waits for
+/// its reply (nuropb's describe ttl).
+const DESCRIBE_TTL: Duration = Duration::from_secs(60);
 /// Default service prefetch (nuropb's is 1).
 pub const DEFAULT_PREFETCH: u16 = 64;
 /// How long a request waits for its reply before it also waits for the outcome of
@@ -806,6 +809,10 @@ impl Mesh {
 
     /// Sends a request and returns the whole response body (nuropb's
     /// `rpc_response=False`).
+    ///
+    /// An encrypted request first needs the service's public key, from its describe
+    /// document (cached, see [`Mesh::describe_service`]); fetching it counts against
+    /// the request's deadline, so the request still resolves by it.
     pub async fn request_raw(
         &self,
         service: &str,
@@ -813,15 +820,54 @@ impl Mesh {
         params: Value,
         opts: RequestOptions,
     ) -> Result<ResponseBody, MeshError> {
+        if opts.encrypted {
+            // Boxed: keeps the common (clear) path's future small.
+            return Box::pin(self.request_encrypted(service, method, params, &opts)).await;
+        }
+        let call = self.build_call(MessageType::Request, service, method, params, &opts)?;
+        let deadline = opts.timeout.unwrap_or(call.ttl);
+        self.send_request(service, method, call, deadline).await
+    }
+
+    /// [`Mesh::request_raw`] of an encrypted request: the key lookup and the request,
+    /// within the caller's deadline.
+    async fn request_encrypted(
+        &self,
+        service: &str,
+        method: &str,
+        params: Value,
+        opts: &RequestOptions,
+    ) -> Result<ResponseBody, MeshError> {
+        let started = tokio::time::Instant::now();
+        let mut call = self.build_call(MessageType::Request, service, method, params, opts)?;
+        let deadline = opts.timeout.unwrap_or(call.ttl);
+        // Whichever step the deadline passed in, it is the call's own.
+        let timed_out = |e| caller_timeout(e, service, method, deadline);
+        let left = deadline.saturating_sub(started.elapsed());
+        let sealed = self.encrypt_call(service, &mut call.msg, left).await;
+        let (session, _) = sealed.map_err(timed_out)?;
+        call.session = Some(session);
+        let left = deadline.saturating_sub(started.elapsed());
+        self.send_request(service, method, call, left)
+            .await
+            .map_err(timed_out)
+    }
+
+    /// Publishes a request built by [`Mesh::build_call`] (sealed if encrypted) and
+    /// waits up to `deadline` for its reply.
+    async fn send_request(
+        &self,
+        service: &str,
+        method: &str,
+        call: Call,
+        deadline: Duration,
+    ) -> Result<ResponseBody, MeshError> {
         let Call {
             msg,
             session,
             counter,
-            ttl,
-        } = self
-            .prepare_call(MessageType::Request, service, method, params, &opts)
-            .await?;
-        let deadline = opts.timeout.unwrap_or(ttl);
+            ttl: _,
+        } = call;
         let (tx, rx) = oneshot::channel();
         let losses =
             self.inner
@@ -972,8 +1018,11 @@ impl Mesh {
     ) -> Result<Call, MeshError> {
         let mut call = self.build_call(kind, service, method, params, opts)?;
         if opts.encrypted {
+            // The key lookup waits no longer than the call's ttl (or deadline).
+            let wait = opts.timeout.unwrap_or(call.ttl);
             // Boxed: keeps the common (clear) path's future small.
-            let session = Box::pin(self.encrypt_call(service, &mut call.msg)).await?;
+            let sealed = Box::pin(self.encrypt_call(service, &mut call.msg, wait)).await;
+            let (session, _) = sealed.map_err(|e| caller_timeout(e, service, method, wait))?;
             call.session = Some(session);
         }
         Ok(call)
@@ -1020,16 +1069,19 @@ impl Mesh {
         })
     }
 
-    /// Seals a call for `service`'s public key (fetched with describe).
+    /// Seals a call for `service`'s public key, from its describe document (cached;
+    /// fetching it waits at most `wait`, and never more than [`DESCRIBE_TTL`]).
+    /// Returns the call's session and the document whose key it used.
     async fn encrypt_call(
         &self,
         service: &str,
         msg: &mut Message,
-    ) -> Result<Box<dyn SessionKey>, MeshError> {
+        wait: Duration,
+    ) -> Result<(Box<dyn SessionKey>, Arc<ServiceDescription>), MeshError> {
         let cipher = self.inner.config.client_cipher.clone().ok_or_else(|| {
             MeshError::Encryption("no client cipher configured for encrypted calls".into())
         })?;
-        let desc: Arc<ServiceDescription> = Box::pin(self.describe_service(service, false)).await?;
+        let desc = Box::pin(self.describe_within(service, false, wait.min(DESCRIBE_TTL))).await?;
         let key = desc.public_key.clone().ok_or_else(|| {
             MeshError::Encryption(format!("service {service:?} publishes no public key"))
         })?;
@@ -1037,7 +1089,7 @@ impl Mesh {
         let (sealed, s) = cipher.seal_request(&key, &plain)?;
         msg.payload = Payload::Bytes(Bytes::from(sealed));
         msg.headers.encrypted = true;
-        Ok(s)
+        Ok((s, desc))
     }
 
     /// Publishes an event on the events exchange with routing key `topic`.
@@ -1100,6 +1152,17 @@ impl Mesh {
         service: &str,
         refresh: bool,
     ) -> Result<Arc<ServiceDescription>, MeshError> {
+        let ttl = DESCRIBE_TTL.min(self.inner.config.default_ttl);
+        self.describe_within(service, refresh, ttl).await
+    }
+
+    /// [`Mesh::describe_service`] with the describe request's ttl and deadline.
+    async fn describe_within(
+        &self,
+        service: &str,
+        refresh: bool,
+        ttl: Duration,
+    ) -> Result<Arc<ServiceDescription>, MeshError> {
         if !refresh
             && let Some(d) = self
                 .inner
@@ -1111,13 +1174,24 @@ impl Mesh {
             return Ok(d);
         }
         let opts = RequestOptions {
-            ttl: Some(Duration::from_secs(60).min(self.inner.config.default_ttl)),
+            ttl: Some(ttl),
             ..RequestOptions::default()
         };
-        let v = self
-            .request_with(service, DESCRIBE_METHOD, Value::Object(Map::new()), opts)
+        let params = Value::Object(Map::new());
+        let call = self.build_call(
+            MessageType::Request,
+            service,
+            DESCRIBE_METHOD,
+            params,
+            &opts,
+        )?;
+        let reply = self
+            .send_request(service, DESCRIBE_METHOD, call, ttl)
             .await?;
-        let desc = Arc::new(ServiceDescription::from_document(service, v)?);
+        if let Some(err) = reply.error {
+            return Err(err.into_mesh_error(service, DESCRIBE_METHOD));
+        }
+        let desc = Arc::new(ServiceDescription::from_document(service, reply.result)?);
         if let Ok(mut c) = self.inner.describe_cache.lock() {
             c.insert(service.to_owned(), desc.clone());
         }
@@ -1209,6 +1283,19 @@ impl EventSubscription {
             }
         }
         None
+    }
+}
+
+/// A [`MeshError::Timeout`] of a step of a call (its key lookup, its request) as the
+/// call's own: `service.method` timed out after the caller's deadline `after`.
+fn caller_timeout(e: MeshError, service: &str, method: &str, after: Duration) -> MeshError {
+    match e {
+        MeshError::Timeout { .. } => MeshError::Timeout {
+            service: service.to_owned(),
+            method: method.to_owned(),
+            after,
+        },
+        other => other,
     }
 }
 

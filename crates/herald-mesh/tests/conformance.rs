@@ -1026,6 +1026,53 @@ pub async fn encryption(b: Arc<dyn Backend>) {
     disconnect_all([s2, plain, c]).await;
 }
 
+/// An encrypted call's key lookup (describe) runs within the caller's deadline: to a
+/// service whose queue exists but that nobody consumes, a call with a 300 ms deadline
+/// ends with `Timeout` for that call, not after describe's own 60 s.
+pub async fn encryption_key_lookup_deadline(b: Arc<dyn Backend>) {
+    let svc = unique("nokey");
+    let conn = b.connect("idle-service-queue").await.unwrap();
+    for ex in herald_mesh::backend::nuropb_exchanges() {
+        conn.declare_exchange(&ex).await.unwrap();
+    }
+    let queue = herald_mesh::backend::QueueSpec::service(&svc, &[]);
+    conn.declare_queue(&queue).await.unwrap();
+    let c = Mesh::connect(
+        b.clone(),
+        MeshConfig::client().client_cipher(Arc::new(NuropbCipher)),
+    )
+    .await
+    .unwrap();
+    let opts = RequestOptions {
+        encrypted: true,
+        timeout: Some(Duration::from_millis(300)),
+        ..RequestOptions::default()
+    };
+    // Generous: the old behaviour waited a minute.
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.request_with(&svc, "secret_echo", json!({"text": "x"}), opts),
+    )
+    .await
+    .expect("an encrypted call must resolve by its deadline, key lookup included");
+    match r {
+        Err(MeshError::Timeout {
+            service,
+            method,
+            after,
+        }) => {
+            assert_eq!(
+                (service.as_str(), method.as_str()),
+                (svc.as_str(), "secret_echo")
+            );
+            assert_eq!(after, Duration::from_millis(300));
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    conn.close().await.unwrap();
+    disconnect_all([c]).await;
+}
+
 /// The example service, counting the encrypted calls it handled.
 #[derive(Debug, Default)]
 struct CountsEncrypted {
@@ -1343,7 +1390,8 @@ macro_rules! conformance_tests {
     ($backend:expr) => {
         conformance_tests!(@each $backend;
             request_response, errors, deadline, ttl_out_of_range, ttl_expiry, poison_messages, exactly_one_ack,
-            command, command_confirmed, events, leader, describe, encryption, graceful_shutdown,
+            command, command_confirmed, events, leader, describe, encryption,
+            encryption_key_lookup_deadline, graceful_shutdown,
             unpaired_and_single_instance, handler_panic, handler_always_panics);
     };
     (@each $backend:expr; $($name:ident),*) => {
