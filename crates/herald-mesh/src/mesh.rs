@@ -812,7 +812,11 @@ impl Mesh {
     ///
     /// An encrypted request first needs the service's public key, from its describe
     /// document (cached, see [`Mesh::describe_service`]); fetching it counts against
-    /// the request's deadline, so the request still resolves by it.
+    /// the request's deadline, so the request still resolves by it. If the service
+    /// answers that it cannot decrypt the request (`NuropbEncryptionError`: its key
+    /// changed since the document was cached, e.g. it restarted with a new key), the
+    /// cached document is dropped, fetched again and the request sent once more
+    /// (the service did not run it), within the same deadline.
     pub async fn request_raw(
         &self,
         service: &str,
@@ -829,8 +833,8 @@ impl Mesh {
         self.send_request(service, method, call, deadline).await
     }
 
-    /// [`Mesh::request_raw`] of an encrypted request: the key lookup and the request,
-    /// within the caller's deadline.
+    /// [`Mesh::request_raw`] of an encrypted request: the key lookup and one retry
+    /// with a fresh key, all within the caller's deadline.
     async fn request_encrypted(
         &self,
         service: &str,
@@ -839,18 +843,39 @@ impl Mesh {
         opts: &RequestOptions,
     ) -> Result<ResponseBody, MeshError> {
         let started = tokio::time::Instant::now();
-        let mut call = self.build_call(MessageType::Request, service, method, params, opts)?;
-        let deadline = opts.timeout.unwrap_or(call.ttl);
-        // Whichever step the deadline passed in, it is the call's own.
-        let timed_out = |e| caller_timeout(e, service, method, deadline);
-        let left = deadline.saturating_sub(started.elapsed());
-        let sealed = self.encrypt_call(service, &mut call.msg, left).await;
-        let (session, _) = sealed.map_err(timed_out)?;
-        call.session = Some(session);
-        let left = deadline.saturating_sub(started.elapsed());
-        self.send_request(service, method, call, left)
-            .await
-            .map_err(timed_out)
+        let mut params = params;
+        let mut retried = false;
+        loop {
+            // The first attempt sends a copy; the retry (at most one) the original.
+            let attempt = if retried {
+                std::mem::take(&mut params)
+            } else {
+                params.clone()
+            };
+            let mut call = self.build_call(MessageType::Request, service, method, attempt, opts)?;
+            let deadline = opts.timeout.unwrap_or(call.ttl);
+            // Whichever step the deadline passed in, it is the call's own.
+            let timed_out = |e| caller_timeout(e, service, method, deadline);
+            let left = deadline.saturating_sub(started.elapsed());
+            let sealed = self.encrypt_call(service, &mut call.msg, left).await;
+            let (session, used) = sealed.map_err(timed_out)?;
+            call.session = Some(session);
+            let left = deadline.saturating_sub(started.elapsed());
+            let body = self
+                .send_request(service, method, call, left)
+                .await
+                .map_err(timed_out)?;
+            let undecryptable = body
+                .error
+                .as_ref()
+                .is_some_and(|e| e.error == class::ENCRYPTION);
+            if !undecryptable || retried {
+                return Ok(body);
+            }
+            retried = true;
+            debug!(service = %service, method = %method, "the service could not decrypt the call: fetching its key again and retrying once");
+            self.forget_description(service, &used);
+        }
     }
 
     /// Publishes a request built by [`Mesh::build_call`] (sealed if encrypted) and
@@ -1146,7 +1171,9 @@ impl Mesh {
         })
     }
 
-    /// The describe document of `service` (cached; `refresh` asks again).
+    /// The describe document of `service` (cached; `refresh` asks again). An
+    /// encrypted call whose service cannot decrypt it drops the cached document (see
+    /// [`Mesh::request_raw`]).
     pub async fn describe_service(
         &self,
         service: &str,
@@ -1154,6 +1181,16 @@ impl Mesh {
     ) -> Result<Arc<ServiceDescription>, MeshError> {
         let ttl = DESCRIBE_TTL.min(self.inner.config.default_ttl);
         self.describe_within(service, refresh, ttl).await
+    }
+
+    /// Drops the cached describe document of `service` if it is still `stale` (not
+    /// if another call already replaced it).
+    fn forget_description(&self, service: &str, stale: &Arc<ServiceDescription>) {
+        if let Ok(mut c) = self.inner.describe_cache.lock()
+            && c.get(service).is_some_and(|d| Arc::ptr_eq(d, stale))
+        {
+            c.remove(service);
+        }
     }
 
     /// [`Mesh::describe_service`] with the describe request's ttl and deadline.

@@ -69,6 +69,13 @@ pub fn service_key() -> Arc<ServiceKey> {
         .clone()
 }
 
+/// A second RSA key, unlike [`service_key`] (a service that restarted with a new key).
+pub fn other_service_key() -> Arc<ServiceKey> {
+    static KEY: OnceLock<Arc<ServiceKey>> = OnceLock::new();
+    KEY.get_or_init(|| Arc::new(ServiceKey::generate(1024).expect("generate RSA key")))
+        .clone()
+}
+
 async fn example(b: &Arc<dyn Backend>, name: &str) -> Mesh {
     Mesh::connect(b.clone(), MeshConfig::service(name, ExampleService::new()))
         .await
@@ -1026,6 +1033,53 @@ pub async fn encryption(b: Arc<dyn Backend>) {
     disconnect_all([s2, plain, c]).await;
 }
 
+/// A service that restarts with a new key: the client's cached describe document (and
+/// the key in it) is stale; the call the service cannot decrypt makes the client fetch
+/// the document again and retry once, so the call succeeds.
+pub async fn encryption_key_change(b: Arc<dyn Backend>) {
+    use herald_mesh::service::ServiceKeys;
+    let svc = unique("rekey");
+    let connect = |key: Arc<ServiceKey>| {
+        let cfg = MeshConfig::service(&svc, ExampleService::new()).service_keys(key);
+        Mesh::connect(b.clone(), cfg)
+    };
+    let old_key = service_key();
+    let new_key = other_service_key();
+    assert_ne!(old_key.public_key_pem(), new_key.public_key_pem());
+    let s1 = connect(old_key.clone()).await.unwrap();
+    let c = Mesh::connect(
+        b.clone(),
+        MeshConfig::client().client_cipher(Arc::new(NuropbCipher)),
+    )
+    .await
+    .unwrap();
+    let enc = || RequestOptions {
+        encrypted: true,
+        ttl: Some(WAIT),
+        ..RequestOptions::default()
+    };
+    let r = c
+        .request_with(&svc, "secret_echo", json!({"text": "one"}), enc())
+        .await
+        .unwrap();
+    assert_eq!(r, json!("one"));
+    let cached = c.describe_service(&svc, false).await.unwrap();
+    assert_eq!(cached.public_key, Some(old_key.public_key_pem()));
+    // The service is replaced by one with another key.
+    s1.disconnect().await.unwrap();
+    let s2 = connect(new_key.clone()).await.unwrap();
+    for text in ["two", "three"] {
+        let r = c
+            .request_with(&svc, "secret_echo", json!({"text": text}), enc())
+            .await
+            .unwrap_or_else(|e| panic!("encrypted call after the key change: {e:?}"));
+        assert_eq!(r, json!(text));
+    }
+    let fresh = c.describe_service(&svc, false).await.unwrap();
+    assert_eq!(fresh.public_key, Some(new_key.public_key_pem()));
+    disconnect_all([c, s2]).await;
+}
+
 /// An encrypted call's key lookup (describe) runs within the caller's deadline: to a
 /// service whose queue exists but that nobody consumes, a call with a 300 ms deadline
 /// ends with `Timeout` for that call, not after describe's own 60 s.
@@ -1391,7 +1445,7 @@ macro_rules! conformance_tests {
         conformance_tests!(@each $backend;
             request_response, errors, deadline, ttl_out_of_range, ttl_expiry, poison_messages, exactly_one_ack,
             command, command_confirmed, events, leader, describe, encryption,
-            encryption_key_lookup_deadline, graceful_shutdown,
+            encryption_key_change, encryption_key_lookup_deadline, graceful_shutdown,
             unpaired_and_single_instance, handler_panic, handler_always_panics);
     };
     (@each $backend:expr; $($name:ident),*) => {
