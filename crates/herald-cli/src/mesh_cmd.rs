@@ -82,8 +82,14 @@ pub struct CallArgs {
     /// Caller context as a JSON object.
     #[arg(long, default_value = "{}")]
     context: String,
-    /// Request ttl and deadline in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    /// Request ttl and deadline in milliseconds (1 to 4294967295: RabbitMQ refuses a
+    /// larger message expiration).
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(..=herald_mesh::mesh::MAX_TTL_MS)
+    )]
     ttl: u64,
     /// Trace id.
     #[arg(long)]

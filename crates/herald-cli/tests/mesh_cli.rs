@@ -97,6 +97,30 @@ fn bad_user_input_exits_2() {
 }
 
 #[test]
+fn a_ttl_beyond_the_amqp_expiration_range_exits_2() {
+    // RabbitMQ refuses an expiration above 2^32 - 1 ms with a channel error.
+    let o = herald(&["mesh", "call", "example", "add", "--ttl", "5000000000"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("5000000000") && stderr.contains("4294967295"),
+        "{stderr}"
+    );
+    let o = herald(&[
+        "mesh",
+        "call",
+        "example",
+        "add",
+        "--params",
+        r#"{"a": 2, "b": 40}"#,
+        "--ttl",
+        "4294967295",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(stdout(&o).trim(), "42");
+}
+
+#[test]
 fn unknown_service_and_timeout_are_runtime_errors() {
     let o = herald(&["mesh", "call", "nobody", "add"]);
     assert_eq!(o.status.code(), Some(1), "{o:?}");

@@ -33,6 +33,19 @@ use crate::service::{
 /// Default request ttl and client deadline (nuropb's is 1 hour; Herald's is shorter
 /// because the caller waits for it).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// The largest request or command ttl, in milliseconds: 2^32 - 1 (about 49.7 days).
+/// The ttl travels as the AMQP `expiration`, and RabbitMQ answers one beyond its limit
+/// with a channel error that closes the channel the handle publishes on (losing the
+/// other calls in flight on it). That limit is 2^32 - 1 ms on RabbitMQ versions with
+/// 32-bit expiry timers (also what other AMQP clients cap at) and 10 years on current
+/// ones (3.10 refuses 315,360,000,001 ms), so a ttl above the lower, portable bound is
+/// refused with [`MeshError::InvalidArgument`] before anything is sent.
+pub const MAX_TTL_MS: u64 = u32::MAX as u64;
+/// [`MAX_TTL_MS`] as a duration.
+pub const MAX_TTL: Duration = Duration::from_millis(MAX_TTL_MS);
+/// The longest a describe request (and so an encrypted call's key lookup) waits for
+/// its reply (nuropb's describe ttl).
+const DESCRIBE_TTL: Duration = Duration::from_secs(60);
 /// Default service prefetch (nuropb's is 1).
 pub const DEFAULT_PREFETCH: u16 = 64;
 /// How long a request waits for its reply before it also waits for the outcome of
@@ -151,7 +164,8 @@ impl MeshConfig {
         self
     }
 
-    /// Default request ttl (also the default client deadline).
+    /// Default request ttl (also the default client deadline). At most [`MAX_TTL`]:
+    /// [`Mesh::connect`] refuses a larger one with [`MeshError::InvalidArgument`].
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = ttl;
         self
@@ -206,7 +220,8 @@ impl MeshConfig {
 pub struct RequestOptions {
     /// Caller context (an object; echoed in the reply). Null becomes `{}`.
     pub context: Value,
-    /// Message ttl (default: the handle's default ttl).
+    /// Message ttl (default: the handle's default ttl); at most [`MAX_TTL`], a larger
+    /// one is refused with [`MeshError::InvalidArgument`].
     pub ttl: Option<Duration>,
     /// Client-side deadline (default: the ttl).
     pub timeout: Option<Duration>,
@@ -471,6 +486,21 @@ fn validate_name(what: &'static str, value: &str) -> Result<(), MeshError> {
     }
 }
 
+/// The ttl in whole milliseconds, if it fits the AMQP `expiration` (see [`MAX_TTL_MS`]).
+fn ttl_millis(what: &'static str, ttl: Duration) -> Result<u64, MeshError> {
+    let ms = ttl.as_millis();
+    match u64::try_from(ms) {
+        Ok(ms) if ms <= MAX_TTL_MS => Ok(ms),
+        _ => Err(MeshError::InvalidArgument {
+            what,
+            value: format!("{ms} ms"),
+            reason: format!(
+                "a ttl is at most {MAX_TTL_MS} ms (2^32 - 1, about 49.7 days): a larger message expiration makes RabbitMQ close the publishing channel"
+            ),
+        }),
+    }
+}
+
 fn params_object(params: Value) -> Result<Map<String, Value>, MeshError> {
     match params {
         Value::Object(m) => Ok(m),
@@ -514,6 +544,7 @@ impl Mesh {
         for p in &config.event_bindings {
             validate_topic_pattern(p)?;
         }
+        ttl_millis("default ttl", config.default_ttl)?;
         let conn = backend.connect(&service_name).await?;
         for ex in nuropb_exchanges() {
             conn.declare_exchange(&ex).await?;
@@ -778,6 +809,14 @@ impl Mesh {
 
     /// Sends a request and returns the whole response body (nuropb's
     /// `rpc_response=False`).
+    ///
+    /// An encrypted request first needs the service's public key, from its describe
+    /// document (cached, see [`Mesh::describe_service`]); fetching it counts against
+    /// the request's deadline, so the request still resolves by it. If the service
+    /// answers that it cannot decrypt the request (`NuropbEncryptionError`: its key
+    /// changed since the document was cached, e.g. it restarted with a new key), the
+    /// cached document is dropped, fetched again and the request sent once more
+    /// (the service did not run it), within the same deadline.
     pub async fn request_raw(
         &self,
         service: &str,
@@ -785,15 +824,75 @@ impl Mesh {
         params: Value,
         opts: RequestOptions,
     ) -> Result<ResponseBody, MeshError> {
+        if opts.encrypted {
+            // Boxed: keeps the common (clear) path's future small.
+            return Box::pin(self.request_encrypted(service, method, params, &opts)).await;
+        }
+        let call = self.build_call(MessageType::Request, service, method, params, &opts)?;
+        let deadline = opts.timeout.unwrap_or(call.ttl);
+        self.send_request(service, method, call, deadline).await
+    }
+
+    /// [`Mesh::request_raw`] of an encrypted request: the key lookup and one retry
+    /// with a fresh key, all within the caller's deadline.
+    async fn request_encrypted(
+        &self,
+        service: &str,
+        method: &str,
+        params: Value,
+        opts: &RequestOptions,
+    ) -> Result<ResponseBody, MeshError> {
+        let started = tokio::time::Instant::now();
+        let mut params = params;
+        let mut retried = false;
+        loop {
+            // The first attempt sends a copy; the retry (at most one) the original.
+            let attempt = if retried {
+                std::mem::take(&mut params)
+            } else {
+                params.clone()
+            };
+            let mut call = self.build_call(MessageType::Request, service, method, attempt, opts)?;
+            let deadline = opts.timeout.unwrap_or(call.ttl);
+            // Whichever step the deadline passed in, it is the call's own.
+            let timed_out = |e| caller_timeout(e, service, method, deadline);
+            let left = deadline.saturating_sub(started.elapsed());
+            let sealed = self.encrypt_call(service, &mut call.msg, left).await;
+            let (session, used) = sealed.map_err(timed_out)?;
+            call.session = Some(session);
+            let left = deadline.saturating_sub(started.elapsed());
+            let body = self
+                .send_request(service, method, call, left)
+                .await
+                .map_err(timed_out)?;
+            let undecryptable = body
+                .error
+                .as_ref()
+                .is_some_and(|e| e.error == class::ENCRYPTION);
+            if !undecryptable || retried {
+                return Ok(body);
+            }
+            retried = true;
+            debug!(service = %service, method = %method, "the service could not decrypt the call: fetching its key again and retrying once");
+            self.forget_description(service, &used);
+        }
+    }
+
+    /// Publishes a request built by [`Mesh::build_call`] (sealed if encrypted) and
+    /// waits up to `deadline` for its reply.
+    async fn send_request(
+        &self,
+        service: &str,
+        method: &str,
+        call: Call,
+        deadline: Duration,
+    ) -> Result<ResponseBody, MeshError> {
         let Call {
             msg,
             session,
             counter,
-            ttl,
-        } = self
-            .prepare_call(MessageType::Request, service, method, params, &opts)
-            .await?;
-        let deadline = opts.timeout.unwrap_or(ttl);
+            ttl: _,
+        } = call;
         let (tx, rx) = oneshot::channel();
         let losses =
             self.inner
@@ -944,8 +1043,11 @@ impl Mesh {
     ) -> Result<Call, MeshError> {
         let mut call = self.build_call(kind, service, method, params, opts)?;
         if opts.encrypted {
+            // The key lookup waits no longer than the call's ttl (or deadline).
+            let wait = opts.timeout.unwrap_or(call.ttl);
             // Boxed: keeps the common (clear) path's future small.
-            let session = Box::pin(self.encrypt_call(service, &mut call.msg)).await?;
+            let sealed = Box::pin(self.encrypt_call(service, &mut call.msg, wait)).await;
+            let (session, _) = sealed.map_err(|e| caller_timeout(e, service, method, wait))?;
             call.session = Some(session);
         }
         Ok(call)
@@ -965,6 +1067,7 @@ impl Mesh {
         validate_name("service name", service)?;
         let params = params_object(params)?;
         let ttl = opts.ttl.unwrap_or(self.inner.config.default_ttl);
+        let ttl_ms = ttl_millis("ttl", ttl)?;
         let (id, counter) = self.next_id();
         let body = RequestBody {
             service: service.to_owned(),
@@ -979,7 +1082,6 @@ impl Mesh {
             _ => Envelope::Request(body),
         };
         let mut msg = Message::from_envelope(env);
-        let ttl_ms = ttl.as_millis().min(u128::from(u64::MAX)) as u64;
         msg.properties.reply_to = Some(self.inner.reply_to.clone());
         msg.properties.expiration_ms = Some(ttl_ms);
         msg.properties.mandatory = true;
@@ -992,16 +1094,19 @@ impl Mesh {
         })
     }
 
-    /// Seals a call for `service`'s public key (fetched with describe).
+    /// Seals a call for `service`'s public key, from its describe document (cached;
+    /// fetching it waits at most `wait`, and never more than [`DESCRIBE_TTL`]).
+    /// Returns the call's session and the document whose key it used.
     async fn encrypt_call(
         &self,
         service: &str,
         msg: &mut Message,
-    ) -> Result<Box<dyn SessionKey>, MeshError> {
+        wait: Duration,
+    ) -> Result<(Box<dyn SessionKey>, Arc<ServiceDescription>), MeshError> {
         let cipher = self.inner.config.client_cipher.clone().ok_or_else(|| {
             MeshError::Encryption("no client cipher configured for encrypted calls".into())
         })?;
-        let desc: Arc<ServiceDescription> = Box::pin(self.describe_service(service, false)).await?;
+        let desc = Box::pin(self.describe_within(service, false, wait.min(DESCRIBE_TTL))).await?;
         let key = desc.public_key.clone().ok_or_else(|| {
             MeshError::Encryption(format!("service {service:?} publishes no public key"))
         })?;
@@ -1009,7 +1114,7 @@ impl Mesh {
         let (sealed, s) = cipher.seal_request(&key, &plain)?;
         msg.payload = Payload::Bytes(Bytes::from(sealed));
         msg.headers.encrypted = true;
-        Ok(s)
+        Ok((s, desc))
     }
 
     /// Publishes an event on the events exchange with routing key `topic`.
@@ -1066,11 +1171,34 @@ impl Mesh {
         })
     }
 
-    /// The describe document of `service` (cached; `refresh` asks again).
+    /// The describe document of `service` (cached; `refresh` asks again). An
+    /// encrypted call whose service cannot decrypt it drops the cached document (see
+    /// [`Mesh::request_raw`]).
     pub async fn describe_service(
         &self,
         service: &str,
         refresh: bool,
+    ) -> Result<Arc<ServiceDescription>, MeshError> {
+        let ttl = DESCRIBE_TTL.min(self.inner.config.default_ttl);
+        self.describe_within(service, refresh, ttl).await
+    }
+
+    /// Drops the cached describe document of `service` if it is still `stale` (not
+    /// if another call already replaced it).
+    fn forget_description(&self, service: &str, stale: &Arc<ServiceDescription>) {
+        if let Ok(mut c) = self.inner.describe_cache.lock()
+            && c.get(service).is_some_and(|d| Arc::ptr_eq(d, stale))
+        {
+            c.remove(service);
+        }
+    }
+
+    /// [`Mesh::describe_service`] with the describe request's ttl and deadline.
+    async fn describe_within(
+        &self,
+        service: &str,
+        refresh: bool,
+        ttl: Duration,
     ) -> Result<Arc<ServiceDescription>, MeshError> {
         if !refresh
             && let Some(d) = self
@@ -1083,15 +1211,24 @@ impl Mesh {
             return Ok(d);
         }
         let opts = RequestOptions {
-            ttl: Some(Duration::from_secs(60).min(self.inner.config.default_ttl)),
+            ttl: Some(ttl),
             ..RequestOptions::default()
         };
-        let v = self
-            .request_with(service, DESCRIBE_METHOD, Value::Object(Map::new()), opts)
+        let params = Value::Object(Map::new());
+        let call = self.build_call(
+            MessageType::Request,
+            service,
+            DESCRIBE_METHOD,
+            params,
+            &opts,
+        )?;
+        let reply = self
+            .send_request(service, DESCRIBE_METHOD, call, ttl)
             .await?;
-        let desc: ServiceDescription = serde_json::from_value(v)
-            .map_err(|e| MeshError::Malformed(format!("describe document of {service:?}: {e}")))?;
-        let desc = Arc::new(desc);
+        if let Some(err) = reply.error {
+            return Err(err.into_mesh_error(service, DESCRIBE_METHOD));
+        }
+        let desc = Arc::new(ServiceDescription::from_document(service, reply.result)?);
         if let Ok(mut c) = self.inner.describe_cache.lock() {
             c.insert(service.to_owned(), desc.clone());
         }
@@ -1183,6 +1320,19 @@ impl EventSubscription {
             }
         }
         None
+    }
+}
+
+/// A [`MeshError::Timeout`] of a step of a call (its key lookup, its request) as the
+/// call's own: `service.method` timed out after the caller's deadline `after`.
+fn caller_timeout(e: MeshError, service: &str, method: &str, after: Duration) -> MeshError {
+    match e {
+        MeshError::Timeout { .. } => MeshError::Timeout {
+            service: service.to_owned(),
+            method: method.to_owned(),
+            after,
+        },
+        other => other,
     }
 }
 

@@ -190,7 +190,8 @@ pub struct PropertySchema {
     /// Description.
     #[serde(default)]
     pub description: String,
-    /// Default value (null when required).
+    /// Default value; `""` when the parameter is required (nuropb's `map_default`
+    /// returns `""` for a parameter without a default, and lists it in `required`).
     #[serde(default)]
     pub default: Value,
 }
@@ -226,7 +227,9 @@ pub struct MethodDescription {
 /// The document `nuropb_describe` returns (nuropb §4.8 shape).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceDescription {
-    /// Service name.
+    /// Service name. nuropb sends null when the service class has no `_service_name`;
+    /// [`ServiceDescription::from_document`] then fills in the name it was asked for.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub service_name: String,
     /// Version.
     #[serde(default)]
@@ -249,7 +252,24 @@ pub struct ServiceDescription {
     pub methods: BTreeMap<String, MethodDescription>,
 }
 
+/// A string that may be null (null reads as `""`).
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
 impl ServiceDescription {
+    /// Reads the describe document `doc` that `service` answered. A null or missing
+    /// `service_name` (nuropb sends null when the class has no `_service_name`) is
+    /// filled with `service`.
+    pub fn from_document(service: &str, doc: Value) -> Result<Self, MeshError> {
+        let mut desc: Self = serde_json::from_value(doc)
+            .map_err(|e| MeshError::Malformed(format!("describe document of {service:?}: {e}")))?;
+        if desc.service_name.is_empty() {
+            service.clone_into(&mut desc.service_name);
+        }
+        Ok(desc)
+    }
+
     /// Builds the document for `service_name` from `info` (hidden methods left out).
     pub fn build(service_name: &str, info: &ServiceInfo, public_key: Option<String>) -> Self {
         let encrypted_methods = info.methods.iter().any(|m| m.requires_encryption);
@@ -267,7 +287,11 @@ impl ServiceDescription {
                             PropertySchema {
                                 type_name: p.type_name.clone(),
                                 description: p.description.clone(),
-                                default: p.default.clone().unwrap_or(Value::Null),
+                                // nuropb's map_default: "" for a required one.
+                                default: p
+                                    .default
+                                    .clone()
+                                    .unwrap_or_else(|| Value::String(String::new())),
                             },
                         )
                     })
@@ -581,4 +605,83 @@ macro_rules! __service_router_marker {
     ($info:ident, hidden) => {
         $info.hidden()
     };
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// What nuropb 0.1.8's `describe_service` sends for a class without
+    /// `_service_name`, `_version` or docstrings.
+    fn nuropb_document(service_name: Value) -> Value {
+        json!({
+            "service_name": service_name,
+            "service_version": null,
+            "description": null,
+            "warnings": [],
+            "encrypted_methods": false,
+            "public_key": null,
+            "methods": {
+                "add": {
+                    "description": null,
+                    "requires_encryption": false,
+                    "parameters": {
+                        "type": "object",
+                        "properties": [
+                            ["a", {"type": "int", "description": "", "default": ""}],
+                            ["b", {"type": "", "description": "", "default": 1}]
+                        ],
+                        "required": ["a"]
+                    }
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn a_null_service_name_is_filled_from_the_requested_name() {
+        let d = ServiceDescription::from_document("calc", nuropb_document(Value::Null)).unwrap();
+        assert_eq!(d.service_name, "calc");
+        assert_eq!(d.service_version, None);
+        assert!(!d.encrypted_methods);
+        let add = d.methods["add"].parameters.clone().unwrap();
+        assert_eq!(add.required, ["a"]);
+        assert_eq!(add.properties[0].1.default, json!(""));
+        assert_eq!(add.properties[1].1.default, json!(1));
+        let mut missing = nuropb_document(Value::Null);
+        missing.as_object_mut().unwrap().remove("service_name");
+        let d = ServiceDescription::from_document("calc", missing).unwrap();
+        assert_eq!(d.service_name, "calc");
+    }
+
+    #[test]
+    fn a_named_document_keeps_its_name_and_a_bad_one_is_malformed() {
+        let d =
+            ServiceDescription::from_document("calc", nuropb_document(json!("calc-v2"))).unwrap();
+        assert_eq!(d.service_name, "calc-v2");
+        match ServiceDescription::from_document("calc", nuropb_document(json!(7))) {
+            Err(MeshError::Malformed(m)) => assert!(m.contains("\"calc\""), "{m}"),
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_required_parameter_defaults_to_an_empty_string_as_in_nuropb() {
+        let info = ServiceInfo {
+            version: "1".into(),
+            description: String::new(),
+            methods: vec![
+                MethodInfo::new("m", "")
+                    .param("a", "int", "")
+                    .param_default("b", "int", "", json!(null)),
+            ],
+        };
+        let d = ServiceDescription::build("svc", &info, None);
+        let p = d.methods["m"].parameters.clone().unwrap();
+        assert_eq!(p.properties[0].1.default, json!(""));
+        assert_eq!(p.properties[1].1.default, Value::Null);
+        assert_eq!(p.required, ["a"]);
+    }
 }

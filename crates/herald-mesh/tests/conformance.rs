@@ -69,6 +69,13 @@ pub fn service_key() -> Arc<ServiceKey> {
         .clone()
 }
 
+/// A second RSA key, unlike [`service_key`] (a service that restarted with a new key).
+pub fn other_service_key() -> Arc<ServiceKey> {
+    static KEY: OnceLock<Arc<ServiceKey>> = OnceLock::new();
+    KEY.get_or_init(|| Arc::new(ServiceKey::generate(1024).expect("generate RSA key")))
+        .clone()
+}
+
 async fn example(b: &Arc<dyn Backend>, name: &str) -> Mesh {
     Mesh::connect(b.clone(), MeshConfig::service(name, ExampleService::new()))
         .await
@@ -326,6 +333,81 @@ pub async fn deadline(b: Arc<dyn Backend>) {
         call_ok(&c, &svc, "add", json!({"a": 1, "b": 2})).await,
         json!(3)
     );
+    disconnect_all([c, s]).await;
+}
+
+/// A ttl beyond what an AMQP `expiration` may portably carry (2^32 - 1 ms; RabbitMQ
+/// answers one beyond its limit with a channel error that closes the handle's publish
+/// channel) is refused before anything is sent, and the handle's other calls are not
+/// disturbed; the largest allowed ttl works.
+pub async fn ttl_out_of_range(b: Arc<dyn Backend>) {
+    let (svc, s, c) = example_and_client(&b, "bigttl").await;
+    let too_long = Duration::from_millis(1 << 33);
+    // Beyond every RabbitMQ's limit (current ones allow up to 10 years).
+    let far_too_long = Duration::from_millis(u64::MAX);
+    let (refused, refused_far, added) = tokio::join!(
+        c.request(
+            &svc,
+            "add",
+            json!({"a": 1, "b": 1}),
+            json!({}),
+            Some(too_long),
+            None
+        ),
+        c.request(
+            &svc,
+            "add",
+            json!({"a": 1, "b": 1}),
+            json!({}),
+            Some(far_too_long),
+            None
+        ),
+        call(&c, &svc, "add", json!({"a": 2, "b": 3})),
+    );
+    match refused {
+        Err(MeshError::InvalidArgument { what, value, .. }) => {
+            assert_eq!((what, value.as_str()), ("ttl", "8589934592 ms"));
+        }
+        other => panic!("expected InvalidArgument for a 2^33 ms ttl, got {other:?}"),
+    }
+    assert!(
+        matches!(
+            refused_far,
+            Err(MeshError::InvalidArgument { what: "ttl", .. })
+        ),
+        "got {refused_far:?}"
+    );
+    assert_eq!(added.unwrap(), json!(5));
+    let opts = RequestOptions {
+        ttl: Some(too_long),
+        ..RequestOptions::default()
+    };
+    assert!(matches!(
+        c.command(&svc, "add", json!({"a": 1, "b": 1}), opts).await,
+        Err(MeshError::InvalidArgument { what: "ttl", .. })
+    ));
+    let max = herald_mesh::mesh::MAX_TTL;
+    assert_eq!(
+        c.request(
+            &svc,
+            "add",
+            json!({"a": 4, "b": 4}),
+            json!({}),
+            Some(max),
+            None
+        )
+        .await
+        .unwrap(),
+        json!(8)
+    );
+    assert_eq!(
+        call_ok(&c, &svc, "add", json!({"a": 1, "b": 2})).await,
+        json!(3)
+    );
+    match Mesh::connect(b.clone(), MeshConfig::client().default_ttl(too_long)).await {
+        Err(MeshError::InvalidArgument { what, .. }) => assert_eq!(what, "default ttl"),
+        other => panic!("expected InvalidArgument for a 2^33 ms default ttl, got {other:?}"),
+    }
     disconnect_all([c, s]).await;
 }
 
@@ -807,9 +889,21 @@ pub async fn describe(b: Arc<dyn Backend>) {
         ["a", "b"]
     );
     assert_eq!(add.required, ["a", "b"]);
+    // A required parameter's default is "", as nuropb's map_default gives it.
+    for (name, schema) in &add.properties {
+        assert_eq!(schema.default, json!(""), "default of required {name}");
+    }
+    let fail = d.methods["fail"].parameters.clone().unwrap();
+    let kind = fail.properties.iter().find(|p| p.0 == "kind").unwrap();
+    assert_eq!(kind.1.default, json!("runtime"));
+    assert!(!fail.required.contains(&"kind".to_owned()));
     // The raw document has nuropb's shapes: properties as a list of pairs, a bool.
     let raw = call_ok(&c, &svc, "nuropb_describe", json!({})).await;
     assert!(raw["methods"]["add"]["parameters"]["properties"][0].is_array());
+    assert_eq!(
+        raw["methods"]["add"]["parameters"]["properties"][0][1]["default"],
+        json!("")
+    );
     assert_eq!(raw["encrypted_methods"], json!(true));
     assert!(c.requires_encryption(&svc, "secret_echo").await.unwrap());
     assert!(!c.requires_encryption(&svc, "add").await.unwrap());
@@ -937,6 +1031,100 @@ pub async fn encryption(b: Arc<dyn Backend>) {
     conn.close().await.unwrap();
     disconnect_all(instances).await;
     disconnect_all([s2, plain, c]).await;
+}
+
+/// A service that restarts with a new key: the client's cached describe document (and
+/// the key in it) is stale; the call the service cannot decrypt makes the client fetch
+/// the document again and retry once, so the call succeeds.
+pub async fn encryption_key_change(b: Arc<dyn Backend>) {
+    use herald_mesh::service::ServiceKeys;
+    let svc = unique("rekey");
+    let connect = |key: Arc<ServiceKey>| {
+        let cfg = MeshConfig::service(&svc, ExampleService::new()).service_keys(key);
+        Mesh::connect(b.clone(), cfg)
+    };
+    let old_key = service_key();
+    let new_key = other_service_key();
+    assert_ne!(old_key.public_key_pem(), new_key.public_key_pem());
+    let s1 = connect(old_key.clone()).await.unwrap();
+    let c = Mesh::connect(
+        b.clone(),
+        MeshConfig::client().client_cipher(Arc::new(NuropbCipher)),
+    )
+    .await
+    .unwrap();
+    let enc = || RequestOptions {
+        encrypted: true,
+        ttl: Some(WAIT),
+        ..RequestOptions::default()
+    };
+    let r = c
+        .request_with(&svc, "secret_echo", json!({"text": "one"}), enc())
+        .await
+        .unwrap();
+    assert_eq!(r, json!("one"));
+    let cached = c.describe_service(&svc, false).await.unwrap();
+    assert_eq!(cached.public_key, Some(old_key.public_key_pem()));
+    // The service is replaced by one with another key.
+    s1.disconnect().await.unwrap();
+    let s2 = connect(new_key.clone()).await.unwrap();
+    for text in ["two", "three"] {
+        let r = c
+            .request_with(&svc, "secret_echo", json!({"text": text}), enc())
+            .await
+            .unwrap_or_else(|e| panic!("encrypted call after the key change: {e:?}"));
+        assert_eq!(r, json!(text));
+    }
+    let fresh = c.describe_service(&svc, false).await.unwrap();
+    assert_eq!(fresh.public_key, Some(new_key.public_key_pem()));
+    disconnect_all([c, s2]).await;
+}
+
+/// An encrypted call's key lookup (describe) runs within the caller's deadline: to a
+/// service whose queue exists but that nobody consumes, a call with a 300 ms deadline
+/// ends with `Timeout` for that call, not after describe's own 60 s.
+pub async fn encryption_key_lookup_deadline(b: Arc<dyn Backend>) {
+    let svc = unique("nokey");
+    let conn = b.connect("idle-service-queue").await.unwrap();
+    for ex in herald_mesh::backend::nuropb_exchanges() {
+        conn.declare_exchange(&ex).await.unwrap();
+    }
+    let queue = herald_mesh::backend::QueueSpec::service(&svc, &[]);
+    conn.declare_queue(&queue).await.unwrap();
+    let c = Mesh::connect(
+        b.clone(),
+        MeshConfig::client().client_cipher(Arc::new(NuropbCipher)),
+    )
+    .await
+    .unwrap();
+    let opts = RequestOptions {
+        encrypted: true,
+        timeout: Some(Duration::from_millis(300)),
+        ..RequestOptions::default()
+    };
+    // Generous: the old behaviour waited a minute.
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.request_with(&svc, "secret_echo", json!({"text": "x"}), opts),
+    )
+    .await
+    .expect("an encrypted call must resolve by its deadline, key lookup included");
+    match r {
+        Err(MeshError::Timeout {
+            service,
+            method,
+            after,
+        }) => {
+            assert_eq!(
+                (service.as_str(), method.as_str()),
+                (svc.as_str(), "secret_echo")
+            );
+            assert_eq!(after, Duration::from_millis(300));
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    conn.close().await.unwrap();
+    disconnect_all([c]).await;
 }
 
 /// The example service, counting the encrypted calls it handled.
@@ -1255,8 +1443,9 @@ pub async fn handler_always_panics(b: Arc<dyn Backend>) {
 macro_rules! conformance_tests {
     ($backend:expr) => {
         conformance_tests!(@each $backend;
-            request_response, errors, deadline, ttl_expiry, poison_messages, exactly_one_ack,
-            command, command_confirmed, events, leader, describe, encryption, graceful_shutdown,
+            request_response, errors, deadline, ttl_out_of_range, ttl_expiry, poison_messages, exactly_one_ack,
+            command, command_confirmed, events, leader, describe, encryption,
+            encryption_key_change, encryption_key_lookup_deadline, graceful_shutdown,
             unpaired_and_single_instance, handler_panic, handler_always_panics);
     };
     (@each $backend:expr; $($name:ident),*) => {
