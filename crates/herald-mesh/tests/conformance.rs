@@ -165,6 +165,19 @@ fn raw_request(service: &str, body: &[u8], protocol: &'static str, kind: &'stati
     }
 }
 
+/// A well-formed response message (correlation id set by the caller).
+fn stray_response() -> Message {
+    Message::from_envelope(Envelope::Response(herald_mesh::ResponseBody {
+        result: json!("stray"),
+        error: None,
+        correlation_id: "stray".into(),
+        trace_id: None,
+        context: json!({}),
+        warning: None,
+        reply_to: None,
+    }))
+}
+
 /// request/response: results, echo of params and context, trace id, correlation ids.
 pub async fn request_response(b: Arc<dyn Backend>) {
     let (svc, s, c) = example_and_client(&b, "rr").await;
@@ -434,6 +447,8 @@ pub async fn poison_messages(b: Arc<dyn Backend>) {
             raw_request(&svc, b"\xff\xfe\x00garbage", "0.1.1", "command"),
             "invalid nuropb JSON body",
         ),
+        // Well formed, but a response has no business on a service queue.
+        (stray_response(), "stray response"),
     ];
     let n = poison.len();
     let mut sent = Vec::new();
@@ -487,6 +502,55 @@ pub async fn poison_messages(b: Arc<dyn Backend>) {
             json!(i + 1)
         );
     }
+    conn.close().await.unwrap();
+    disconnect_all([c, s]).await;
+}
+
+/// A request whose `herald_deadline` passed before the service took it is not run: it
+/// is dead-lettered (reason `rejected`) with a reason naming the deadline
+/// (`DeathInfo::detail`, header `x-herald-reason`), keeping its body and routing key,
+/// and its caller gets an error reply.
+pub async fn past_deadline(b: Arc<dyn Backend>) {
+    let (svc, s, c) = example_and_client(&b, "late").await;
+    let conn = b.connect("late-probe").await.unwrap();
+    let mut m = Message::from_envelope(Envelope::Request(message::RequestBody {
+        service: svc.clone(),
+        method: "add".into(),
+        params: json!({"a": 20, "b": 22}).as_object().unwrap().clone(),
+        correlation_id: "late-1".into(),
+        context: json!({}),
+        trace_id: None,
+    }));
+    m.properties.correlation_id = "late-1".into();
+    m.properties.reply_to = Some(c.response_queue().to_owned());
+    m.headers.deadline_ms = Some(1_000);
+    conn.publish(RPC_EXCHANGE, &svc, m).await.unwrap();
+    let dead = dead_letters(&conn, &svc, 1).await;
+    let death = dead[0].death.as_ref().unwrap();
+    assert_eq!(death.reason, DeathReason::Rejected);
+    assert_eq!(death.exchange, RPC_EXCHANGE);
+    assert_eq!(death.routing_key, svc);
+    let detail = death
+        .detail
+        .as_deref()
+        .expect("the dead letter of an expired request carries its reason");
+    assert!(
+        detail.contains("deadline passed") && detail.contains("herald_deadline 1000"),
+        "reason {detail:?} does not name the deadline"
+    );
+    assert_eq!(dead[0].properties.correlation_id, "late-1");
+    match dead[0].payload.envelope().unwrap().as_ref() {
+        Envelope::Request(body) => assert_eq!(body.params.get("a"), Some(&json!(20))),
+        other => panic!("expected the request in the DLQ, got {other:?}"),
+    }
+    wait_until("the error reply to the expired request", || {
+        c.unpaired_replies() >= 1
+    })
+    .await;
+    assert_eq!(
+        call_ok(&c, &svc, "add", json!({"a": 1, "b": 1})).await,
+        json!(2)
+    );
     conn.close().await.unwrap();
     disconnect_all([c, s]).await;
 }
@@ -1255,7 +1319,8 @@ pub async fn handler_always_panics(b: Arc<dyn Backend>) {
 macro_rules! conformance_tests {
     ($backend:expr) => {
         conformance_tests!(@each $backend;
-            request_response, errors, deadline, ttl_expiry, poison_messages, exactly_one_ack,
+            request_response, errors, deadline, ttl_expiry, poison_messages, past_deadline,
+            exactly_one_ack,
             command, command_confirmed, events, leader, describe, encryption, graceful_shutdown,
             unpaired_and_single_instance, handler_panic, handler_always_panics);
     };
