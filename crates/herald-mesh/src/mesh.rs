@@ -377,6 +377,9 @@ struct Inner {
     stop_consuming: CancellationToken,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// The service consumer's task ([`dispatch_loop`]), awaited by a graceful
+    /// disconnect so that nothing is started once it stopped waiting.
+    dispatch: Mutex<Option<tokio::task::JoinHandle<()>>>,
     closed: AtomicBool,
 }
 
@@ -621,15 +624,19 @@ impl Mesh {
             stop_consuming,
             shutdown,
             tracker: TaskTracker::new(),
+            dispatch: Mutex::new(None),
             closed: AtomicBool::new(false),
         });
         if let Some(stream) = service_stream {
-            tokio::spawn(dispatch_loop(
+            let task = tokio::spawn(dispatch_loop(
                 Arc::downgrade(&inner),
                 stream,
                 inner.stop_consuming.clone(),
                 inner.tracker.clone(),
             ));
+            if let Ok(mut slot) = inner.dispatch.lock() {
+                *slot = Some(task);
+            }
         }
         debug!(
             backend = inner.backend_name,
@@ -648,9 +655,11 @@ impl Mesh {
         })
     }
 
-    /// Graceful shutdown: stops taking new deliveries, waits (up to the configured
-    /// grace) for in-flight requests to finish and be answered, then fails pending
-    /// calls with [`MeshError::Disconnected`] and closes the connection.
+    /// Graceful shutdown: stops taking new deliveries (and waits for the service
+    /// consumer to stop: a delivery it takes from then on is not started but handed
+    /// back to the broker, for another instance), waits (up to the configured grace)
+    /// for in-flight requests to finish and be answered, then fails pending calls with
+    /// [`MeshError::Disconnected`] and closes the connection.
     pub async fn disconnect(&self) -> Result<(), MeshError> {
         let inner = &self.inner;
         if inner.closed.swap(true, Ordering::SeqCst) {
@@ -658,7 +667,18 @@ impl Mesh {
         }
         inner.stop_consuming.cancel();
         inner.tracker.close();
-        if tokio::time::timeout(inner.config.shutdown_grace, inner.tracker.wait())
+        let dispatch = inner.dispatch.lock().ok().and_then(|mut slot| slot.take());
+        let drained = async {
+            // Once the consumer's task has ended nothing new is tracked, so the wait
+            // below covers every request that was started.
+            if let Some(task) = dispatch
+                && let Err(e) = task.await
+            {
+                warn!(service = %inner.service_name, error = %e, "the service consumer task failed");
+            }
+            inner.tracker.wait().await;
+        };
+        if tokio::time::timeout(inner.config.shutdown_grace, drained)
             .await
             .is_err()
         {
@@ -1368,6 +1388,14 @@ async fn dispatch_loop(
             () = &mut stopped => None,
         };
         let Some(d) = d else { break };
+        if stop.is_cancelled() {
+            // Taken as a graceful disconnect stopped consuming (the select prefers a
+            // ready delivery): not started, so it is dropped unsettled, which hands it
+            // back to the broker for another instance. Started now, it could run while
+            // the connection closes, fail to answer and be run again elsewhere.
+            drop(d);
+            break;
+        }
         let Some(inner) = inner.upgrade() else { break };
         // Encrypted calls start with an RSA decryption (milliseconds of CPU): they go
         // to their own task at once so that they can run in parallel.
