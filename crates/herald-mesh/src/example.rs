@@ -3,7 +3,8 @@
 //!
 //! Methods: `add(a, b)`, `echo(**params)` (returns `{"params": .., "context": ..}`),
 //! `fail(message, kind)` (kind `handling` → `NuropbHandlingError`, `validation`,
-//! `authorization`, anything else → `NuropbException`), `slow(seconds)`,
+//! `authorization`, anything else → `NuropbException`), `slow(seconds)` (at most
+//! [`MAX_SLOW_SECONDS`], below RabbitMQ's consumer ack timeout),
 //! `emit(topic, payload)` (publishes an event after replying), `events_seen()` (events
 //! received on `interop.#`) and `secret_echo(text)` (requires encryption).
 //!
@@ -35,8 +36,12 @@ use crate::error::{ServiceError, class};
 use crate::message::EventBody;
 use crate::service::{MethodInfo, RequestContext, Service, ServiceInfo, ServiceRouter};
 
-/// Longest `slow` call accepted (seconds).
-pub const MAX_SLOW_SECONDS: f64 = 3600.0;
+/// Longest `slow` call accepted (seconds): 10 minutes, well below RabbitMQ's consumer
+/// ack timeout (`consumer_timeout`, 30 minutes by default). A delivery left unacked
+/// longer than that makes the broker close the consumer's channel and requeue all its
+/// unacked deliveries, so a longer `slow` would be run again (and break the calls
+/// in flight with it) instead of answered.
+pub const MAX_SLOW_SECONDS: f64 = 600.0;
 /// Events remembered by `events_seen` (oldest dropped beyond).
 pub const MAX_EVENTS_SEEN: usize = 1000;
 /// The pattern the example service subscribes to.
@@ -155,7 +160,7 @@ impl ExampleService {
             .method(
                 MethodInfo::new(
                     "slow",
-                    "Sleeps for the given number of seconds and returns it",
+                    "Sleeps for the given number of seconds (at most 600) and returns it",
                 )
                 .param("seconds", "float", ""),
                 |p: SlowParams, _ctx: Arc<RequestContext>| async move {
@@ -245,5 +250,34 @@ impl Service for ExampleService {
 
     fn on_event(&self, event: EventBody) -> BoxFuture<'static, Result<(), ServiceError>> {
         Service::on_event(&self.router, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// `slow` refuses more than [`MAX_SLOW_SECONDS`] (it would outlast RabbitMQ's
+    /// consumer ack timeout) with a validation error naming the value, at once.
+    #[tokio::test]
+    async fn slow_is_capped_below_the_consumer_ack_timeout() {
+        const { assert!(MAX_SLOW_SECONDS < 30.0 * 60.0) };
+        let svc = ExampleService::new();
+        for seconds in [MAX_SLOW_SECONDS + 1.0, 1800.0, -1.0] {
+            let params = json!({ "seconds": seconds });
+            let ctx = Arc::new(RequestContext::new("example", "slow", json!({})));
+            let call = svc.call("slow", params.as_object().unwrap(), ctx);
+            let r = tokio::time::timeout(Duration::from_secs(10), call)
+                .await
+                .unwrap_or_else(|_| panic!("slow({seconds}) was accepted (still sleeping)"));
+            let e = r.unwrap_err();
+            assert_eq!(e.error, class::VALIDATION, "slow({seconds}): {e:?}");
+            assert!(
+                e.description.contains(&seconds.to_string()),
+                "slow({seconds}): {e:?}"
+            );
+        }
     }
 }

@@ -14,6 +14,7 @@
 //! * reject without requeue dead-letters with reason `rejected`
 //!   ([`Acker::dead_letter`] too, with its reason in [`DeathInfo::detail`]); requeue
 //!   sets the `redelivered` flag; an unsettled delivery that is dropped is requeued;
+//!   a requeued message keeps its expiry (its ttl counts from its publish);
 //! * length-bounded queues (`max_length`, oldest dropped, dead-lettered with reason
 //!   `maxlen` if the queue has a DLX), used for bounded dead-letter queues;
 //! * auto-delete queues removed with their last consumer;
@@ -346,19 +347,25 @@ impl Broker {
         }
     }
 
+    /// Puts a delivered message back at the head of `q`, keeping its expiry (as
+    /// RabbitMQ does: a requeued message's ttl still counts from its publish).
     fn requeue(
         self: &Arc<Self>,
         q: &Arc<Queue>,
         message: Box<Message>,
+        expires: Option<Instant>,
         origin: Option<Arc<(String, String)>>,
     ) {
         inc(&self.stats.requeued);
         if q.deleted.load(Ordering::Acquire) {
             return;
         }
+        if expires.is_some() && !q.has_ttl.swap(true, Ordering::Relaxed) {
+            self.ensure_sweeper();
+        }
         q.lock().ready.push_front(Entry {
             message,
-            expires: None,
+            expires,
             redelivered: true,
             origin,
         });
@@ -963,6 +970,7 @@ impl Consumer {
         let acker = InProcAcker {
             settled: false,
             message: Some(Message::clone(&e.message)),
+            expires: e.expires,
             origin: e.origin,
             queue: self.queue.clone(),
             broker: self.broker.clone(),
@@ -1002,6 +1010,8 @@ impl Drop for Consumer {
 struct InProcAcker {
     settled: bool,
     message: Option<Message>,
+    /// When the message's ttl passes (kept if it is requeued).
+    expires: Option<Instant>,
     origin: Option<Arc<(String, String)>>,
     queue: Arc<Queue>,
     broker: Arc<Broker>,
@@ -1033,7 +1043,8 @@ impl InProcAcker {
     fn requeue_now(&mut self) {
         if let Some(m) = self.finish() {
             let origin = self.origin.take();
-            self.broker.requeue(&self.queue, Box::new(m), origin);
+            self.broker
+                .requeue(&self.queue, Box::new(m), self.expires, origin);
         }
     }
 

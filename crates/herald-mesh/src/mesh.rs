@@ -392,6 +392,9 @@ struct Inner {
     stop_consuming: CancellationToken,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// The service consumer's task ([`dispatch_loop`]), awaited by a graceful
+    /// disconnect so that nothing is started once it stopped waiting.
+    dispatch: Mutex<Option<tokio::task::JoinHandle<()>>>,
     closed: AtomicBool,
 }
 
@@ -652,15 +655,19 @@ impl Mesh {
             stop_consuming,
             shutdown,
             tracker: TaskTracker::new(),
+            dispatch: Mutex::new(None),
             closed: AtomicBool::new(false),
         });
         if let Some(stream) = service_stream {
-            tokio::spawn(dispatch_loop(
+            let task = tokio::spawn(dispatch_loop(
                 Arc::downgrade(&inner),
                 stream,
                 inner.stop_consuming.clone(),
                 inner.tracker.clone(),
             ));
+            if let Ok(mut slot) = inner.dispatch.lock() {
+                *slot = Some(task);
+            }
         }
         debug!(
             backend = inner.backend_name,
@@ -679,9 +686,11 @@ impl Mesh {
         })
     }
 
-    /// Graceful shutdown: stops taking new deliveries, waits (up to the configured
-    /// grace) for in-flight requests to finish and be answered, then fails pending
-    /// calls with [`MeshError::Disconnected`] and closes the connection.
+    /// Graceful shutdown: stops taking new deliveries (and waits for the service
+    /// consumer to stop: a delivery it takes from then on is not started but handed
+    /// back to the broker, for another instance), waits (up to the configured grace)
+    /// for in-flight requests to finish and be answered, then fails pending calls with
+    /// [`MeshError::Disconnected`] and closes the connection.
     pub async fn disconnect(&self) -> Result<(), MeshError> {
         let inner = &self.inner;
         if inner.closed.swap(true, Ordering::SeqCst) {
@@ -689,7 +698,18 @@ impl Mesh {
         }
         inner.stop_consuming.cancel();
         inner.tracker.close();
-        if tokio::time::timeout(inner.config.shutdown_grace, inner.tracker.wait())
+        let dispatch = inner.dispatch.lock().ok().and_then(|mut slot| slot.take());
+        let drained = async {
+            // Once the consumer's task has ended nothing new is tracked, so the wait
+            // below covers every request that was started.
+            if let Some(task) = dispatch
+                && let Err(e) = task.await
+            {
+                warn!(service = %inner.service_name, error = %e, "the service consumer task failed");
+            }
+            inner.tracker.wait().await;
+        };
+        if tokio::time::timeout(inner.config.shutdown_grace, drained)
             .await
             .is_err()
         {
@@ -1518,6 +1538,14 @@ async fn dispatch_loop(
             () = &mut stopped => None,
         };
         let Some(d) = d else { break };
+        if stop.is_cancelled() {
+            // Taken as a graceful disconnect stopped consuming (the select prefers a
+            // ready delivery): not started, so it is dropped unsettled, which hands it
+            // back to the broker for another instance. Started now, it could run while
+            // the connection closes, fail to answer and be run again elsewhere.
+            drop(d);
+            break;
+        }
         let Some(inner) = inner.upgrade() else { break };
         // Encrypted calls start with an RSA decryption (milliseconds of CPU): they go
         // to their own task at once so that they can run in parallel.
@@ -1659,7 +1687,10 @@ async fn call_panicked(inner: &Inner, mut finish: FinishCall) {
         return;
     }
     warn!(service = %inner.service_name, method = %method, correlation_id = %finish.correlation_id, "a service handler panicked on a redelivered message; dead-lettered");
-    finish.dead_letter = Some("handler panicked");
+    finish.dead_letter = Some(DeadLetter {
+        what: "handler panicked",
+        with_reason: None,
+    });
     let err = ServiceError::handling(format!(
         "{}.{method} panicked while handling the request",
         inner.service_name
@@ -1722,9 +1753,33 @@ struct FinishCall {
     trace_id: Option<String>,
     session: Option<Box<dyn SessionKey>>,
     settle: Settle,
-    /// Dead-letter it (reject before any reply) whatever the outcome, and why: an
-    /// expired call, a response on a service queue.
-    dead_letter: Option<&'static str>,
+    /// Dead-letter it (before any reply) whatever the outcome: an expired call, a
+    /// response on a service queue, a handler that panicked on a redelivery.
+    dead_letter: Option<DeadLetter>,
+}
+
+/// Why a call is dead-lettered whatever its outcome.
+struct DeadLetter {
+    /// What it is, for the log.
+    what: &'static str,
+    /// The delivered message and the reason in words its dead letter carries
+    /// ([`Settle::dead_letter`]); `None` rejects it without a reason (a call whose
+    /// message was not kept while its handler ran).
+    with_reason: Option<(Box<Message>, String)>,
+}
+
+impl DeadLetter {
+    /// Dead-letters the delivery; a failure is logged.
+    async fn settle(self, settle_handle: Settle) {
+        match self.with_reason {
+            Some((message, reason)) => {
+                if let Err(e) = settle_handle.dead_letter(message, reason).await {
+                    warn!(error = %e, what = self.what, "dead-lettering a delivery failed");
+                }
+            }
+            None => settle(settle_handle, false, self.what).await,
+        }
+    }
 }
 
 /// Decodes and checks a delivery and starts its handler (without waiting for it).
@@ -1770,11 +1825,11 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
             return Step::Poison(dead, reply);
         }
     };
-    drop(msg);
     let (is_command, body) = match incoming.env.as_ref() {
         Envelope::Request(b) => (false, b),
         Envelope::Command(b) => (true, b),
         Envelope::Event(ev) => {
+            drop(msg);
             let Some(s) = &inner.serving else {
                 return Step::Done;
             };
@@ -1788,6 +1843,11 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
         }
         Envelope::Response(_) => {
             warn!(service = %inner.service_name, correlation_id = %correlation_id, "response on a service queue dead-lettered");
+            let reason = format!(
+                "stray response (correlation id {correlation_id:?}) on the service queue of \
+                 {}: responses go to a caller's response queue",
+                inner.service_name
+            );
             return Step::Finish(
                 FinishCall {
                     env: incoming.env.clone(),
@@ -1797,7 +1857,10 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
                     trace_id: None,
                     session: None,
                     settle: settle_handle,
-                    dead_letter: Some("stray response"),
+                    dead_letter: Some(DeadLetter {
+                        what: "stray response",
+                        with_reason: Some((msg, reason)),
+                    }),
                 },
                 Ok(Value::Null),
             );
@@ -1808,7 +1871,27 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
     };
     let method = body.method.as_str();
     let trace_id = header_trace.or_else(|| body.trace_id.clone());
-    let expired = incoming.deadline_ms.is_some_and(|dl| now_ms() > dl);
+    let now = incoming.deadline_ms.map(|_| now_ms());
+    let expired = match (incoming.deadline_ms, now) {
+        (Some(deadline), Some(now)) if now > deadline => Some(DeadLetter {
+            what: "expired request",
+            with_reason: Some((
+                msg,
+                format!(
+                    "deadline passed before {}.{method} was handled: {} {deadline} (Unix ms) \
+                     is {} ms before now ({now})",
+                    inner.service_name,
+                    crate::message::header::DEADLINE,
+                    now - deadline
+                ),
+            )),
+        }),
+        _ => {
+            drop(msg);
+            None
+        }
+    };
+    let is_expired = expired.is_some();
     let finish = FinishCall {
         env: incoming.env.clone(),
         is_command,
@@ -1817,10 +1900,10 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
         trace_id,
         session: incoming.session,
         settle: settle_handle,
-        dead_letter: expired.then_some("expired request"),
+        dead_letter: expired,
     };
     let info = serving.methods.get(method);
-    let outcome = if expired {
+    let outcome = if is_expired {
         warn!(service = %inner.service_name, method = %method, correlation_id = %finish.correlation_id, "request past its deadline dead-lettered");
         Err(ServiceError::new(
             class::TIMEOUT,
@@ -1882,8 +1965,9 @@ async fn finish_call(
         _ => "",
     };
     let failed = outcome.is_err();
+    let dead = dead_letter.is_some();
     if let Err(e) = &outcome
-        && dead_letter.is_none()
+        && !dead
     {
         debug!(service = %inner.service_name, method = %method, error = %e, "handler returned an error");
     }
@@ -1914,10 +1998,10 @@ async fn finish_call(
     // An expired call is dead-lettered before it is answered; any other is settled
     // after its reply went out (a crash in between redelivers it rather than lose it).
     let mut settle_handle = Some(settle_handle);
-    if let Some(what) = dead_letter
+    if let Some(dl) = dead_letter
         && let Some(h) = settle_handle.take()
     {
-        settle(h, false, what).await;
+        dl.settle(h).await;
     }
     match (&reply_to, is_command) {
         (Some(rt), false) => {
@@ -1931,7 +2015,7 @@ async fn finish_call(
                 publish_reply(inner, rt, msg).await;
             }
         }
-        (None, false) if dead_letter.is_none() => {
+        (None, false) if !dead => {
             warn!(service = %inner.service_name, method = %method, "request without reply_to; reply dropped");
         }
         _ => {}

@@ -70,7 +70,8 @@ pub mod header {
     /// nuropb ignores it.
     pub const DEADLINE: &str = "herald_deadline";
     /// Herald extension on a dead letter that Herald dead-lettered itself (a poison
-    /// message): why, in words (the decode error). See
+    /// message, a stray response, a request past its deadline): why, in words (the
+    /// decode error, …). See
     /// [`DeathInfo::detail`](super::DeathInfo::detail).
     pub const HERALD_REASON: &str = "x-herald-reason";
 }
@@ -267,7 +268,8 @@ pub struct DeathInfo {
     pub routing_key: String,
     /// Why, in words, when Herald dead-lettered it itself (header
     /// [`x-herald-reason`](header::HERALD_REASON)): for a poison message, the error
-    /// that decoding it gave. `None` for the broker's own dead letters (expired,
+    /// that decoding it gave; for a response on a service queue or a request whose
+    /// `herald_deadline` had passed, what was wrong and with which value. `None` for the broker's own dead letters (expired,
     /// overflowed) and for rejections that carry no reason.
     pub detail: Option<String>,
 }

@@ -172,6 +172,19 @@ fn raw_request(service: &str, body: &[u8], protocol: &'static str, kind: &'stati
     }
 }
 
+/// A well-formed response message (correlation id set by the caller).
+fn stray_response() -> Message {
+    Message::from_envelope(Envelope::Response(herald_mesh::ResponseBody {
+        result: json!("stray"),
+        error: None,
+        correlation_id: "stray".into(),
+        trace_id: None,
+        context: json!({}),
+        warning: None,
+        reply_to: None,
+    }))
+}
+
 /// request/response: results, echo of params and context, trace id, correlation ids.
 pub async fn request_response(b: Arc<dyn Backend>) {
     let (svc, s, c) = example_and_client(&b, "rr").await;
@@ -516,6 +529,8 @@ pub async fn poison_messages(b: Arc<dyn Backend>) {
             raw_request(&svc, b"\xff\xfe\x00garbage", "0.1.1", "command"),
             "invalid nuropb JSON body",
         ),
+        // Well formed, but a response has no business on a service queue.
+        (stray_response(), "stray response"),
     ];
     let n = poison.len();
     let mut sent = Vec::new();
@@ -569,6 +584,55 @@ pub async fn poison_messages(b: Arc<dyn Backend>) {
             json!(i + 1)
         );
     }
+    conn.close().await.unwrap();
+    disconnect_all([c, s]).await;
+}
+
+/// A request whose `herald_deadline` passed before the service took it is not run: it
+/// is dead-lettered (reason `rejected`) with a reason naming the deadline
+/// (`DeathInfo::detail`, header `x-herald-reason`), keeping its body and routing key,
+/// and its caller gets an error reply.
+pub async fn past_deadline(b: Arc<dyn Backend>) {
+    let (svc, s, c) = example_and_client(&b, "late").await;
+    let conn = b.connect("late-probe").await.unwrap();
+    let mut m = Message::from_envelope(Envelope::Request(message::RequestBody {
+        service: svc.clone(),
+        method: "add".into(),
+        params: json!({"a": 20, "b": 22}).as_object().unwrap().clone(),
+        correlation_id: "late-1".into(),
+        context: json!({}),
+        trace_id: None,
+    }));
+    m.properties.correlation_id = "late-1".into();
+    m.properties.reply_to = Some(c.response_queue().to_owned());
+    m.headers.deadline_ms = Some(1_000);
+    conn.publish(RPC_EXCHANGE, &svc, m).await.unwrap();
+    let dead = dead_letters(&conn, &svc, 1).await;
+    let death = dead[0].death.as_ref().unwrap();
+    assert_eq!(death.reason, DeathReason::Rejected);
+    assert_eq!(death.exchange, RPC_EXCHANGE);
+    assert_eq!(death.routing_key, svc);
+    let detail = death
+        .detail
+        .as_deref()
+        .expect("the dead letter of an expired request carries its reason");
+    assert!(
+        detail.contains("deadline passed") && detail.contains("herald_deadline 1000"),
+        "reason {detail:?} does not name the deadline"
+    );
+    assert_eq!(dead[0].properties.correlation_id, "late-1");
+    match dead[0].payload.envelope().unwrap().as_ref() {
+        Envelope::Request(body) => assert_eq!(body.params.get("a"), Some(&json!(20))),
+        other => panic!("expected the request in the DLQ, got {other:?}"),
+    }
+    wait_until("the error reply to the expired request", || {
+        c.unpaired_replies() >= 1
+    })
+    .await;
+    assert_eq!(
+        call_ok(&c, &svc, "add", json!({"a": 1, "b": 1})).await,
+        json!(2)
+    );
     conn.close().await.unwrap();
     disconnect_all([c, s]).await;
 }
@@ -1245,6 +1309,335 @@ pub async fn graceful_shutdown(b: Arc<dyn Backend>) {
     disconnect_all([s2, c]).await;
 }
 
+#[derive(Deserialize)]
+struct IdWork {
+    id: u64,
+    ms: u64,
+}
+
+/// Holds back the delivery of one call (`work` with id [`Gate::hold_id`]) on a service
+/// queue until the instance consuming it has begun to disconnect (its handle reports
+/// itself disconnected), then hands it over at once: a delivery that arrives just as
+/// `disconnect` stops consuming. Until then the instance takes no other delivery.
+struct Gate {
+    queue: String,
+    hold_id: u64,
+    /// Set once the call is held.
+    holding: std::sync::atomic::AtomicBool,
+    /// Set once it was handed over.
+    released: std::sync::atomic::AtomicBool,
+    /// The instance whose disconnect releases the call (taken out at the end of the
+    /// test: the instance's connection holds the gate).
+    instance: std::sync::Mutex<Option<Mesh>>,
+}
+
+impl Gate {
+    fn is_held_call(&self, d: &herald_mesh::Delivery) -> bool {
+        match d.message.payload.envelope() {
+            Ok(env) => match env.as_ref() {
+                Envelope::Request(b) => {
+                    b.method == "work" && b.params.get("id") == Some(&json!(self.hold_id))
+                }
+                _ => false,
+            },
+            Err(_) => false,
+        }
+    }
+
+    fn instance_disconnecting(&self) -> bool {
+        self.instance
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|m| !m.connected())
+    }
+}
+
+struct GatedStream {
+    inner: herald_mesh::backend::DeliveryStream,
+    gate: Arc<Gate>,
+    held: Option<herald_mesh::Delivery>,
+}
+
+impl futures::Stream for GatedStream {
+    type Item = herald_mesh::Delivery;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<herald_mesh::Delivery>> {
+        use std::sync::atomic::Ordering;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.held.is_some() {
+            if this.gate.instance_disconnecting() {
+                this.gate.released.store(true, Ordering::SeqCst);
+                return Poll::Ready(this.held.take());
+            }
+            // No wake-up is registered: the consumer is polled again when it is woken
+            // for something else (its stop signal).
+            return Poll::Pending;
+        }
+        match this.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(d))
+                if !this.gate.holding.load(Ordering::SeqCst) && this.gate.is_held_call(&d) =>
+            {
+                this.held = Some(d);
+                this.gate.holding.store(true, Ordering::SeqCst);
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+/// A backend whose connections gate the consumers of [`Gate::queue`].
+#[derive(Debug)]
+struct GateBackend {
+    inner: Arc<dyn Backend>,
+    gate: Arc<Gate>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate").field("queue", &self.queue).finish()
+    }
+}
+
+#[derive(Debug)]
+struct GateConn {
+    inner: Arc<dyn Connection>,
+    gate: Arc<Gate>,
+}
+
+impl Connection for GateConn {
+    fn declare_exchange<'a>(
+        &'a self,
+        spec: &'a herald_mesh::backend::ExchangeSpec,
+    ) -> futures::future::BoxFuture<'a, Result<(), MeshError>> {
+        self.inner.declare_exchange(spec)
+    }
+    fn declare_queue<'a>(
+        &'a self,
+        spec: &'a herald_mesh::backend::QueueSpec,
+    ) -> futures::future::BoxFuture<'a, Result<(), MeshError>> {
+        self.inner.declare_queue(spec)
+    }
+    fn publish<'a>(
+        &'a self,
+        exchange: &'a str,
+        routing_key: &'a str,
+        message: Message,
+    ) -> herald_mesh::backend::BackendFuture<'a, Result<(), MeshError>> {
+        self.inner.publish(exchange, routing_key, message)
+    }
+    fn consume<'a>(
+        &'a self,
+        queue: &'a str,
+        options: ConsumeOptions,
+    ) -> futures::future::BoxFuture<'a, Result<herald_mesh::backend::DeliveryStream, MeshError>>
+    {
+        Box::pin(async move {
+            let inner = self.inner.consume(queue, options).await?;
+            if queue != self.gate.queue {
+                return Ok(inner);
+            }
+            let gated = GatedStream {
+                inner,
+                gate: self.gate.clone(),
+                held: None,
+            };
+            Ok(Box::pin(gated) as herald_mesh::backend::DeliveryStream)
+        })
+    }
+    fn consume_direct_replies(
+        &self,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<Option<(String, herald_mesh::backend::DeliveryStream)>, MeshError>,
+    > {
+        self.inner.consume_direct_replies()
+    }
+    fn try_lead<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<bool, MeshError>> {
+        self.inner.try_lead(service)
+    }
+    fn close(&self) -> futures::future::BoxFuture<'_, Result<(), MeshError>> {
+        self.inner.close()
+    }
+    fn is_open(&self) -> bool {
+        self.inner.is_open()
+    }
+    fn is_connected(&self) -> bool {
+        self.inner.is_connected()
+    }
+    fn link_losses(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.link_losses()
+    }
+    fn forget_queue(&self, queue: &str) {
+        self.inner.forget_queue(queue)
+    }
+}
+
+impl Backend for GateBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn mesh_name(&self) -> &str {
+        self.inner.mesh_name()
+    }
+    fn connect<'a>(
+        &'a self,
+        client_name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Arc<dyn Connection>, MeshError>> {
+        Box::pin(async move {
+            let inner = self.inner.connect(client_name).await?;
+            Ok(Arc::new(GateConn {
+                inner,
+                gate: self.gate.clone(),
+            }) as Arc<dyn Connection>)
+        })
+    }
+}
+
+/// Graceful shutdown under load: while a client keeps calls flowing and a second
+/// instance serves them too, `disconnect` of the first instance starts no delivery it
+/// takes once it stopped consuming (that delivery goes back to the queue unstarted and
+/// the second instance runs it): every call is answered and each ran exactly once.
+///
+/// The first instance is handed a long call at the very moment it stops consuming (a
+/// [`Gate`]); had it started that call, the call would outlast the grace, its reply and
+/// ack would fail with the closing connection and it would run again elsewhere.
+pub async fn shutdown_under_load(b: Arc<dyn Backend>) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    const HELD: u64 = 0;
+    let svc = unique("drain");
+    let runs: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let second_runs = Arc::new(AtomicUsize::new(0));
+    let make_router = |second: bool| {
+        let runs = runs.clone();
+        let second_runs = second_runs.clone();
+        ServiceRouter::new("1", "work").method(
+            MethodInfo::new("work", "counts its runs per id, sleeps, answers the id")
+                .param("id", "int", "")
+                .param("ms", "int", ""),
+            move |p: IdWork, _ctx: Arc<RequestContext>| {
+                *runs.lock().unwrap().entry(p.id).or_default() += 1;
+                if second {
+                    second_runs.fetch_add(1, Ordering::SeqCst);
+                }
+                async move {
+                    if p.ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(p.ms)).await;
+                    }
+                    Ok::<_, ServiceError>(json!(p.id))
+                }
+            },
+        )
+    };
+    let gate = Arc::new(Gate {
+        queue: message::service_queue(&svc),
+        hold_id: HELD,
+        holding: AtomicBool::new(false),
+        released: AtomicBool::new(false),
+        instance: Mutex::new(None),
+    });
+    let gated: Arc<dyn Backend> = Arc::new(GateBackend {
+        inner: b.clone(),
+        gate: gate.clone(),
+    });
+    let grace = Duration::from_secs(2);
+    // Prefetch 1: while the gate holds the long call, no other delivery waits in the
+    // first instance's consumer (the second instance gets them all).
+    let s1 = Mesh::connect(
+        gated,
+        MeshConfig::service(&svc, make_router(false))
+            .prefetch(1)
+            .shutdown_grace(grace),
+    )
+    .await
+    .unwrap();
+    *gate.instance.lock().unwrap() = Some(s1.clone());
+    let c = client(&b).await;
+    // The flow: 4 callers, one call at a time each, ids from 1 up, until told to stop.
+    let next_id = Arc::new(AtomicU64::new(HELD + 1));
+    let stop_flow = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, svc) = (c.clone(), svc.clone());
+            let (next_id, stop_flow) = (next_id.clone(), stop_flow.clone());
+            tokio::spawn(async move {
+                let mut answered = Vec::new();
+                while !stop_flow.load(Ordering::SeqCst) {
+                    let id = next_id.fetch_add(1, Ordering::SeqCst);
+                    let r = call(&c, &svc, "work", json!({"id": id, "ms": 0})).await;
+                    assert_eq!(r.unwrap(), json!(id), "call {id}");
+                    answered.push(id);
+                }
+                answered
+            })
+        })
+        .collect();
+    wait_until("the first instance to serve calls", || {
+        runs.lock().unwrap().len() >= 8
+    })
+    .await;
+    // Longer than the grace: started on the first instance, it would be cut off.
+    let held_ms = 2 * grace.as_millis() as u64;
+    let held_call = {
+        let (c, svc) = (c.clone(), svc.clone());
+        tokio::spawn(
+            async move { call(&c, &svc, "work", json!({"id": HELD, "ms": held_ms})).await },
+        )
+    };
+    wait_until("the gate to hold the long call", || {
+        gate.holding.load(Ordering::SeqCst)
+    })
+    .await;
+    let s2 = Mesh::connect(
+        b.clone(),
+        MeshConfig::service(&svc, make_router(true)).prefetch(8),
+    )
+    .await
+    .unwrap();
+    wait_until("the second instance to serve calls", || {
+        second_runs.load(Ordering::SeqCst) >= 8
+    })
+    .await;
+    s1.disconnect().await.unwrap();
+    wait_until(
+        "the held call to be handed to the instance as it stopped",
+        || gate.released.load(Ordering::SeqCst),
+    )
+    .await;
+    let before = second_runs.load(Ordering::SeqCst);
+    wait_until("calls to keep flowing after the disconnect", || {
+        second_runs.load(Ordering::SeqCst) >= before + 8
+    })
+    .await;
+    stop_flow.store(true, Ordering::SeqCst);
+    let mut answered = vec![HELD];
+    for caller in callers {
+        answered.extend(caller.await.unwrap());
+    }
+    assert_eq!(held_call.await.unwrap().unwrap(), json!(HELD));
+    let runs_now = runs.lock().unwrap().clone();
+    for id in &answered {
+        assert_eq!(
+            runs_now.get(id).copied().unwrap_or(0),
+            1,
+            "call {id} must have run exactly once"
+        );
+    }
+    assert_eq!(c.unpaired_replies(), 0);
+    gate.instance.lock().unwrap().take();
+    disconnect_all([s2, c]).await;
+}
+
 /// Replies for untracked correlation ids are ignored; a fixed instance id is single
 /// instance (a second handle with it is refused).
 pub async fn unpaired_and_single_instance(b: Arc<dyn Backend>) {
@@ -1443,10 +1836,10 @@ pub async fn handler_always_panics(b: Arc<dyn Backend>) {
 macro_rules! conformance_tests {
     ($backend:expr) => {
         conformance_tests!(@each $backend;
-            request_response, errors, deadline, ttl_out_of_range, ttl_expiry, poison_messages, exactly_one_ack,
-            command, command_confirmed, events, leader, describe, encryption,
-            encryption_key_change, encryption_key_lookup_deadline, graceful_shutdown,
-            unpaired_and_single_instance, handler_panic, handler_always_panics);
+            request_response, errors, deadline, ttl_out_of_range, ttl_expiry, poison_messages,
+            past_deadline, exactly_one_ack, command, command_confirmed, events, leader, describe,
+            encryption, encryption_key_change, encryption_key_lookup_deadline, graceful_shutdown,
+            shutdown_under_load, unpaired_and_single_instance, handler_panic, handler_always_panics);
     };
     (@each $backend:expr; $($name:ident),*) => {
         $(

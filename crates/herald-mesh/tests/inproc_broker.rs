@@ -442,6 +442,48 @@ async fn ttl_expires_queued_messages_without_a_consumer() {
     assert_eq!(broker.stats().expired, 1);
 }
 
+/// A requeued message keeps its expiry (as on RabbitMQ): a delivery taken and dropped
+/// unsettled still expires and is dead-lettered with reason `expired`, rather than
+/// living on without a ttl.
+#[tokio::test]
+async fn a_requeued_message_keeps_its_expiry() {
+    let broker = InProcBroker::new();
+    let c = setup(&broker).await;
+    let mut src = q("requeue-ttl", vec![]);
+    src.dead_letter_exchange = Some(DL_EXCHANGE.into());
+    c.declare_queue(&src).await.unwrap();
+    c.declare_queue(&QueueSpec::dead_letter("requeue-ttl-dl", 10))
+        .await
+        .unwrap();
+    let mut m = event("t", 7);
+    m.properties.expiration_ms = Some(50);
+    c.publish("", "requeue-ttl", m).await.unwrap();
+    let mut s = c
+        .consume("requeue-ttl", ConsumeOptions::manual(1))
+        .await
+        .unwrap();
+    let d = next(&mut s).await;
+    assert!(!d.redelivered);
+    // No consumer is left to take it again; the dropped delivery is requeued.
+    drop(s);
+    drop(d);
+    assert_eq!(broker.stats().requeued, 1);
+    let mut dl = c
+        .consume("requeue-ttl-dl", ConsumeOptions::manual(10))
+        .await
+        .unwrap();
+    let d = next(&mut dl).await;
+    assert_eq!(
+        d.message.death.as_ref().unwrap().reason,
+        DeathReason::Expired,
+        "the requeued message expired"
+    );
+    assert_eq!(value_of(&d), json!(7));
+    d.ack().await.unwrap();
+    assert_eq!(broker.queue_len("requeue-ttl"), Some(0));
+    assert_eq!(broker.stats().expired, 1);
+}
+
 #[tokio::test]
 async fn auto_delete_queues_go_with_their_last_consumer() {
     let broker = InProcBroker::new();
