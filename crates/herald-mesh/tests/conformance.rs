@@ -1250,6 +1250,83 @@ pub async fn handler_always_panics(b: Arc<dyn Backend>) {
     disconnect_all([c, s]).await;
 }
 
+/// A dead letter (an event) with the correlation id `<tag>-<i>`, published straight to
+/// a queue through the default exchange, confirmed.
+fn dead_letter_like(tag: &str, i: usize) -> Message {
+    let mut m = Message::from_envelope(Envelope::Event(EventBody {
+        topic: "dead.letter".into(),
+        event: json!({"i": i}),
+        context: json!({}),
+        trace_id: None,
+        correlation_id: format!("{tag}-{i}"),
+        target: Value::Null,
+    }));
+    m.properties.correlation_id = format!("{tag}-{i}");
+    m.properties.confirm = true;
+    m
+}
+
+/// `Connection::trim_queue`, below the mesh: drops the oldest ready messages beyond
+/// the length, never more than the batch per call, only counts with a batch of 0, and
+/// names a missing queue.
+pub async fn trim_queue_drops_the_oldest_a_batch_at_a_time(b: Arc<dyn Backend>) {
+    let conn = b.connect("trim").await.unwrap();
+    let queue = unique("trim");
+    conn.declare_queue(&herald_mesh::backend::QueueSpec {
+        name: queue.clone(),
+        durable: false,
+        auto_delete: false,
+        dead_letter_exchange: None,
+        max_length: None,
+        bindings: Vec::new(),
+    })
+    .await
+    .unwrap();
+    let tag = unique("t");
+    for i in 0..10 {
+        conn.publish(message::DEFAULT_EXCHANGE, &queue, dead_letter_like(&tag, i))
+            .await
+            .unwrap();
+    }
+    let trim = |max_len, max_drop| {
+        let conn = conn.clone();
+        let queue = queue.clone();
+        async move { conn.trim_queue(&queue, max_len, max_drop).await.unwrap() }
+    };
+    let t = trim(3, 4).await;
+    assert_eq!((t.found, t.dropped), (10, 4), "a batch of 4 at most");
+    let t = trim(3, 0).await;
+    assert_eq!((t.found, t.dropped), (6, 0), "a batch of 0 only counts");
+    let t = trim(3, 100).await;
+    assert_eq!((t.found, t.dropped), (6, 3));
+    let t = trim(3, 100).await;
+    assert_eq!((t.found, t.dropped), (3, 0), "nothing beyond the bound");
+    let mut stream = conn
+        .consume(&queue, ConsumeOptions::manual(10))
+        .await
+        .unwrap();
+    for want in 7..10 {
+        let d = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("a message within WAIT")
+            .expect("stream open");
+        assert_eq!(
+            d.message.properties.correlation_id,
+            format!("{tag}-{want}"),
+            "the newest are kept, in order"
+        );
+        d.ack().await.unwrap();
+    }
+    drop(stream);
+    let missing = unique("missing");
+    let err = conn.trim_queue(&missing, 1, 1).await.unwrap_err();
+    assert!(
+        matches!(&err, MeshError::NoSuchQueue { queue } if *queue == missing),
+        "{err:?}"
+    );
+    conn.close().await.unwrap();
+}
+
 /// Generates one `#[tokio::test]` per suite function; `$backend` is an expression of
 /// type `Option<Arc<dyn Backend>>` evaluated per test (`None` skips).
 macro_rules! conformance_tests {
@@ -1257,7 +1334,8 @@ macro_rules! conformance_tests {
         conformance_tests!(@each $backend;
             request_response, errors, deadline, ttl_expiry, poison_messages, exactly_one_ack,
             command, command_confirmed, events, leader, describe, encryption, graceful_shutdown,
-            unpaired_and_single_instance, handler_panic, handler_always_panics);
+            unpaired_and_single_instance, handler_panic, handler_always_panics,
+            trim_queue_drops_the_oldest_a_batch_at_a_time);
     };
     (@each $backend:expr; $($name:ident),*) => {
         $(
