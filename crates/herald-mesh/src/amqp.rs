@@ -1041,7 +1041,9 @@ async fn declare_exchange_on(live: &Live, spec: &ExchangeSpec) -> Result<(), Mes
 }
 
 /// nuropb's queue arguments: `x-dead-letter-exchange` as a long string (what pika
-/// sends), plus Herald's `x-max-length` for bounded queues.
+/// sends), plus `x-max-length` for a queue spec with a length bound (the mesh's own
+/// queues have none: dead-letter queues are bounded by the leader's trim, see
+/// [`Connection::trim_queue`]).
 pub fn queue_arguments(spec: &QueueSpec) -> FieldTable {
     let mut args = FieldTable::default();
     if let Some(dlx) = &spec.dead_letter_exchange {
@@ -1099,11 +1101,20 @@ async fn declare_queue_on(live: &Live, spec: &QueueSpec) -> Result<(), MeshError
         .await;
     if let Err(e) = declared {
         let err = map_err("queue.declare", about, &e);
-        // A dead-letter queue created earlier by nuropb's `configure_nuropb_rmq` (no
-        // arguments) is used as it is rather than failing the whole connect.
+        // A dead-letter queue declared with other arguments (an older Herald declared
+        // it with `x-max-length`) is used as it is rather than failing the whole
+        // connect; the leader's trim still bounds it. nuropb's own declaration of it
+        // (no arguments) is refused until it is deleted, hence a warning.
         let is_dl = spec.bindings.iter().all(|b| b.exchange == DL_EXCHANGE);
         if matches!(err, MeshError::PreconditionFailed { .. }) && is_dl {
-            tracing::warn!(queue = %spec.name, error = %err, "using the existing dead-letter queue as declared");
+            tracing::warn!(
+                queue = %spec.name,
+                error = %err,
+                "the dead-letter queue exists with other arguments (left by an older Herald?); \
+                 using it as declared (the leader still trims it). nuropb instances of this \
+                 service cannot declare it until it is deleted; once deleted, the next \
+                 instance to start re-creates it as nuropb declares it"
+            );
             let ch = live
                 .channel(&live.topology)
                 .await

@@ -149,14 +149,19 @@ impl QueueSpec {
         }
     }
 
-    /// A bounded dead-letter queue bound to the DLX.
-    pub fn dead_letter(name: impl Into<String>, max_length: usize) -> Self {
+    /// A dead-letter queue bound to the DLX, declared exactly as nuropb's
+    /// `configure_nuropb_rmq` declares it: non-durable, not auto-delete, **no
+    /// arguments** (a length bound here would be an `x-max-length` argument, and
+    /// RabbitMQ refuses a nuropb instance's declaration of the same queue with 406
+    /// PRECONDITION_FAILED). The mesh bounds it instead: its service's leader trims it
+    /// ([`Connection::trim_queue`]).
+    pub fn dead_letter(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             durable: false,
             auto_delete: false,
             dead_letter_exchange: None,
-            max_length: Some(max_length),
+            max_length: None,
             bindings: vec![Binding::new(DL_EXCHANGE, "")],
         }
     }
