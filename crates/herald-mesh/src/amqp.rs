@@ -32,6 +32,10 @@
 //!   itself, idempotently, with nuropb's exact flags and arguments (a mismatch would be a 406);
 //!   every declaration is remembered and replayed after a reconnect, but for queues
 //!   forgotten with [`Connection::forget_queue`] (a dropped event subscription's);
+//! * a **channel per [`Connection::trim_queue`]** (opened for it and closed after it):
+//!   a passive `queue.declare` for the count, `basic.get` of the oldest surplus and one
+//!   `basic.ack` for all of it; it is how the mesh's leader bounds a dead-letter queue
+//!   that nuropb declares without `x-max-length`;
 //! * a **leader channel**: the leader lock of a service is the exclusive queue
 //!   `nuropb-<service>-leader`. Exactly one connection can own it; the broker deletes it
 //!   when that connection closes or dies, and the next [`Connection::try_lead`] of another
@@ -88,7 +92,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery as LapinDelivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -99,7 +103,7 @@ use tokio::sync::{Mutex, oneshot};
 
 use crate::backend::{
     Acker, Backend, BackendFuture, Connection, ConsumeOptions, Delivery, DeliveryStream,
-    ExchangeKind, ExchangeSpec, QueueSpec, later,
+    ExchangeKind, ExchangeSpec, QueueSpec, Trimmed, later,
 };
 use crate::error::MeshError;
 use crate::message::{
@@ -605,6 +609,47 @@ impl AmqpConnection {
         .await
     }
 
+    /// [`Connection::trim_queue`]: a passive declare for the count of ready messages,
+    /// then `basic.get` of the oldest surplus (at most `max_drop`) and one `basic.ack`
+    /// (multiple) for all of them, confirmed by a round trip before the channel
+    /// closes. A channel of its own, so that a missing queue (404) closes nothing else.
+    async fn trim(
+        &self,
+        queue: &str,
+        max_len: usize,
+        max_drop: usize,
+    ) -> Result<Trimmed, MeshError> {
+        self.on_queue_channel(queue, |ch| async move {
+            let about = About::Queue(queue);
+            let name = short("queue name", queue)?;
+            let found = usize::try_from(declare_passive(&ch, name.clone(), about).await?)
+                .unwrap_or(usize::MAX);
+            let surplus = found.saturating_sub(max_len).min(max_drop);
+            let mut last = None;
+            let mut dropped = 0;
+            while dropped < surplus {
+                let got = ch
+                    .basic_get(name.clone(), BasicGetOptions { no_ack: false })
+                    .await
+                    .map_err(|e| map_err("basic.get", about, &e))?;
+                // Emptier than counted (a consumer took some meanwhile).
+                let Some(got) = got else { break };
+                last = Some(got.delivery.delivery_tag);
+                dropped += 1;
+            }
+            if let Some(tag) = last {
+                ch.basic_ack(tag, BasicAckOptions { multiple: true })
+                    .await
+                    .map_err(|e| map_err("basic.ack", about, &e))?;
+                sync_channel(&ch)
+                    .await
+                    .map_err(|e| map_err("basic.qos", about, &e))?;
+            }
+            Ok(Trimmed { found, dropped })
+        })
+        .await
+    }
+
     /// Runs `op` on a channel opened for it (a tool's operation on `queue`), then
     /// closes the channel.
     async fn on_queue_channel<T, Fut>(
@@ -1020,7 +1065,9 @@ async fn declare_exchange_on(live: &Live, spec: &ExchangeSpec) -> Result<(), Mes
 }
 
 /// nuropb's queue arguments: `x-dead-letter-exchange` as a long string (what pika
-/// sends), plus Herald's `x-max-length` for bounded queues.
+/// sends), plus `x-max-length` for a queue spec with a length bound (the mesh's own
+/// queues have none: dead-letter queues are bounded by the leader's trim, see
+/// [`Connection::trim_queue`]).
 pub fn queue_arguments(spec: &QueueSpec) -> FieldTable {
     let mut args = FieldTable::default();
     if let Some(dlx) = &spec.dead_letter_exchange {
@@ -1078,11 +1125,20 @@ async fn declare_queue_on(live: &Live, spec: &QueueSpec) -> Result<(), MeshError
         .await;
     if let Err(e) = declared {
         let err = map_err("queue.declare", about, &e);
-        // A dead-letter queue created earlier by nuropb's `configure_nuropb_rmq` (no
-        // arguments) is used as it is rather than failing the whole connect.
+        // A dead-letter queue declared with other arguments (an older Herald declared
+        // it with `x-max-length`) is used as it is rather than failing the whole
+        // connect; the leader's trim still bounds it. nuropb's own declaration of it
+        // (no arguments) is refused until it is deleted, hence a warning.
         let is_dl = spec.bindings.iter().all(|b| b.exchange == DL_EXCHANGE);
         if matches!(err, MeshError::PreconditionFailed { .. }) && is_dl {
-            tracing::warn!(queue = %spec.name, error = %err, "using the existing dead-letter queue as declared");
+            tracing::warn!(
+                queue = %spec.name,
+                error = %err,
+                "the dead-letter queue exists with other arguments (left by an older Herald?); \
+                 using it as declared (the leader still trims it). nuropb instances of this \
+                 service cannot declare it until it is deleted; once deleted, the next \
+                 instance to start re-creates it as nuropb declares it"
+            );
             let ch = live
                 .channel(&live.topology)
                 .await
@@ -2339,6 +2395,15 @@ impl Connection for AmqpConnection {
                 },
             }
         })
+    }
+
+    fn trim_queue<'a>(
+        &'a self,
+        queue: &'a str,
+        max_len: usize,
+        max_drop: usize,
+    ) -> BoxFuture<'a, Result<Trimmed, MeshError>> {
+        Box::pin(self.trim(queue, max_len, max_drop))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), MeshError>> {

@@ -10,7 +10,10 @@
 //! * [`Connection::consume`] a queue with a prefetch, optionally exclusive, optionally
 //!   auto-ack, as a stream of [`Delivery`]s;
 //! * [`Connection::try_lead`], the leadership primitive: a per-service lock that at most
-//!   one live connection holds, released when that connection closes or dies.
+//!   one live connection holds, released when that connection closes or dies;
+//! * [`Connection::trim_queue`]: drop the oldest messages of a queue beyond a length,
+//!   a bounded number per call (how the mesh's leader keeps a dead-letter queue
+//!   bounded without queue arguments, which nuropb's declaration of it does not have).
 //!
 //! The trait is object safe (`Arc<dyn Backend>`); futures are boxed.
 //!
@@ -146,14 +149,19 @@ impl QueueSpec {
         }
     }
 
-    /// A bounded dead-letter queue bound to the DLX.
-    pub fn dead_letter(name: impl Into<String>, max_length: usize) -> Self {
+    /// A dead-letter queue bound to the DLX, declared exactly as nuropb's
+    /// `configure_nuropb_rmq` declares it: non-durable, not auto-delete, **no
+    /// arguments** (a length bound here would be an `x-max-length` argument, and
+    /// RabbitMQ refuses a nuropb instance's declaration of the same queue with 406
+    /// PRECONDITION_FAILED). The mesh bounds it instead: its service's leader trims it
+    /// ([`Connection::trim_queue`]).
+    pub fn dead_letter(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             durable: false,
             auto_delete: false,
             dead_letter_exchange: None,
-            max_length: Some(max_length),
+            max_length: None,
             bindings: vec![Binding::new(DL_EXCHANGE, "")],
         }
     }
@@ -369,6 +377,15 @@ impl Settle {
     }
 }
 
+/// What [`Connection::trim_queue`] found and did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Ready messages in the queue before the trim.
+    pub found: usize,
+    /// Oldest messages dropped.
+    pub dropped: usize,
+}
+
 /// One connection to the broker (AMQP: a connection with its channels).
 pub trait Connection: Send + Sync + fmt::Debug {
     /// Declares an exchange (idempotent; a different type for an existing name fails
@@ -413,6 +430,29 @@ pub trait Connection: Send + Sync + fmt::Debug {
     /// whether this connection holds it now. The lock is released when the connection
     /// closes or dies.
     fn try_lead<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<bool, MeshError>>;
+
+    /// Drops the oldest ready messages of `queue` while it holds more than `max_len`,
+    /// at most `max_drop` of them (the work of one call is bounded; with `max_drop` 0 it
+    /// only counts). Dropped messages are gone (not dead-lettered). Messages delivered
+    /// to a consumer and not yet settled are neither counted nor dropped. Fails with
+    /// [`MeshError::NoSuchQueue`] if the queue does not exist.
+    ///
+    /// The default fails: a backend must say how it trims (the mesh's leader uses this
+    /// to bound its service's dead-letter queue, and logs the failure).
+    fn trim_queue<'a>(
+        &'a self,
+        queue: &'a str,
+        max_len: usize,
+        max_drop: usize,
+    ) -> BoxFuture<'a, Result<Trimmed, MeshError>> {
+        let _ = (max_len, max_drop);
+        Box::pin(async move {
+            Err(MeshError::Backend {
+                backend: "unknown",
+                reason: format!("trim_queue({queue:?}) is not implemented by this backend"),
+            })
+        })
+    }
 
     /// Closes the connection: consumers end, unsettled deliveries are requeued, the
     /// leader lock and auto-delete queues go away.

@@ -16,7 +16,9 @@
 //!   sets the `redelivered` flag; an unsettled delivery that is dropped is requeued;
 //!   a requeued message keeps its expiry (its ttl counts from its publish);
 //! * length-bounded queues (`max_length`, oldest dropped, dead-lettered with reason
-//!   `maxlen` if the queue has a DLX), used for bounded dead-letter queues;
+//!   `maxlen` if the queue has a DLX), and trimming a queue on demand
+//!   ([`Connection::trim_queue`], how the mesh bounds dead-letter queues on every
+//!   backend);
 //! * auto-delete queues removed with their last consumer;
 //! * the leader lock: one holder per service, released when the connection closes
 //!   or is dropped.
@@ -49,7 +51,7 @@ use tracing::{debug, trace, warn};
 
 use crate::backend::{
     Acker, Backend, BackendFuture, Connection, ConsumeOptions, Delivery, DeliveryStream,
-    ExchangeKind, ExchangeSpec, QueueSpec, done,
+    ExchangeKind, ExchangeSpec, QueueSpec, Trimmed, done,
 };
 use crate::error::MeshError;
 use crate::fasthash::FastMap;
@@ -79,6 +81,8 @@ pub struct BrokerStats {
     pub expired: u64,
     /// Messages dropped because a queue was full.
     pub overflowed: u64,
+    /// Messages dropped by [`Connection::trim_queue`].
+    pub trimmed: u64,
 }
 
 #[derive(Default)]
@@ -92,6 +96,7 @@ struct Stats {
     dead_lettered: AtomicU64,
     expired: AtomicU64,
     overflowed: AtomicU64,
+    trimmed: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -552,6 +557,7 @@ impl InProcBroker {
             dead_lettered: l(&s.dead_lettered),
             expired: l(&s.expired),
             overflowed: l(&s.overflowed),
+            trimmed: l(&s.trimmed),
         }
     }
 
@@ -813,6 +819,41 @@ impl InProcConnection {
     }
 }
 
+impl InProcConnection {
+    fn trim_queue_now(
+        &self,
+        queue: &str,
+        max_len: usize,
+        max_drop: usize,
+    ) -> Result<Trimmed, MeshError> {
+        self.check_open()?;
+        let q = self
+            .broker
+            .topo_read()
+            .queues
+            .get(queue)
+            .cloned()
+            .ok_or_else(|| MeshError::NoSuchQueue {
+                queue: queue.to_owned(),
+            })?;
+        let (found, dropped) = {
+            let mut st = q.lock();
+            let found = st.ready.len();
+            let n = found.saturating_sub(max_len).min(max_drop);
+            let dropped: Vec<Entry> = st.ready.drain(..n).collect();
+            (found, dropped)
+        };
+        let n = dropped.len();
+        // Dropped outside the queue's lock.
+        drop(dropped);
+        self.broker
+            .stats
+            .trimmed
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+        Ok(Trimmed { found, dropped: n })
+    }
+}
+
 impl Drop for InProcConnection {
     fn drop(&mut self) {
         self.close_now();
@@ -862,6 +903,15 @@ impl Connection for InProcConnection {
                 Err(_) => false,
             });
         futures::future::ready(r).boxed()
+    }
+
+    fn trim_queue<'a>(
+        &'a self,
+        queue: &'a str,
+        max_len: usize,
+        max_drop: usize,
+    ) -> BoxFuture<'a, Result<Trimmed, MeshError>> {
+        futures::future::ready(self.trim_queue_now(queue, max_len, max_drop)).boxed()
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), MeshError>> {

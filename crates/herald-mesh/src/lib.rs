@@ -33,6 +33,7 @@
 pub mod amqp;
 pub mod backend;
 pub mod crypto;
+mod dead_letters;
 pub mod error;
 pub mod example;
 mod fasthash;

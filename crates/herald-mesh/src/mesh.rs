@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 use crate::backend::{
     Backend, Connection, ConsumeOptions, DeliveryStream, QueueSpec, Settle, nuropb_exchanges,
 };
+use crate::dead_letters::{Trim, spawn_trim};
 use crate::error::{MeshError, ServiceError, class};
 use crate::fasthash::FastMap;
 use crate::leader::{LeaderWatch, spawn_election};
@@ -54,6 +55,10 @@ pub const DEFAULT_PREFETCH: u16 = 64;
 const PUBLISH_GRACE: Duration = Duration::from_millis(5);
 /// Default bound of a service's dead-letter queue.
 pub const DEFAULT_DEAD_LETTER_MAX: usize = 10_000;
+/// Default pause between two trims of the dead-letter queue by the service's leader.
+pub const DEFAULT_DEAD_LETTER_TRIM_INTERVAL: Duration = Duration::from_secs(1);
+/// Default most dead letters one trim drops.
+pub const DEFAULT_DEAD_LETTER_TRIM_BATCH: usize = 1_000;
 
 /// Configuration of one mesh handle. Start from [`MeshConfig::client`] or
 /// [`MeshConfig::service`] and adjust with the builder methods.
@@ -66,6 +71,8 @@ pub struct MeshConfig {
     default_ttl: Duration,
     event_bindings: Vec<String>,
     dead_letter_max: usize,
+    dead_letter_trim_interval: Duration,
+    dead_letter_trim_batch: usize,
     leader_interval: Duration,
     shutdown_grace: Duration,
     dead_letter_failed: bool,
@@ -84,6 +91,8 @@ impl fmt::Debug for MeshConfig {
             .field("default_ttl", &self.default_ttl)
             .field("event_bindings", &self.event_bindings)
             .field("dead_letter_max", &self.dead_letter_max)
+            .field("dead_letter_trim_interval", &self.dead_letter_trim_interval)
+            .field("dead_letter_trim_batch", &self.dead_letter_trim_batch)
             .field("leader_interval", &self.leader_interval)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("dead_letter_failed", &self.dead_letter_failed)
@@ -106,6 +115,8 @@ impl MeshConfig {
             default_ttl: DEFAULT_TTL,
             event_bindings: Vec::new(),
             dead_letter_max: DEFAULT_DEAD_LETTER_MAX,
+            dead_letter_trim_interval: DEFAULT_DEAD_LETTER_TRIM_INTERVAL,
+            dead_letter_trim_batch: DEFAULT_DEAD_LETTER_TRIM_BATCH,
             leader_interval: Duration::from_millis(250),
             shutdown_grace: Duration::from_secs(30),
             dead_letter_failed: false,
@@ -177,9 +188,29 @@ impl MeshConfig {
         self
     }
 
-    /// Bound of the service's dead-letter queue (oldest entries dropped beyond it).
+    /// Bound of the service's dead-letter queue (default
+    /// [`DEFAULT_DEAD_LETTER_MAX`]): the service's elected leader drops the oldest dead
+    /// letters beyond it, every [`dead_letter_trim_interval`](Self::dead_letter_trim_interval).
+    /// The queue is declared as nuropb declares it, without `x-max-length`, so between
+    /// two trims it may hold more (up to what arrives in one interval).
     pub fn dead_letter_max(mut self, max: usize) -> Self {
         self.dead_letter_max = max.max(1);
+        self
+    }
+
+    /// How often the service's leader trims the dead-letter queue to
+    /// [`dead_letter_max`](Self::dead_letter_max) (default
+    /// [`DEFAULT_DEAD_LETTER_TRIM_INTERVAL`], at least 1 ms).
+    pub fn dead_letter_trim_interval(mut self, interval: Duration) -> Self {
+        self.dead_letter_trim_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Most dead letters one trim drops (default [`DEFAULT_DEAD_LETTER_TRIM_BATCH`],
+    /// at least 1): bounds the work of a tick; a larger surplus is dropped over the
+    /// next ticks.
+    pub fn dead_letter_trim_batch(mut self, batch: usize) -> Self {
+        self.dead_letter_trim_batch = batch.max(1);
         self
     }
 
@@ -389,6 +420,8 @@ struct Inner {
     sub_counter: AtomicU64,
     describe_cache: Mutex<HashMap<String, Arc<ServiceDescription>>>,
     leader: LeaderWatch,
+    /// Dead letters the leader's trim dropped ([`Mesh::dead_letters_trimmed`]).
+    dead_letters_trimmed: Arc<AtomicU64>,
     stop_consuming: CancellationToken,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -526,8 +559,9 @@ fn context_object(context: Value) -> Value {
 
 impl Mesh {
     /// Connects: declares the nuropb exchanges, the response queue and (services) the
-    /// service queue with its bindings and a bounded dead-letter queue, starts the
-    /// consumers and (services) the leader election.
+    /// service queue with its bindings and the dead-letter queue (as nuropb declares
+    /// it), starts the consumers and (services) the leader election and the leader's
+    /// trim of the dead-letter queue to [`MeshConfig::dead_letter_max`].
     pub async fn connect(backend: Arc<dyn Backend>, config: MeshConfig) -> Result<Mesh, MeshError> {
         let client_only = config.service.is_none();
         let service_name = match &config.service_name {
@@ -606,6 +640,7 @@ impl Mesh {
         }
 
         let mut service_stream = None;
+        let dead_letters_trimmed = Arc::new(AtomicU64::new(0));
         let leader = if let Some(s) = &serving {
             let mut patterns = config.event_bindings.clone();
             for p in s.service.event_bindings() {
@@ -614,8 +649,7 @@ impl Mesh {
                     patterns.push(p);
                 }
             }
-            let dlq =
-                QueueSpec::dead_letter(dead_letter_queue(&service_name), config.dead_letter_max);
+            let dlq = QueueSpec::dead_letter(dead_letter_queue(&service_name));
             conn.declare_queue(&dlq).await?;
             let sq = QueueSpec::service(&service_name, &patterns);
             conn.declare_queue(&sq).await?;
@@ -623,13 +657,27 @@ impl Mesh {
                 conn.consume(&sq.name, ConsumeOptions::manual(config.prefetch))
                     .await?,
             );
-            spawn_election(
+            let leader = spawn_election(
                 conn.clone(),
                 service_name.clone(),
                 instance_id.clone(),
                 config.leader_interval,
                 shutdown.clone(),
-            )
+            );
+            spawn_trim(
+                Trim {
+                    conn: conn.clone(),
+                    leader: leader.clone(),
+                    service: service_name.clone(),
+                    queue: dlq.name,
+                    max: config.dead_letter_max,
+                    batch: config.dead_letter_trim_batch,
+                    interval: config.dead_letter_trim_interval,
+                    dropped: dead_letters_trimmed.clone(),
+                },
+                shutdown.clone(),
+            );
+            leader
         } else {
             LeaderWatch::never()
         };
@@ -652,6 +700,7 @@ impl Mesh {
             sub_counter: AtomicU64::new(0),
             describe_cache: Mutex::new(HashMap::new()),
             leader,
+            dead_letters_trimmed,
             stop_consuming,
             shutdown,
             tracker: TaskTracker::new(),
@@ -770,6 +819,13 @@ impl Mesh {
     /// Replies received for correlation ids no longer tracked (late, duplicate).
     pub fn unpaired_replies(&self) -> u64 {
         self.inner.pending.unpaired.load(Ordering::Relaxed)
+    }
+
+    /// Dead letters this instance dropped from its service's dead-letter queue while
+    /// leader, to keep it within [`MeshConfig::dead_letter_max`] (always 0 for
+    /// client-only handles and instances that never led).
+    pub fn dead_letters_trimmed(&self) -> u64 {
+        self.inner.dead_letters_trimmed.load(Ordering::Relaxed)
     }
 
     /// A fresh correlation id and its counter.

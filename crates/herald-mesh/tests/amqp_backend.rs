@@ -319,7 +319,7 @@ async fn rejected_and_expired_messages_are_dead_lettered_with_a_reason() {
     let conn = connect(&url).await;
     let service = unique("dlx");
     let sq = service_topology(&conn, &service).await;
-    let dlq = QueueSpec::dead_letter(dead_letter_queue(&service), 100);
+    let dlq = QueueSpec::dead_letter(dead_letter_queue(&service));
     conn.declare_queue(&dlq).await.expect("declare DLQ");
     let mut dl = conn
         .consume(&dlq.name, ConsumeOptions::manual(10))
@@ -723,6 +723,111 @@ async fn a_service_keeps_serving_and_leading_across_a_connection_loss() {
         .delete_queue(&dead_letter_queue(&name))
         .await
         .expect("cleanup");
+    admin.close().await.expect("close");
+}
+
+/// Upgrading: a dead-letter queue left by an older Herald, declared with
+/// `x-max-length` (which nuropb's declaration, and now Herald's, do not have), does not
+/// stop a service from starting, serving, or coming back after a connection loss (its
+/// declaration is refused with 406, and the queue is used as it is, with a warning);
+/// the leader still trims it to the service's own bound, below the queue's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_bounded_dead_letter_queue_does_not_break_a_service_and_is_still_trimmed() {
+    use herald_mesh::example::ExampleService;
+    use herald_mesh::{Mesh, MeshConfig};
+    use serde_json::json;
+
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let admin = connect(&url).await;
+    for x in nuropb_exchanges() {
+        admin.declare_exchange(&x).await.expect("declare exchange");
+    }
+    let name = unique("olddl");
+    let dlq = dead_letter_queue(&name);
+    // What an older Herald declared.
+    admin
+        .declare_queue(&QueueSpec {
+            max_length: Some(50),
+            ..QueueSpec::dead_letter(dlq.clone())
+        })
+        .await
+        .expect("declare the old dead-letter queue");
+
+    let recording = Arc::new(Recording {
+        inner: AmqpBackend::new(&url).expect("url"),
+        made: std::sync::Mutex::new(Vec::new()),
+    });
+    let service = Mesh::connect(
+        recording.clone(),
+        MeshConfig::service(&name, ExampleService::new())
+            .leader_interval(Duration::from_millis(50))
+            .dead_letter_max(3)
+            .dead_letter_trim_interval(Duration::from_millis(50)),
+    )
+    .await
+    .expect("the service starts with the old dead-letter queue");
+    let client = Mesh::connect(
+        Arc::new(AmqpBackend::new(&url).expect("url")),
+        MeshConfig::client(),
+    )
+    .await
+    .expect("client");
+    let add = |a: i64| {
+        let client = &client;
+        let name = &name;
+        async move {
+            client
+                .request(
+                    name,
+                    "add",
+                    json!({"a": a, "b": 1}),
+                    json!({}),
+                    Some(WAIT),
+                    None,
+                )
+                .await
+        }
+    };
+    assert_eq!(add(1).await.expect("served"), json!(2));
+
+    for i in 0..12 {
+        let mut m = request(&name, &format!("dead-{i}"));
+        m.properties.mandatory = false;
+        m.properties.confirm = true;
+        admin
+            .publish("", &dlq, m)
+            .await
+            .expect("publish to the DLQ");
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n = admin.queue_len(&dlq).await.expect("queue_len");
+        if n <= 3 && service.dead_letters_trimmed() >= 9 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{dlq} holds {n}, not trimmed to 3 ({} trimmed)",
+            service.dead_letters_trimmed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The re-declaration after a reconnect meets the old queue again.
+    let conn = recording.made.lock().expect("lock")[0].clone();
+    conn.simulate_connection_loss().await;
+    assert_eq!(add(41).await.expect("served after the loss"), json!(42));
+    assert!(conn.generation() >= 2, "the service reconnected");
+
+    client.disconnect().await.expect("disconnect");
+    service.disconnect().await.expect("disconnect");
+    admin
+        .delete_queue(&service_queue(&name))
+        .await
+        .expect("cleanup");
+    admin.delete_queue(&dlq).await.expect("cleanup");
     admin.close().await.expect("close");
 }
 

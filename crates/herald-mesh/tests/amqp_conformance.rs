@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use herald_mesh::amqp::{AmqpBackend, AmqpConnection, AmqpOptions};
 use herald_mesh::backend::{
-    BackendFuture, Connection, ConsumeOptions, DeliveryStream, ExchangeSpec, QueueSpec,
+    BackendFuture, Connection, ConsumeOptions, DeliveryStream, ExchangeSpec, QueueSpec, Trimmed,
 };
 use herald_mesh::{Backend, MeshError, Message};
 
@@ -66,6 +66,14 @@ impl Connection for TidyConn {
     }
     fn try_lead<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<bool, MeshError>> {
         self.inner.try_lead(service)
+    }
+    fn trim_queue<'a>(
+        &'a self,
+        queue: &'a str,
+        max_len: usize,
+        max_drop: usize,
+    ) -> BoxFuture<'a, Result<Trimmed, MeshError>> {
+        self.inner.trim_queue(queue, max_len, max_drop)
     }
     fn close(&self) -> BoxFuture<'_, Result<(), MeshError>> {
         self.inner.close()

@@ -1831,6 +1831,165 @@ pub async fn handler_always_panics(b: Arc<dyn Backend>) {
     disconnect_all([c, s]).await;
 }
 
+/// A dead letter (an event) with the correlation id `<tag>-<i>`, published straight to
+/// a queue through the default exchange, confirmed.
+fn dead_letter_like(tag: &str, i: usize) -> Message {
+    let mut m = Message::from_envelope(Envelope::Event(EventBody {
+        topic: "dead.letter".into(),
+        event: json!({"i": i}),
+        context: json!({}),
+        trace_id: None,
+        correlation_id: format!("{tag}-{i}"),
+        target: Value::Null,
+    }));
+    m.properties.correlation_id = format!("{tag}-{i}");
+    m.properties.confirm = true;
+    m
+}
+
+/// Ready messages in `queue` (a trim that may drop nothing only counts).
+async fn ready_in(conn: &Arc<dyn Connection>, queue: &str) -> usize {
+    conn.trim_queue(queue, usize::MAX, 0)
+        .await
+        .unwrap_or_else(|e| panic!("count {queue}: {e}"))
+        .found
+}
+
+/// `Connection::trim_queue`, below the mesh: drops the oldest ready messages beyond
+/// the length, never more than the batch per call, only counts with a batch of 0, and
+/// names a missing queue.
+pub async fn trim_queue_drops_the_oldest_a_batch_at_a_time(b: Arc<dyn Backend>) {
+    let conn = b.connect("trim").await.unwrap();
+    let queue = unique("trim");
+    conn.declare_queue(&herald_mesh::backend::QueueSpec {
+        name: queue.clone(),
+        durable: false,
+        auto_delete: false,
+        dead_letter_exchange: None,
+        max_length: None,
+        bindings: Vec::new(),
+    })
+    .await
+    .unwrap();
+    let tag = unique("t");
+    for i in 0..10 {
+        conn.publish(message::DEFAULT_EXCHANGE, &queue, dead_letter_like(&tag, i))
+            .await
+            .unwrap();
+    }
+    let trim = |max_len, max_drop| {
+        let conn = conn.clone();
+        let queue = queue.clone();
+        async move { conn.trim_queue(&queue, max_len, max_drop).await.unwrap() }
+    };
+    let t = trim(3, 4).await;
+    assert_eq!((t.found, t.dropped), (10, 4), "a batch of 4 at most");
+    let t = trim(3, 0).await;
+    assert_eq!((t.found, t.dropped), (6, 0), "a batch of 0 only counts");
+    let t = trim(3, 100).await;
+    assert_eq!((t.found, t.dropped), (6, 3));
+    let t = trim(3, 100).await;
+    assert_eq!((t.found, t.dropped), (3, 0), "nothing beyond the bound");
+    let mut stream = conn
+        .consume(&queue, ConsumeOptions::manual(10))
+        .await
+        .unwrap();
+    for want in 7..10 {
+        let d = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("a message within WAIT")
+            .expect("stream open");
+        assert_eq!(
+            d.message.properties.correlation_id,
+            format!("{tag}-{want}"),
+            "the newest are kept, in order"
+        );
+        d.ack().await.unwrap();
+    }
+    drop(stream);
+    let missing = unique("missing");
+    let err = conn.trim_queue(&missing, 1, 1).await.unwrap_err();
+    assert!(
+        matches!(&err, MeshError::NoSuchQueue { queue } if *queue == missing),
+        "{err:?}"
+    );
+    conn.close().await.unwrap();
+}
+
+/// Bounded dead-letter queues: the dead-letter queue is declared as nuropb declares it
+/// (no length bound) and the service's leader trims it back to `dead_letter_max`,
+/// oldest first, a bounded batch per tick; the other instance never trims.
+pub async fn dead_letter_queue_is_trimmed_to_its_bound(b: Arc<dyn Backend>) {
+    const MAX: usize = 5;
+    const OVERFILL: usize = 23;
+    let svc = unique("dlbound");
+    let cfg = || {
+        MeshConfig::service(&svc, ExampleService::new())
+            .leader_interval(Duration::from_millis(50))
+            .dead_letter_max(MAX)
+            .dead_letter_trim_interval(Duration::from_millis(50))
+            .dead_letter_trim_batch(4)
+    };
+    let s1 = Mesh::connect(b.clone(), cfg()).await.unwrap();
+    let s2 = Mesh::connect(b.clone(), cfg()).await.unwrap();
+    let conn = b.connect("dl-filler").await.unwrap();
+    let dlq = message::dead_letter_queue(&svc);
+    let tag = unique("dl");
+    for i in 0..OVERFILL {
+        conn.publish(message::DEFAULT_EXCHANGE, &dlq, dead_letter_like(&tag, i))
+            .await
+            .unwrap();
+    }
+    // Trimmed back to the bound (the DLX is a fanout: other tests' dead letters may
+    // arrive too, and are trimmed as well).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n = ready_in(&conn, &dlq).await;
+        let trimmed = s1.dead_letters_trimmed() + s2.dead_letters_trimmed();
+        if n <= MAX && trimmed >= (OVERFILL - MAX) as u64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{dlq} holds {n} (bound {MAX}) after {trimmed} trimmed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Only the leader trims.
+    let (leader, other) = if s1.is_leader() {
+        (&s1, &s2)
+    } else {
+        (&s2, &s1)
+    };
+    assert!(leader.is_leader() && !other.is_leader());
+    assert_eq!(other.dead_letters_trimmed(), 0, "a non-leader trimmed");
+    disconnect_all([s1, s2]).await;
+
+    // The oldest were dropped: what is left of ours is among the newest MAX.
+    let left = ready_in(&conn, &dlq).await;
+    let mut stream = conn
+        .consume(&dlq, ConsumeOptions::manual(100))
+        .await
+        .unwrap();
+    for _ in 0..left {
+        let d = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("a dead letter within WAIT")
+            .expect("dead-letter stream open");
+        let (m, settle) = d.into_parts();
+        settle.ack().await.unwrap();
+        if let Some(i) = m.properties.correlation_id.strip_prefix(&format!("{tag}-")) {
+            let i: usize = i.parse().unwrap();
+            assert!(
+                i >= OVERFILL - MAX,
+                "dead letter {i} of {OVERFILL} was kept"
+            );
+        }
+    }
+    drop(stream);
+    conn.close().await.unwrap();
+}
+
 /// Generates one `#[tokio::test]` per suite function; `$backend` is an expression of
 /// type `Option<Arc<dyn Backend>>` evaluated per test (`None` skips).
 macro_rules! conformance_tests {
@@ -1839,7 +1998,9 @@ macro_rules! conformance_tests {
             request_response, errors, deadline, ttl_out_of_range, ttl_expiry, poison_messages,
             past_deadline, exactly_one_ack, command, command_confirmed, events, leader, describe,
             encryption, encryption_key_change, encryption_key_lookup_deadline, graceful_shutdown,
-            shutdown_under_load, unpaired_and_single_instance, handler_panic, handler_always_panics);
+            shutdown_under_load, unpaired_and_single_instance, handler_panic, handler_always_panics,
+            dead_letter_queue_is_trimmed_to_its_bound,
+            trim_queue_drops_the_oldest_a_batch_at_a_time);
     };
     (@each $backend:expr; $($name:ident),*) => {
         $(

@@ -374,9 +374,14 @@ async fn reject_dead_letters_and_dead_letter_queues_are_bounded() {
     let mut src = q("src", vec![Binding::new(RPC_EXCHANGE, "src")]);
     src.dead_letter_exchange = Some(DL_EXCHANGE.into());
     c.declare_queue(&src).await.unwrap();
-    c.declare_queue(&QueueSpec::dead_letter("dlq", 3))
-        .await
-        .unwrap();
+    // A length bound of the broker itself (`max_length`); the mesh's dead-letter queues
+    // have none and are trimmed by their service's leader instead.
+    c.declare_queue(&QueueSpec {
+        max_length: Some(3),
+        ..QueueSpec::dead_letter("dlq")
+    })
+    .await
+    .unwrap();
     for i in 0..5 {
         c.publish(RPC_EXCHANGE, "src", event("t", i)).await.unwrap();
     }
@@ -416,7 +421,7 @@ async fn ttl_expires_queued_messages_without_a_consumer() {
     let mut src = q("ttl", vec![]);
     src.dead_letter_exchange = Some(DL_EXCHANGE.into());
     c.declare_queue(&src).await.unwrap();
-    c.declare_queue(&QueueSpec::dead_letter("ttl-dl", 10))
+    c.declare_queue(&QueueSpec::dead_letter("ttl-dl"))
         .await
         .unwrap();
     let mut m = event("t", 1);

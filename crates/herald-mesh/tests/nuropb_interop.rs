@@ -165,16 +165,23 @@ where
 /// Starts the real nuropb example service (`tests/py/nuropb_service.py`) under a unique
 /// name starting with `prefix`, its key in `dir`, and waits until it is ready.
 async fn python_service(python: &Path, url: &str, dir: &Path, prefix: &str) -> (String, PyProc) {
-    let pem = python_key(python, dir);
     let svc = unique(prefix);
+    let service = python_service_named(python, url, dir, &svc).await;
+    (svc, service)
+}
+
+/// Starts the real nuropb example service as `svc` (after nuropb's own setup step,
+/// `configure_nuropb_rmq`), its key in `dir`, and waits until it is ready.
+async fn python_service_named(python: &Path, url: &str, dir: &Path, svc: &str) -> PyProc {
+    let pem = python_key(python, dir);
     let mut service = PyProc::spawn(
         python,
         "nuropb_service.py",
-        &[url, &svc, pem.to_str().expect("utf8 path"), "interop.#"],
+        &[url, svc, pem.to_str().expect("utf8 path"), "interop.#"],
     );
     let ready = service.line().await;
     assert!(ready.starts_with("READY "), "{ready}");
-    (svc, service)
+    service
 }
 
 /// An encrypted call of `svc.secret_echo(text)` returns `text`.
@@ -579,5 +586,64 @@ async fn python_nuropb_client_calls_herald_service() {
     drop(py);
     watcher.disconnect().await.expect("disconnect");
     service.disconnect().await.expect("disconnect");
+    cleanup(&url, &[service_queue(&svc), dead_letter_queue(&svc)]).await;
+}
+
+/// A nuropb instance of a service can join a Herald instance of the same service that
+/// started first: Herald declares the dead-letter queue `nuropb-<svc>-dl` exactly as
+/// nuropb's `configure_nuropb_rmq` does (no arguments), so nuropb's setup step is not
+/// refused with 406 PRECONDITION_FAILED, and the nuropb instance starts and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nuropb_instance_starts_next_to_a_herald_instance_of_the_same_service() {
+    let Some((python, url)) = peers() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svc = unique("mixed");
+    let backend = Arc::new(AmqpBackend::new(&url).expect("url"));
+    let herald = Mesh::connect(
+        backend.clone(),
+        MeshConfig::service(&svc, ExampleService::new()),
+    )
+    .await
+    .expect("herald service connects");
+    let client = Mesh::connect(backend.clone(), MeshConfig::client())
+        .await
+        .expect("herald client connects");
+
+    // nuropb's setup step and a nuropb instance of the same service, after Herald's.
+    let nuropb = python_service_named(&python, &url, dir.path(), &svc).await;
+    // Only the nuropb instance is left to serve: its answers prove it is serving.
+    herald
+        .disconnect()
+        .await
+        .expect("disconnect herald service");
+    for i in 0..3 {
+        assert_eq!(
+            call_as(&client, &svc, "mixed", "add", json!({"a": i, "b": 10}))
+                .await
+                .expect("the nuropb instance answers"),
+            json!(i + 10)
+        );
+    }
+    let err = call_as(
+        &client,
+        &svc,
+        "mixed",
+        "fail",
+        json!({"message": "py", "kind": "value"}),
+    )
+    .await
+    .expect_err("fail");
+    assert!(
+        matches!(&err, MeshError::Remote { error, .. } if error == "NuropbException"),
+        "answered by nuropb, not Herald: {err:?}"
+    );
+
+    // And a Herald instance can (re)join the service next to the nuropb one.
+    let again = Mesh::connect(backend, MeshConfig::service(&svc, ExampleService::new()))
+        .await
+        .expect("herald service reconnects next to nuropb");
+    again.disconnect().await.expect("disconnect");
+    client.disconnect().await.expect("disconnect");
+    drop(nuropb);
     cleanup(&url, &[service_queue(&svc), dead_letter_queue(&svc)]).await;
 }
