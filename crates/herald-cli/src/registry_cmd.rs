@@ -17,6 +17,7 @@ use herald_registry::{
 use serde_json::json;
 
 use crate::shutdown::stop_signal;
+use crate::text::Escaped;
 use crate::{bad_input, values};
 
 /// `herald registry ...`
@@ -291,6 +292,9 @@ fn print_event(ev: &RegistryEvent, as_json: bool) {
         }
         outln!("{v}");
     } else {
+        // Names and str ports come from whoever sent REGISTER: escaped, so that they
+        // cannot forge lines or reach the terminal.
+        let (name, addr) = (Escaped(name), Escaped(addr));
         match reason {
             Some(r) => outln!("removed {name} {addr} ({r})"),
             None => outln!("added {name} {addr}"),
@@ -436,7 +440,7 @@ async fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
         eprintln!("no servers registered under {:?}", args.name.to_uppercase());
     } else {
         for a in &found {
-            outln!("{a}");
+            outln!("{}", Escaped(a));
         }
     }
     Ok(())
@@ -456,7 +460,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         outln!("{}", json!(names));
     } else {
         for n in &names {
-            outln!("{n}");
+            outln!("{}", Escaped(n));
         }
     }
     Ok(())

@@ -88,6 +88,50 @@ impl Serve {
     }
 }
 
+/// A running `herald registry serve --host 127.0.0.1 --port 0` printing text (no
+/// `--json`), killed on drop.
+fn serve_text(extra: &[&str]) -> Serve {
+    let mut child = herald()
+        .args(["registry", "serve", "--host", "127.0.0.1", "--port", "0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn herald registry serve");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut serve = Serve {
+        child,
+        lines,
+        port: 0,
+    };
+    // "registry listening on udp 127.0.0.1:P tcp 127.0.0.1:P (listing ...)"
+    let first = serve.next_line();
+    serve.port = first
+        .split_whitespace()
+        .skip_while(|w| *w != "udp")
+        .nth(1)
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no udp address in {first:?}"));
+    serve
+}
+
+impl Serve {
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(WAIT)
+            .expect("serve printed a line in time")
+    }
+}
+
 impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -429,4 +473,39 @@ fn broadcast_register_reaches_a_registry_on_the_wildcard_address() {
     let unicast = format!("127.0.0.1:{port}");
     let found = json_out(&client(&["discover", "calc"], &unicast, &["--json"]));
     assert_eq!(found[0]["port"], 7301, "{found}");
+}
+
+/// Names and str ports come from whoever can REGISTER: in text mode a newline or an
+/// escape sequence in them is printed escaped, so each event stays one line and
+/// nothing reaches the terminal (serve, discover and list).
+#[test]
+fn text_output_escapes_control_characters_from_the_network() {
+    let serve = serve_text(&["--listing"]);
+    let reg = serve.registry();
+    let name = "A\nremoved B \u{1b}[2J";
+    let port = "/tmp/s\nadded C";
+    let out = client(&["register", name, "--port", port], &reg, &["--tcp"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        serve.next_line(),
+        r"added A\nREMOVED B \u{1b}[2J 127.0.0.1:/tmp/s\nadded C"
+    );
+    let out = client(&["discover", name], &reg, &["--tcp"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "127.0.0.1:/tmp/s\\nadded C\n"
+    );
+    let out = client(&["list"], &reg, &["--tcp"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "A\\nREMOVED B \\u{1b}[2J\n"
+    );
+    let out = client(&["unregister", "--port", port], &reg, &["--tcp"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        serve.next_line(),
+        r"removed A\nREMOVED B \u{1b}[2J 127.0.0.1:/tmp/s\nadded C (unregistered)"
+    );
 }
