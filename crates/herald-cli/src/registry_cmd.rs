@@ -120,7 +120,7 @@ pub struct RegisterArgs {
     #[arg(long)]
     port: String,
     /// Keep the registration alive (re-register every --interval) until Ctrl-C, then
-    /// unregister.
+    /// unregister; a failed first REGISTER is reported and retried every second.
     #[arg(long)]
     keepalive: bool,
     /// Keep-alive interval in seconds (more than 0, at most a year; fractions allowed).
@@ -395,23 +395,55 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     };
-    first.with_context(|| format!("registering with {target}"))?;
-    print_result(
-        args.target.json,
-        json!({ "registered": true, "aliases": args.aliases, "port": port_json(&port), "registry": target.to_string() }),
-        format_args!(
-            "registered {} port {port} with {target}",
-            args.aliases.join(" ")
-        ),
-    );
-    let Some(stop) = stop else {
+    let registered = || {
+        print_result(
+            args.target.json,
+            json!({ "registered": true, "aliases": args.aliases, "port": port_json(&port), "registry": target.to_string() }),
+            format_args!(
+                "registered {} port {port} with {target}",
+                args.aliases.join(" ")
+            ),
+        );
+    };
+    let Some(mut stop) = stop else {
+        first.with_context(|| format!("registering with {target}"))?;
+        registered();
         return Ok(());
     };
+    // With --keepalive a failed first REGISTER is not the end: the registry may not be
+    // up yet, and the registrar retries until it answers (as rpyc's ThreadedServer and
+    // Herald's Registrar do). "registered" is printed once a REGISTER succeeded.
+    let first_ok = match first {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!(
+                "herald: warning: registering with {target} failed: {:#}; retrying until it answers",
+                anyhow::Error::new(e)
+            );
+            false
+        }
+    };
+    if first_ok {
+        registered();
+    }
     let registrar = Registrar::spawn(
         client,
         RegistrarConfig::new(args.aliases.clone(), port.clone()).with_interval(args.interval),
     );
-    stop.await;
+    let stopped = !first_ok && {
+        let became_registered =
+            async { while !registrar.wait_registered(Duration::from_secs(3600)).await {} };
+        tokio::select! {
+            () = became_registered => {
+                registered();
+                false
+            }
+            () = &mut stop => true,
+        }
+    };
+    if !stopped {
+        stop.await;
+    }
     registrar
         .shutdown()
         .await

@@ -509,3 +509,105 @@ fn text_output_escapes_control_characters_from_the_network() {
         r"removed A\nREMOVED B \u{1b}[2J 127.0.0.1:/tmp/s\nadded C (unregistered)"
     );
 }
+
+/// A child process, killed on drop.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// With --keepalive a first REGISTER that fails (nothing listens yet) is reported and
+/// retried: once a registry comes up on that port the name becomes discoverable.
+#[test]
+fn register_keepalive_retries_until_the_registry_comes_up() {
+    // A port free for TCP when picked, released for the registry started later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let reg = format!("127.0.0.1:{port}");
+    let mut keeper = Kill(
+        herald()
+            .args([
+                "registry",
+                "register",
+                "early",
+                "--port",
+                "7400",
+                "--keepalive",
+            ])
+            .args(["--registry", &reg, "--tcp", "--timeout", "0.5", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn register --keepalive"),
+    );
+    let (tx, stdout_lines) = mpsc::channel();
+    let stdout = keeper.0.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (tx, stderr_lines) = mpsc::channel();
+    let stderr = keeper.0.stderr.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = stderr_lines
+        .recv_timeout(WAIT)
+        .expect("the failed first REGISTER is reported on stderr");
+    assert!(
+        first.contains(&format!("registering with {reg} failed")) && first.contains("retrying"),
+        "{first:?}"
+    );
+    assert!(
+        keeper.0.try_wait().expect("try_wait").is_none(),
+        "register --keepalive exited after the first failure"
+    );
+
+    let mut serve = Kill(
+        herald()
+            .args(["registry", "serve", "--host", "127.0.0.1"])
+            .args(["--port", &port.to_string(), "--tcp-only"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn herald registry serve"),
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            serve.0.try_wait().expect("try_wait").is_none(),
+            "serve on port {port} exited (port taken meanwhile?)"
+        );
+        let out = client(&["discover", "early"], &reg, &["--tcp", "--json"]);
+        if out.status.success()
+            && json_out(&out)
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| s["port"] == 7400))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "EARLY never became discoverable: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let registered = stdout_lines
+        .recv_timeout(WAIT)
+        .expect("\"registered\" printed once a REGISTER succeeded");
+    let registered: serde_json::Value = serde_json::from_str(&registered).expect("JSON");
+    assert_eq!(registered["registered"], true, "{registered}");
+}
