@@ -302,6 +302,18 @@ fn print_event(ev: &RegistryEvent, as_json: bool) {
     }
 }
 
+/// Reports events lost because the output fell behind (the channel holds a burst of
+/// `--max-entries` events, so this takes a reader that stalls, e.g. a full pipe).
+fn print_lag(missed: u64, as_json: bool) {
+    print_result(
+        as_json,
+        json!({ "event": "lagged", "missed": missed }),
+        format_args!(
+            "lagged: missed {missed} events; the lines above no longer show every table change"
+        ),
+    );
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // `values::per_second` bounds the rate, so the burst stays finite.
     let rate_limit = args.rate_limit.map(|r| RateLimit {
@@ -349,7 +361,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ev = events.recv() => match ev {
                 Ok(ev) => print_event(&ev, args.json),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "event output fell behind");
+                    print_lag(n, args.json);
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
