@@ -611,3 +611,70 @@ fn register_keepalive_retries_until_the_registry_comes_up() {
     let registered: serde_json::Value = serde_json::from_str(&registered).expect("JSON");
     assert_eq!(registered["registered"], true, "{registered}");
 }
+
+/// Events lost because serve's output fell behind (nobody reads its stdout while the
+/// table changes) are reported on stdout, in --json too, not only in a log line.
+#[test]
+fn serve_reports_events_lost_to_a_stalled_output() {
+    // --max-entries 1000: the event channel holds 1000 + 1024 events.
+    let mut serve = Kill(
+        herald()
+            .args(["registry", "serve", "--host", "127.0.0.1", "--port", "0"])
+            .args(["--tcp-only", "--max-entries", "1000", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn herald registry serve"),
+    );
+    let mut stdout = BufReader::new(serve.0.stdout.take().expect("piped"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("listening line");
+    let first: serde_json::Value = serde_json::from_str(&first).expect("JSON");
+    let reg = first["tcp"].as_str().expect("tcp address").to_owned();
+    // Nobody reads stdout now: once the pipe is full, serve's output stalls. Each round
+    // adds and removes 1000 entries (2000 events, about 130 KB of JSON).
+    let aliases: Vec<String> = (0..1000).map(|i| format!("s{i}")).collect();
+    let aliases: Vec<&str> = aliases.iter().map(String::as_str).collect();
+    for _ in 0..4 {
+        let mut args = vec!["register"];
+        args.extend(&aliases);
+        args.extend(["--port", "7500"]);
+        let out = client(&args, &reg, &["--tcp"]);
+        assert!(out.status.success(), "{out:?}");
+        let out = client(&["unregister", "--port", "7500"], &reg, &["--tcp"]);
+        assert!(out.status.success(), "{out:?}");
+        // UNREGISTER gets no reply: wait until it took effect.
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let out = client(&["discover", "s0"], &reg, &["--tcp", "--json"]);
+            if json_out(&out) == serde_json::json!([]) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "UNREGISTER not applied"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .expect("a \"lagged\" line before the output ran dry");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+        if v["event"] == "lagged" {
+            assert!(v["missed"].as_u64().is_some_and(|n| n > 0), "{v}");
+            break;
+        }
+    }
+}
