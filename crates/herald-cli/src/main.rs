@@ -21,6 +21,7 @@ mod mesh_cmd;
 mod node_cmd;
 mod registry_cmd;
 mod shutdown;
+mod text;
 mod up;
 mod values;
 mod wire_cmd;

@@ -17,6 +17,7 @@ use herald_registry::{
 use serde_json::json;
 
 use crate::shutdown::stop_signal;
+use crate::text::Escaped;
 use crate::{bad_input, values};
 
 /// `herald registry ...`
@@ -119,7 +120,7 @@ pub struct RegisterArgs {
     #[arg(long)]
     port: String,
     /// Keep the registration alive (re-register every --interval) until Ctrl-C, then
-    /// unregister.
+    /// unregister; a failed first REGISTER is reported and retried every second.
     #[arg(long)]
     keepalive: bool,
     /// Keep-alive interval in seconds (more than 0, at most a year; fractions allowed).
@@ -291,11 +292,26 @@ fn print_event(ev: &RegistryEvent, as_json: bool) {
         }
         outln!("{v}");
     } else {
+        // Names and str ports come from whoever sent REGISTER: escaped, so that they
+        // cannot forge lines or reach the terminal.
+        let (name, addr) = (Escaped(name), Escaped(addr));
         match reason {
             Some(r) => outln!("removed {name} {addr} ({r})"),
             None => outln!("added {name} {addr}"),
         }
     }
+}
+
+/// Reports events lost because the output fell behind (the channel holds a burst of
+/// `--max-entries` events, so this takes a reader that stalls, e.g. a full pipe).
+fn print_lag(missed: u64, as_json: bool) {
+    print_result(
+        as_json,
+        json!({ "event": "lagged", "missed": missed }),
+        format_args!(
+            "lagged: missed {missed} events; the lines above no longer show every table change"
+        ),
+    );
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -345,7 +361,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ev = events.recv() => match ev {
                 Ok(ev) => print_event(&ev, args.json),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "event output fell behind");
+                    print_lag(n, args.json);
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
@@ -391,23 +407,55 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     };
-    first.with_context(|| format!("registering with {target}"))?;
-    print_result(
-        args.target.json,
-        json!({ "registered": true, "aliases": args.aliases, "port": port_json(&port), "registry": target.to_string() }),
-        format_args!(
-            "registered {} port {port} with {target}",
-            args.aliases.join(" ")
-        ),
-    );
-    let Some(stop) = stop else {
+    let registered = || {
+        print_result(
+            args.target.json,
+            json!({ "registered": true, "aliases": args.aliases, "port": port_json(&port), "registry": target.to_string() }),
+            format_args!(
+                "registered {} port {port} with {target}",
+                args.aliases.join(" ")
+            ),
+        );
+    };
+    let Some(mut stop) = stop else {
+        first.with_context(|| format!("registering with {target}"))?;
+        registered();
         return Ok(());
     };
+    // With --keepalive a failed first REGISTER is not the end: the registry may not be
+    // up yet, and the registrar retries until it answers (as rpyc's ThreadedServer and
+    // Herald's Registrar do). "registered" is printed once a REGISTER succeeded.
+    let first_ok = match first {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!(
+                "herald: warning: registering with {target} failed: {:#}; retrying until it answers",
+                anyhow::Error::new(e)
+            );
+            false
+        }
+    };
+    if first_ok {
+        registered();
+    }
     let registrar = Registrar::spawn(
         client,
         RegistrarConfig::new(args.aliases.clone(), port.clone()).with_interval(args.interval),
     );
-    stop.await;
+    let stopped = !first_ok && {
+        let became_registered =
+            async { while !registrar.wait_registered(Duration::from_secs(3600)).await {} };
+        tokio::select! {
+            () = became_registered => {
+                registered();
+                false
+            }
+            () = &mut stop => true,
+        }
+    };
+    if !stopped {
+        stop.await;
+    }
     registrar
         .shutdown()
         .await
@@ -436,7 +484,7 @@ async fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
         eprintln!("no servers registered under {:?}", args.name.to_uppercase());
     } else {
         for a in &found {
-            outln!("{a}");
+            outln!("{}", Escaped(a));
         }
     }
     Ok(())
@@ -456,7 +504,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         outln!("{}", json!(names));
     } else {
         for n in &names {
-            outln!("{n}");
+            outln!("{}", Escaped(n));
         }
     }
     Ok(())

@@ -15,6 +15,7 @@ use anyhow::Context;
 use clap::Args;
 use herald_registry::{CoreConfig, RegistryConfig, RegistryEvent, RegistryServer};
 
+use crate::text::Escaped;
 use crate::{mesh_cmd, node_cmd};
 
 /// Flags of `herald up`.
@@ -82,11 +83,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
+                    // Names and str ports come from whoever sent REGISTER.
                     Ok(RegistryEvent::Added { name, addr }) => {
-                        outln!("registry added {name} at {addr}");
+                        outln!("registry added {} at {}", Escaped(name), Escaped(addr));
                     }
                     Ok(RegistryEvent::Removed { name, addr, reason }) => {
-                        outln!("registry removed {name} at {addr} ({reason:?})");
+                        outln!(
+                            "registry removed {} at {} ({reason:?})",
+                            Escaped(name),
+                            Escaped(addr)
+                        );
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(skipped = n, "registry event printer lagged");

@@ -4,18 +4,60 @@
 // Test code: an unwrap that fails is the test's failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// How long one `herald` command may take before the test kills it and fails.
+const RUN_WAIT: Duration = Duration::from_secs(120);
+
+/// Runs `herald ARGS` to completion, bounded by [`RUN_WAIT`].
 fn herald(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run herald")
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run herald"),
+    );
+    // Read while it runs, so that a full pipe cannot stall it.
+    let read_all = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = read_all(child.0.stdout.take().map(|p| Box::new(p) as _));
+    let err = read_all(child.0.stderr.take().map(|p| Box::new(p) as _));
+    let status = wait_bounded(&mut child, RUN_WAIT, &format!("herald {args:?}"));
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Waits for `child` to exit; after `within` kills it and fails the test naming `what`.
+fn wait_bounded(child: &mut KillOnDrop, within: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+            panic!("{what} did not finish within {within:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn stdout(o: &Output) -> String {
@@ -228,9 +270,10 @@ fn demo_prints_each_call() {
     assert_eq!(find("example instance is leader")["result"], json!(true));
 }
 
-struct Server(Child);
+/// A child process, killed (and reaped) on drop: a failing test leaves none behind.
+struct KillOnDrop(Child);
 
-impl Drop for Server {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -260,29 +303,37 @@ fn across_processes_over_rabbitmq() {
         .spawn()
         .expect("spawn serve-example");
     let out = child.stdout.take().expect("stdout");
-    let server = Server(child);
-    let mut line = String::new();
-    BufReader::new(out)
-        .read_line(&mut line)
-        .expect("ready line");
+    let server = KillOnDrop(child);
+    // Bounded: the line is read on a thread and waited for with a timeout.
+    let (tx, ready_line) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = ready_line
+        .recv_timeout(Duration::from_secs(60))
+        .expect("serve-example printed its ready line within 60 s");
     let ready: Value = serde_json::from_str(line.trim()).expect("ready json");
     assert_eq!(ready["service"], json!(name));
 
-    let mut listener = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "mesh",
-            "listen",
-            "interop.cli.#",
-            "--amqp",
-            &url,
-            "--json",
-            "--count",
-            "1",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn listen");
+    let mut listener = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args([
+                "mesh",
+                "listen",
+                "interop.cli.#",
+                "--amqp",
+                &url,
+                "--json",
+                "--count",
+                "1",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn listen"),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let o = loop {
         let o = herald(&[
@@ -336,15 +387,27 @@ fn across_processes_over_rabbitmq() {
             &url,
         ]);
         assert!(o.status.success(), "{o:?}");
-        if listener.try_wait().expect("poll listener").is_some() || Instant::now() > deadline {
+        if listener.0.try_wait().expect("poll listener").is_some() || Instant::now() > deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    let lo = listener.wait_with_output().expect("listener output");
-    assert!(lo.status.success(), "{lo:?}");
-    let ev: Value =
-        serde_json::from_str(String::from_utf8_lossy(&lo.stdout).lines().next().unwrap()).unwrap();
+    // Bounded: a listener that never got its event is killed and the test fails.
+    let status = wait_bounded(
+        &mut listener,
+        Duration::from_secs(10),
+        "mesh listen --count 1 (no event on interop.cli.# within 60 s of emitting)",
+    );
+    let mut stdout = String::new();
+    listener
+        .0
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stdout)
+        .expect("listener output");
+    assert!(status.success(), "{status:?}: {stdout}");
+    let ev: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     assert_eq!(ev["topic"], json!("interop.cli.x"));
     assert_eq!(ev["event"], json!(7));
     drop(server);

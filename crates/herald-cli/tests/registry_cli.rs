@@ -88,6 +88,50 @@ impl Serve {
     }
 }
 
+/// A running `herald registry serve --host 127.0.0.1 --port 0` printing text (no
+/// `--json`), killed on drop.
+fn serve_text(extra: &[&str]) -> Serve {
+    let mut child = herald()
+        .args(["registry", "serve", "--host", "127.0.0.1", "--port", "0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn herald registry serve");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut serve = Serve {
+        child,
+        lines,
+        port: 0,
+    };
+    // "registry listening on udp 127.0.0.1:P tcp 127.0.0.1:P (listing ...)"
+    let first = serve.next_line();
+    serve.port = first
+        .split_whitespace()
+        .skip_while(|w| *w != "udp")
+        .nth(1)
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no udp address in {first:?}"));
+    serve
+}
+
+impl Serve {
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(WAIT)
+            .expect("serve printed a line in time")
+    }
+}
+
 impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -429,4 +473,208 @@ fn broadcast_register_reaches_a_registry_on_the_wildcard_address() {
     let unicast = format!("127.0.0.1:{port}");
     let found = json_out(&client(&["discover", "calc"], &unicast, &["--json"]));
     assert_eq!(found[0]["port"], 7301, "{found}");
+}
+
+/// Names and str ports come from whoever can REGISTER: in text mode a newline or an
+/// escape sequence in them is printed escaped, so each event stays one line and
+/// nothing reaches the terminal (serve, discover and list).
+#[test]
+fn text_output_escapes_control_characters_from_the_network() {
+    let serve = serve_text(&["--listing"]);
+    let reg = serve.registry();
+    let name = "A\nremoved B \u{1b}[2J";
+    let port = "/tmp/s\nadded C";
+    let out = client(&["register", name, "--port", port], &reg, &["--tcp"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        serve.next_line(),
+        r"added A\nREMOVED B \u{1b}[2J 127.0.0.1:/tmp/s\nadded C"
+    );
+    let out = client(&["discover", name], &reg, &["--tcp"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "127.0.0.1:/tmp/s\\nadded C\n"
+    );
+    let out = client(&["list"], &reg, &["--tcp"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "A\\nREMOVED B \\u{1b}[2J\n"
+    );
+    let out = client(&["unregister", "--port", port], &reg, &["--tcp"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        serve.next_line(),
+        r"removed A\nREMOVED B \u{1b}[2J 127.0.0.1:/tmp/s\nadded C (unregistered)"
+    );
+}
+
+/// A child process, killed on drop.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// With --keepalive a first REGISTER that fails (nothing listens yet) is reported and
+/// retried: once a registry comes up on that port the name becomes discoverable.
+#[test]
+fn register_keepalive_retries_until_the_registry_comes_up() {
+    // A port free for TCP when picked, released for the registry started later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let reg = format!("127.0.0.1:{port}");
+    let mut keeper = Kill(
+        herald()
+            .args([
+                "registry",
+                "register",
+                "early",
+                "--port",
+                "7400",
+                "--keepalive",
+            ])
+            .args(["--registry", &reg, "--tcp", "--timeout", "0.5", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn register --keepalive"),
+    );
+    let (tx, stdout_lines) = mpsc::channel();
+    let stdout = keeper.0.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (tx, stderr_lines) = mpsc::channel();
+    let stderr = keeper.0.stderr.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = stderr_lines
+        .recv_timeout(WAIT)
+        .expect("the failed first REGISTER is reported on stderr");
+    assert!(
+        first.contains(&format!("registering with {reg} failed")) && first.contains("retrying"),
+        "{first:?}"
+    );
+    assert!(
+        keeper.0.try_wait().expect("try_wait").is_none(),
+        "register --keepalive exited after the first failure"
+    );
+
+    let mut serve = Kill(
+        herald()
+            .args(["registry", "serve", "--host", "127.0.0.1"])
+            .args(["--port", &port.to_string(), "--tcp-only"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn herald registry serve"),
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            serve.0.try_wait().expect("try_wait").is_none(),
+            "serve on port {port} exited (port taken meanwhile?)"
+        );
+        let out = client(&["discover", "early"], &reg, &["--tcp", "--json"]);
+        if out.status.success()
+            && json_out(&out)
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| s["port"] == 7400))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "EARLY never became discoverable: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let registered = stdout_lines
+        .recv_timeout(WAIT)
+        .expect("\"registered\" printed once a REGISTER succeeded");
+    let registered: serde_json::Value = serde_json::from_str(&registered).expect("JSON");
+    assert_eq!(registered["registered"], true, "{registered}");
+}
+
+/// Events lost because serve's output fell behind (nobody reads its stdout while the
+/// table changes) are reported on stdout, in --json too, not only in a log line.
+#[test]
+fn serve_reports_events_lost_to_a_stalled_output() {
+    // --max-entries 1000: the event channel holds 1000 + 1024 events.
+    let mut serve = Kill(
+        herald()
+            .args(["registry", "serve", "--host", "127.0.0.1", "--port", "0"])
+            .args(["--tcp-only", "--max-entries", "1000", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn herald registry serve"),
+    );
+    let mut stdout = BufReader::new(serve.0.stdout.take().expect("piped"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("listening line");
+    let first: serde_json::Value = serde_json::from_str(&first).expect("JSON");
+    let reg = first["tcp"].as_str().expect("tcp address").to_owned();
+    // Nobody reads stdout now: once the pipe is full, serve's output stalls. Each round
+    // adds and removes 1000 entries (2000 events, about 130 KB of JSON).
+    let aliases: Vec<String> = (0..1000).map(|i| format!("s{i}")).collect();
+    let aliases: Vec<&str> = aliases.iter().map(String::as_str).collect();
+    for _ in 0..4 {
+        let mut args = vec!["register"];
+        args.extend(&aliases);
+        args.extend(["--port", "7500"]);
+        let out = client(&args, &reg, &["--tcp"]);
+        assert!(out.status.success(), "{out:?}");
+        let out = client(&["unregister", "--port", "7500"], &reg, &["--tcp"]);
+        assert!(out.status.success(), "{out:?}");
+        // UNREGISTER gets no reply: wait until it took effect.
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let out = client(&["discover", "s0"], &reg, &["--tcp", "--json"]);
+            if json_out(&out) == serde_json::json!([]) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "UNREGISTER not applied"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .expect("a \"lagged\" line before the output ran dry");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+        if v["event"] == "lagged" {
+            assert!(v["missed"].as_u64().is_some_and(|n| n > 0), "{v}");
+            break;
+        }
+    }
 }

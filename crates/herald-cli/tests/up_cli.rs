@@ -222,6 +222,16 @@ async fn up_serves_node_registry_and_mesh_then_stops_on_sigterm() {
     let found = client.discover("uptest").await.expect("discover");
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].port.to_string(), "18861");
+    // Names come from whoever can REGISTER: a newline in one cannot forge a line.
+    client
+        .register(&["UP\nregistry added FORGED"], 18862u16)
+        .await
+        .expect("register");
+    let added = up.expect_line(":18862");
+    assert_eq!(
+        added,
+        r"registry added UP\nREGISTRY ADDED FORGED at 127.0.0.1:18862"
+    );
 
     // SIGTERM: graceful shutdown, exit status 0.
     let pid = up.child.id().to_string();

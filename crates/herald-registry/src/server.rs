@@ -63,7 +63,10 @@ pub struct RegistryConfig {
     /// Concurrent TCP connections from one source address (IPv4, or IPv6 with
     /// v4-mapped addresses taken as IPv4): one host cannot take every slot.
     pub max_tcp_connections_per_source: usize,
-    /// Capacity of the event channel (slow receivers see `Lagged`).
+    /// Headroom of the event channel: the channel holds this many events on top of the
+    /// largest burst one update of the table can raise (see
+    /// [`RegistryConfig::event_channel_capacity`]). A receiver that falls further
+    /// behind sees `Lagged`.
     pub event_capacity: usize,
 }
 
@@ -97,12 +100,35 @@ impl RegistryConfig {
         }
     }
 
+    /// Slots of the event channel: [`event_capacity`](Self::event_capacity) plus
+    /// [`CoreConfig::max_entries`], at most [`MAX_EVENT_CHANNEL`].
+    ///
+    /// One REGISTER adds at most `max_entries_per_host` entries and one UNREGISTER
+    /// removes at most that many, but one prune tick can remove the whole table, so the
+    /// burst one update raises is bounded by `max_entries`. A receiver that reads
+    /// everything between updates therefore never sees `Lagged` (while `max_entries`
+    /// fits under the cap). A UDP batch (up to 32 datagrams under one lock) is one
+    /// update too: only one whose datagrams register and unregister the same entries
+    /// over and over can raise more than that. The slots are allocated when the server starts, about
+    /// 100 bytes each (13 MiB for the default 100 000 entries, rounded up to a power of
+    /// two); the events themselves are freed once every receiver has read them.
+    pub fn event_channel_capacity(&self) -> usize {
+        self.event_capacity
+            .max(1)
+            .saturating_add(self.core.max_entries)
+            .min(MAX_EVENT_CHANNEL)
+    }
+
     fn prune_every(&self) -> Duration {
         self.prune_interval
             .unwrap_or_else(|| (self.core.prune_timeout / 4).min(Duration::from_secs(30)))
             .max(Duration::from_millis(10))
     }
 }
+
+/// The largest event channel [`RegistryConfig::event_channel_capacity`] asks for
+/// (2^20 slots, about 100 MiB): a larger `max_entries` does not allocate more up front.
+pub const MAX_EVENT_CHANNEL: usize = 1 << 20;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -245,7 +271,7 @@ impl RegistryServer {
     /// Binds the sockets and starts serving (must be called inside a tokio runtime).
     pub async fn bind(config: RegistryConfig) -> Result<Self, ServerError> {
         let (udp, tcp) = bind_sockets(&config)?;
-        let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        let (events, _) = broadcast::channel(config.event_channel_capacity());
         let shared = Arc::new(Shared {
             core: Mutex::new(RegistryCore::new(config.core.clone())),
             events,

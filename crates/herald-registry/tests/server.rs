@@ -545,6 +545,60 @@ async fn timer_prunes_stale_entries_and_events_fire_once() {
     server.shutdown().await;
 }
 
+/// One REGISTER of 2 000 aliases, and the prune tick that removes them, are each a burst
+/// of more events than `event_capacity` (1024): a receiver that reads between the two
+/// gets every event, none lost to `Lagged`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_one_request_or_one_prune_tick_reaches_a_receiver_that_keeps_up() {
+    const N: usize = 2_000;
+    let cfg = RegistryConfig {
+        core: CoreConfig {
+            prune_timeout: Duration::from_secs(1),
+            ..CoreConfig::default()
+        },
+        prune_interval: Some(Duration::from_millis(50)),
+        ..config()
+    };
+    assert!(
+        cfg.event_capacity < N,
+        "the burst exceeds the headroom alone"
+    );
+    let server = RegistryServer::bind(cfg).await.expect("bind");
+    let mut events = server.events();
+    let aliases: Vec<String> = (0..N).map(|i| format!("svc{i}")).collect();
+    TcpRegistryClient::new(server.local_addr())
+        .register(&aliases, 7000u16)
+        .await
+        .expect("one REGISTER of every alias");
+    let mut added = std::collections::BTreeSet::new();
+    let mut pruned = std::collections::BTreeSet::new();
+    tokio::time::timeout(WAIT, async {
+        while added.len() + pruned.len() < 2 * N {
+            match events.recv().await {
+                Ok(RegistryEvent::Added { name, .. }) => assert!(added.insert(name)),
+                Ok(RegistryEvent::Removed {
+                    name,
+                    reason: RemoveReason::Pruned,
+                    ..
+                }) => assert!(pruned.insert(name)),
+                Ok(other) => panic!("unexpected event {other:?}"),
+                Err(e) => panic!(
+                    "after {} added and {} pruned events: {e}",
+                    added.len(),
+                    pruned.len()
+                ),
+            }
+        }
+    })
+    .await
+    .expect("every added and pruned event in time");
+    let expected: std::collections::BTreeSet<String> =
+        aliases.iter().map(|a| a.to_uppercase()).collect();
+    assert_eq!(added, expected);
+    assert_eq!(pruned, expected);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_client_reaches_a_wildcard_server() {
     let server = RegistryServer::bind(RegistryConfig {
