@@ -457,7 +457,7 @@ async fn a_requeued_message_keeps_its_expiry() {
     let mut src = q("requeue-ttl", vec![]);
     src.dead_letter_exchange = Some(DL_EXCHANGE.into());
     c.declare_queue(&src).await.unwrap();
-    c.declare_queue(&QueueSpec::dead_letter("requeue-ttl-dl", 10))
+    c.declare_queue(&QueueSpec::dead_letter("requeue-ttl-dl"))
         .await
         .unwrap();
     let mut m = event("t", 7);
