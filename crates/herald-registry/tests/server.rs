@@ -554,6 +554,8 @@ async fn a_burst_from_one_request_or_one_prune_tick_reaches_a_receiver_that_keep
     let cfg = RegistryConfig {
         core: CoreConfig {
             prune_timeout: Duration::from_secs(1),
+            // One REGISTER of every alias (beyond the default cap of 512 per REGISTER).
+            max_aliases_per_register: N,
             ..CoreConfig::default()
         },
         prune_interval: Some(Duration::from_millis(50)),
