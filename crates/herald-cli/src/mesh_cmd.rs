@@ -60,7 +60,9 @@ pub struct ServeArgs {
     #[arg(long)]
     instance_id: Option<String>,
     /// PEM file with the service's RSA private key; give every instance the same
-    /// file so that any of them can decrypt (default: a fresh key per instance).
+    /// file so that any of them can decrypt. A file that does not exist yet is created
+    /// with a new key (by the first instance that gets there; the others read it).
+    /// Default: a fresh key for this instance alone.
     #[arg(long, value_name = "PEM")]
     key: Option<std::path::PathBuf>,
     /// Requests handled concurrently.
@@ -439,12 +441,54 @@ async fn listen(a: ListenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The service key in `path`, or a new one written there when the file does not exist.
+/// Several instances started at once with the same path end up with the same key: the
+/// new key is written to a file of its own and linked into place only if nothing is
+/// there yet (an atomic create-if-absent), so a reader never sees half a key.
+fn load_or_create_key(path: &std::path::Path) -> anyhow::Result<ServiceKey> {
+    let bad = |e: anyhow::Error| crate::bad_input(e.context(format!("--key {}", path.display())));
+    if path.exists() {
+        return ServiceKey::from_pem_file(path).map_err(|e| bad(e.into()));
+    }
+    let key = ServiceKey::generate(KEY_BITS)?;
+    let pem = key.to_pkcs8_pem()?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a key file next to {}", path.display()))?;
+    std::io::Write::write_all(&mut tmp, pem.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    match std::fs::hard_link(tmp.path(), path) {
+        Ok(()) => {
+            eprintln!(
+                "herald: wrote a new service key to {} (give every instance of the service this file)",
+                path.display()
+            );
+            Ok(key)
+        }
+        // Another instance got there first: use its key.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            ServiceKey::from_pem_file(path).map_err(|e| bad(e.into()))
+        }
+        Err(e) => Err(bad(anyhow::Error::new(e).context("writing a new key"))),
+    }
+}
+
 async fn serve_example(a: ServeArgs) -> anyhow::Result<()> {
-    let key = match &a.key {
-        Some(path) => ServiceKey::from_pem_file(path).map_err(|e| {
-            crate::bad_input(anyhow::Error::new(e).context(format!("--key {}", path.display())))
-        })?,
-        None => tokio::task::spawn_blocking(|| ServiceKey::generate(KEY_BITS)).await??,
+    let key = match a.key.clone() {
+        Some(path) => tokio::task::spawn_blocking(move || load_or_create_key(&path)).await??,
+        None => {
+            if a.backend.amqp.is_some() {
+                eprintln!(
+                    "herald: note: no --key, so this instance's key is its own; encrypted calls \
+                     that reach another instance of {} fail there (give every instance the same --key file)",
+                    a.name
+                );
+            }
+            tokio::task::spawn_blocking(|| ServiceKey::generate(KEY_BITS)).await??
+        }
     };
     let backend: Arc<dyn Backend> = match backend_of(a.backend.amqp.as_deref())? {
         Some(b) => b,
@@ -618,6 +662,41 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_key_file_is_created_once_and_shared() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("calc.pem");
+        // Four instances starting at once with the same new path: one writes the key,
+        // all use it.
+        let keys: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| load_or_create_key(&path).expect("key")))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread").public_key().to_pem())
+                .collect()
+        });
+        assert!(
+            keys.iter().all(|k| k == &keys[0]),
+            "instances got different keys"
+        );
+        let again = load_or_create_key(&path).expect("existing key");
+        assert_eq!(
+            again.public_key().to_pem(),
+            keys[0],
+            "the file's key is reused"
+        );
+        let on_disk = std::fs::read_to_string(&path).expect("key file");
+        assert!(on_disk.contains("BEGIN PRIVATE KEY"), "{on_disk}");
+        // Only the key file is left behind (no temporary files).
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
+        // A file that is not a key is a clear input error, not a new key.
+        std::fs::write(&path, "not a key").expect("write");
+        let err = load_or_create_key(&path).expect_err("garbage key file");
+        assert!(format!("{err:#}").contains("calc.pem"), "{err:#}");
+    }
 
     #[test]
     fn error_json_names_the_kind_and_keeps_the_message() {
