@@ -456,11 +456,29 @@ fn load_or_create_key(path: &std::path::Path) -> anyhow::Result<ServiceKey> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a key file next to {}", path.display()))?;
-    std::io::Write::write_all(&mut tmp, pem.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    match std::fs::hard_link(tmp.path(), path) {
+    // A name of its own for this attempt (process, thread, time), removed afterwards.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".herald-key-{}-{:?}-{nanos}.tmp",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let written = (|| {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        // A private key: readable by its owner only.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
+        std::io::Write::write_all(&mut f, pem.as_bytes())?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match written {
         Ok(()) => {
             eprintln!(
                 "herald: wrote a new service key to {} (give every instance of the service this file)",
@@ -690,6 +708,12 @@ mod tests {
         );
         let on_disk = std::fs::read_to_string(&path).expect("key file");
         assert!(on_disk.contains("BEGIN PRIVATE KEY"), "{on_disk}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "key file readable by others: {mode:o}");
+        }
         // Only the key file is left behind (no temporary files).
         assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
         // A file that is not a key is a clear input error, not a new key.
