@@ -302,17 +302,157 @@ impl Server {
     }
 }
 
+/// A name gets an index of its servers by (host, port) once it has more than this
+/// many (fewer are searched one by one, which costs less memory than an index)...
+const INDEX_ABOVE: usize = if cfg!(test) { 3 } else { 16 };
+/// ...and loses it once it has fewer than this many (not at once: a name going up and
+/// down around one size does not build and drop its index each time).
+const UNINDEX_BELOW: usize = if cfg!(test) { 2 } else { 8 };
+
 #[derive(Debug)]
 struct Name {
     seq: u64,
-    /// Ordered by `last_seen`, oldest first (a refresh moves the entry to the end).
-    servers: Vec<Server>,
+    /// The servers by refresh tick: oldest refresh first. A refresh gives the entry the
+    /// next tick, which moves it to the end. Boxed, so that the B-tree's nodes (room for
+    /// 11 entries each) stay small for the many names with one or two servers.
+    servers: BTreeMap<u64, Box<Server>>,
+    /// Each server's tick by (host, port), when there are more than [`INDEX_ABOVE`]
+    /// servers: how REGISTER and UNREGISTER find the sender's own entry without
+    /// scanning `servers`. Same entries as `servers`.
+    ticks: Option<HashMap<(IpAddr, Port), u64>>,
+    /// The tick the next new or refreshed server gets.
+    next_tick: u64,
 }
 
 impl Name {
+    fn new(seq: u64) -> Self {
+        Self {
+            seq,
+            servers: BTreeMap::new(),
+            ticks: None,
+            next_tick: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// How many servers a search for one looks at, at most (what the tests count).
+    #[cfg(test)]
+    fn search_cost(&self) -> usize {
+        if self.ticks.is_some() {
+            1
+        } else {
+            self.servers.len()
+        }
+    }
+
+    /// The tick of `ip:port`, if it is one of the servers.
+    fn find(&self, ip: IpAddr, port: &Port) -> Option<u64> {
+        match &self.ticks {
+            Some(ticks) => ticks.get(&(ip, port.clone())).copied(),
+            None => self
+                .servers
+                .iter()
+                .find(|(_, s)| s.ip == ip && s.port == *port)
+                .map(|(tick, _)| *tick),
+        }
+    }
+
+    /// Whether `ip:port` is one of the servers.
+    fn contains(&self, ip: IpAddr, port: &Port) -> bool {
+        self.find(ip, port).is_some()
+    }
+
+    /// Puts `s` at the end under the next tick (and in the index).
+    fn append(&mut self, s: Box<Server>) {
+        let tick = self.next_tick;
+        self.next_tick += 1;
+        if let Some(ticks) = &mut self.ticks {
+            ticks.insert((s.ip, s.port.clone()), tick);
+        }
+        self.servers.insert(tick, s);
+        if self.ticks.is_none() && self.servers.len() > INDEX_ABOVE {
+            self.ticks = Some(
+                self.servers
+                    .iter()
+                    .map(|(tick, s)| ((s.ip, s.port.clone()), *tick))
+                    .collect(),
+            );
+        }
+    }
+
+    /// Adds `s` as the freshest server (the caller checked that it is not there yet).
+    fn push(&mut self, s: Server) {
+        self.append(Box::new(s));
+    }
+
+    /// Marks `ip:port` refreshed at `now` and moves it to the end; false if it is not
+    /// one of the servers.
+    fn refresh(&mut self, ip: IpAddr, port: &Port, now: Instant) -> bool {
+        let Some(mut s) = self.find(ip, port).and_then(|t| self.servers.remove(&t)) else {
+            return false;
+        };
+        s.last_seen = now;
+        // `append` gives it its new tick in the index too.
+        self.append(s);
+        true
+    }
+
+    /// Takes `ip:port` out; the others keep their order.
+    fn remove(&mut self, ip: IpAddr, port: &Port) -> Option<Server> {
+        let tick = self.find(ip, port)?;
+        let s = self.servers.remove(&tick)?;
+        Some(*self.unindex(s))
+    }
+
+    /// Drops `s`, already taken out of `servers`, from the index; drops the index when
+    /// few servers are left, and gives back what it no longer needs.
+    fn unindex(&mut self, mut s: Box<Server>) -> Box<Server> {
+        if self.servers.len() < UNINDEX_BELOW {
+            self.ticks = None;
+        }
+        if let Some(ticks) = &mut self.ticks {
+            let key = (s.ip, s.port);
+            ticks.remove(&key);
+            s.port = key.1;
+            if ticks.capacity() > 64 && ticks.len() < ticks.capacity() / 4 {
+                ticks.shrink_to(ticks.len() * 2);
+            }
+        }
+        s
+    }
+
+    /// Takes out the stale servers at the front (the oldest refreshes), stopping at the
+    /// first fresh one.
+    fn take_stale_front(&mut self, now: Instant, timeout: Duration) -> Vec<Server> {
+        let mut gone = Vec::new();
+        while let Some(first) = self.servers.first_entry() {
+            if !first.get().is_stale(now, timeout) {
+                break;
+            }
+            let s = first.remove();
+            gone.push(*self.unindex(s));
+        }
+        gone
+    }
+
     /// Takes out the servers `gone` picks; the others keep their order.
     fn take_servers(&mut self, gone: impl Fn(&Server) -> bool) -> Vec<Server> {
-        self.servers.extract_if(.., |s| gone(s)).collect()
+        let ticks: Vec<u64> = self
+            .servers
+            .iter()
+            .filter(|(_, s)| gone(s))
+            .map(|(tick, _)| *tick)
+            .collect();
+        let mut taken = Vec::with_capacity(ticks.len());
+        for tick in ticks {
+            if let Some(s) = self.servers.remove(&tick) {
+                taken.push(*self.unindex(s));
+            }
+        }
+        taken
     }
 }
 
@@ -360,6 +500,10 @@ pub struct RegistryCore {
     /// the reply size.
     #[cfg(test)]
     servers_visited: usize,
+    /// Servers REGISTER and UNREGISTER looked at to find the sender's own entry under a
+    /// name.
+    #[cfg(test)]
+    servers_searched: usize,
 }
 
 /// A request as the I/O layer hands it over.
@@ -407,6 +551,8 @@ impl RegistryCore {
             aliases_compared: 0,
             #[cfg(test)]
             servers_visited: 0,
+            #[cfg(test)]
+            servers_searched: 0,
         }
     }
 
@@ -631,7 +777,10 @@ impl RegistryCore {
         }
     }
 
-    /// Registers (or refreshes) `source:port` under every alias.
+    /// Registers (or refreshes) `source:port` under every alias. Under each name the
+    /// existing entry is found through the name's index of its servers (a name with
+    /// few servers is searched one by one), so a keep-alive costs the same under a
+    /// name with 50 000 servers as under one with a handful.
     pub fn register(
         &mut self,
         now: Instant,
@@ -703,9 +852,17 @@ impl RegistryCore {
                 !self
                     .names
                     .get(n.as_str())
-                    .is_some_and(|e| e.servers.iter().any(|s| s.ip == source && s.port == *port))
+                    .is_some_and(|e| e.contains(source, port))
             })
             .count();
+        #[cfg(test)]
+        {
+            self.servers_searched += upper
+                .iter()
+                .filter_map(|n| self.names.get(n.as_str()))
+                .map(Name::search_cost)
+                .sum::<usize>();
+        }
         if self.entries + new > self.config.max_entries {
             return Err(HandleError::TooManyEntries {
                 source_ip: source,
@@ -728,27 +885,18 @@ impl RegistryCore {
                     let seq = self.next_seq;
                     self.next_seq += 1;
                     self.by_seq.insert(seq, Arc::clone(v.key()));
-                    (
-                        Arc::clone(v.key()),
-                        v.insert(Name {
-                            seq,
-                            servers: Vec::new(),
-                        }),
-                    )
+                    (Arc::clone(v.key()), v.insert(Name::new(seq)))
                 }
             };
-            if let Some(i) = entry
-                .servers
-                .iter()
-                .position(|s| s.ip == source && s.port == *port)
+            #[cfg(test)]
             {
-                let mut s = entry.servers.remove(i);
-                s.last_seen = now;
-                entry.servers.push(s);
+                self.servers_searched += entry.search_cost();
+            }
+            if entry.refresh(source, port, now) {
                 tracing::trace!(%name, host = %source, %port, "keep-alive");
             } else {
                 let host: Box<str> = source.to_string().into();
-                entry.servers.push(Server {
+                entry.push(Server {
                     ip: source,
                     host: host.clone(),
                     port: port.clone(),
@@ -818,7 +966,7 @@ impl RegistryCore {
                     .into_iter()
                     .map(|s| (name.clone(), s)),
             );
-            if entry.servers.is_empty() {
+            if entry.is_empty() {
                 self.by_seq.remove(&entry.seq);
                 false
             } else {
@@ -834,7 +982,8 @@ impl RegistryCore {
 
     /// Removes `source:port` from every name; returns how many entries went. Only the
     /// names where `source` has entries are looked at (at most
-    /// [`CoreConfig::max_entries_per_host`]), found through the host index.
+    /// [`CoreConfig::max_entries_per_host`]), found through the host index, and in
+    /// each the entry is found through the name's index of its servers.
     pub fn unregister(&mut self, source: IpAddr, port: &Port) -> usize {
         let source = normalize_ip(source);
         let Some(host_record) = self.per_host.get(&source) else {
@@ -849,16 +998,14 @@ impl RegistryCore {
             let Some(entry) = self.names.get_mut(&**name) else {
                 continue;
             };
-            let Some(i) = entry
-                .servers
-                .iter()
-                .position(|s| s.ip == source && s.port == *port)
-            else {
+            #[cfg(test)]
+            {
+                self.servers_searched += entry.search_cost();
+            }
+            let Some(s) = entry.remove(source, port) else {
                 continue;
             };
-            // `remove` keeps the others in order (oldest refresh first).
-            let s = entry.servers.remove(i);
-            if entry.servers.is_empty() {
+            if entry.is_empty() {
                 self.by_seq.remove(&entry.seq);
                 self.names.remove(&**name);
             }
@@ -896,17 +1043,12 @@ impl RegistryCore {
         };
         let timeout = self.config.prune_timeout;
         if let Some(entry) = self.names.get_mut(key.as_ref()) {
-            let stale = entry
-                .servers
-                .iter()
-                .take_while(|s| s.is_stale(now, timeout))
-                .count();
+            let removed = entry.take_stale_front(now, timeout);
             #[cfg(test)]
             {
-                self.servers_visited += (stale + 1).min(entry.servers.len());
+                self.servers_visited += removed.len() + usize::from(!entry.is_empty());
             }
-            let removed: Vec<Server> = entry.servers.drain(..stale).collect();
-            if entry.servers.is_empty() {
+            if entry.is_empty() {
                 self.by_seq.remove(&entry.seq);
                 self.names.remove(key.as_ref());
             }
@@ -924,9 +1066,11 @@ impl RegistryCore {
         // cap, since then the whole reply cannot fit.
         let mut total = 0;
         let mut keep = 0;
+        // The tick of the oldest server kept.
+        let mut first_kept = 0;
         let mut keeping = true;
         let mut walked_all = true;
-        for s in servers.iter().rev() {
+        for (tick, s) in servers.iter().rev() {
             #[cfg(test)]
             {
                 self.servers_visited += 1;
@@ -934,6 +1078,7 @@ impl RegistryCore {
             let size = proto::encoded_addr_len(shown_host(s, loopback_as), &s.port);
             if keeping && total + size + 5 <= MAX_CLIENT_READ {
                 keep += 1;
+                first_kept = *tick;
             } else {
                 keeping = false;
             }
@@ -944,9 +1089,13 @@ impl RegistryCore {
             }
         }
         let whole = walked_all && brine::tuple_header_len(servers.len()) + total <= MAX_CLIENT_READ;
-        let shown = if whole { servers.len() } else { keep };
+        let (shown, from) = if whole {
+            (servers.len(), 0)
+        } else {
+            (keep, first_kept)
+        };
         brine::encode_tuple_header(shown, reply);
-        for s in &servers[servers.len() - shown..] {
+        for s in servers.range(from..).map(|(_, s)| s).take(shown) {
             proto::encode_addr(shown_host(s, loopback_as), &s.port, reply);
         }
         if !whole {
@@ -1042,7 +1191,7 @@ impl RegistryCore {
             .values()
             .filter_map(|name| Some((name, self.names.get(&**name)?)))
             .flat_map(|(name, e)| {
-                e.servers.iter().map(move |s| TableRow {
+                e.servers.values().map(move |s| TableRow {
                     name: name.to_string(),
                     host: s.host.to_string(),
                     port: s.port.to_string(),

@@ -45,7 +45,8 @@ pub(super) fn check_index(core: &RegistryCore) -> Result<(), String> {
         if entry.servers.is_empty() {
             return Err(format!("name {name} without servers is still in the table"));
         }
-        for s in &entry.servers {
+        check_name_index(name, entry)?;
+        for s in entry.servers.values() {
             *expected.entry(s.ip).or_default().entry(name).or_insert(0) += 1;
             total += 1;
         }
@@ -78,6 +79,64 @@ pub(super) fn check_index(core: &RegistryCore) -> Result<(), String> {
                 want.values().sum::<usize>()
             ));
         }
+    }
+    Ok(())
+}
+
+/// One name's (host, port) index against its servers: there when the name has more
+/// than `INDEX_ABOVE` servers and not when it has fewer than `UNINDEX_BELOW`; when
+/// there, the same entries, each under the tick it has in the refresh order. Every
+/// tick is below the next one, and the servers are in refresh order (`last_seen`
+/// never decreasing; the tests' clocks never go back).
+fn check_name_index(name: &str, entry: &super::Name) -> Result<(), String> {
+    let len = entry.servers.len();
+    match &entry.ticks {
+        None if len > super::INDEX_ABOVE => {
+            return Err(format!("{name}: {len} servers without an index"));
+        }
+        Some(_) if len < super::UNINDEX_BELOW => {
+            return Err(format!("{name}: {len} servers still indexed"));
+        }
+        Some(ticks) if ticks.len() != len => {
+            return Err(format!(
+                "{name}: {} servers indexed, {len} in refresh order",
+                ticks.len()
+            ));
+        }
+        _ => {}
+    }
+    let mut last_seen = None;
+    for (tick, s) in &entry.servers {
+        match entry.ticks.as_ref().map(|t| t.get(&(s.ip, s.port.clone()))) {
+            None => {}
+            Some(Some(t)) if t == tick => {}
+            Some(Some(t)) => {
+                return Err(format!(
+                    "{name}: {}:{} at tick {tick}, indexed at {t}",
+                    s.host, s.port
+                ));
+            }
+            Some(None) => return Err(format!("{name}: {}:{} not indexed", s.host, s.port)),
+        }
+        if entry.find(s.ip, &s.port) != Some(*tick) {
+            return Err(format!(
+                "{name}: {}:{} not found at its tick",
+                s.host, s.port
+            ));
+        }
+        if *tick >= entry.next_tick {
+            return Err(format!("{name}: tick {tick}, next is {}", entry.next_tick));
+        }
+        if s.host.as_ref() != s.ip.to_string() {
+            return Err(format!("{name}: host {} recorded for {}", s.host, s.ip));
+        }
+        if last_seen.is_some_and(|l| l > s.last_seen) {
+            return Err(format!(
+                "{name}: {}:{} refreshed before the server in front of it",
+                s.host, s.port
+            ));
+        }
+        last_seen = Some(s.last_seen);
     }
     Ok(())
 }
@@ -194,7 +253,7 @@ fn unregister_visits_only_the_senders_names_in_a_big_table() {
     assert_eq!(
         core.names["SVC42"]
             .servers
-            .iter()
+            .values()
             .map(|s| &*s.host)
             .collect::<Vec<_>>(),
         ["10.1.0.1", "10.1.0.10"],
@@ -344,6 +403,116 @@ fn query_of_a_name_with_10000_servers_looks_at_what_fits_in_the_reply() {
     assert_eq!(reply, proto::REPLY_EMPTY);
     assert_eq!(core.servers_visited, 10_000);
     assert!(core.is_empty());
+    check_index(&core).expect("indexes");
+}
+
+/// One name with 50 000 servers (five hosts, 10 000 ports each, the default per-host
+/// cap): a keep-alive REGISTER, a new REGISTER and an UNREGISTER of one of them each
+/// look at a few entries through the name's index, not at the name's 50 000 servers
+/// (counted, not timed), and the refresh order comes out as a scan would leave it.
+#[test]
+fn one_entry_of_a_name_with_50000_servers_is_found_through_its_index() {
+    const BOUND: usize = 64;
+    let mut core = RegistryCore::new(CoreConfig::default());
+    let mut now = Instant::now();
+    let hosts: Vec<IpAddr> = (1..=5u8).map(|h| IpAddr::from([10, 3, 0, h])).collect();
+    for host in &hosts {
+        for port in 20_000..30_000i64 {
+            now += Duration::from_millis(1);
+            core.register(now, *host, &["crowd".into()], &Port::Num(port))
+                .expect("ok");
+        }
+    }
+    assert_eq!(core.len(), 50_000);
+    core.drain_events();
+    let pairs = |core: &RegistryCore| -> Vec<(String, String)> {
+        core.entries(Instant::now())
+            .into_iter()
+            .map(|r| (r.host, r.port))
+            .collect()
+    };
+    let mut want = pairs(&core);
+    let mut reply = Vec::new();
+
+    // A keep-alive of a server in the middle, as a client sends it: moved to the end.
+    now += Duration::from_secs(1);
+    let keepalive = encode_request(&Command::Register {
+        aliases: vec!["crowd".into()],
+        port: Port::Num(25_000),
+    });
+    core.servers_searched = 0;
+    core.handle(now, hosts[2], Transport::Udp, &keepalive, &mut reply)
+        .expect("answered");
+    assert_eq!(reply, proto::REPLY_OK);
+    assert!(
+        core.servers_searched < BOUND,
+        "keep-alive looked at {} servers",
+        core.servers_searched
+    );
+    assert!(core.drain_events().is_empty(), "a keep-alive is no event");
+    let moved = want.remove(2 * 10_000 + 5_000);
+    assert_eq!(moved, ("10.3.0.3".into(), "25000".into()));
+    want.push(moved);
+    assert_eq!(
+        pairs(&core),
+        want,
+        "refreshed entry last, the others in order"
+    );
+
+    // A new server under the name: appended, after looking at a few entries.
+    let newcomer = ip("10.3.0.9");
+    core.servers_searched = 0;
+    core.register(now, newcomer, &["crowd".into()], &Port::Num(1))
+        .expect("ok");
+    assert!(
+        core.servers_searched < BOUND,
+        "new REGISTER looked at {} servers",
+        core.servers_searched
+    );
+    assert_eq!(core.drain_events().len(), 1);
+    want.push(("10.3.0.9".into(), "1".into()));
+    assert_eq!(pairs(&core), want);
+
+    // UNREGISTER of one of host 2's 10 000 ports, as a client sends it.
+    let unreg = encode_request(&Command::Unregister {
+        port: Port::Num(22_000),
+    });
+    core.servers_searched = 0;
+    core.names_visited = 0;
+    core.handle(now, hosts[1], Transport::Tcp, &unreg, &mut reply)
+        .expect("answered");
+    assert_eq!(reply, proto::REPLY_OK);
+    assert!(
+        core.servers_searched < BOUND,
+        "UNREGISTER looked at {} servers",
+        core.servers_searched
+    );
+    assert_eq!(core.names_visited, 1);
+    assert_eq!(
+        core.drain_events(),
+        [RegistryEvent::Removed {
+            name: "CROWD".into(),
+            addr: ServiceAddr {
+                host: "10.3.0.2".into(),
+                port: Port::Num(22_000),
+            },
+            reason: RemoveReason::Unregistered,
+        }]
+    );
+    let gone = want.remove(10_000 + 2_000);
+    assert_eq!(gone, ("10.3.0.2".into(), "22000".into()));
+    assert_eq!(pairs(&core), want, "the others keep their order");
+    assert_eq!(core.len(), 50_000);
+
+    // The QUERY reply ends with the freshest: the newcomer, after the refreshed one.
+    let query = encode_request(&Command::Query {
+        name: "crowd".into(),
+    });
+    core.handle(now, ip("10.9.9.9"), Transport::Udp, &query, &mut reply)
+        .expect("answered");
+    let got = proto::parse_query_reply(&reply).expect("a QUERY reply");
+    let tail: Vec<String> = got.iter().rev().take(2).map(ToString::to_string).collect();
+    assert_eq!(tail, ["10.3.0.9:1", "10.3.0.3:25000"]);
     check_index(&core).expect("indexes");
 }
 
