@@ -907,7 +907,14 @@ impl RegistryCore {
                 host_record.entries += 1;
                 *host_record.names.entry(key).or_insert(0) += 1;
                 self.stats.added += 1;
-                tracing::info!(%name, host = %source, %port, "service registered");
+                // Names and socket paths come from the network: escaped, so that one
+                // cannot forge log lines (a newline) or send terminal escapes.
+                tracing::info!(
+                    name = %name.escape_debug(),
+                    host = %source,
+                    port = %port.to_string().escape_debug(),
+                    "service registered"
+                );
                 self.events.push(RegistryEvent::Added {
                     name,
                     addr: ServiceAddr {
@@ -940,7 +947,13 @@ impl RegistryCore {
             RemoveReason::Unregistered => self.stats.unregistered += 1,
             RemoveReason::Pruned => self.stats.pruned += 1,
         }
-        tracing::info!(name, host = %s.host, port = %s.port, ?reason, "service removed");
+        tracing::info!(
+            name = %name.escape_debug(),
+            host = %s.host,
+            port = %s.port.to_string().escape_debug(),
+            ?reason,
+            "service removed"
+        );
         self.events.push(RegistryEvent::Removed {
             name: name.to_owned(),
             addr: ServiceAddr {

@@ -689,3 +689,53 @@ fn opt_in_loopback_rewrite_answers_remote_clients_with_the_registry_address() {
         );
     }
 }
+
+/// What the log says about a name or socket path that came from the network is escaped:
+/// a newline in it cannot start a forged log line, nor an escape reach a terminal.
+#[test]
+fn names_and_paths_from_the_network_are_escaped_in_the_log() {
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let sink = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let mut h = Harness::new(CoreConfig::default());
+        let forged = encode_request(&Command::Register {
+            aliases: vec!["a\nb \u{1b}[2J".into()],
+            port: Port::Path("/tmp/s\nservice registered".into()),
+        });
+        h.send("10.0.0.1", &forged).expect("registered");
+        h.send(
+            "10.0.0.1",
+            &encode_request(&Command::Unregister {
+                port: Port::Path("/tmp/s\nservice registered".into()),
+            }),
+        )
+        .expect("unregistered");
+    });
+    let log = String::from_utf8(buf.0.lock().expect("log buffer").clone()).expect("utf-8 log");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per event, none forged:\n{log}");
+    assert!(lines[0].contains("service registered"), "{log}");
+    assert!(lines[1].contains("service removed"), "{log}");
+    assert!(lines[0].contains(r"A\nB \u{1b}[2J"), "{log}");
+    assert!(lines[0].contains(r"/tmp/s\nservice registered"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "an escape reached the log: {log:?}"
+    );
+}
