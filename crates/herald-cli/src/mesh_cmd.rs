@@ -243,6 +243,7 @@ fn error_kind(e: &MeshError) -> &'static str {
         MeshError::Unroutable { .. } => "Unroutable",
         MeshError::ClientOnly { .. } => "ClientOnly",
         MeshError::InvalidArgument { .. } => "InvalidArgument",
+        MeshError::BackendTimeout { .. } => "BackendTimeout",
         _ => "Error",
     }
 }
@@ -742,6 +743,18 @@ mod tests {
         assert_eq!(
             error_json(&MeshError::Disconnected)["error"],
             "Disconnected"
+        );
+        let silent = error_json(&MeshError::BackendTimeout {
+            backend: "amqp",
+            operation: "queue.declare",
+            object: "queue \"q1\"".into(),
+            after: Duration::from_secs(30),
+        });
+        assert_eq!(silent["error"], "BackendTimeout");
+        let text = silent["description"].as_str().unwrap_or_default();
+        assert!(
+            text.contains("queue.declare") && text.contains("q1") && text.contains("30s"),
+            "{text}"
         );
     }
 }

@@ -51,6 +51,13 @@
 //! the reconnect, so the mesh can fail the calls whose replies died with the connection
 //! ([`MeshError::ConnectionLost`]).
 //!
+//! **Bounded waits.** Every broker round trip Herald awaits (connect and handshake
+//! included) waits at most [`AmqpOptions::operation_timeout`]; lapin bounds none. An
+//! overrun is [`MeshError::BackendTimeout`] and gives the connection up as lost (counted
+//! in [`Connection::link_losses`], closed in the background, consumers re-consume, the
+//! next operation reconnects): a broker that stopped answering is otherwise noticed only
+//! through missed heartbeats.
+//!
 //! **Decoding** never fails: whatever arrives becomes a [`Message`]; missing or bad nuropb
 //! headers are left for [`Headers::message_type`] to report, so that the service can
 //! dead-letter a poison message once and keep serving ([`message_from_amqp`]).
@@ -140,6 +147,25 @@ pub struct AmqpOptions {
     /// broker, which would close the channel). Default 16 MiB (RabbitMQ 4's default
     /// `max_message_size`).
     pub max_message_bytes: usize,
+    /// The longest Herald waits for the broker's answer to any one round trip: the TCP
+    /// connect and AMQP handshake, `channel.open`, a declare or bind, `basic.qos`,
+    /// `basic.consume`, `basic.cancel`, `basic.get`, `queue.delete`, `confirm.select`,
+    /// a publisher confirm. lapin waits for each without a bound, so a broker that
+    /// accepts TCP but stopped answering (a frozen network, a broker stuck under a
+    /// resource alarm) would otherwise hold the operation until the missed heartbeats
+    /// are noticed (two heartbeat intervals, minutes by default) or forever (before
+    /// the handshake, there are no heartbeats). An overrun is
+    /// [`MeshError::BackendTimeout`], and the connection is treated as lost: the loss is
+    /// counted ([`Connection::link_losses`]), the connection is closed locally, its
+    /// consumers re-consume and the next operation reconnects.
+    ///
+    /// Default 30 s: a healthy broker answers in milliseconds, and even a loaded one
+    /// (a busy queue declared, a confirm behind a burst of persistent messages) well
+    /// within seconds, so 30 s does not fail a slow-but-working broker; and it is well
+    /// under the 2 minutes lapin takes to notice a silent link with RabbitMQ's default
+    /// 60 s heartbeat. It is also the default of [`AmqpOptions::reconnect_wait`]. Must
+    /// be greater than zero.
+    pub operation_timeout: Duration,
 }
 
 impl Default for AmqpOptions {
@@ -151,7 +177,22 @@ impl Default for AmqpOptions {
             publisher_confirms: true,
             confirm_replies: false,
             max_message_bytes: 16 * 1024 * 1024,
+            operation_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl AmqpOptions {
+    /// Checks the options that have a valid range.
+    fn validate(&self) -> Result<(), MeshError> {
+        if self.operation_timeout.is_zero() {
+            return Err(MeshError::InvalidArgument {
+                what: "AmqpOptions::operation_timeout",
+                value: format!("{:?}", self.operation_timeout),
+                reason: "must be greater than zero (it bounds every wait for the broker)".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -211,6 +252,7 @@ impl AmqpBackend {
             value: redact(url),
             reason,
         })?;
+        options.validate()?;
         Ok(Self {
             url: url.to_owned(),
             mesh_name: mesh_name_of(url),
@@ -259,7 +301,16 @@ enum Declared {
 /// One live broker connection and its long-lived channels.
 struct Live {
     generation: u64,
-    conn: lapin::Connection,
+    /// Shared with the task that closes it when it is abandoned ([`Live::abandon`]).
+    conn: Arc<lapin::Connection>,
+    /// The connection this one belongs to, to count its loss when abandoned.
+    inner: std::sync::Weak<Inner>,
+    /// [`AmqpOptions::operation_timeout`].
+    operation_timeout: Duration,
+    /// Set when a round trip on it overran [`AmqpOptions::operation_timeout`]: the
+    /// broker is taken for gone even though lapin still reports the link up. Consumers
+    /// on it watch this to re-consume on the next connection.
+    abandoned: tokio::sync::watch::Sender<bool>,
     /// Reopened on the same connection when the broker closes one of them (a publish
     /// to a missing exchange closes its channel with 404).
     /// Behind an `Arc`: a publish takes a reference count, not a clone of two lapin
@@ -287,27 +338,29 @@ struct PublishChannels {
 }
 
 impl PublishChannels {
+    /// Opens them on `conn`, each round trip bounded by `limit`.
     async fn open(
         conn: &lapin::Connection,
+        limit: Duration,
         confirms: bool,
         direct: bool,
     ) -> Result<Self, MeshError> {
-        let publish = conn
-            .create_channel()
-            .await
-            .map_err(|e| map_err("channel.open", About::Other("publish channel"), &e))?;
+        let about = About::Other("publish channel");
+        let publish = bounded(limit, "channel.open", about, conn.create_channel())
+            .await?
+            .map_err(|e| map_err("channel.open", about, &e))?;
         if confirms {
-            publish
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(|e| map_err("confirm.select", About::Other("publish channel"), &e))?;
+            let select = publish.confirm_select(ConfirmSelectOptions::default());
+            bounded(limit, "confirm.select", about, select)
+                .await?
+                .map_err(|e| map_err("confirm.select", about, &e))?;
         }
-        let unconfirmed = conn
-            .create_channel()
-            .await
-            .map_err(|e| map_err("channel.open", About::Other("unconfirmed channel"), &e))?;
+        let about = About::Other("unconfirmed channel");
+        let unconfirmed = bounded(limit, "channel.open", about, conn.create_channel())
+            .await?
+            .map_err(|e| map_err("channel.open", about, &e))?;
         let direct = if direct {
-            Some(consume_direct(&unconfirmed).await?)
+            Some(consume_direct(&unconfirmed, limit).await?)
         } else {
             None
         };
@@ -323,10 +376,15 @@ impl PublishChannels {
     }
 }
 
-/// Starts the direct reply-to consumer on `channel` (no-ack, as RabbitMQ requires).
-async fn consume_direct(channel: &Channel) -> Result<lapin::Consumer, MeshError> {
-    channel
-        .basic_consume(
+/// Starts the direct reply-to consumer on `channel` (no-ack, as RabbitMQ requires),
+/// waiting at most `limit` for the broker.
+async fn consume_direct(channel: &Channel, limit: Duration) -> Result<lapin::Consumer, MeshError> {
+    let about = About::Queue(DIRECT_REPLY_TO);
+    bounded(
+        limit,
+        "basic.consume",
+        about,
+        channel.basic_consume(
             ShortString::from(DIRECT_REPLY_TO),
             ShortString::from(""),
             BasicConsumeOptions {
@@ -334,9 +392,10 @@ async fn consume_direct(channel: &Channel) -> Result<lapin::Consumer, MeshError>
                 ..BasicConsumeOptions::default()
             },
             FieldTable::default(),
-        )
-        .await
-        .map_err(|e| map_err("basic.consume", About::Queue(DIRECT_REPLY_TO), &e))
+        ),
+    )
+    .await?
+    .map_err(|e| map_err("basic.consume", about, &e))
 }
 
 impl Live {
@@ -345,23 +404,97 @@ impl Live {
     }
 
     fn is_connected(&self) -> bool {
-        self.conn.status().connected() && self.channels.read().is_ok_and(|c| c.usable())
+        self.link_up() && self.channels.read().is_ok_and(|c| c.usable())
+    }
+
+    /// lapin reports the link up and no round trip on it overran its bound.
+    fn link_up(&self) -> bool {
+        self.conn.status().connected() && !self.is_abandoned()
+    }
+
+    fn is_abandoned(&self) -> bool {
+        *self.abandoned.borrow()
+    }
+
+    /// [`bounded`] by [`AmqpOptions::operation_timeout`]; an overrun abandons the
+    /// connection ([`Live::abandon`]).
+    async fn within<F: Future>(
+        &self,
+        operation: &'static str,
+        about: About<'_>,
+        fut: F,
+    ) -> Result<F::Output, MeshError> {
+        let out = bounded(self.operation_timeout, operation, about, fut).await;
+        if let Err(timeout) = &out {
+            self.abandon(timeout);
+        }
+        out
+    }
+
+    /// [`Live::within`], mapping a lapin error with [`map_err`].
+    async fn round_trip<T>(
+        &self,
+        operation: &'static str,
+        about: About<'_>,
+        fut: impl Future<Output = lapin::Result<T>>,
+    ) -> Result<T, MeshError> {
+        self.within(operation, about, fut)
+            .await?
+            .map_err(|e| map_err(operation, about, &e))
+    }
+
+    /// Gives the connection up after a round trip on it overran its bound (`why`): the
+    /// broker stopped answering, though lapin, which notices a silent link only through
+    /// missed heartbeats, still reports it up. Its loss is counted at once, so that the
+    /// mesh fails the calls whose replies cannot come back; [`Inner::live`] then
+    /// reconnects instead of handing it out, its consumers re-consume on the new
+    /// connection, and it is closed in the background (within [`CLOSE_WAIT`]).
+    fn abandon(&self, why: &MeshError) {
+        if self.abandoned.send_replace(true) {
+            return;
+        }
+        tracing::warn!(generation = self.generation, error = %why, "the broker stopped answering; connection given up");
+        if let Some(inner) = self.inner.upgrade() {
+            inner.note_loss(self.generation);
+        }
+        let conn = Arc::clone(&self.conn);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                close_bounded(
+                    "connection",
+                    conn.close(
+                        320,
+                        ShortString::from("herald: the broker stopped answering"),
+                    ),
+                )
+                .await;
+            });
+        }
     }
 
     /// The topology channel, opened on demand (a failed declaration closes it).
     async fn channel<'a>(
         &'a self,
         slot: &'a Mutex<Option<Channel>>,
-    ) -> Result<Channel, lapin::Error> {
+        about: About<'_>,
+    ) -> Result<Channel, MeshError> {
         let mut guard = slot.lock().await;
         if let Some(ch) = guard.as_ref()
             && ch.status().connected()
         {
             return Ok(ch.clone());
         }
-        let ch = self.conn.create_channel().await?;
+        let ch = self
+            .round_trip("channel.open", about, self.conn.create_channel())
+            .await?;
         *guard = Some(ch.clone());
         Ok(ch)
+    }
+
+    /// A new channel of its own (closed by the caller).
+    async fn open_channel(&self, about: About<'_>) -> Result<Channel, MeshError> {
+        self.round_trip("channel.open", about, self.conn.create_channel())
+            .await
     }
 }
 
@@ -423,6 +556,32 @@ async fn close_bounded(what: &str, close: impl Future<Output = lapin::Result<()>
             "the broker did not confirm a close in time; given up locally"
         ),
     }
+}
+
+/// Awaits `fut`, the broker's answer to `operation` about `about`, for at most `limit`
+/// ([`AmqpOptions::operation_timeout`]): every broker round trip Herald awaits goes
+/// through here (closes through [`close_bounded`]), since lapin bounds none of them.
+/// An overrun is [`MeshError::BackendTimeout`] naming the operation, its object and the
+/// bound; on an established connection, [`Live::round_trip`] also abandons the
+/// connection.
+async fn bounded<F: Future>(
+    limit: Duration,
+    operation: &'static str,
+    about: About<'_>,
+    fut: F,
+) -> Result<F::Output, MeshError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| MeshError::BackendTimeout {
+            backend: BACKEND,
+            operation,
+            object: match about {
+                About::Exchange(x) => format!("exchange {x:?}"),
+                About::Queue(q) => format!("queue {q:?}"),
+                About::Other(what) => what.to_owned(),
+            },
+            after: limit,
+        })
 }
 
 /// Polls `ack` once without a waker: `true` when lapin has finished it.
@@ -537,6 +696,7 @@ impl AmqpConnection {
         client_name: &str,
         options: AmqpOptions,
     ) -> Result<Self, MeshError> {
+        options.validate()?;
         let inner = Arc::new(Inner {
             url: url.to_owned(),
             client_name: client_name.to_owned(),
@@ -583,19 +743,17 @@ impl AmqpConnection {
 
     /// Deletes a queue (test and tooling helper). Missing queues are not an error.
     pub async fn delete_queue(&self, queue: &str) -> Result<(), MeshError> {
-        self.on_queue_channel(queue, |ch| async move {
-            let res = ch
-                .queue_delete(
-                    short("queue name", queue)?,
-                    lapin::options::QueueDeleteOptions::default(),
-                )
-                .await;
-            match res {
-                Ok(_) => Ok(()),
-                Err(e) => match map_err("queue.delete", About::Queue(queue), &e) {
-                    MeshError::NoSuchQueue { .. } => Ok(()),
-                    other => Err(other),
-                },
+        self.on_queue_channel(queue, |live, ch| async move {
+            let delete = ch.queue_delete(
+                short("queue name", queue)?,
+                lapin::options::QueueDeleteOptions::default(),
+            );
+            match live
+                .round_trip("queue.delete", About::Queue(queue), delete)
+                .await
+            {
+                Ok(_) | Err(MeshError::NoSuchQueue { .. }) => Ok(()),
+                Err(other) => Err(other),
             }
         })
         .await
@@ -603,8 +761,8 @@ impl AmqpConnection {
 
     /// Number of ready messages in `queue` (passive declare).
     pub async fn queue_len(&self, queue: &str) -> Result<u32, MeshError> {
-        self.on_queue_channel(queue, |ch| async move {
-            declare_passive(&ch, short("queue name", queue)?, About::Queue(queue)).await
+        self.on_queue_channel(queue, |live, ch| async move {
+            declare_passive(&live, &ch, short("queue name", queue)?, About::Queue(queue)).await
         })
         .await
     }
@@ -619,31 +777,27 @@ impl AmqpConnection {
         max_len: usize,
         max_drop: usize,
     ) -> Result<Trimmed, MeshError> {
-        self.on_queue_channel(queue, |ch| async move {
+        self.on_queue_channel(queue, |live, ch| async move {
             let about = About::Queue(queue);
             let name = short("queue name", queue)?;
-            let found = usize::try_from(declare_passive(&ch, name.clone(), about).await?)
+            let found = usize::try_from(declare_passive(&live, &ch, name.clone(), about).await?)
                 .unwrap_or(usize::MAX);
             let surplus = found.saturating_sub(max_len).min(max_drop);
             let mut last = None;
             let mut dropped = 0;
             while dropped < surplus {
-                let got = ch
-                    .basic_get(name.clone(), BasicGetOptions { no_ack: false })
-                    .await
-                    .map_err(|e| map_err("basic.get", about, &e))?;
+                let get = ch.basic_get(name.clone(), BasicGetOptions { no_ack: false });
+                let got = live.round_trip("basic.get", about, get).await?;
                 // Emptier than counted (a consumer took some meanwhile).
                 let Some(got) = got else { break };
                 last = Some(got.delivery.delivery_tag);
                 dropped += 1;
             }
             if let Some(tag) = last {
-                ch.basic_ack(tag, BasicAckOptions { multiple: true })
-                    .await
-                    .map_err(|e| map_err("basic.ack", about, &e))?;
-                sync_channel(&ch)
-                    .await
-                    .map_err(|e| map_err("basic.qos", about, &e))?;
+                let ack = ch.basic_ack(tag, BasicAckOptions { multiple: true });
+                live.round_trip("basic.ack", about, ack).await?;
+                live.round_trip("basic.qos", about, sync_channel(&ch))
+                    .await?;
             }
             Ok(Trimmed { found, dropped })
         })
@@ -655,19 +809,17 @@ impl AmqpConnection {
     async fn on_queue_channel<T, Fut>(
         &self,
         queue: &str,
-        op: impl FnOnce(lapin::Channel) -> Fut,
+        op: impl FnOnce(Arc<Live>, lapin::Channel) -> Fut,
     ) -> Result<T, MeshError>
     where
         Fut: Future<Output = Result<T, MeshError>>,
     {
         let live = self.inner.live().await?;
-        let ch = live
-            .conn
-            .create_channel()
-            .await
-            .map_err(|e| map_err("channel.open", About::Queue(queue), &e))?;
-        let res = op(ch.clone()).await;
-        close_bounded("queue channel", ch.close(200, ShortString::from("done"))).await;
+        let ch = live.open_channel(About::Queue(queue)).await?;
+        let res = op(live.clone(), ch.clone()).await;
+        if !live.is_abandoned() {
+            close_bounded("queue channel", ch.close(200, ShortString::from("done"))).await;
+        }
         res
     }
 }
@@ -827,18 +979,41 @@ impl Inner {
                 ShortString::from("protocol"),
                 LongString::from(crate::message::NUROPB_PROTOCOL),
             );
-        let conn = lapin::Connection::connect(&this.url, props)
-            .await
+        let limit = this.options.operation_timeout;
+        // The TCP connect and the handshake (lapin has no bound of its own for either).
+        let broker = format!("broker {}", redact(&this.url));
+        let connect = lapin::Connection::connect(&this.url, props);
+        let conn = bounded(limit, "connect", About::Other(&broker), connect)
+            .await?
             .map_err(|e| MeshError::Backend {
                 backend: BACKEND,
                 reason: format!("cannot connect to {}: {e}", redact(&this.url)),
             })?;
-        let channels = PublishChannels::open(
+        let channels = match PublishChannels::open(
             &conn,
+            limit,
             this.options.publisher_confirms,
             this.direct_replies.load(Ordering::SeqCst),
         )
-        .await?;
+        .await
+        {
+            Ok(channels) => channels,
+            Err(e) => {
+                if matches!(e, MeshError::BackendTimeout { .. }) {
+                    tokio::spawn(async move {
+                        close_bounded(
+                            "connection",
+                            conn.close(
+                                320,
+                                ShortString::from("herald: the broker stopped answering"),
+                            ),
+                        )
+                        .await;
+                    });
+                }
+                return Err(e);
+            }
+        };
         let generation = this.generation.fetch_add(1, Ordering::SeqCst) + 1;
         tokio::spawn(watch_link(
             Arc::downgrade(this),
@@ -848,7 +1023,10 @@ impl Inner {
         ));
         Ok(Arc::new(Live {
             generation,
-            conn,
+            conn: Arc::new(conn),
+            inner: Arc::downgrade(this),
+            operation_timeout: limit,
+            abandoned: tokio::sync::watch::Sender::new(false),
             channels: RwLock::new(Arc::new(channels)),
             topology: Mutex::new(None),
             leader: Mutex::new(None),
@@ -895,14 +1073,16 @@ impl Inner {
             }
             // Counted before any new connection exists, so that a call registered on
             // the new one is never failed for the loss of the old one.
-            if !live.conn.status().connected() {
+            if !live.link_up() {
                 self.note_loss(live.generation);
             }
             // The connection is fine but the broker closed a publishing channel:
             // reopen the channels rather than the connection.
-            if live.conn.status().connected() {
+            if live.link_up() {
                 let direct = self.direct_replies.load(Ordering::SeqCst);
-                match PublishChannels::open(&live.conn, self.options.publisher_confirms, direct)
+                let limit = self.options.operation_timeout;
+                let opts = &self.options;
+                match PublishChannels::open(&live.conn, limit, opts.publisher_confirms, direct)
                     .await
                 {
                     Ok(fresh) => {
@@ -912,7 +1092,12 @@ impl Inner {
                         tracing::info!("amqp publishing channels reopened");
                         return Ok(live);
                     }
-                    Err(e) => tracing::warn!(error = %e, "reopening publishing channels failed"),
+                    Err(e) => {
+                        if matches!(e, MeshError::BackendTimeout { .. }) {
+                            live.abandon(&e);
+                        }
+                        tracing::warn!(error = %e, "reopening publishing channels failed");
+                    }
                 }
             }
         }
@@ -924,9 +1109,12 @@ impl Inner {
                 return Err(MeshError::Disconnected);
             }
             attempt += 1;
-            match Self::dial(self).await {
+            let dialed = match Self::dial(self).await {
+                Ok(live) => self.replay(&live).await.map(|()| live),
+                Err(e) => Err(e),
+            };
+            match dialed {
                 Ok(live) => {
-                    self.replay(&live).await;
                     if let Ok(mut cur) = self.current.write() {
                         *cur = Some(live.clone());
                     }
@@ -957,18 +1145,23 @@ impl Inner {
         }
     }
 
-    /// Re-declares everything declared so far on a fresh connection.
-    async fn replay(&self, live: &Live) {
+    /// Re-declares everything declared so far on a fresh connection. A declaration
+    /// the broker refuses is logged; one it does not answer fails the replay (the
+    /// connection is abandoned then, see [`Live::round_trip`]).
+    async fn replay(&self, live: &Live) -> Result<(), MeshError> {
         let declared = self.declared.lock().map(|d| d.clone()).unwrap_or_default();
         for item in &declared {
             let res = match item {
                 Declared::Exchange(spec) => declare_exchange_on(live, spec).await,
                 Declared::Queue(spec) => declare_queue_on(live, spec).await,
             };
-            if let Err(e) = res {
-                tracing::warn!(error = %e, "re-declaring after reconnect failed");
+            match res {
+                Err(e @ MeshError::BackendTimeout { .. }) => return Err(e),
+                Err(e) => tracing::warn!(error = %e, "re-declaring after reconnect failed"),
+                Ok(()) => {}
             }
         }
+        Ok(())
     }
 
     /// The dead-letter exchange of `queue`, if it was declared on this connection with
@@ -1047,11 +1240,8 @@ fn lapin_kind(kind: ExchangeKind) -> lapin::ExchangeKind {
 
 async fn declare_exchange_on(live: &Live, spec: &ExchangeSpec) -> Result<(), MeshError> {
     let about = About::Exchange(&spec.name);
-    let ch = live
-        .channel(&live.topology)
-        .await
-        .map_err(|e| map_err("channel.open", about, &e))?;
-    ch.exchange_declare(
+    let ch = live.channel(&live.topology, about).await?;
+    let declare = ch.exchange_declare(
         short("exchange name", &spec.name)?,
         lapin_kind(spec.kind),
         ExchangeDeclareOptions {
@@ -1059,9 +1249,8 @@ async fn declare_exchange_on(live: &Live, spec: &ExchangeSpec) -> Result<(), Mes
             ..ExchangeDeclareOptions::default()
         },
         FieldTable::default(),
-    )
-    .await
-    .map_err(|e| map_err("exchange.declare", about, &e))
+    );
+    live.round_trip("exchange.declare", about, declare).await
 }
 
 /// nuropb's queue arguments: `x-dead-letter-exchange` as a long string (what pika
@@ -1088,43 +1277,39 @@ pub fn queue_arguments(spec: &QueueSpec) -> FieldTable {
 /// Declares the queue `name` passively (it must exist); returns its count of ready
 /// messages.
 async fn declare_passive(
+    live: &Live,
     ch: &lapin::Channel,
     name: ShortString,
     about: About<'_>,
 ) -> Result<u32, MeshError> {
-    ch.queue_declare(
+    let declare = ch.queue_declare(
         name,
         QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
         },
         FieldTable::default(),
-    )
-    .await
-    .map(|q| q.message_count())
-    .map_err(|e| map_err("queue.declare(passive)", about, &e))
+    );
+    live.round_trip("queue.declare(passive)", about, declare)
+        .await
+        .map(|q| q.message_count())
 }
 
 async fn declare_queue_on(live: &Live, spec: &QueueSpec) -> Result<(), MeshError> {
     let about = About::Queue(&spec.name);
     let name = short("queue name", &spec.name)?;
-    let ch = live
-        .channel(&live.topology)
-        .await
-        .map_err(|e| map_err("channel.open", about, &e))?;
-    let declared = ch
-        .queue_declare(
-            name.clone(),
-            QueueDeclareOptions {
-                durable: spec.durable,
-                auto_delete: spec.auto_delete,
-                ..QueueDeclareOptions::default()
-            },
-            queue_arguments(spec),
-        )
-        .await;
-    if let Err(e) = declared {
-        let err = map_err("queue.declare", about, &e);
+    let ch = live.channel(&live.topology, about).await?;
+    let declare = ch.queue_declare(
+        name.clone(),
+        QueueDeclareOptions {
+            durable: spec.durable,
+            auto_delete: spec.auto_delete,
+            ..QueueDeclareOptions::default()
+        },
+        queue_arguments(spec),
+    );
+    let declared = live.round_trip("queue.declare", about, declare).await;
+    if let Err(err) = declared {
         // A dead-letter queue declared with other arguments (an older Herald declared
         // it with `x-max-length`) is used as it is rather than failing the whole
         // connect; the leader's trim still bounds it. nuropb's own declaration of it
@@ -1139,29 +1324,26 @@ async fn declare_queue_on(live: &Live, spec: &QueueSpec) -> Result<(), MeshError
                  service cannot declare it until it is deleted; once deleted, the next \
                  instance to start re-creates it as nuropb declares it"
             );
-            let ch = live
-                .channel(&live.topology)
-                .await
-                .map_err(|e| map_err("channel.open", about, &e))?;
-            declare_passive(&ch, name.clone(), about).await?;
+            let ch = live.channel(&live.topology, about).await?;
+            declare_passive(live, &ch, name.clone(), about).await?;
         } else {
             return Err(err);
         }
     }
     for binding in &spec.bindings {
-        let ch = live
-            .channel(&live.topology)
-            .await
-            .map_err(|e| map_err("channel.open", about, &e))?;
-        ch.queue_bind(
+        let ch = live.channel(&live.topology, about).await?;
+        let bind = ch.queue_bind(
             name.clone(),
             short("exchange name", &binding.exchange)?,
             short("routing key", &binding.routing_key)?,
             QueueBindOptions::default(),
             FieldTable::default(),
-        )
-        .await
-        .map_err(|e| map_err("queue.bind", About::Exchange(&binding.exchange), &e))?;
+        );
+        // A missing exchange is still `NoSuchExchange`: its name comes from the
+        // broker's message.
+        let what = format!("queue {:?} to exchange {:?}", spec.name, binding.exchange);
+        live.round_trip("queue.bind", About::Other(&what), bind)
+            .await?;
     }
     Ok(())
 }
@@ -1695,7 +1877,9 @@ impl Acker for AmqpAcker {
                     .as_ref()
                     .is_some_and(|u| u.0.closing.load(Ordering::SeqCst));
                 if closing {
-                    settled("basic.ack", &queue, ack.await)?;
+                    let limit = inner.options.operation_timeout;
+                    let done = bounded(limit, "basic.ack", About::Queue(&queue), ack).await?;
+                    settled("basic.ack", &queue, done)?;
                 } else {
                     let polled = ack
                         .as_mut()
@@ -1716,9 +1900,11 @@ impl Acker for AmqpAcker {
         let acker = self.acker.take();
         let queue = std::mem::take(&mut self.queue);
         let unsettled = self.unsettled.take();
+        let limit = self.inner.options.operation_timeout;
         later(async move {
             if let Some(a) = acker {
-                let r = a.reject(BasicRejectOptions { requeue }).await;
+                let reject = a.reject(BasicRejectOptions { requeue });
+                let r = bounded(limit, "basic.reject", About::Queue(&queue), reject).await?;
                 settled("basic.reject", &queue, r)?;
             }
             drop(unsettled);
@@ -1734,14 +1920,20 @@ impl Drop for AmqpAcker {
         };
         tracing::debug!(queue = %self.queue, "unsettled delivery dropped; requeueing it");
         let unsettled = self.unsettled.take();
+        let limit = self.inner.options.operation_timeout;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                let _ = acker
-                    .nack(BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    })
-                    .await;
+                let nack = acker.nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                });
+                let _ = bounded(
+                    limit,
+                    "basic.nack",
+                    About::Other("a dropped delivery"),
+                    nack,
+                )
+                .await;
                 drop(unsettled);
             });
         }
@@ -1823,29 +2015,22 @@ async fn start_consumer(
     options: ConsumeOptions,
 ) -> Result<(Channel, lapin::Consumer), MeshError> {
     let about = About::Queue(queue);
-    let ch = live
-        .conn
-        .create_channel()
-        .await
-        .map_err(|e| map_err("channel.open", about, &e))?;
+    let ch = live.open_channel(about).await?;
     if !options.auto_ack {
-        ch.basic_qos(options.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| map_err("basic.qos", about, &e))?;
+        let qos = ch.basic_qos(options.prefetch, BasicQosOptions::default());
+        live.round_trip("basic.qos", about, qos).await?;
     }
-    let consumer = ch
-        .basic_consume(
-            short("queue name", queue)?,
-            ShortString::from(""),
-            BasicConsumeOptions {
-                no_ack: options.auto_ack,
-                exclusive: options.exclusive,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| map_err("basic.consume", about, &e))?;
+    let consume = ch.basic_consume(
+        short("queue name", queue)?,
+        ShortString::from(""),
+        BasicConsumeOptions {
+            no_ack: options.auto_ack,
+            exclusive: options.exclusive,
+            ..BasicConsumeOptions::default()
+        },
+        FieldTable::default(),
+    );
+    let consumer = live.round_trip("basic.consume", about, consume).await?;
     Ok((ch, consumer))
 }
 
@@ -1860,6 +2045,9 @@ struct ConsumerState {
     /// cancel nor close), not a consumer on a channel of its own.
     direct: bool,
     current: Option<(Channel, lapin::Consumer)>,
+    /// Whether the connection of the current consumer was abandoned ([`Live::abandon`]):
+    /// lapin would keep the consumer open, and silent, until it noticed the loss.
+    abandoned: tokio::sync::watch::Receiver<bool>,
     /// The unsettled deliveries of the current consumer's channel.
     unsettled: Arc<Unsettled>,
 }
@@ -1884,9 +2072,10 @@ impl Drop for ConsumerState {
                 // From now on acks are sent before they count as settled; those handed
                 // over before are awaited below, before the close.
                 unsettled.closing.store(true, Ordering::SeqCst);
-                let _ = ch
-                    .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                    .await;
+                let cancel = ch.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+                let limit = inner.options.operation_timeout;
+                let about = About::Other("a dropped consumer");
+                let _ = bounded(limit, "basic.cancel", about, cancel).await;
                 drop(consumer);
                 // Bounded by the connection: once it is closed or lost, the channel is
                 // gone and there is nothing left to wait for.
@@ -1921,7 +2110,19 @@ impl ConsumerState {
                 return None;
             }
             if let Some((_, consumer)) = self.current.as_mut() {
-                match consumer.next().await {
+                let next = tokio::select! {
+                    biased;
+                    next = consumer.next() => next,
+                    // Abandoned, or gone (replaced after a loss, or closed): re-consume
+                    // (or end, once closed).
+                    gone = self.abandoned.wait_for(|gone| *gone) => {
+                        if gone.is_ok() {
+                            tracing::warn!(queue = %self.queue, "the consumer's connection was given up; re-consuming");
+                        }
+                        None
+                    }
+                };
+                match next {
                     Some(Ok(d)) => {
                         if self.options.auto_ack {
                             self.inner.reply_seen(&d);
@@ -1957,6 +2158,7 @@ impl ConsumerState {
                                 "direct reply-to consumer restarted"
                             );
                             self.current = direct;
+                            self.abandoned = live.abandoned.subscribe();
                             delay = self.inner.options.reconnect_initial;
                         }
                     }
@@ -1970,6 +2172,7 @@ impl ConsumerState {
                     Ok(c) => {
                         tracing::info!(queue = %self.queue, generation = live.generation, "consumer restarted");
                         self.current = Some(c);
+                        self.abandoned = live.abandoned.subscribe();
                         self.unsettled = Arc::default();
                         delay = self.inner.options.reconnect_initial;
                     }
@@ -2001,6 +2204,7 @@ impl AmqpConnection {
     /// any later method on that channel.
     async fn routed_unconfirmed(
         &self,
+        live: &Live,
         channel: &Channel,
         proof: Option<ReplyProof>,
         exchange: &str,
@@ -2018,7 +2222,7 @@ impl AmqpConnection {
         let Some(mut proof) = proof else {
             // No correlation id to match a return with: the round trip, then any
             // return without one is taken as this message's.
-            self.sync_after_publish(channel, exchange).await?;
+            self.sync_after_publish(live, channel, exchange).await?;
             return match self.inner.collect_returns(channel) {
                 0 => Ok(()),
                 _ => Err(unroutable()),
@@ -2034,7 +2238,7 @@ impl AmqpConnection {
         tokio::select! {
             biased;
             p = &mut proof.rx => return decided(p),
-            r = self.sync_after_publish(channel, exchange) => r?,
+            r = self.sync_after_publish(live, channel, exchange) => r?,
         }
         self.inner.collect_returns(channel);
         match (&mut proof.rx).now_or_never() {
@@ -2046,14 +2250,13 @@ impl AmqpConnection {
 
 /// What the broker's publisher confirm says about a message published to `exchange`
 /// with `routing_key`: taken (`Ok`), returned unroutable ([`MeshError::Unroutable`]), or
-/// refused (`nack`).
+/// refused (`nack`); or the error of waiting for it.
 fn confirmed_outcome(
-    confirmation: lapin::Result<Confirmation>,
-    about: About<'_>,
+    confirmation: Result<Confirmation, MeshError>,
     exchange: &str,
     routing_key: &str,
 ) -> Result<(), MeshError> {
-    match confirmation.map_err(|e| map_err("publisher confirm", about, &e))? {
+    match confirmation? {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
         Confirmation::Ack(Some(_returned)) | Confirmation::Nack(Some(_returned)) => {
             Err(MeshError::Unroutable {
@@ -2088,7 +2291,9 @@ struct Outgoing {
 /// `basic.publish` of one message on `channel` (never `immediate`, which RabbitMQ
 /// refuses); resolves once lapin wrote it, with the confirm to await if the channel
 /// is in confirm mode.
+#[allow(clippy::too_many_arguments)]
 async fn basic_publish(
+    live: &Live,
     channel: &Channel,
     exchange: ShortString,
     routing_key: ShortString,
@@ -2097,19 +2302,17 @@ async fn basic_publish(
     props: BasicProperties,
     about: About<'_>,
 ) -> Result<lapin::PublisherConfirm, MeshError> {
-    channel
-        .basic_publish(
-            exchange,
-            routing_key,
-            BasicPublishOptions {
-                mandatory,
-                immediate: false,
-            },
-            body,
-            props,
-        )
-        .await
-        .map_err(|e| map_err("basic.publish", about, &e))
+    let publish = channel.basic_publish(
+        exchange,
+        routing_key,
+        BasicPublishOptions {
+            mandatory,
+            immediate: false,
+        },
+        body,
+        props,
+    );
+    live.round_trip("basic.publish", about, publish).await
 }
 
 async fn publish_alone(live: Arc<Live>, outgoing: Outgoing) -> Result<(), MeshError> {
@@ -2126,22 +2329,20 @@ async fn publish_alone(live: Arc<Live>, outgoing: Outgoing) -> Result<(), MeshEr
         let channel = match turn.as_ref().filter(|c| c.status().connected()) {
             Some(c) => c.clone(),
             None => {
-                let c =
-                    live.conn.create_channel().await.map_err(|e| {
-                        map_err("channel.open", About::Other("confirmed channel"), &e)
-                    })?;
-                c.confirm_select(ConfirmSelectOptions::default())
-                    .await
-                    .map_err(|e| {
-                        map_err("confirm.select", About::Other("confirmed channel"), &e)
-                    })?;
+                let what = About::Other("confirmed channel");
+                let c = live.open_channel(what).await?;
+                let select = c.confirm_select(ConfirmSelectOptions::default());
+                live.round_trip("confirm.select", what, select).await?;
                 *turn = Some(c.clone());
                 c
             }
         };
-        let confirm =
-            basic_publish(&channel, exchange_s, key_s, mandatory, &body, props, about).await?;
-        confirmed_outcome(confirm.await, about, &exchange, &routing_key)
+        let confirm = basic_publish(
+            &live, &channel, exchange_s, key_s, mandatory, &body, props, about,
+        )
+        .await?;
+        let confirmation = live.round_trip("publisher confirm", about, confirm).await;
+        confirmed_outcome(confirmation, &exchange, &routing_key)
     });
     publish.await.unwrap_or_else(|e| {
         Err(MeshError::Backend {
@@ -2160,11 +2361,19 @@ async fn sync_channel(channel: &Channel) -> Result<(), lapin::Error> {
 impl AmqpConnection {
     /// [`sync_channel`] after a publish to `exchange`, with the broker's reason when
     /// the publish made it close the channel.
-    async fn sync_after_publish(&self, channel: &Channel, exchange: &str) -> Result<(), MeshError> {
-        let Err(e) = sync_channel(channel).await else {
+    async fn sync_after_publish(
+        &self,
+        live: &Live,
+        channel: &Channel,
+        exchange: &str,
+    ) -> Result<(), MeshError> {
+        let about = About::Exchange(exchange);
+        let Err(e) = live
+            .within("basic.qos", about, sync_channel(channel))
+            .await?
+        else {
             return Ok(());
         };
-        let about = About::Exchange(exchange);
         if !matches!(e.kind(), ErrorKind::InvalidChannelState(..)) {
             return Err(map_err("basic.qos", about, &e));
         }
@@ -2185,27 +2394,27 @@ impl AmqpConnection {
             return None;
         }
         let live = self.inner.live().await.ok()?;
-        let probe = live.conn.create_channel().await.ok()?;
-        let declared = probe
-            .exchange_declare(
-                ShortString::from(exchange),
-                lapin::ExchangeKind::Direct,
-                ExchangeDeclareOptions {
-                    passive: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        match declared {
+        let about = About::Exchange(exchange);
+        let probe = live.open_channel(about).await.ok()?;
+        let declare = probe.exchange_declare(
+            ShortString::from(exchange),
+            lapin::ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        );
+        match live
+            .round_trip("exchange.declare(passive)", about, declare)
+            .await
+        {
             Ok(()) => {
                 close_bounded("probe channel", probe.close(200, ShortString::from("done"))).await;
                 None
             }
-            Err(e) => match map_err("exchange.declare(passive)", About::Exchange(exchange), &e) {
-                missing @ MeshError::NoSuchExchange { .. } => Some(missing),
-                _ => None,
-            },
+            Err(missing @ MeshError::NoSuchExchange { .. }) => Some(missing),
+            Err(_) => None,
         }
     }
 }
@@ -2280,9 +2489,10 @@ impl Connection for AmqpConnection {
                 } else {
                     &channels.unconfirmed
                 };
-                let confirm =
-                    basic_publish(channel, exchange_s, key_s, mandatory, &body, props, about)
-                        .await?;
+                let confirm = basic_publish(
+                    &live, channel, exchange_s, key_s, mandatory, &body, props, about,
+                )
+                .await?;
                 if !confirmed {
                     drop(confirm);
                     if !mandatory {
@@ -2290,6 +2500,7 @@ impl Connection for AmqpConnection {
                     }
                     return self
                         .routed_unconfirmed(
+                            &live,
                             &channels.unconfirmed,
                             reply_proof,
                             exchange,
@@ -2297,7 +2508,8 @@ impl Connection for AmqpConnection {
                         )
                         .await;
                 }
-                confirmed_outcome(confirm.await, about, exchange, routing_key)
+                let confirmation = live.round_trip("publisher confirm", about, confirm).await;
+                confirmed_outcome(confirmation, exchange, routing_key)
             }
             .await;
             // A publish that fails because the link broke: the loss is counted before
@@ -2323,6 +2535,7 @@ impl Connection for AmqpConnection {
                 options,
                 direct: false,
                 current: Some(current),
+                abandoned: live.abandoned.subscribe(),
                 unsettled: Arc::default(),
             };
             Ok(consumer_stream(state))
@@ -2342,7 +2555,16 @@ impl Connection for AmqpConnection {
                 let consumer = match &channels.direct {
                     Some(c) => c.clone(),
                     None => {
-                        let consumer = consume_direct(&channels.unconfirmed).await?;
+                        let limit = self.inner.options.operation_timeout;
+                        let consumer = match consume_direct(&channels.unconfirmed, limit).await {
+                            Ok(consumer) => consumer,
+                            Err(e) => {
+                                if matches!(e, MeshError::BackendTimeout { .. }) {
+                                    live.abandon(&e);
+                                }
+                                return Err(e);
+                            }
+                        };
                         let with = PublishChannels {
                             direct: Some(consumer.clone()),
                             ..(*channels).clone()
@@ -2361,6 +2583,7 @@ impl Connection for AmqpConnection {
                 options: ConsumeOptions::exclusive_auto_ack(),
                 direct: true,
                 current: Some(current),
+                abandoned: live.abandoned.subscribe(),
                 unsettled: Arc::default(),
             };
             Ok(Some((DIRECT_REPLY_TO.to_owned(), consumer_stream(state))))
@@ -2372,27 +2595,23 @@ impl Connection for AmqpConnection {
             let live = self.inner.live().await?;
             let queue = leader_queue(service);
             let about = About::Queue(&queue);
-            let ch = live
-                .channel(&live.leader)
-                .await
-                .map_err(|e| map_err("channel.open", about, &e))?;
-            let res = ch
-                .queue_declare(
-                    short("queue name", &queue)?,
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            match res {
-                Ok(_) => Ok(true),
-                Err(e) => match map_err("queue.declare(exclusive)", about, &e) {
-                    MeshError::ExclusiveInUse { .. } => Ok(false),
-                    other => Err(other),
+            let ch = live.channel(&live.leader, about).await?;
+            let declare = ch.queue_declare(
+                short("queue name", &queue)?,
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
                 },
+                FieldTable::default(),
+            );
+            match live
+                .round_trip("queue.declare(exclusive)", about, declare)
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(MeshError::ExclusiveInUse { .. }) => Ok(false),
+                Err(other) => Err(other),
             }
         })
     }
@@ -2438,11 +2657,7 @@ impl Connection for AmqpConnection {
     }
 
     fn is_connected(&self) -> bool {
-        !self.inner.is_closed()
-            && self
-                .inner
-                .current()
-                .is_some_and(|live| live.conn.status().connected())
+        !self.inner.is_closed() && self.inner.current().is_some_and(|live| live.link_up())
     }
 
     fn link_losses(&self) -> Option<tokio::sync::watch::Receiver<u64>> {

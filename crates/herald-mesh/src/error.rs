@@ -157,6 +157,27 @@ pub enum MeshError {
         /// The serde error.
         reason: String,
     },
+    /// The broker did not answer one of its round trips (connect and handshake,
+    /// channel open, declare, bind, consume, publisher confirm, ...) within the
+    /// backend's bound (for RabbitMQ, `AmqpOptions::operation_timeout`): a broker that
+    /// accepts TCP but stopped answering (frozen network, a broker stuck under a
+    /// resource alarm). The backend treats the connection as lost (the next operation
+    /// reconnects). Whether the broker acted on what was sent (a publish, a
+    /// declaration) is unknown.
+    #[error(
+        "{backend} backend: no answer from the broker to {operation} ({object}) within {after:?}; the connection is treated as lost"
+    )]
+    BackendTimeout {
+        /// Backend name (`amqp`).
+        backend: &'static str,
+        /// The protocol operation that got no answer, e.g. `queue.declare`,
+        /// `publisher confirm`, `connect`.
+        operation: &'static str,
+        /// What it was about, e.g. `queue "nuropb-x-sq"`, `exchange "nuropb-rpc-exchange"`.
+        object: String,
+        /// The bound that passed.
+        after: Duration,
+    },
     /// A failure inside a backend (broker I/O, protocol error, ...).
     #[error("{backend} backend: {reason}")]
     Backend {

@@ -1646,3 +1646,192 @@ async fn close_is_bounded_when_the_broker_stops_answering() {
     assert!(!conn.is_open(), "the handle is closed after close()");
     proxy.cut.send_replace(true);
 }
+
+/// Options for the tests of a broker that stops answering: a short
+/// `operation_timeout`, and reconnects that give up soon.
+fn short_operation_timeout() -> AmqpOptions {
+    AmqpOptions {
+        operation_timeout: Duration::from_secs(2),
+        reconnect_wait: Duration::from_secs(1),
+        ..AmqpOptions::default()
+    }
+}
+
+/// The generous outer bound of the tests below: far above their 2 s
+/// `operation_timeout`, far below what lapin takes (without Herald's bound, a connect
+/// whose handshake gets no answer waits forever, and an established connection waits
+/// for two missed 60 s heartbeats).
+const SILENT_BROKER_WAIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_zero_operation_timeout_is_refused() {
+    let zero = AmqpOptions {
+        operation_timeout: Duration::ZERO,
+        ..AmqpOptions::default()
+    };
+    let err = AmqpBackend::with_options("amqp://guest:guest@127.0.0.1:5672/%2f", zero)
+        .expect_err("a zero bound is refused");
+    assert!(
+        matches!(&err, MeshError::InvalidArgument { what, .. } if what.contains("operation_timeout")),
+        "{err:?}"
+    );
+}
+
+/// A broker that accepts TCP but never answers the handshake (here: a proxy frozen from
+/// the start): the connect fails with `BackendTimeout` after `operation_timeout`
+/// instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_bounded_when_the_broker_never_answers() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let (upstream, _) = through_proxy(&url, "127.0.0.1:1".parse().expect("addr"));
+    let proxy = cuttable_proxy(upstream).await;
+    proxy.freeze.send_replace(true);
+    let (_, proxied) = through_proxy(&url, proxy.addr);
+    let backend = AmqpBackend::with_options(&proxied, short_operation_timeout()).expect("url");
+    let opened = tokio::time::timeout(SILENT_BROKER_WAIT, backend.connect("herald-test"))
+        .await
+        .expect("connect to a broker that never answers returned within 30 s");
+    match opened {
+        Err(MeshError::BackendTimeout {
+            operation, after, ..
+        }) => {
+            assert_eq!(operation, "connect");
+            assert_eq!(after, Duration::from_secs(2));
+        }
+        Err(other) => panic!("expected BackendTimeout, got {other:?}"),
+        Ok(_) => panic!("connected through a frozen proxy"),
+    }
+    let text = tokio::time::timeout(SILENT_BROKER_WAIT, backend.connect("herald-test"))
+        .await
+        .expect("a second connect is bounded too")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        text.contains(&proxy.addr.to_string()) && text.contains("2s"),
+        "names the broker and the bound: {text}"
+    );
+    assert!(
+        !text.contains(&proxied),
+        "the password is redacted from the error: {text}"
+    );
+    proxy.cut.send_replace(true);
+}
+
+/// An established connection whose broker stops answering (the proxy freezes): a
+/// declaration fails with `BackendTimeout` naming `queue.declare`, the queue and the
+/// bound; the connection counts as lost (`is_connected`, `link_losses`), and once the
+/// broker answers again the next operation reconnects and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declare_is_bounded_when_the_broker_stops_answering_and_the_next_one_reconnects() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let (upstream, _) = through_proxy(&url, "127.0.0.1:1".parse().expect("addr"));
+    let proxy = cuttable_proxy(upstream).await;
+    let (_, proxied) = through_proxy(&url, proxy.addr);
+    let conn = AmqpConnection::open(&proxied, "herald-test", short_operation_timeout())
+        .await
+        .expect("connect through the proxy");
+    let losses = conn
+        .link_losses()
+        .expect("the amqp backend counts link losses");
+    let before = unique("herald-optimeout-before");
+    conn.declare_queue(&QueueSpec::response(&before))
+        .await
+        .expect("declare while the broker answers");
+    assert_eq!(*losses.borrow(), 0);
+
+    proxy.freeze.send_replace(true);
+    let queue = unique("herald-optimeout");
+    let declared = tokio::time::timeout(
+        SILENT_BROKER_WAIT,
+        conn.declare_queue(&QueueSpec::response(&queue)),
+    )
+    .await
+    .expect("declare_queue on a broker that stopped answering returned within 30 s");
+    match &declared {
+        Err(MeshError::BackendTimeout {
+            operation,
+            object,
+            after,
+            ..
+        }) => {
+            assert_eq!(*operation, "queue.declare");
+            assert!(object.contains(&queue), "{object}");
+            assert_eq!(*after, Duration::from_secs(2));
+        }
+        other => panic!("expected BackendTimeout, got {other:?}"),
+    }
+    assert!(
+        !conn.is_connected(),
+        "a connection whose broker stopped answering is not reported connected"
+    );
+    assert!(*losses.borrow() >= 1, "the loss is counted");
+
+    // The broker answers again: the next operation reconnects (new connections through
+    // the proxy are relayed again) instead of waiting on the dead one.
+    proxy.freeze.send_replace(false);
+    let generation = conn.generation();
+    tokio::time::timeout(
+        SILENT_BROKER_WAIT,
+        conn.declare_queue(&QueueSpec::response(&queue)),
+    )
+    .await
+    .expect("declare_queue after the broker came back returned within 30 s")
+    .expect("declared on a new connection");
+    assert!(conn.generation() > generation, "reconnected");
+    assert!(conn.is_connected());
+    for q in [&before, &queue] {
+        conn.delete_queue(q).await.expect("cleanup");
+    }
+    conn.close().await.expect("close");
+    proxy.cut.send_replace(true);
+}
+
+/// An event published with a publisher confirm (the confirmed path) to a broker that
+/// stopped answering fails with `BackendTimeout` instead of waiting for a confirm that
+/// never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_event_publish_is_bounded_when_the_broker_stops_answering() {
+    use herald_mesh::message::EVENTS_EXCHANGE;
+    use serde_json::json;
+
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let (upstream, _) = through_proxy(&url, "127.0.0.1:1".parse().expect("addr"));
+    let proxy = cuttable_proxy(upstream).await;
+    let (_, proxied) = through_proxy(&url, proxy.addr);
+    let backend = AmqpBackend::with_options(&proxied, short_operation_timeout()).expect("url");
+    assert!(backend.options().publisher_confirms);
+    let client = Mesh::connect(Arc::new(backend), MeshConfig::client())
+        .await
+        .expect("client through the proxy");
+    client
+        .publish_event("optimeout.before", json!({"n": 1}), json!({}), None)
+        .await
+        .expect("confirmed while the broker answers");
+
+    proxy.freeze.send_replace(true);
+    let published = tokio::time::timeout(
+        SILENT_BROKER_WAIT,
+        client.publish_event("optimeout.frozen", json!({"n": 2}), json!({}), None),
+    )
+    .await
+    .expect("publish_event to a broker that stopped answering returned within 30 s");
+    match &published {
+        Err(MeshError::BackendTimeout {
+            operation, object, ..
+        }) => {
+            // The publish itself is written to the socket; its confirm never comes.
+            assert_eq!(*operation, "publisher confirm");
+            assert!(object.contains(EVENTS_EXCHANGE), "{object}");
+        }
+        other => panic!("expected BackendTimeout, got {other:?}"),
+    }
+    let _ = tokio::time::timeout(SILENT_BROKER_WAIT, client.disconnect()).await;
+    proxy.cut.send_replace(true);
+}
