@@ -537,6 +537,16 @@ pub fn fuzz_envelope(data: &[u8]) {
     if let Ok(desc) = serde_json::from_slice::<crate::service::ServiceDescription>(data) {
         let _ = serde_json::to_vec(&desc);
     }
+    // A describe reply's result as `describe_service` reads it (a null or missing
+    // `service_name` filled in with the name asked for).
+    if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(data)
+        && let Ok(desc) = crate::service::ServiceDescription::from_document("fuzz", doc)
+    {
+        assert!(
+            !desc.service_name.is_empty(),
+            "a describe document without a name"
+        );
+    }
     let text = String::from_utf8_lossy(data);
     let (pattern, key) = text.split_once(' ').unwrap_or((&text, ""));
     let matched = topic_matches(pattern, key);
