@@ -31,6 +31,30 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// A client-only mesh handle on its own connection.
+async fn amqp_client(url: &str) -> Mesh {
+    Mesh::connect(
+        Arc::new(AmqpBackend::new(url).expect("url")),
+        MeshConfig::client(),
+    )
+    .await
+    .expect("client")
+}
+
+/// `add(a, 1)` on `service` through `client`.
+async fn add_on(client: &Mesh, service: &str, a: i64) -> Result<serde_json::Value, MeshError> {
+    client
+        .request(
+            service,
+            "add",
+            serde_json::json!({"a": a, "b": 1}),
+            serde_json::json!({}),
+            Some(WAIT),
+            None,
+        )
+        .await
+}
+
 async fn connect(url: &str) -> AmqpConnection {
     AmqpConnection::open(url, "herald-test", AmqpOptions::default())
         .await
@@ -662,28 +686,8 @@ async fn a_service_keeps_serving_and_leading_across_a_connection_loss() {
     )
     .await
     .expect("service");
-    let client = Mesh::connect(
-        Arc::new(AmqpBackend::new(&url).expect("url")),
-        MeshConfig::client(),
-    )
-    .await
-    .expect("client");
-    let add = |a: i64| {
-        let client = &client;
-        let name = &name;
-        async move {
-            client
-                .request(
-                    name,
-                    "add",
-                    json!({"a": a, "b": 1}),
-                    json!({}),
-                    Some(WAIT),
-                    None,
-                )
-                .await
-        }
-    };
+    let client = amqp_client(&url).await;
+    let add = |a: i64| add_on(&client, &name, a);
     assert_eq!(add(1).await.expect("before"), json!(2));
     let deadline = tokio::time::Instant::now() + WAIT;
     while !service.is_leader() {
@@ -768,28 +772,8 @@ async fn an_old_bounded_dead_letter_queue_does_not_break_a_service_and_is_still_
     )
     .await
     .expect("the service starts with the old dead-letter queue");
-    let client = Mesh::connect(
-        Arc::new(AmqpBackend::new(&url).expect("url")),
-        MeshConfig::client(),
-    )
-    .await
-    .expect("client");
-    let add = |a: i64| {
-        let client = &client;
-        let name = &name;
-        async move {
-            client
-                .request(
-                    name,
-                    "add",
-                    json!({"a": a, "b": 1}),
-                    json!({}),
-                    Some(WAIT),
-                    None,
-                )
-                .await
-        }
-    };
+    let client = amqp_client(&url).await;
+    let add = |a: i64| add_on(&client, &name, a);
     assert_eq!(add(1).await.expect("served"), json!(2));
 
     for i in 0..12 {
