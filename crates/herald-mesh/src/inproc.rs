@@ -219,6 +219,16 @@ impl Broker {
     fn topo_write(&self) -> std::sync::RwLockWriteGuard<'_, Topology> {
         self.topo.write().unwrap_or_else(|p| p.into_inner())
     }
+    /// The queue named `name`, or `NoSuchQueue`.
+    fn queue(&self, name: &str) -> Result<Arc<Queue>, MeshError> {
+        self.topo_read()
+            .queues
+            .get(name)
+            .cloned()
+            .ok_or_else(|| MeshError::NoSuchQueue {
+                queue: name.to_owned(),
+            })
+    }
 
     /// The queues `routing_key` reaches on `exchange`, and the (exchange, routing key)
     /// origin to remember for dead-lettering (shared, not allocated, on direct
@@ -775,15 +785,7 @@ impl InProcConnection {
         options: ConsumeOptions,
     ) -> Result<DeliveryStream, MeshError> {
         self.check_open()?;
-        let q = self
-            .broker
-            .topo_read()
-            .queues
-            .get(queue)
-            .cloned()
-            .ok_or_else(|| MeshError::NoSuchQueue {
-                queue: queue.to_owned(),
-            })?;
+        let q = self.broker.queue(queue)?;
         {
             let mut st = q.lock();
             if st.exclusive || (options.exclusive && st.consumers > 0) {
@@ -827,15 +829,7 @@ impl InProcConnection {
         max_drop: usize,
     ) -> Result<Trimmed, MeshError> {
         self.check_open()?;
-        let q = self
-            .broker
-            .topo_read()
-            .queues
-            .get(queue)
-            .cloned()
-            .ok_or_else(|| MeshError::NoSuchQueue {
-                queue: queue.to_owned(),
-            })?;
+        let q = self.broker.queue(queue)?;
         let (found, dropped) = {
             let mut st = q.lock();
             let found = st.ready.len();
