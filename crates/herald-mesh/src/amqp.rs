@@ -457,19 +457,7 @@ impl Live {
         if let Some(inner) = self.inner.upgrade() {
             inner.note_loss(self.generation);
         }
-        let conn = Arc::clone(&self.conn);
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                close_bounded(
-                    "connection",
-                    conn.close(
-                        320,
-                        ShortString::from("herald: the broker stopped answering"),
-                    ),
-                )
-                .await;
-            });
-        }
+        close_unanswering(Arc::clone(&self.conn));
     }
 
     /// The topology channel, opened on demand (a failed declaration closes it).
@@ -555,6 +543,23 @@ async fn close_bounded(what: &str, close: impl Future<Output = lapin::Result<()>
             waited_ms = CLOSE_WAIT.as_millis() as u64,
             "the broker did not confirm a close in time; given up locally"
         ),
+    }
+}
+
+/// Closes, in the background and bounded, a connection whose broker stopped answering
+/// (nothing waits for it; outside a tokio runtime it is just dropped).
+fn close_unanswering(conn: Arc<lapin::Connection>) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(async move {
+            close_bounded(
+                "connection",
+                conn.close(
+                    320,
+                    ShortString::from("herald: the broker stopped answering"),
+                ),
+            )
+            .await;
+        });
     }
 }
 
@@ -1000,16 +1005,7 @@ impl Inner {
             Ok(channels) => channels,
             Err(e) => {
                 if matches!(e, MeshError::BackendTimeout { .. }) {
-                    tokio::spawn(async move {
-                        close_bounded(
-                            "connection",
-                            conn.close(
-                                320,
-                                ShortString::from("herald: the broker stopped answering"),
-                            ),
-                        )
-                        .await;
-                    });
+                    close_unanswering(Arc::new(conn));
                 }
                 return Err(e);
             }
