@@ -514,6 +514,18 @@ enum Input<'a> {
     Parsed(Result<Command, RequestError>),
 }
 
+/// Text from the network (a name, a LIST filter) as it goes into a log line: control
+/// characters escaped, so that it cannot forge log lines (a newline) or send terminal
+/// escapes.
+fn logged(text: &str) -> std::str::EscapeDebug<'_> {
+    text.escape_debug()
+}
+
+/// A port from the network (a str port is a socket path) as it goes into a log line.
+fn logged_port(port: &Port) -> String {
+    port.to_string().escape_debug().to_string()
+}
+
 /// Normalises a source address: `::ffff:a.b.c.d` becomes `a.b.c.d`.
 pub fn normalize_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
@@ -893,7 +905,7 @@ impl RegistryCore {
                 self.servers_searched += entry.search_cost();
             }
             if entry.refresh(source, port, now) {
-                tracing::trace!(%name, host = %source, %port, "keep-alive");
+                tracing::trace!(name = %logged(&name), host = %source, port = %logged_port(port), "keep-alive");
             } else {
                 let host: Box<str> = source.to_string().into();
                 entry.push(Server {
@@ -910,9 +922,9 @@ impl RegistryCore {
                 // Names and socket paths come from the network: escaped, so that one
                 // cannot forge log lines (a newline) or send terminal escapes.
                 tracing::info!(
-                    name = %name.escape_debug(),
+                    name = %logged(&name),
                     host = %source,
-                    port = %port.to_string().escape_debug(),
+                    port = %logged_port(port),
                     "service registered"
                 );
                 self.events.push(RegistryEvent::Added {
@@ -948,9 +960,9 @@ impl RegistryCore {
             RemoveReason::Pruned => self.stats.pruned += 1,
         }
         tracing::info!(
-            name = %name.escape_debug(),
+            name = %logged(name),
             host = %s.host,
-            port = %s.port.to_string().escape_debug(),
+            port = %logged_port(&s.port),
             ?reason,
             "service removed"
         );
@@ -1114,7 +1126,7 @@ impl RegistryCore {
         if !whole {
             self.stats.capped_replies += 1;
             tracing::warn!(
-                name = %key,
+                name = %logged(&key),
                 servers = servers.len(),
                 kept = keep,
                 "QUERY reply capped to {MAX_CLIENT_READ} bytes (what rpyc clients read); oldest entries left out"
@@ -1184,7 +1196,7 @@ impl RegistryCore {
                     ),
                     // The names of that host past the cap are not counted.
                     Some(h) => tracing::warn!(
-                        filter = h,
+                        filter = %logged(h),
                         kept = count,
                         transport = transport.as_str(),
                         "LIST reply capped to {cap} bytes (what rpyc clients read)"
