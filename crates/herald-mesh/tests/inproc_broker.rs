@@ -461,7 +461,9 @@ async fn a_requeued_message_keeps_its_expiry() {
         .await
         .unwrap();
     let mut m = event("t", 7);
-    m.properties.expiration_ms = Some(50);
+    // Long enough for the first delivery to arrive before it expires on a loaded
+    // machine; the requeued copy must then expire at the same instant.
+    m.properties.expiration_ms = Some(1000);
     c.publish("", "requeue-ttl", m).await.unwrap();
     let mut s = c
         .consume("requeue-ttl", ConsumeOptions::manual(1))
