@@ -443,8 +443,16 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
         RegistrarConfig::new(args.aliases.clone(), port.clone()).with_interval(args.interval),
     );
     let stopped = !first_ok && {
-        let became_registered =
-            async { while !registrar.wait_registered(Duration::from_secs(3600)).await {} };
+        let became_registered = async {
+            while !registrar.wait_registered(Duration::from_secs(3600)).await {
+                if !registrar.is_running() {
+                    // Nothing will register any more (the task ended): wait for the
+                    // stop signal instead of spinning on a closed state channel.
+                    tracing::warn!("the registrar stopped before a REGISTER succeeded");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
         tokio::select! {
             () = became_registered => {
                 registered();

@@ -454,7 +454,12 @@ impl Live {
             return;
         }
         tracing::warn!(generation = self.generation, error = %why, "the broker stopped answering; connection given up");
-        if let Some(inner) = self.inner.upgrade() {
+        // A loss is counted only for the connection in use: one given up while being
+        // set up (its topology replay overran) carried no call, and failing the calls
+        // waiting for the reconnect would pre-empt the next attempt.
+        if let Some(inner) = self.inner.upgrade()
+            && inner.current().is_some_and(|c| std::ptr::eq(&*c, self))
+        {
             inner.note_loss(self.generation);
         }
         close_unanswering(Arc::clone(&self.conn));
@@ -1310,7 +1315,10 @@ async fn declare_queue_on(live: &Live, spec: &QueueSpec) -> Result<(), MeshError
         // it with `x-max-length`) is used as it is rather than failing the whole
         // connect; the leader's trim still bounds it. nuropb's own declaration of it
         // (no arguments) is refused until it is deleted, hence a warning.
-        let is_dl = spec.bindings.iter().all(|b| b.exchange == DL_EXCHANGE);
+        // (Only a queue bound to the DLX and nothing else: a queue without bindings,
+        // such as a response queue, is not one.)
+        let is_dl =
+            !spec.bindings.is_empty() && spec.bindings.iter().all(|b| b.exchange == DL_EXCHANGE);
         if matches!(err, MeshError::PreconditionFailed { .. }) && is_dl {
             tracing::warn!(
                 queue = %spec.name,

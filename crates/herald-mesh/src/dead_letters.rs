@@ -6,7 +6,8 @@
 //! the elected leader of the service trims it: every `interval` it drops the oldest
 //! ready messages beyond `max`, at most `batch` per tick
 //! ([`Connection::trim_queue`]). Only the leader trims, so several instances do not
-//! each drop a surplus (over-trimming). Between ticks the queue may exceed the bound
+//! each drop a surplus (over-trimming); during a leadership handover (the old leader's
+//! link just lost, the new one already leading) two may each trim once. Between ticks the queue may exceed the bound
 //! by what arrives in one interval (by more if over `batch` arrive per interval: the
 //! rest of the surplus is dropped on the next ticks).
 

@@ -133,7 +133,14 @@ impl Registrar {
         *self.state.borrow()
     }
 
-    /// Waits until a registration has succeeded (true) or `timeout` passed (false).
+    /// Whether the background task is still running (it ends only on
+    /// [`Registrar::shutdown`], or if it panicked).
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Waits until a registration has succeeded (true) or `timeout` passed (false);
+    /// false at once if the task is no longer running.
     pub async fn wait_registered(&self, timeout: Duration) -> bool {
         let mut state = self.state.clone();
         tokio::time::timeout(
