@@ -448,7 +448,12 @@ async fn listen(a: ListenArgs) -> anyhow::Result<()> {
 /// there yet (an atomic create-if-absent), so a reader never sees half a key.
 fn load_or_create_key(path: &std::path::Path) -> anyhow::Result<ServiceKey> {
     let bad = |e: anyhow::Error| crate::bad_input(e.context(format!("--key {}", path.display())));
-    if path.exists() {
+    // (`try_exists`: a file that cannot be looked at is an error, not a reason to make
+    // a new key.)
+    if path
+        .try_exists()
+        .map_err(|e| bad(anyhow::Error::new(e).context("looking for the key file")))?
+    {
         return ServiceKey::from_pem_file(path).map_err(|e| bad(e.into()));
     }
     let key = ServiceKey::generate(KEY_BITS)?;
