@@ -33,6 +33,11 @@ use crate::service::{
 
 /// Default request ttl and client deadline (nuropb's is 1 hour; Herald's is shorter
 /// because the caller waits for it).
+/// How the description of a Herald service's error reply to a call it could not
+/// decrypt begins (class `NuropbEncryptionError`): a client retries such a call once
+/// with the service's key fetched again, and only such a call (its handler never ran).
+const UNDECRYPTABLE: &str = "the request could not be decrypted: ";
+
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 /// The largest request or command ttl, in milliseconds: 2^32 - 1 (about 49.7 days).
 /// The ttl travels as the AMQP `expiration`, and RabbitMQ answers one beyond its limit
@@ -941,10 +946,12 @@ impl Mesh {
                 .send_request(service, method, call, left)
                 .await
                 .map_err(timed_out)?;
-            let undecryptable = body
-                .error
-                .as_ref()
-                .is_some_and(|e| e.error == class::ENCRYPTION);
+            // Only the reply a Herald service sends when it could not decrypt the call
+            // (it did not run it): a handler may return the same error class itself,
+            // after it ran, and that call must not run twice.
+            let undecryptable = body.error.as_ref().is_some_and(|e| {
+                e.error == class::ENCRYPTION && e.description.starts_with(UNDECRYPTABLE)
+            });
             if !undecryptable || retried {
                 return Ok(body);
             }
@@ -1868,7 +1875,12 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
                         context: Value::Null,
                         session: None,
                     };
-                    let err = ServiceError::new(class, error.to_string());
+                    let description = if class == class::ENCRYPTION {
+                        format!("{UNDECRYPTABLE}{error}")
+                    } else {
+                        error.to_string()
+                    };
+                    let err = ServiceError::new(class, description);
                     reply_message(inner, &rt, meta, Err(err)).map(|msg| Box::new((rt, msg)))
                 }
                 _ => None,

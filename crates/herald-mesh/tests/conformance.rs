@@ -1990,6 +1990,60 @@ pub async fn dead_letter_queue_is_trimmed_to_its_bound(b: Arc<dyn Backend>) {
     conn.close().await.unwrap();
 }
 
+/// A handler that itself returns nuropb's encryption error class (say, passing on a
+/// downstream failure) has run: the client must not take it for a call the service
+/// could not decrypt and run it a second time.
+pub async fn encryption_error_from_a_handler_is_not_retried(b: Arc<dyn Backend>) {
+    use herald_mesh::error::class;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let svc = unique("encfail");
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let router = ServiceRouter::new("1", "encfail").method(
+        MethodInfo::new("relay", "fails like a downstream decryption would").requires_encryption(),
+        move |_p: Value, _ctx: Arc<RequestContext>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Err::<Value, _>(ServiceError::new(
+                    class::ENCRYPTION,
+                    "the downstream service could not decrypt",
+                ))
+            }
+        },
+    );
+    let s = Mesh::connect(
+        b.clone(),
+        MeshConfig::service(&svc, router).service_keys(service_key()),
+    )
+    .await
+    .unwrap();
+    let c = Mesh::connect(
+        b.clone(),
+        MeshConfig::client().client_cipher(Arc::new(NuropbCipher)),
+    )
+    .await
+    .unwrap();
+    let r = c
+        .request_with(
+            &svc,
+            "relay",
+            json!({}),
+            RequestOptions {
+                encrypted: true,
+                ttl: Some(WAIT),
+                ..RequestOptions::default()
+            },
+        )
+        .await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the handler ran once: {r:?}"
+    );
+    assert!(matches!(r, Err(MeshError::Encryption(_))), "{r:?}");
+    disconnect_all([c, s]).await;
+}
+
 /// Generates one `#[tokio::test]` per suite function; `$backend` is an expression of
 /// type `Option<Arc<dyn Backend>>` evaluated per test (`None` skips).
 macro_rules! conformance_tests {
@@ -1999,6 +2053,7 @@ macro_rules! conformance_tests {
             past_deadline, exactly_one_ack, command, command_confirmed, events, leader, describe,
             encryption, encryption_key_change, encryption_key_lookup_deadline, graceful_shutdown,
             shutdown_under_load, unpaired_and_single_instance, handler_panic, handler_always_panics,
+            encryption_error_from_a_handler_is_not_retried,
             dead_letter_queue_is_trimmed_to_its_bound,
             trim_queue_drops_the_oldest_a_batch_at_a_time);
     };
