@@ -26,10 +26,11 @@ impl Serve {
         Self::start_on("127.0.0.1", extra)
     }
 
-    fn start_on(host: &str, extra: &[&str]) -> Self {
+    /// `herald registry serve ARGS...` with its stdout read line by line (port unknown).
+    fn spawn(args: &[&str]) -> Self {
         let mut child = herald()
-            .args(["registry", "serve", "--host", host, "--port", "0", "--json"])
-            .args(extra)
+            .args(["registry", "serve"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -43,11 +44,17 @@ impl Serve {
                 }
             }
         });
-        let mut serve = Self {
+        Self {
             child,
             lines,
             port: 0,
-        };
+        }
+    }
+
+    fn start_on(host: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--host", host, "--port", "0", "--json"];
+        args.extend(extra);
+        let mut serve = Self::spawn(&args);
         let first = serve.next_json();
         assert_eq!(first["event"], "listening", "{first}");
         if extra.contains(&"--tcp-only") {
@@ -91,27 +98,9 @@ impl Serve {
 /// A running `herald registry serve --host 127.0.0.1 --port 0` printing text (no
 /// `--json`), killed on drop.
 fn serve_text(extra: &[&str]) -> Serve {
-    let mut child = herald()
-        .args(["registry", "serve", "--host", "127.0.0.1", "--port", "0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn herald registry serve");
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut serve = Serve {
-        child,
-        lines,
-        port: 0,
-    };
+    let mut args = vec!["--host", "127.0.0.1", "--port", "0"];
+    args.extend(extra);
+    let mut serve = Serve::spawn(&args);
     // "registry listening on udp 127.0.0.1:P tcp 127.0.0.1:P (listing ...)"
     let first = serve.next_line();
     serve.port = first
