@@ -436,24 +436,14 @@ pub trait Connection: Send + Sync + fmt::Debug {
     /// at most `max_drop` of them (the work of one call is bounded; with `max_drop` 0 it
     /// only counts). Dropped messages are gone (not dead-lettered). Messages delivered
     /// to a consumer and not yet settled are neither counted nor dropped. Fails with
-    /// [`MeshError::NoSuchQueue`] if the queue does not exist.
-    ///
-    /// The default fails: a backend must say how it trims (the mesh's leader uses this
-    /// to bound its service's dead-letter queue, and logs the failure).
+    /// [`MeshError::NoSuchQueue`] if the queue does not exist. The mesh's leader uses
+    /// it to bound its service's dead-letter queue.
     fn trim_queue<'a>(
         &'a self,
         queue: &'a str,
         max_len: usize,
         max_drop: usize,
-    ) -> BoxFuture<'a, Result<Trimmed, MeshError>> {
-        let _ = (max_len, max_drop);
-        Box::pin(async move {
-            Err(MeshError::Backend {
-                backend: "unknown",
-                reason: format!("trim_queue({queue:?}) is not implemented by this backend"),
-            })
-        })
-    }
+    ) -> BoxFuture<'a, Result<Trimmed, MeshError>>;
 
     /// Closes the connection: consumers end, unsettled deliveries are requeued, the
     /// leader lock and auto-delete queues go away.

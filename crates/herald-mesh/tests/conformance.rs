@@ -1464,6 +1464,14 @@ impl Connection for GateConn {
     ) -> futures::future::BoxFuture<'a, Result<bool, MeshError>> {
         self.inner.try_lead(service)
     }
+    fn trim_queue<'a>(
+        &'a self,
+        queue: &'a str,
+        max_len: usize,
+        max_drop: usize,
+    ) -> futures::future::BoxFuture<'a, Result<herald_mesh::backend::Trimmed, MeshError>> {
+        self.inner.trim_queue(queue, max_len, max_drop)
+    }
     fn close(&self) -> futures::future::BoxFuture<'_, Result<(), MeshError>> {
         self.inner.close()
     }
