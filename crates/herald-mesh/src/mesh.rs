@@ -536,7 +536,7 @@ fn ttl_millis(what: &'static str, ttl: Duration) -> Result<u64, MeshError> {
             what,
             value: format!("{ms} ms"),
             reason: format!(
-                "a ttl is at most {MAX_TTL_MS} ms (2^32 - 1, about 49.7 days): a larger message expiration makes RabbitMQ close the publishing channel"
+                "a ttl is at most {MAX_TTL_MS} ms (2^32 - 1, about 49.7 days), the largest message expiration every RabbitMQ version accepts; a larger one can make the broker close the publishing channel"
             ),
         }),
     }
