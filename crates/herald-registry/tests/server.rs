@@ -22,6 +22,15 @@ fn config() -> RegistryConfig {
     RegistryConfig::localhost_ephemeral()
 }
 
+/// [`config`] with a TCP deadline far longer than any test: a connection that is
+/// closed early was closed by the check under test, not by the deadline.
+fn config_without_tcp_deadline() -> RegistryConfig {
+    RegistryConfig {
+        tcp_deadline: Duration::from_secs(60),
+        ..config()
+    }
+}
+
 fn query(name: &str) -> Vec<u8> {
     encode_request(&Command::Query { name: name.into() })
 }
@@ -361,9 +370,8 @@ async fn request_split_over_tcp_segments_is_reassembled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_or_oversized_tcp_requests_are_closed_without_reply() {
     let server = RegistryServer::bind(RegistryConfig {
-        tcp_deadline: Duration::from_secs(60), // closing must not wait for it
         tcp_max_request: 4096,
-        ..config()
+        ..config_without_tcp_deadline()
     })
     .await
     .expect("bind");
@@ -418,12 +426,9 @@ async fn malformed_or_oversized_tcp_requests_are_closed_without_reply() {
 /// connection is closed without a reply, and the server keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_60000_deep_tcp_request_is_closed_and_the_server_keeps_serving() {
-    let server = RegistryServer::bind(RegistryConfig {
-        tcp_deadline: Duration::from_secs(60), // closing must not wait for it
-        ..config()
-    })
-    .await
-    .expect("bind");
+    let server = RegistryServer::bind(config_without_tcp_deadline())
+        .await
+        .expect("bind");
     let addr = server.local_addr();
     TcpRegistryClient::new(addr)
         .register(&["keep"], 1u16)
@@ -456,12 +461,9 @@ async fn a_60000_deep_tcp_request_is_closed_and_the_server_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_request_trickled_in_many_pieces_is_closed_without_decoding_each_byte() {
-    let server = RegistryServer::bind(RegistryConfig {
-        tcp_deadline: Duration::from_secs(60), // closing must not wait for it
-        ..config()
-    })
-    .await
-    .expect("bind");
+    let server = RegistryServer::bind(config_without_tcp_deadline())
+        .await
+        .expect("bind");
     let addr = server.local_addr();
     // 300 aliases: an item boundary every few bytes, each one a point where the request
     // is incomplete with only a byte known to be missing.
