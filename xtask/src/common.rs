@@ -51,14 +51,20 @@ pub fn bench_dir() -> PathBuf {
 
 /// Prints `rows` as a table and writes them to `target/herald-bench/<layer>.json`.
 pub fn report(layer: &str, rows: &[BenchRow]) -> anyhow::Result<PathBuf> {
+    // Columns as wide as their longest entry, so that no row shifts the ones after it.
+    let name_w = rows.iter().map(|r| r.name.len()).fold("benchmark".len(), usize::max);
+    let base_w = rows
+        .iter()
+        .map(|r| r.baseline_name.len())
+        .fold("baseline".len(), usize::max);
     println!();
     println!(
-        "{:<44} {:>16} {:<34} {:>16} {:>9}",
+        "{:<name_w$} {:>16} {:<base_w$} {:>16} {:>9}",
         "benchmark", "herald/s", "baseline", "baseline/s", "ratio"
     );
     for r in rows {
         println!(
-            "{:<44} {:>16} {:<34} {:>16} {:>8.2}x",
+            "{:<name_w$} {:>16} {:<base_w$} {:>16} {:>8.2}x",
             r.name,
             human(r.herald_per_sec),
             r.baseline_name,
