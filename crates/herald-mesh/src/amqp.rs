@@ -19,13 +19,17 @@
 //! * one **confirmed publish channel** for events: each waits for the broker's confirm,
 //!   so it is either routed or reported as an error;
 //! * one **channel for the messages that ask for a confirm** ([`Properties::confirm`]:
-//!   confirmed commands, and the dead-letter copies of [`Acker::dead_letter`]), opened
-//!   on first use, in confirm mode, and used by **one publish at a time**: a `mandatory`
-//!   message that no queue takes comes back as a `basic.return` before its confirm, and
-//!   lapin hands a returned message to whichever confirm it completes next, so only
-//!   with a single publish in flight is the return certainly that publish's. (Events
-//!   need no such care: they are not mandatory, so nothing on their channel is ever
-//!   returned.) The outcome of a confirm is read by the same code for both channels;
+//!   confirmed commands), opened on first use, in confirm mode, and used by **one
+//!   publish at a time**: a `mandatory` message that no queue takes comes back as a
+//!   `basic.return` before its confirm, and lapin hands a returned message to whichever
+//!   confirm it completes next, so only with a single publish in flight is the return
+//!   certainly that publish's. (Events need no such care: they are not mandatory, so
+//!   nothing on their channel is ever returned.) The outcome of a confirm is read by the
+//!   same code for every confirmed channel;
+//! * one **channel for dead-letter copies** ([`Acker::dead_letter`]), opened on first
+//!   use, in confirm mode. Copies are not mandatory either, so they are **pipelined**:
+//!   up to [`DEAD_LETTER_WINDOW`] are published and awaiting their confirms at once,
+//!   each delivery acked once its own copy is confirmed;
 //! * one **channel per consumer**, so each consumer has its own prefetch (`basic.qos`) and a
 //!   refused exclusive consume (403, "in exclusive use") closes only that channel;
 //! * a **topology channel** for declarations. Exchanges and queues are declared by Herald
@@ -68,6 +72,9 @@
 //! and routing key; `x-death` and `x-first-death-*` for reason `rejected` in that
 //! queue; the expiration moved into the `x-death` entry), plus the header
 //! `x-herald-reason`, waits for the broker's confirm, and only then acks the delivery.
+//! Copies of different deliveries do not wait for one another's confirms (up to
+//! [`DEAD_LETTER_WINDOW`] in flight), so a backlog of dead letters drains at the
+//! broker's pace rather than at one confirm round trip per message.
 //! If the copy cannot be published (no known dead-letter exchange, connection lost,
 //! refused), the delivery is rejected instead: settled once either way. A connection
 //! lost between the confirm and the ack makes the broker redeliver the delivery, which
@@ -196,6 +203,12 @@ impl AmqpOptions {
     }
 }
 
+/// The most dead-letter copies ([`Acker::dead_letter`]) one connection has published
+/// and not yet seen confirmed: a backlog of dead letters (expired requests after an
+/// outage) is published this many at a time, each original acked once its own copy is
+/// confirmed (see the [module docs](self)).
+pub const DEAD_LETTER_WINDOW: usize = 64;
+
 /// A RabbitMQ broker reached through an AMQP URL.
 #[derive(Clone)]
 pub struct AmqpBackend {
@@ -321,6 +334,14 @@ struct Live {
     /// The channel for messages that ask for a confirm, opened on first use; its lock
     /// is held from a publish until its confirm is in (one publish at a time).
     confirmed: Arc<Mutex<Option<Channel>>>,
+    /// The channel for the dead-letter copies of [`Acker::dead_letter`], opened on first
+    /// use, in confirm mode; its lock is held only while it is (re)opened. Nothing
+    /// published on it is `mandatory`, so nothing on it comes back as a return, and
+    /// several copies are in flight on it at once, each acked after its own confirm.
+    dead_letters: Mutex<Option<Channel>>,
+    /// The [`DEAD_LETTER_WINDOW`] permits of the copies on `dead_letters`: one is held
+    /// from a copy's publish until its confirm is in.
+    dead_letter_window: tokio::sync::Semaphore,
 }
 
 /// The publishing channels of a connection.
@@ -488,6 +509,23 @@ impl Live {
     async fn open_channel(&self, about: About<'_>) -> Result<Channel, MeshError> {
         self.round_trip("channel.open", about, self.conn.create_channel())
             .await
+    }
+
+    /// The channel in `slot` if it is still open, else a new one in confirm mode, put
+    /// in `slot` (a refused publish makes the broker close its channel).
+    async fn confirm_channel(
+        &self,
+        slot: &mut Option<Channel>,
+        about: About<'_>,
+    ) -> Result<Channel, MeshError> {
+        if let Some(c) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(c.clone());
+        }
+        let c = self.open_channel(about).await?;
+        let select = c.confirm_select(ConfirmSelectOptions::default());
+        self.round_trip("confirm.select", about, select).await?;
+        *slot = Some(c.clone());
+        Ok(c)
     }
 }
 
@@ -1032,6 +1070,8 @@ impl Inner {
             topology: Mutex::new(None),
             leader: Mutex::new(None),
             confirmed: Arc::new(Mutex::new(None)),
+            dead_letters: Mutex::new(None),
+            dead_letter_window: tokio::sync::Semaphore::new(DEAD_LETTER_WINDOW),
         }))
     }
 
@@ -1850,7 +1890,7 @@ impl Acker for AmqpAcker {
             let copy = dead_letter_copy(&self, &message, &dlx, &reason);
             drop(message);
             let published = match copy {
-                Ok(outgoing) => publish_alone(live, outgoing).await,
+                Ok(outgoing) => publish_dead_letter(&live, outgoing).await,
                 Err(e) => Err(e),
             };
             match published {
@@ -2320,33 +2360,12 @@ async fn basic_publish(
 }
 
 async fn publish_alone(live: Arc<Live>, outgoing: Outgoing) -> Result<(), MeshError> {
-    let Outgoing {
-        exchange: (exchange, exchange_s),
-        routing_key: (routing_key, key_s),
-        mandatory,
-        body,
-        props,
-    } = outgoing;
     let mut turn = live.confirmed.clone().lock_owned().await;
     let publish = tokio::spawn(async move {
-        let about = About::Exchange(&exchange);
-        let channel = match turn.as_ref().filter(|c| c.status().connected()) {
-            Some(c) => c.clone(),
-            None => {
-                let what = About::Other("confirmed channel");
-                let c = live.open_channel(what).await?;
-                let select = c.confirm_select(ConfirmSelectOptions::default());
-                live.round_trip("confirm.select", what, select).await?;
-                *turn = Some(c.clone());
-                c
-            }
-        };
-        let confirm = basic_publish(
-            &live, &channel, exchange_s, key_s, mandatory, &body, props, about,
-        )
-        .await?;
-        let confirmation = live.round_trip("publisher confirm", about, confirm).await;
-        confirmed_outcome(confirmation, &exchange, &routing_key)
+        let channel = live
+            .confirm_channel(&mut turn, About::Other("confirmed channel"))
+            .await?;
+        publish_confirmed(&live, &channel, outgoing).await
     });
     publish.await.unwrap_or_else(|e| {
         Err(MeshError::Backend {
@@ -2354,6 +2373,51 @@ async fn publish_alone(live: Arc<Live>, outgoing: Outgoing) -> Result<(), MeshEr
             reason: format!("a confirmed publish ended without an outcome: {e}"),
         })
     })
+}
+
+/// Publishes the dead-letter copy of a delivery ([`Acker::dead_letter`]) on `live`'s
+/// channel for them and waits for its confirm. Copies are not `mandatory` (nothing
+/// comes back as a return whose publish could be mistaken), so they are pipelined:
+/// up to [`DEAD_LETTER_WINDOW`] are published and awaiting their confirms at once
+/// (each waits for a permit before its publish and holds it until its confirm is in),
+/// and a backlog of dead letters drains without a confirm round trip per message.
+async fn publish_dead_letter(live: &Live, outgoing: Outgoing) -> Result<(), MeshError> {
+    let _in_flight = live
+        .dead_letter_window
+        .acquire()
+        .await
+        .map_err(|e| MeshError::Backend {
+            backend: BACKEND,
+            reason: format!("the window of dead-letter copies is closed: {e}"),
+        })?;
+    let channel = {
+        let mut slot = live.dead_letters.lock().await;
+        live.confirm_channel(&mut slot, About::Other("dead-letter channel"))
+            .await?
+    };
+    publish_confirmed(live, &channel, outgoing).await
+}
+
+/// Publishes `outgoing` on `channel` (in confirm mode) and reads its confirm.
+async fn publish_confirmed(
+    live: &Live,
+    channel: &Channel,
+    outgoing: Outgoing,
+) -> Result<(), MeshError> {
+    let Outgoing {
+        exchange: (exchange, exchange_s),
+        routing_key: (routing_key, key_s),
+        mandatory,
+        body,
+        props,
+    } = outgoing;
+    let about = About::Exchange(&exchange);
+    let confirm = basic_publish(
+        live, channel, exchange_s, key_s, mandatory, &body, props, about,
+    )
+    .await?;
+    let confirmation = live.round_trip("publisher confirm", about, confirm).await;
+    confirmed_outcome(confirmation, &exchange, &routing_key)
 }
 
 /// One synchronous round trip on a publishing channel (`basic.qos` with no limit;

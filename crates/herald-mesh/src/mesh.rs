@@ -1707,70 +1707,81 @@ async fn handle_work(inner: Arc<Inner>, d: crate::backend::Delivery) {
         Step::Poison(dead, reply) => {
             let Poison {
                 settle: settle_handle,
-                message,
-                reason,
+                dead_letter,
             } = *dead;
-            if let Err(e) = settle_handle.dead_letter(message, reason).await {
-                warn!(error = %e, "dead-lettering a poison message failed");
-            }
+            dead_letter.settle(settle_handle).await;
             if let Some(reply) = reply {
                 let (rt, msg) = *reply;
                 publish_reply(&inner, &rt, msg).await;
             }
         }
-        Step::Event(handler, settle_handle, topic) => {
+        Step::Event(handler, work) => {
             match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
-                Ok(Ok(())) => settle(settle_handle, true, "event").await,
+                Ok(Ok(())) => settle(work.settle, true, "event").await,
                 Ok(Err(e)) => {
-                    warn!(service = %inner.service_name, topic = %topic, error = %e, "event handler failed; event dead-lettered");
-                    settle(settle_handle, false, "event").await;
+                    warn!(service = %inner.service_name, topic = %work.topic, error = %e, "event handler failed; event dead-lettered");
+                    settle(work.settle, false, "event").await;
                 }
-                Err(_) => event_panicked(&inner, settle_handle, &topic).await,
+                Err(_) => event_panicked(&inner, *work).await,
             }
         }
-        Step::EventPanicked(settle_handle, topic) => {
-            event_panicked(&inner, settle_handle, &topic).await
-        }
+        Step::EventPanicked(work) => event_panicked(&inner, *work).await,
     }
 }
 
 /// A call whose handler panicked. The first time its delivery is requeued (the panic
-/// may have been transient); a delivery that was already redelivered is dead-lettered
-/// and the caller of a request gets an error reply, so a handler that always panics
-/// runs at most twice per message instead of forever.
+/// may have been transient); a delivery that was already redelivered (its message was
+/// kept for this) is dead-lettered with a reason naming the service and method, and
+/// the caller of a request gets an error reply, so a handler that always panics runs
+/// at most twice per message instead of forever.
 async fn call_panicked(inner: &Inner, mut finish: FinishCall) {
     let method = match finish.env.as_ref() {
         Envelope::Request(b) | Envelope::Command(b) => b.method.clone(),
         _ => String::new(),
     };
-    if !finish.settle.redelivered() {
+    let Some(message) = finish.redelivery.take() else {
         warn!(service = %inner.service_name, method = %method, correlation_id = %finish.correlation_id, "a service handler panicked; its delivery is requeued once");
         // Dropping the unsettled delivery requeues it (marked redelivered).
         drop(finish);
         return;
-    }
+    };
     warn!(service = %inner.service_name, method = %method, correlation_id = %finish.correlation_id, "a service handler panicked on a redelivered message; dead-lettered");
-    finish.dead_letter = Some(DeadLetter {
-        what: "handler panicked",
-        with_reason: None,
-    });
-    let err = ServiceError::handling(format!(
+    let panicked = format!(
         "{}.{method} panicked while handling the request",
         inner.service_name
-    ));
-    finish_call(inner, finish, Err(err), None).await;
+    );
+    finish.dead_letter = Some(DeadLetter {
+        what: "handler panicked",
+        message,
+        reason: format!("{panicked}, on its first delivery and again on its redelivery"),
+    });
+    finish_call(inner, finish, Err(ServiceError::handling(panicked)), None).await;
 }
 
-/// An event whose handler panicked: requeued once, dead-lettered when redelivered
-/// (see [`call_panicked`]).
-async fn event_panicked(inner: &Inner, settle_handle: Settle, topic: &str) {
-    if settle_handle.redelivered() {
-        warn!(service = %inner.service_name, topic = %topic, "an event handler panicked on a redelivered event; dead-lettered");
-        settle(settle_handle, false, "event").await;
-    } else {
+/// An event whose handler panicked: requeued once, dead-lettered with a reason naming
+/// the service and the topic when redelivered (see [`call_panicked`]).
+async fn event_panicked(inner: &Inner, work: EventWork) {
+    let EventWork {
+        settle: settle_handle,
+        topic,
+        redelivery,
+    } = work;
+    let Some(message) = redelivery else {
         warn!(service = %inner.service_name, topic = %topic, "an event handler panicked; the event is requeued once");
         drop(settle_handle);
-    }
+        return;
+    };
+    warn!(service = %inner.service_name, topic = %topic, "an event handler panicked on a redelivered event; dead-lettered");
+    let dead_letter = DeadLetter {
+        what: "event handler panicked",
+        message,
+        reason: format!(
+            "the event handler of {} panicked while handling an event of topic {topic:?}, \
+             on its first delivery and again on its redelivery",
+            inner.service_name
+        ),
+    };
+    dead_letter.settle(settle_handle).await;
 }
 
 /// What is left of a delivery once [`start_work`] has run.
@@ -1789,21 +1800,27 @@ enum Step {
     /// A message that cannot be handled: dead-letter it (with the reason), then send
     /// the error reply (destination and message) if it was a request.
     Poison(Box<Poison>, Option<Box<(String, Message)>>),
-    /// An event whose handler is running; its settlement and topic.
-    Event(BoxFuture<'static, Result<(), ServiceError>>, Settle, String),
+    /// An event whose handler is running.
+    Event(BoxFuture<'static, Result<(), ServiceError>>, Box<EventWork>),
     /// A call whose handler panicked before returning its future.
     Panicked(FinishCall),
     /// An event whose handler panicked before returning its future.
-    EventPanicked(Settle, String),
+    EventPanicked(Box<EventWork>),
 }
 
-/// A delivery to dead-letter because it cannot be handled.
+/// What settling an event needs once its handler is done.
+struct EventWork {
+    settle: Settle,
+    topic: String,
+    /// The delivered message, kept only when the delivery is a redelivery: what its
+    /// dead letter needs should its handler panic again (see [`event_panicked`]).
+    redelivery: Option<Box<Message>>,
+}
+
+/// A delivery to dead-letter because it cannot be handled (why: the decode error).
 struct Poison {
     settle: Settle,
-    /// The delivered message (what a backend republishing the dead letter needs).
-    message: Box<Message>,
-    /// Why it cannot be handled (the decode error), carried by the dead letter.
-    reason: String,
+    dead_letter: DeadLetter,
 }
 
 /// What answering a call needs once its outcome is known.
@@ -1819,28 +1836,34 @@ struct FinishCall {
     /// Dead-letter it (before any reply) whatever the outcome: an expired call, a
     /// response on a service queue, a handler that panicked on a redelivery.
     dead_letter: Option<DeadLetter>,
+    /// The delivered message, kept only when the delivery is a redelivery (a first
+    /// delivery whose handler panics is requeued, not dead-lettered): what its dead
+    /// letter needs should its handler panic again (see [`call_panicked`]). Every other
+    /// call drops its message before its handler runs.
+    redelivery: Option<Box<Message>>,
 }
 
-/// Why a call is dead-lettered whatever its outcome.
+/// A dead letter with its reason: a delivery that is dead-lettered whatever the
+/// outcome of its handling.
 struct DeadLetter {
     /// What it is, for the log.
     what: &'static str,
-    /// The delivered message and the reason in words its dead letter carries
-    /// ([`Settle::dead_letter`]); `None` rejects it without a reason (a call whose
-    /// message was not kept while its handler ran).
-    with_reason: Option<(Box<Message>, String)>,
+    /// The delivered message (what a backend republishing the dead letter needs).
+    message: Box<Message>,
+    /// Why, in words: what the dead letter carries ([`Settle::dead_letter`]).
+    reason: String,
 }
 
 impl DeadLetter {
-    /// Dead-letters the delivery; a failure is logged.
+    /// Dead-letters the delivery with its reason; a failure is logged.
     async fn settle(self, settle_handle: Settle) {
-        match self.with_reason {
-            Some((message, reason)) => {
-                if let Err(e) = settle_handle.dead_letter(message, reason).await {
-                    warn!(error = %e, what = self.what, "dead-lettering a delivery failed");
-                }
-            }
-            None => settle(settle_handle, false, self.what).await,
+        let Self {
+            what,
+            message,
+            reason,
+        } = self;
+        if let Err(e) = settle_handle.dead_letter(message, reason).await {
+            warn!(error = %e, what, "dead-lettering a delivery failed");
         }
     }
 }
@@ -1887,8 +1910,11 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
             };
             let dead = Box::new(Poison {
                 settle: settle_handle,
-                message: msg,
-                reason: error.to_string(),
+                dead_letter: DeadLetter {
+                    what: "poison message",
+                    message: msg,
+                    reason: error.to_string(),
+                },
             });
             return Step::Poison(dead, reply);
         }
@@ -1897,16 +1923,21 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
         Envelope::Request(b) => (false, b),
         Envelope::Command(b) => (true, b),
         Envelope::Event(ev) => {
-            drop(msg);
+            let redelivery = settle_handle.redelivered().then_some(msg);
             let Some(s) = &inner.serving else {
                 return Step::Done;
             };
             let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 s.service.on_event(ev.clone())
             }));
+            let work = Box::new(EventWork {
+                settle: settle_handle,
+                topic: ev.topic.clone(),
+                redelivery,
+            });
             return match started {
-                Ok(handler) => Step::Event(handler, settle_handle, ev.topic.clone()),
-                Err(_) => Step::EventPanicked(settle_handle, ev.topic.clone()),
+                Ok(handler) => Step::Event(handler, work),
+                Err(_) => Step::EventPanicked(work),
             };
         }
         Envelope::Response(_) => {
@@ -1927,8 +1958,10 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
                     settle: settle_handle,
                     dead_letter: Some(DeadLetter {
                         what: "stray response",
-                        with_reason: Some((msg, reason)),
+                        message: msg,
+                        reason,
                     }),
+                    redelivery: None,
                 },
                 Ok(Value::Null),
             );
@@ -1940,24 +1973,23 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
     let method = body.method.as_str();
     let trace_id = header_trace.or_else(|| body.trace_id.clone());
     let now = incoming.deadline_ms.map(|_| now_ms());
-    let expired = match (incoming.deadline_ms, now) {
-        (Some(deadline), Some(now)) if now > deadline => Some(DeadLetter {
-            what: "expired request",
-            with_reason: Some((
-                msg,
-                format!(
+    let (expired, redelivery) = match (incoming.deadline_ms, now) {
+        (Some(deadline), Some(now)) if now > deadline => (
+            Some(DeadLetter {
+                what: "expired request",
+                message: msg,
+                reason: format!(
                     "deadline passed before {}.{method} was handled: {} {deadline} (Unix ms) \
                      is {} ms before now ({now})",
                     inner.service_name,
                     crate::message::header::DEADLINE,
                     now - deadline
                 ),
-            )),
-        }),
-        _ => {
-            drop(msg);
-            None
-        }
+            }),
+            None,
+        ),
+        // Moved, not copied, and only for a redelivery.
+        _ => (None, settle_handle.redelivered().then_some(msg)),
     };
     let is_expired = expired.is_some();
     let finish = FinishCall {
@@ -1969,6 +2001,7 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
         session: incoming.session,
         settle: settle_handle,
         dead_letter: expired,
+        redelivery,
     };
     let info = serving.methods.get(method);
     let outcome = if is_expired {
@@ -2027,7 +2060,9 @@ async fn finish_call(
         session,
         settle: settle_handle,
         dead_letter,
+        redelivery,
     } = finish;
+    drop(redelivery);
     let method = match env.as_ref() {
         Envelope::Request(b) | Envelope::Command(b) => b.method.as_str(),
         _ => "",

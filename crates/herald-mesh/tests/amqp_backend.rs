@@ -1556,7 +1556,8 @@ async fn a_poison_message_is_dead_lettered_with_its_decode_error() {
 /// `Delivery::dead_letter` settles a delivery exactly once even when its copy with the
 /// reason cannot be published (here the queue's dead-letter exchange does not exist,
 /// so the broker refuses the copy): the delivery is rejected instead, not requeued,
-/// and the connection's confirmed publishes keep working.
+/// the next copy goes out on a reopened channel, and the connection's confirmed
+/// publishes keep working.
 #[tokio::test]
 async fn a_dead_letter_falls_back_to_a_reject_when_its_copy_is_refused() {
     let Some(url) = herald_pyenv::amqp_url_or_skip() else {
@@ -1592,8 +1593,25 @@ async fn a_dead_letter_falls_back_to_a_reject_when_its_copy_is_refused() {
     assert_eq!(d.message.properties.correlation_id, "fb-2");
     assert!(!d.redelivered);
     d.ack().await.expect("ack");
-    // The channel for confirmed publishes was closed by the refusal and comes back.
-    let mut confirmed = request(&unique("absent"), "fb-3");
+    // The refusal closed the channel of dead-letter copies: the next copy goes out on a
+    // new one (and is refused the same way, so its delivery falls back likewise).
+    conn.publish("", &queue, request("fallback", "fb-3"))
+        .await
+        .expect("publish");
+    let d = next(&mut stream).await;
+    assert_eq!(d.message.properties.correlation_id, "fb-3");
+    d.dead_letter("cannot be handled either")
+        .await
+        .expect("settled by the fallback reject again");
+    conn.publish("", &queue, request("fallback", "fb-4"))
+        .await
+        .expect("publish");
+    let d = next(&mut stream).await;
+    assert_eq!(d.message.properties.correlation_id, "fb-4");
+    assert!(!d.redelivered);
+    d.ack().await.expect("ack");
+    // Confirmed publishes keep working.
+    let mut confirmed = request(&unique("absent"), "fb-5");
     confirmed.properties.confirm = true;
     let err = conn
         .publish(RPC_EXCHANGE, "no-queue-bound", confirmed)
@@ -1823,4 +1841,578 @@ async fn a_confirmed_event_publish_is_bounded_when_the_broker_stops_answering() 
     }
     let _ = tokio::time::timeout(SILENT_BROKER_WAIT, client.disconnect()).await;
     proxy.cut.send_replace(true);
+}
+
+/// What a [`ConfirmGate`] saw in the AMQP frames it relayed.
+#[derive(Debug, Default)]
+struct GateSeen {
+    /// The client's channel of dead-letter copies: the first to publish to the
+    /// dead-letter exchange.
+    dl_channel: Option<u16>,
+    /// Channels whose next content header is that of a copy the client published.
+    copy_header_due: std::collections::HashSet<u16>,
+    /// The correlation ids of the copies, in publish order (the confirm sequence
+    /// number of `copies[i]` is `i + 1`).
+    copies: Vec<String>,
+    /// Publisher confirms (`basic.ack` / `basic.nack` from the broker) on the copies'
+    /// channel: received, and released to the client.
+    confirms_held: usize,
+    confirms_released: usize,
+    /// The correlation ids of the copies whose confirm reached the client.
+    confirmed: std::collections::HashSet<String>,
+    /// Deliveries to the client whose content header is due: channel → delivery tag.
+    deliver_due: std::collections::HashMap<u16, u64>,
+    /// (channel, delivery tag) → correlation id of each delivery to the client.
+    delivered: std::collections::HashMap<(u16, u64), String>,
+    /// The deliveries the client acked, in order: correlation id, and whether its copy's
+    /// confirm had reached the client before the ack.
+    acked: Vec<(String, bool)>,
+    /// Acks with the `multiple` flag, or of tags the gate never saw delivered.
+    odd_acks: Vec<String>,
+}
+
+/// A TCP proxy to the broker that reads the AMQP frames it relays: it records the
+/// dead-letter copies the client publishes (`basic.publish` to the dead-letter
+/// exchange) and the deliveries it acks, and holds back the broker's publisher
+/// confirms on the copies' channel until the test releases them (`release`: how many
+/// confirm frames may pass). Other channels flow freely.
+struct ConfirmGate {
+    addr: std::net::SocketAddr,
+    seen: Arc<std::sync::Mutex<GateSeen>>,
+    release: tokio::sync::watch::Sender<usize>,
+}
+
+/// One AMQP frame: type, channel, payload.
+struct Frame {
+    kind: u8,
+    channel: u16,
+    payload: Vec<u8>,
+}
+
+impl Frame {
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.payload.len() + 8);
+        out.push(self.kind);
+        out.extend_from_slice(&self.channel.to_be_bytes());
+        let size = u32::try_from(self.payload.len()).expect("frame size");
+        out.extend_from_slice(&size.to_be_bytes());
+        out.extend_from_slice(&self.payload);
+        out.push(0xCE);
+        out
+    }
+
+    /// `(class, method, arguments)` of a method frame.
+    fn method(&self) -> Option<(u16, u16, &[u8])> {
+        if self.kind != 1 || self.payload.len() < 4 {
+            return None;
+        }
+        let class = u16::from_be_bytes([self.payload[0], self.payload[1]]);
+        let method = u16::from_be_bytes([self.payload[2], self.payload[3]]);
+        Some((class, method, &self.payload[4..]))
+    }
+
+    /// The correlation id of a content header frame.
+    fn correlation_id(&self) -> Option<String> {
+        let p = self.payload.get(12..)?;
+        let flags = u16::from_be_bytes([*p.first()?, *p.get(1)?]);
+        let mut at = 2;
+        let short = |at: &mut usize| -> Option<String> {
+            let len = usize::from(*p.get(*at)?);
+            let s = String::from_utf8_lossy(p.get(*at + 1..*at + 1 + len)?).into_owned();
+            *at += 1 + len;
+            Some(s)
+        };
+        if flags & 1 << 15 != 0 {
+            short(&mut at)?; // content-type
+        }
+        if flags & 1 << 14 != 0 {
+            short(&mut at)?; // content-encoding
+        }
+        if flags & 1 << 13 != 0 {
+            let len = u32::from_be_bytes(p.get(at..at + 4)?.try_into().ok()?);
+            at += 4 + usize::try_from(len).ok()?; // headers
+        }
+        if flags & 1 << 12 != 0 {
+            at += 1; // delivery-mode
+        }
+        if flags & 1 << 11 != 0 {
+            at += 1; // priority
+        }
+        if flags & 1 << 10 == 0 {
+            return None;
+        }
+        short(&mut at)
+    }
+}
+
+/// A short string at the start of `args`, and what follows it.
+fn shortstr(args: &[u8]) -> Option<(String, &[u8])> {
+    let len = usize::from(*args.first()?);
+    let s = String::from_utf8_lossy(args.get(1..1 + len)?).into_owned();
+    Some((s, &args[1 + len..]))
+}
+
+fn be_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
+}
+
+async fn read_frame(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<Frame> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 7];
+    r.read_exact(&mut head).await?;
+    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]);
+    let mut payload = vec![0u8; usize::try_from(size).expect("size") + 1];
+    r.read_exact(&mut payload).await?;
+    payload.pop(); // frame-end
+    Ok(Frame {
+        kind: head[0],
+        channel: u16::from_be_bytes([head[1], head[2]]),
+        payload,
+    })
+}
+
+const BASIC: u16 = 60;
+const BASIC_PUBLISH: u16 = 40;
+const BASIC_DELIVER: u16 = 60;
+const BASIC_ACK: u16 = 80;
+const BASIC_NACK: u16 = 120;
+
+/// Client to broker: records the copies published and the deliveries acked.
+fn client_frame(seen: &mut GateSeen, f: &Frame) {
+    match f.method() {
+        Some((BASIC, BASIC_PUBLISH, args)) => {
+            let exchange = args.get(2..).and_then(shortstr).map(|(x, _)| x);
+            if exchange.as_deref() == Some(DL_EXCHANGE) {
+                seen.dl_channel.get_or_insert(f.channel);
+                seen.copy_header_due.insert(f.channel);
+            }
+        }
+        Some((BASIC, BASIC_ACK, args)) if Some(f.channel) != seen.dl_channel => {
+            let tag = be_u64(args).expect("delivery tag");
+            let multiple = args.get(8).is_some_and(|b| b & 1 != 0);
+            match seen.delivered.get(&(f.channel, tag)).cloned() {
+                Some(cid) if !multiple => {
+                    let confirmed = seen.confirmed.contains(&cid);
+                    seen.acked.push((cid, confirmed));
+                }
+                _ => seen.odd_acks.push(format!(
+                    "channel {} tag {tag} multiple {multiple}",
+                    f.channel
+                )),
+            }
+        }
+        _ => {}
+    }
+    if f.kind == 2 && seen.copy_header_due.remove(&f.channel) {
+        let cid = f.correlation_id().unwrap_or_default();
+        seen.copies.push(cid);
+    }
+}
+
+/// Broker to client: records the deliveries; `true` for a publisher confirm on the
+/// copies' channel (to be held back).
+fn broker_frame(seen: &mut GateSeen, f: &Frame) -> bool {
+    match f.method() {
+        Some((BASIC, BASIC_DELIVER, args)) => {
+            let (_consumer_tag, rest) = shortstr(args).expect("consumer tag");
+            seen.deliver_due
+                .insert(f.channel, be_u64(rest).expect("delivery tag"));
+            false
+        }
+        Some((BASIC, BASIC_ACK | BASIC_NACK, _)) => Some(f.channel) == seen.dl_channel,
+        _ => {
+            if f.kind == 2
+                && let Some(tag) = seen.deliver_due.remove(&f.channel)
+            {
+                let cid = f.correlation_id().unwrap_or_default();
+                seen.delivered.insert((f.channel, tag), cid);
+            }
+            false
+        }
+    }
+}
+
+/// Marks the copies a released confirm covers as confirmed.
+fn confirm_released(seen: &mut GateSeen, f: &Frame) {
+    let Some((_, _, args)) = f.method() else {
+        return;
+    };
+    let tag = be_u64(args).expect("confirm tag");
+    let multiple = args.get(8).is_some_and(|b| b & 1 != 0);
+    let first = if multiple { 1 } else { tag };
+    for seq in first..=tag {
+        if let Some(cid) = usize::try_from(seq - 1)
+            .ok()
+            .and_then(|i| seen.copies.get(i))
+        {
+            let cid = cid.clone();
+            seen.confirmed.insert(cid);
+        }
+    }
+    seen.confirms_released += 1;
+}
+
+async fn confirm_gate(upstream: String) -> ConfirmGate {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the gate");
+    let addr = listener.local_addr().expect("gate address");
+    let seen = Arc::new(std::sync::Mutex::new(GateSeen::default()));
+    let (release, released) = tokio::sync::watch::channel(0usize);
+    let gate_seen = seen.clone();
+    tokio::spawn(async move {
+        // One client connection is gated.
+        let Ok((down, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(up) = tokio::net::TcpStream::connect(&upstream).await else {
+            return;
+        };
+        let (mut down_r, mut down_w) = down.into_split();
+        let (mut up_r, mut up_w) = up.into_split();
+        let seen = gate_seen.clone();
+        tokio::spawn(async move {
+            let mut protocol = [0u8; 8];
+            if down_r.read_exact(&mut protocol).await.is_err()
+                || up_w.write_all(&protocol).await.is_err()
+            {
+                return;
+            }
+            while let Ok(f) = read_frame(&mut down_r).await {
+                client_frame(&mut seen.lock().expect("gate state"), &f);
+                if up_w.write_all(&f.bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Frames are read on a task of their own, so that waiting for a release never
+        // cuts a read short.
+        let (tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(f) = read_frame(&mut up_r).await {
+                if tx.send(f).is_err() {
+                    return;
+                }
+            }
+        });
+        let seen = gate_seen;
+        let mut released = released;
+        // Frames of the copies' channel wait behind a held confirm (order within a
+        // channel is kept).
+        let mut held: std::collections::VecDeque<(Frame, bool)> = Default::default();
+        loop {
+            loop {
+                let next = {
+                    let mut s = seen.lock().expect("gate state");
+                    let allowed = *released.borrow();
+                    match held.front() {
+                        Some((_, true)) if s.confirms_released >= allowed => None,
+                        Some(_) => held.pop_front().inspect(|(f, confirm)| {
+                            if *confirm {
+                                confirm_released(&mut s, f);
+                            }
+                        }),
+                        None => None,
+                    }
+                };
+                let Some((f, _)) = next else { break };
+                if down_w.write_all(&f.bytes()).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                f = frames.recv() => {
+                    let Some(f) = f else { return };
+                    let hold = {
+                        let mut s = seen.lock().expect("gate state");
+                        let confirm = broker_frame(&mut s, &f);
+                        if confirm {
+                            s.confirms_held += 1;
+                        }
+                        let queued = !held.is_empty() && Some(f.channel) == s.dl_channel;
+                        (confirm || queued).then_some(confirm)
+                    };
+                    match hold {
+                        Some(confirm) => held.push_back((f, confirm)),
+                        None => {
+                            if down_w.write_all(&f.bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                changed = released.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    ConfirmGate {
+        addr,
+        seen,
+        release,
+    }
+}
+
+/// Polls `cond` on what the gate saw until it holds; panics after [`WAIT`] with
+/// `what` and the gate's counts.
+async fn gate_until(gate: &ConfirmGate, what: &str, cond: impl Fn(&GateSeen) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        {
+            let s = gate.seen.lock().expect("gate state");
+            if cond(&s) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {} copies published, {} confirms received \
+                 and {} released, {} originals acked",
+                s.copies.len(),
+                s.confirms_held,
+                s.confirms_released,
+                s.acked.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Dead-letter copies are pipelined: with every publisher confirm held back by a gate
+/// between the connection and the broker, `DEAD_LETTER_WINDOW` copies (of more
+/// deliveries than that) are published before the first confirm is released, no more,
+/// and no original is acked yet; released one confirm frame at a time, each original
+/// is acked exactly once, only after its own copy's confirm, and every delivery ends
+/// dead-lettered with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_copies_are_pipelined_and_each_original_acked_after_its_confirm() {
+    use herald_mesh::amqp::DEAD_LETTER_WINDOW;
+
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let admin = connect(&url).await;
+    let service = unique("dl-window");
+    let sq = service_topology(&admin, &service).await;
+    let dlq = QueueSpec::dead_letter(dead_letter_queue(&service));
+    admin.declare_queue(&dlq).await.expect("declare DLQ");
+    let n = DEAD_LETTER_WINDOW + 6;
+    for i in 0..n {
+        admin
+            .publish(RPC_EXCHANGE, &service, request(&service, &format!("w-{i}")))
+            .await
+            .expect("publish");
+    }
+
+    let (upstream, _) = through_proxy(&url, "127.0.0.1:1".parse().expect("addr"));
+    let gate = confirm_gate(upstream).await;
+    let (_, gated_url) = through_proxy(&url, gate.addr);
+    let gated = AmqpConnection::open(&gated_url, "herald-test-gated", AmqpOptions::default())
+        .await
+        .expect("connect through the gate");
+    gated
+        .declare_queue(&sq)
+        .await
+        .expect("declare through the gate");
+    let mut stream = gated
+        .consume(
+            &sq.name,
+            ConsumeOptions::manual(u16::try_from(n).expect("n")),
+        )
+        .await
+        .expect("consume");
+    let mut settles = Vec::new();
+    for _ in 0..n {
+        let d = next(&mut stream).await;
+        let reason = format!("test reason for {}", d.message.properties.correlation_id);
+        settles.push(tokio::spawn(d.dead_letter(reason)));
+    }
+
+    gate_until(
+        &gate,
+        "a full window of dead-letter copies published before any confirm is released",
+        |s| s.copies.len() >= DEAD_LETTER_WINDOW,
+    )
+    .await;
+    // The window bounds them: with no confirm released, no further copy goes out
+    // (checked after a pause, which can only make this pass wrongly, never fail).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    {
+        let s = gate.seen.lock().expect("gate state");
+        assert_eq!(
+            s.copies.len(),
+            DEAD_LETTER_WINDOW,
+            "the window bounds the copies in flight"
+        );
+        assert_eq!(s.confirms_released, 0);
+        assert!(
+            s.acked.is_empty(),
+            "originals acked before any confirm: {:?}",
+            s.acked
+        );
+    }
+
+    // One confirm frame at a time (the broker may confirm several copies in one).
+    loop {
+        gate_until(&gate, "the originals of the released confirms acked", |s| {
+            s.acked.len() == s.confirmed.len()
+        })
+        .await;
+        let released = {
+            let s = gate.seen.lock().expect("gate state");
+            if s.acked.len() == n {
+                break;
+            }
+            s.confirms_released
+        };
+        gate_until(&gate, "another confirm from the broker", |s| {
+            s.confirms_held > released
+        })
+        .await;
+        gate.release.send_replace(released + 1);
+    }
+    for settle in settles {
+        settle
+            .await
+            .expect("dead_letter task")
+            .expect("dead-lettered with its reason");
+    }
+    {
+        let s = gate.seen.lock().expect("gate state");
+        assert_eq!(s.copies.len(), n, "one copy per delivery");
+        assert!(s.odd_acks.is_empty(), "unexpected acks: {:?}", s.odd_acks);
+        let mut acked: Vec<&str> = s.acked.iter().map(|(c, _)| c.as_str()).collect();
+        for (cid, confirmed) in &s.acked {
+            assert!(confirmed, "{cid} was acked before its copy was confirmed");
+        }
+        acked.sort_unstable();
+        acked.dedup();
+        assert_eq!(acked.len(), n, "every original acked exactly once");
+    }
+
+    // The copies carry their reasons; nothing is left in the service queue.
+    let mut dl = admin
+        .consume(&dlq.name, ConsumeOptions::manual(100))
+        .await
+        .expect("consume DLQ");
+    let mut reasons = std::collections::BTreeSet::new();
+    while reasons.len() < n {
+        let d = next(&mut dl).await;
+        let (m, settle) = d.into_parts();
+        settle.ack().await.expect("ack");
+        let Some(death) = m.death.filter(|d| d.queue == sq.name) else {
+            continue;
+        };
+        assert_eq!(death.reason, DeathReason::Rejected);
+        let cid = &m.properties.correlation_id;
+        assert_eq!(
+            death.detail.as_deref(),
+            Some(format!("test reason for {cid}").as_str())
+        );
+        assert!(reasons.insert(cid.clone()), "{cid} dead-lettered twice");
+    }
+    assert_eq!(admin.queue_len(&sq.name).await.expect("length"), 0);
+    drop((dl, stream));
+    gated.close().await.expect("close gated");
+    for q in [&sq.name, &dlq.name] {
+        admin.delete_queue(q).await.expect("cleanup");
+    }
+    admin.close().await.expect("close");
+}
+
+/// A backlog of requests whose deadline passed while their service was down (here: 500,
+/// published with a short `herald_deadline` and no broker expiration, so that the
+/// broker keeps them for the service to refuse) is dead-lettered in full once the
+/// service starts, each with its reason; the service queue ends empty and the service
+/// answers calls made afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_expired_requests_is_dead_lettered_with_reasons() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    const BACKLOG: usize = 500;
+    let admin = connect(&url).await;
+    let name = unique("backlog");
+    let sq = service_topology(&admin, &name).await;
+    let dlq = QueueSpec::dead_letter(dead_letter_queue(&name));
+    admin.declare_queue(&dlq).await.expect("declare DLQ");
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64
+    };
+    let deadline = now_ms() + 50;
+    for i in 0..BACKLOG {
+        let mut m = request(&name, &format!("late-{i}"));
+        m.headers.deadline_ms = Some(deadline);
+        admin
+            .publish(RPC_EXCHANGE, &name, m)
+            .await
+            .expect("publish");
+    }
+    while now_ms() <= deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        admin.queue_len(&sq.name).await.expect("length") as usize,
+        BACKLOG,
+        "the backlog waits in the service queue"
+    );
+
+    let service = Mesh::connect(
+        Arc::new(AmqpBackend::new(&url).expect("url")),
+        MeshConfig::service(&name, ExampleService::new()),
+    )
+    .await
+    .expect("service");
+    // The dead-letter exchange is a fanout: skip other services' dead letters.
+    let mut dl = admin
+        .consume(&dlq.name, ConsumeOptions::manual(200))
+        .await
+        .expect("consume DLQ");
+    let mut dead = std::collections::BTreeSet::new();
+    while dead.len() < BACKLOG {
+        let d = next(&mut dl).await;
+        let (m, settle) = d.into_parts();
+        settle.ack().await.expect("ack");
+        let Some(death) = m.death.filter(|d| d.queue == sq.name) else {
+            continue;
+        };
+        assert_eq!(death.reason, DeathReason::Rejected);
+        let detail = death.detail.unwrap_or_default();
+        assert!(
+            detail.contains("deadline passed") && detail.contains(&format!("{name}.add")),
+            "the reason {detail:?} does not say that the deadline of {name}.add passed"
+        );
+        let cid = m.properties.correlation_id;
+        assert!(dead.insert(cid.clone()), "{cid} dead-lettered twice");
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while admin.queue_len(&sq.name).await.expect("length") > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the service queue still holds messages"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = amqp_client(&url).await;
+    for a in 0..5 {
+        assert_eq!(
+            add_on(&client, &name, a)
+                .await
+                .expect("a call after the backlog"),
+            serde_json::json!(a + 1)
+        );
+    }
+    drop(dl);
+    client.disconnect().await.expect("disconnect client");
+    service.disconnect().await.expect("disconnect service");
+    for q in [&sq.name, &dlq.name] {
+        admin.delete_queue(q).await.expect("cleanup");
+    }
+    admin.close().await.expect("close");
 }

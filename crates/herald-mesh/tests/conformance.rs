@@ -1748,7 +1748,8 @@ pub async fn handler_panic(b: Arc<dyn Backend>) {
 }
 
 /// A handler that panics on every run does not loop: its delivery is requeued once,
-/// then (panicking again as a redelivery) dead-lettered; the caller gets an error reply
+/// then (panicking again as a redelivery) dead-lettered with a reason naming the
+/// service and the method (or the event's topic); the caller gets an error reply
 /// rather than a timeout, and the service keeps serving.
 pub async fn handler_always_panics(b: Arc<dyn Backend>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1820,9 +1821,35 @@ pub async fn handler_always_panics(b: Arc<dyn Backend>) {
         .unwrap();
     let dead = dead_letters(&conn, &svc, 3).await;
     assert_eq!(dead.len(), 3);
+    // One dead letter per message, each saying why: the handler (named) panicked.
+    let mut seen = Vec::new();
     for m in &dead {
-        assert_eq!(m.death.as_ref().unwrap().reason, DeathReason::Rejected);
+        let death = m.death.as_ref().unwrap();
+        assert_eq!(death.reason, DeathReason::Rejected);
+        let (what, named) = match m.payload.envelope().unwrap().as_ref() {
+            Envelope::Request(body) => (body.method.clone(), format!("{svc}.{}", body.method)),
+            Envelope::Event(ev) => (ev.topic.clone(), ev.topic.clone()),
+            other => panic!("unexpected dead letter {other:?}"),
+        };
+        let detail = death
+            .detail
+            .as_deref()
+            .unwrap_or_else(|| panic!("the dead letter of {what} carries no reason"));
+        assert!(
+            detail.contains("panicked") && detail.contains(&svc) && detail.contains(&named),
+            "the reason {detail:?} of {what}'s dead letter does not say that the handler \
+             of {named} in {svc} panicked"
+        );
+        seen.push(what);
     }
+    seen.sort();
+    let mut expected = vec![
+        "doom".to_owned(),
+        "doom_later".to_owned(),
+        format!("{svc}.doom"),
+    ];
+    expected.sort();
+    assert_eq!(seen, expected, "exactly one dead letter per message");
     assert_eq!(inline_runs.load(Ordering::SeqCst), 2);
     assert_eq!(later_runs.load(Ordering::SeqCst), 2);
     assert_eq!(event_runs.load(Ordering::SeqCst), 2);
