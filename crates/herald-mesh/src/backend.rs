@@ -357,12 +357,11 @@ impl Settle {
     /// decode error of a poison message, and says why for a stray response on a service
     /// queue, for a request whose deadline passed before it was handled and for a
     /// message whose handler panicked on its redelivery too). Settles it exactly once:
-    /// on RabbitMQ a copy
-    /// with the reason (and the original's body, properties, headers and routing key)
-    /// goes to the queue's dead-letter exchange, confirmed, and then the delivery is
-    /// acked; if that copy cannot be published, the delivery is rejected instead (a dead
-    /// letter without the reason). The in-process broker dead-letters it with the
-    /// reason directly.
+    /// on RabbitMQ a copy with the reason (and the original's body, properties, headers
+    /// and routing key) goes to the queue's dead-letter exchange, confirmed, and then
+    /// the delivery is acked; if that copy cannot be published, the delivery is
+    /// rejected instead (a dead letter without the reason). The in-process broker
+    /// dead-letters it with the reason directly.
     ///
     /// [`DeathInfo::detail`]: crate::message::DeathInfo::detail
     pub fn dead_letter(
