@@ -11,8 +11,8 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
 use herald_registry::core::{CoreConfig, RateLimit, RemoveReason};
 use herald_registry::{
-    Port, Registrar, RegistrarConfig, RegistryClient, RegistryConfig, RegistryEvent,
-    RegistryServer, ServiceAddr, TcpRegistryClient, UdpRegistryClient,
+    EventRecvError, Port, Registrar, RegistrarConfig, RegistryClient, RegistryConfig,
+    RegistryEvent, RegistryServer, ServiceAddr, TcpRegistryClient, UdpRegistryClient,
 };
 use serde_json::json;
 
@@ -360,10 +360,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::select! {
             ev = events.recv() => match ev {
                 Ok(ev) => print_event(&ev, args.json),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    print_lag(n, args.json);
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                Err(EventRecvError::Lagged { missed }) => print_lag(missed, args.json),
+                Err(EventRecvError::Closed) => break,
             },
             () = &mut stop => break,
         }

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use anyhow::Context;
 use clap::Args;
-use herald_registry::{CoreConfig, RegistryConfig, RegistryEvent, RegistryServer};
+use herald_registry::{CoreConfig, EventRecvError, RegistryConfig, RegistryEvent, RegistryServer};
 
 use crate::text::Escaped;
 use crate::{mesh_cmd, node_cmd};
@@ -94,10 +94,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                             Escaped(addr)
                         );
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(skipped = n, "registry event printer lagged");
+                    Err(EventRecvError::Lagged { missed }) => {
+                        tracing::warn!(missed, "registry event printer lagged");
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    Err(EventRecvError::Closed) => break,
                 }
             }
         });

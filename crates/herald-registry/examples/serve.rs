@@ -8,7 +8,7 @@
 //! ```
 
 use herald_registry::core::CoreConfig;
-use herald_registry::{RegistryConfig, RegistryEvent, RegistryServer};
+use herald_registry::{EventRecvError, RegistryConfig, RegistryEvent, RegistryServer};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,9 +30,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut events = server.events();
     loop {
         tokio::select! {
-            ev = events.recv() => match ev? {
-                RegistryEvent::Added { name, addr } => println!("+ {name} {addr}"),
-                RegistryEvent::Removed { name, addr, reason } => println!("- {name} {addr} ({reason:?})"),
+            ev = events.recv() => match ev {
+                Ok(RegistryEvent::Added { name, addr }) => println!("+ {name} {addr}"),
+                Ok(RegistryEvent::Removed { name, addr, reason }) => println!("- {name} {addr} ({reason:?})"),
+                Err(lag @ EventRecvError::Lagged { .. }) => println!("! {lag}"),
+                Err(EventRecvError::Closed) => break,
             },
             _ = tokio::signal::ctrl_c() => break,
         }

@@ -312,16 +312,15 @@ const UNINDEX_BELOW: usize = if cfg!(test) { 2 } else { 8 };
 #[derive(Debug)]
 struct Name {
     seq: u64,
-    /// The servers by refresh tick: oldest refresh first. A refresh gives the entry the
-    /// next tick, which moves it to the end. Boxed, so that the B-tree's nodes (room for
-    /// 11 entries each) stay small for the many names with one or two servers.
+    /// The servers by refresh tick (from the table-wide [`RegistryCore::next_tick`]):
+    /// oldest refresh first. A refresh gives the entry the next tick, which moves it to
+    /// the end. Boxed, so that the B-tree's nodes (room for 11 entries each) stay small
+    /// for the many names with one or two servers.
     servers: BTreeMap<u64, Box<Server>>,
     /// Each server's tick by (host, port), when there are more than [`INDEX_ABOVE`]
     /// servers: how REGISTER and UNREGISTER find the sender's own entry without
     /// scanning `servers`. Same entries as `servers`.
     ticks: Option<HashMap<(IpAddr, Port), u64>>,
-    /// The tick the next new or refreshed server gets.
-    next_tick: u64,
 }
 
 impl Name {
@@ -330,8 +329,13 @@ impl Name {
             seq,
             servers: BTreeMap::new(),
             ticks: None,
-            next_tick: 0,
         }
+    }
+
+    /// The tick of the oldest refresh (the key of the name in
+    /// [`RegistryCore::by_front`]), `None` when it has no servers.
+    fn front(&self) -> Option<u64> {
+        self.servers.first_key_value().map(|(tick, _)| *tick)
     }
 
     fn is_empty(&self) -> bool {
@@ -365,10 +369,9 @@ impl Name {
         self.find(ip, port).is_some()
     }
 
-    /// Puts `s` at the end under the next tick (and in the index).
-    fn append(&mut self, s: Box<Server>) {
-        let tick = self.next_tick;
-        self.next_tick += 1;
+    /// Puts `s` at the end under `tick`, newer than every tick the name holds (and in
+    /// the index).
+    fn append(&mut self, s: Box<Server>, tick: u64) {
         if let Some(ticks) = &mut self.ticks {
             ticks.insert((s.ip, s.port.clone()), tick);
         }
@@ -383,20 +386,21 @@ impl Name {
         }
     }
 
-    /// Adds `s` as the freshest server (the caller checked that it is not there yet).
-    fn push(&mut self, s: Server) {
-        self.append(Box::new(s));
+    /// Adds `s` as the freshest server under `tick` (the caller checked that it is not
+    /// there yet).
+    fn push(&mut self, s: Server, tick: u64) {
+        self.append(Box::new(s), tick);
     }
 
-    /// Marks `ip:port` refreshed at `now` and moves it to the end; false if it is not
-    /// one of the servers.
-    fn refresh(&mut self, ip: IpAddr, port: &Port, now: Instant) -> bool {
+    /// Marks `ip:port` refreshed at `now` and moves it to the end under `tick`; false
+    /// if it is not one of the servers.
+    fn refresh(&mut self, ip: IpAddr, port: &Port, now: Instant, tick: u64) -> bool {
         let Some(mut s) = self.find(ip, port).and_then(|t| self.servers.remove(&t)) else {
             return false;
         };
         s.last_seen = now;
         // `append` gives it its new tick in the index too.
-        self.append(s);
+        self.append(s, tick);
         true
     }
 
@@ -437,23 +441,6 @@ impl Name {
         }
         gone
     }
-
-    /// Takes out the servers `gone` picks; the others keep their order.
-    fn take_servers(&mut self, gone: impl Fn(&Server) -> bool) -> Vec<Server> {
-        let ticks: Vec<u64> = self
-            .servers
-            .iter()
-            .filter(|(_, s)| gone(s))
-            .map(|(tick, _)| *tick)
-            .collect();
-        let mut taken = Vec::with_capacity(ticks.len());
-        for tick in ticks {
-            if let Some(s) = self.servers.remove(&tick) {
-                taken.push(*self.unindex(s));
-            }
-        }
-        taken
-    }
 }
 
 /// What one host has registered: the index UNREGISTER walks instead of the table.
@@ -481,23 +468,34 @@ pub struct RegistryCore {
     by_seq: BTreeMap<u64, Arc<str>>,
     /// Index of `names` by recorded host (only hosts with entries).
     per_host: HashMap<IpAddr, HostRecord>,
+    /// Index of `names` by the tick of their oldest refresh (`Name::front`): what the
+    /// pruning timer walks, oldest first, stopping at the first name whose oldest
+    /// server is fresh. Exact because ticks are table-wide and handed out in the order
+    /// of `last_seen` (see `refresh_time`), so every stale server of the table is in a
+    /// name whose front is stale.
+    by_front: BTreeMap<u64, Arc<str>>,
     entries: usize,
     next_seq: u64,
+    /// The refresh tick the next new or refreshed server gets (under any name).
+    next_tick: u64,
+    /// The latest time a server was recorded as refreshed (see `refresh_time`).
+    last_refresh: Option<Instant>,
     buckets: HashMap<IpAddr, Bucket>,
     /// When refilled buckets were last forgotten (see `check_rate`).
     buckets_swept: Option<Instant>,
     events: Vec<RegistryEvent>,
     stats: Stats,
-    /// Names looked at by UNREGISTER, LIST and the pruning scan (what the tests assert
-    /// on to show that UNREGISTER and LIST visit only the names they answer with).
+    /// Names looked at by UNREGISTER, LIST and the pruning timer (what the tests assert
+    /// on to show that UNREGISTER and LIST visit only the names they answer with, and
+    /// the timer only the names with stale servers).
     #[cfg(test)]
     names_visited: usize,
     /// Aliases REGISTER looked at to drop duplicates (what the tests assert on to show
     /// that an oversized REGISTER is refused after bounded work).
     #[cfg(test)]
     aliases_compared: usize,
-    /// Servers QUERY looked at (pruning and sizing), to show that its work is bounded by
-    /// the reply size.
+    /// Servers QUERY and the pruning timer looked at (pruning and sizing), to show that
+    /// QUERY's work is bounded by the reply size and the timer's by what it removes.
     #[cfg(test)]
     servers_visited: usize,
     /// Servers REGISTER and UNREGISTER looked at to find the sender's own entry under a
@@ -539,6 +537,26 @@ fn shown_host<'a>(s: &'a Server, loopback_as: Option<&'a str>) -> &'a str {
     }
 }
 
+/// Moves `name` in the index of names by their oldest refresh from `before` to
+/// `after` (its front tick before and after a change of its servers; `None`: it has no
+/// servers).
+fn refront(
+    by_front: &mut BTreeMap<u64, Arc<str>>,
+    name: &Arc<str>,
+    before: Option<u64>,
+    after: Option<u64>,
+) {
+    if before == after {
+        return;
+    }
+    if let Some(tick) = before {
+        by_front.remove(&tick);
+    }
+    if let Some(tick) = after {
+        by_front.insert(tick, Arc::clone(name));
+    }
+}
+
 fn allowed(list: &[IpNet], ip: IpAddr) -> bool {
     list.is_empty() || list.iter().any(|net| net.contains(&ip))
 }
@@ -551,8 +569,11 @@ impl RegistryCore {
             names: HashMap::new(),
             by_seq: BTreeMap::new(),
             per_host: HashMap::new(),
+            by_front: BTreeMap::new(),
             entries: 0,
             next_seq: 0,
+            next_tick: 0,
+            last_refresh: None,
             buckets: HashMap::new(),
             buckets_swept: None,
             events: Vec::new(),
@@ -597,9 +618,11 @@ impl RegistryCore {
     /// Handles one request from `source` received at `now`. On success the reply is in
     /// `reply` (cleared first); on error nothing must be sent.
     ///
-    /// `now` must not go back from one call to the next (QUERY relies on the servers of
-    /// a name being in refresh order to prune only the stale ones at the front; the
-    /// pruning timer would still remove any it missed).
+    /// `now` should not go back from one call to the next (as [`Instant::now`] does
+    /// not): a REGISTER at a `now` earlier than one an earlier REGISTER used is
+    /// recorded at that later time, so that the table's refresh order stays the order
+    /// of refresh times, which QUERY and [`Self::prune`] rely on to look only at the
+    /// stale servers.
     pub fn handle(
         &mut self,
         now: Instant,
@@ -890,7 +913,10 @@ impl RegistryCore {
                 max: self.config.max_entries_per_host,
             });
         }
+        let now = self.refresh_time(now);
         for name in upper {
+            let tick = self.next_tick;
+            self.next_tick += 1;
             let (key, entry) = match self.names.entry(Arc::from(name.as_str())) {
                 Entry::Occupied(o) => (Arc::clone(o.key()), o.into_mut()),
                 Entry::Vacant(v) => {
@@ -904,16 +930,23 @@ impl RegistryCore {
             {
                 self.servers_searched += entry.search_cost();
             }
-            if entry.refresh(source, port, now) {
+            let before = entry.front();
+            let refreshed = entry.refresh(source, port, now, tick);
+            if !refreshed {
+                entry.push(
+                    Server {
+                        ip: source,
+                        host: source.to_string().into(),
+                        port: port.clone(),
+                        last_seen: now,
+                    },
+                    tick,
+                );
+            }
+            refront(&mut self.by_front, &key, before, entry.front());
+            if refreshed {
                 tracing::trace!(name = %logged(&name), host = %source, port = %logged_port(port), "keep-alive");
             } else {
-                let host: Box<str> = source.to_string().into();
-                entry.push(Server {
-                    ip: source,
-                    host: host.clone(),
-                    port: port.clone(),
-                    last_seen: now,
-                });
                 self.entries += 1;
                 let host_record = self.per_host.entry(source).or_default();
                 host_record.entries += 1;
@@ -930,7 +963,7 @@ impl RegistryCore {
                 self.events.push(RegistryEvent::Added {
                     name,
                     addr: ServiceAddr {
-                        host: host.into(),
+                        host: source.to_string(),
                         port: port.clone(),
                     },
                 });
@@ -976,35 +1009,6 @@ impl RegistryCore {
         });
     }
 
-    /// Removes the servers `gone` picks from every name (and names left empty);
-    /// returns how many entries went.
-    fn remove_where(&mut self, gone: impl Fn(&Server) -> bool, reason: RemoveReason) -> usize {
-        let mut removed = Vec::new();
-        #[cfg(test)]
-        {
-            self.names_visited += self.names.len();
-        }
-        self.names.retain(|name, entry| {
-            removed.extend(
-                entry
-                    .take_servers(&gone)
-                    .into_iter()
-                    .map(|s| (name.clone(), s)),
-            );
-            if entry.is_empty() {
-                self.by_seq.remove(&entry.seq);
-                false
-            } else {
-                true
-            }
-        });
-        let n = removed.len();
-        for (name, s) in removed {
-            self.forget(&name, &s, reason);
-        }
-        n
-    }
-
     /// Removes `source:port` from every name; returns how many entries went. Only the
     /// names where `source` has entries are looked at (at most
     /// [`CoreConfig::max_entries_per_host`]), found through the host index, and in
@@ -1027,9 +1031,11 @@ impl RegistryCore {
             {
                 self.servers_searched += entry.search_cost();
             }
+            let before = entry.front();
             let Some(s) = entry.remove(source, port) else {
                 continue;
             };
+            refront(&mut self.by_front, name, before, entry.front());
             if entry.is_empty() {
                 self.by_seq.remove(&entry.seq);
                 self.names.remove(&**name);
@@ -1044,9 +1050,67 @@ impl RegistryCore {
     }
 
     /// Removes every stale entry (and names left empty); returns how many went.
+    ///
+    /// Looks only at the names with stale servers, oldest refresh first, and in each
+    /// only at its stale servers and the first fresh one, through the index of names by
+    /// their oldest refresh; the first name whose oldest server is fresh ends the walk.
+    /// The work is O(log n) per entry removed, and O(1) when none is stale, whatever
+    /// the size of the table.
     pub fn prune(&mut self, now: Instant) -> usize {
+        let mut removed = 0;
+        while let Some(name) = self.by_front.first_key_value().map(|(_, n)| Arc::clone(n)) {
+            #[cfg(test)]
+            {
+                self.names_visited += 1;
+            }
+            match self.prune_name(&name, now) {
+                0 => break,
+                n => removed += n,
+            }
+        }
+        removed
+    }
+
+    /// Removes the stale servers of `name` (a prefix of its refresh order), and the
+    /// name once it has none left; returns how many went.
+    fn prune_name(&mut self, name: &str, now: Instant) -> usize {
         let timeout = self.config.prune_timeout;
-        self.remove_where(|s| s.is_stale(now, timeout), RemoveReason::Pruned)
+        let Some(entry) = self.names.get_mut(name) else {
+            return 0;
+        };
+        // The name as the table keys it (shared, not copied), found by creation order.
+        let Some(key) = self.by_seq.get(&entry.seq) else {
+            return 0;
+        };
+        let before = entry.front();
+        let removed = entry.take_stale_front(now, timeout);
+        #[cfg(test)]
+        {
+            self.servers_visited += removed.len() + usize::from(!entry.is_empty());
+        }
+        if removed.is_empty() {
+            return 0;
+        }
+        let key = Arc::clone(key);
+        refront(&mut self.by_front, &key, before, entry.front());
+        if entry.is_empty() {
+            self.by_seq.remove(&entry.seq);
+            self.names.remove(name);
+        }
+        let n = removed.len();
+        for s in removed {
+            self.forget(&key, &s, RemoveReason::Pruned);
+        }
+        n
+    }
+
+    /// The time a REGISTER at `now` records: `now`, or the latest time recorded before
+    /// if `now` is earlier (a clock that went back). Refresh ticks are handed out in
+    /// call order, so this keeps `last_seen` from ever decreasing in tick order.
+    fn refresh_time(&mut self, now: Instant) -> Instant {
+        let now = self.last_refresh.map_or(now, |last| last.max(now));
+        self.last_refresh = Some(now);
+        now
     }
 
     /// Answers QUERY into `reply`: stale entries of the name are pruned first (like
@@ -1066,21 +1130,7 @@ impl RegistryCore {
         } else {
             std::borrow::Cow::Owned(name.to_uppercase())
         };
-        let timeout = self.config.prune_timeout;
-        if let Some(entry) = self.names.get_mut(key.as_ref()) {
-            let removed = entry.take_stale_front(now, timeout);
-            #[cfg(test)]
-            {
-                self.servers_visited += removed.len() + usize::from(!entry.is_empty());
-            }
-            if entry.is_empty() {
-                self.by_seq.remove(&entry.seq);
-                self.names.remove(key.as_ref());
-            }
-            for s in removed {
-                self.forget(&key, &s, RemoveReason::Pruned);
-            }
-        }
+        self.prune_name(&key, now);
         let Some(entry) = self.names.get(key.as_ref()) else {
             reply.extend_from_slice(&proto::REPLY_EMPTY);
             return;

@@ -11,6 +11,7 @@
 //! - [`proto`]: requests and replies;
 //! - [`core`]: the table and dispatch, pure, with an injected clock;
 //! - [`server`]: the tokio UDP + TCP server around the core;
+//! - [`events`]: the receiver of table changes the server hands out;
 //! - [`client`]: UDP (broadcast or unicast) and TCP clients;
 //! - [`registrar`]: a task that keeps a Rust service registered.
 //!
@@ -32,6 +33,7 @@
 pub mod brine;
 pub mod client;
 pub mod core;
+pub mod events;
 pub mod fuzz_entry;
 pub mod proto;
 pub mod registrar;
@@ -42,6 +44,7 @@ mod udp_batch;
 pub use crate::core::{CommandKind, CoreConfig, RegistryEvent, RemoveReason, Stats, Transport};
 pub use crate::proto::{Command, Port, ServiceAddr};
 pub use client::{ClientError, RegistryClient, TcpRegistryClient, UdpRegistryClient};
+pub use events::{EventRecvError, RegistryEvents};
 /// CIDR network type of the allow-lists (re-exported from `ipnet`).
 pub use ipnet::IpNet;
 pub use registrar::{Registrar, RegistrarConfig};

@@ -1,5 +1,5 @@
 //! The tokio registry server: UDP and TCP on the same port, one shared table, a
-//! pruning timer, events.
+//! pruning timer, events (see [`crate::events`]).
 //!
 //! ```
 //! use herald_registry::{RegistryConfig, RegistryServer, RegistryEvent};
@@ -25,13 +25,12 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::brine;
-use crate::core::{
-    CoreConfig, HandleError, RegistryCore, RegistryEvent, Stats, TableRow, Transport,
-};
+use crate::core::{CoreConfig, HandleError, RegistryCore, Stats, TableRow, Transport};
+use crate::events::{EventPublisher, RegistryEvents};
 use crate::proto;
 
 /// Server settings. `Default` is rpyc's: `0.0.0.0:18811`, UDP and TCP, 240 s pruning,
@@ -63,10 +62,13 @@ pub struct RegistryConfig {
     /// Concurrent TCP connections from one source address (IPv4, or IPv6 with
     /// v4-mapped addresses taken as IPv4): one host cannot take every slot.
     pub max_tcp_connections_per_source: usize,
-    /// Headroom of the event channel: the channel holds this many events on top of the
-    /// largest burst one update of the table can raise (see
-    /// [`RegistryConfig::event_channel_capacity`]). A receiver that falls further
-    /// behind sees `Lagged`.
+    /// Updates of the table the event channel holds (at least one). The events of one
+    /// update (one request, one UDP batch of up to 32 datagrams, one prune tick) travel
+    /// as one batch however many they are, so a receiver that reads everything between
+    /// updates never lags; one that falls more than this many updates behind gets
+    /// [`EventRecvError::Lagged`](crate::EventRecvError::Lagged) with the number of
+    /// events it missed. The slots (a few words each) are allocated at start; the
+    /// events are freed once every receiver has read them.
     pub event_capacity: usize,
 }
 
@@ -100,35 +102,12 @@ impl RegistryConfig {
         }
     }
 
-    /// Slots of the event channel: [`event_capacity`](Self::event_capacity) plus
-    /// [`CoreConfig::max_entries`], at most [`MAX_EVENT_CHANNEL`].
-    ///
-    /// One REGISTER adds at most `max_entries_per_host` entries and one UNREGISTER
-    /// removes at most that many, but one prune tick can remove the whole table, so the
-    /// burst one update raises is bounded by `max_entries`. A receiver that reads
-    /// everything between updates therefore never sees `Lagged` (while `max_entries`
-    /// fits under the cap). A UDP batch (up to 32 datagrams under one lock) is one
-    /// update too: only one whose datagrams register and unregister the same entries
-    /// over and over can raise more than that. The slots are allocated when the server starts, about
-    /// 100 bytes each (13 MiB for the default 100 000 entries, rounded up to a power of
-    /// two); the events themselves are freed once every receiver has read them.
-    pub fn event_channel_capacity(&self) -> usize {
-        self.event_capacity
-            .max(1)
-            .saturating_add(self.core.max_entries)
-            .min(MAX_EVENT_CHANNEL)
-    }
-
     fn prune_every(&self) -> Duration {
         self.prune_interval
             .unwrap_or_else(|| (self.core.prune_timeout / 4).min(Duration::from_secs(30)))
             .max(Duration::from_millis(10))
     }
 }
-
-/// The largest event channel [`RegistryConfig::event_channel_capacity`] asks for
-/// (2^20 slots, about 100 MiB): a larger `max_entries` does not allocate more up front.
-pub const MAX_EVENT_CHANNEL: usize = 1 << 20;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -156,27 +135,32 @@ pub enum ServerError {
     },
 }
 
+/// The table and the publisher of its events, under one lock: the events of each
+/// update are numbered and published in the order of the updates.
+#[derive(Debug)]
+struct Table {
+    core: RegistryCore,
+    events: EventPublisher,
+}
+
 #[derive(Debug)]
 struct Shared {
-    core: Mutex<RegistryCore>,
-    events: broadcast::Sender<RegistryEvent>,
+    table: Mutex<Table>,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, RegistryCore> {
+    fn lock(&self) -> MutexGuard<'_, Table> {
         // A panic while holding the lock cannot leave the table half-updated in a way
         // that matters more than stopping service; keep serving.
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` on the table, then publishes the events it raised.
+    /// Runs `f` on the table, then publishes the events it raised as one batch.
     fn update<R>(&self, f: impl FnOnce(&mut RegistryCore) -> R) -> R {
-        let mut core = self.lock();
-        let r = f(&mut core);
-        for ev in core.drain_events() {
-            // No receivers is fine.
-            let _ = self.events.send(ev);
-        }
+        let mut table = self.lock();
+        let r = f(&mut table.core);
+        let events = table.core.drain_events();
+        table.events.publish(events);
         r
     }
 }
@@ -271,10 +255,11 @@ impl RegistryServer {
     /// Binds the sockets and starts serving (must be called inside a tokio runtime).
     pub async fn bind(config: RegistryConfig) -> Result<Self, ServerError> {
         let (udp, tcp) = bind_sockets(&config)?;
-        let (events, _) = broadcast::channel(config.event_channel_capacity());
         let shared = Arc::new(Shared {
-            core: Mutex::new(RegistryCore::new(config.core.clone())),
-            events,
+            table: Mutex::new(Table {
+                core: RegistryCore::new(config.core.clone()),
+                events: EventPublisher::new(config.event_capacity),
+            }),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -353,19 +338,20 @@ impl RegistryServer {
         self.tcp_addr
     }
 
-    /// A receiver of table changes from now on.
-    pub fn events(&self) -> broadcast::Receiver<RegistryEvent> {
-        self.shared.events.subscribe()
+    /// A receiver of table changes from now on, one event at a time (see
+    /// [`RegistryEvents::recv`]).
+    pub fn events(&self) -> RegistryEvents {
+        self.shared.lock().events.subscribe()
     }
 
     /// Counters.
     pub fn stats(&self) -> Stats {
-        self.shared.lock().stats()
+        self.shared.lock().core.stats()
     }
 
     /// A copy of the table.
     pub fn entries(&self) -> Vec<TableRow> {
-        self.shared.lock().entries(Instant::now())
+        self.shared.lock().core.entries(Instant::now())
     }
 
     /// Stops serving and waits for the tasks to end.
@@ -514,7 +500,7 @@ async fn serve_udp(
             _ = stop.changed() => return,
         };
         if len > max_request {
-            shared.lock().record_dropped();
+            shared.lock().core.record_dropped();
             tracing::info!(%from, len, max = max_request, "dropped oversized registry datagram");
             continue;
         }
@@ -709,12 +695,12 @@ async fn handle_tcp(
     let request = match tokio::time::timeout(deadline, read_request(&mut stream, max)).await {
         Ok(Ok(r)) => r,
         Ok(Err(why)) => {
-            shared.lock().record_dropped();
+            shared.lock().core.record_dropped();
             tracing::info!(%from, reason = %why, "dropped registry connection");
             return;
         }
         Err(_) => {
-            shared.lock().record_dropped();
+            shared.lock().core.record_dropped();
             tracing::info!(%from, deadline_ms = deadline.as_millis() as u64, "registry connection sent no complete request in time; closed");
             return;
         }

@@ -547,12 +547,12 @@ async fn timer_prunes_stale_entries_and_events_fire_once() {
     server.shutdown().await;
 }
 
-/// One REGISTER of 2 000 aliases, and the prune tick that removes them, are each a burst
-/// of more events than `event_capacity` (1024): a receiver that reads between the two
-/// gets every event, none lost to `Lagged`.
+/// One REGISTER of 5 000 aliases, and the prune tick that removes them, are each a burst
+/// of 5 000 events, into an event channel of 4 slots: a receiver that reads between the
+/// two gets every event, each once, none lost to a lag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_from_one_request_or_one_prune_tick_reaches_a_receiver_that_keeps_up() {
-    const N: usize = 2_000;
+    const N: usize = 5_000;
     let cfg = RegistryConfig {
         core: CoreConfig {
             prune_timeout: Duration::from_secs(1),
@@ -561,12 +561,9 @@ async fn a_burst_from_one_request_or_one_prune_tick_reaches_a_receiver_that_keep
             ..CoreConfig::default()
         },
         prune_interval: Some(Duration::from_millis(50)),
+        event_capacity: 4,
         ..config()
     };
-    assert!(
-        cfg.event_capacity < N,
-        "the burst exceeds the headroom alone"
-    );
     let server = RegistryServer::bind(cfg).await.expect("bind");
     let mut events = server.events();
     let aliases: Vec<String> = (0..N).map(|i| format!("svc{i}")).collect();
@@ -600,6 +597,66 @@ async fn a_burst_from_one_request_or_one_prune_tick_reaches_a_receiver_that_keep
         aliases.iter().map(|a| a.to_uppercase()).collect();
     assert_eq!(added, expected);
     assert_eq!(pruned, expected);
+    server.shutdown().await;
+}
+
+/// The next event or error, within [`WAIT`].
+async fn next_event(
+    events: &mut herald_registry::RegistryEvents,
+) -> Result<RegistryEvent, herald_registry::EventRecvError> {
+    tokio::time::timeout(WAIT, events.recv())
+        .await
+        .expect("an event in time")
+}
+
+/// Ten REGISTERs over TCP (ten updates, of 1, 2, ... 10 new entries) into an event
+/// channel of 4 updates, read only afterwards: the receiver is told it missed exactly
+/// the first six updates' 21 events, then gets the last four updates' 34 events in
+/// order, then the next update's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_falls_behind_is_told_how_many_events_it_missed() {
+    let server = RegistryServer::bind(RegistryConfig {
+        event_capacity: 4,
+        ..config()
+    })
+    .await
+    .expect("bind");
+    let mut events = server.events();
+    let client = TcpRegistryClient::new(server.local_addr());
+    let mut names = Vec::new();
+    for k in 0..10 {
+        let aliases: Vec<String> = (0..=k).map(|j| format!("u{k}-{j}")).collect();
+        // Answered after its events were published: one update each.
+        client
+            .register(&aliases, 7000u16)
+            .await
+            .expect("registered");
+        names.extend(aliases.iter().map(|a| a.to_uppercase()));
+    }
+    assert_eq!(names.len(), 55);
+    assert_eq!(
+        next_event(&mut events).await,
+        Err(herald_registry::EventRecvError::Lagged { missed: 21 })
+    );
+    for want in &names[21..] {
+        match next_event(&mut events).await {
+            Ok(RegistryEvent::Added { name, .. }) => assert_eq!(&name, want),
+            other => panic!("expected {want} added, got {other:?}"),
+        }
+    }
+    client.unregister(7000u16).await.expect("unregistered");
+    let mut removed = std::collections::BTreeSet::new();
+    while removed.len() < names.len() {
+        match next_event(&mut events).await {
+            Ok(RegistryEvent::Removed {
+                name,
+                reason: RemoveReason::Unregistered,
+                ..
+            }) => assert!(removed.insert(name)),
+            other => panic!("after {} removed: {other:?}", removed.len()),
+        }
+    }
+    assert_eq!(removed, names.into_iter().collect());
     server.shutdown().await;
 }
 

@@ -75,9 +75,9 @@ pub mod transport {
 #[cfg(feature = "registry")]
 pub mod registry {
     pub use herald_registry::{
-        ClientError, CoreConfig, Port, REGISTRY_PORT, Registrar, RegistrarConfig, RegistryClient,
-        RegistryConfig, RegistryEvent, RegistryServer, ServerError, ServiceAddr, TcpRegistryClient,
-        UdpRegistryClient,
+        ClientError, CoreConfig, EventRecvError, Port, REGISTRY_PORT, Registrar, RegistrarConfig,
+        RegistryClient, RegistryConfig, RegistryEvent, RegistryEvents, RegistryServer, ServerError,
+        ServiceAddr, TcpRegistryClient, UdpRegistryClient,
     };
 
     /// The whole `herald-registry` crate.

@@ -15,8 +15,12 @@ fn ip(s: &str) -> IpAddr {
 /// Rebuilds the indexes from the table and compares them with the ones kept up to
 /// date: the creation-order index holds exactly the table's names under their `seq`;
 /// the host index has the same hosts (none without entries), the same names with the
-/// same counts, and entry counts that add up.
+/// same counts, and entry counts that add up; the index by oldest refresh holds
+/// exactly the table's names, each under the tick of its first server, and the
+/// table's servers taken in tick order (across names) were refreshed in that order,
+/// which is what lets the pruning timer stop at the first fresh name.
 pub(super) fn check_index(core: &RegistryCore) -> Result<(), String> {
+    check_front_index(core)?;
     if core.by_seq.len() != core.names.len() {
         return Err(format!(
             "{} names in creation order, {} in the table",
@@ -45,7 +49,7 @@ pub(super) fn check_index(core: &RegistryCore) -> Result<(), String> {
         if entry.servers.is_empty() {
             return Err(format!("name {name} without servers is still in the table"));
         }
-        check_name_index(name, entry)?;
+        check_name_index(name, entry, core.next_tick)?;
         for s in entry.servers.values() {
             *expected.entry(s.ip).or_default().entry(name).or_insert(0) += 1;
             total += 1;
@@ -88,7 +92,7 @@ pub(super) fn check_index(core: &RegistryCore) -> Result<(), String> {
 /// there, the same entries, each under the tick it has in the refresh order. Every
 /// tick is below the next one, and the servers are in refresh order (`last_seen`
 /// never decreasing; the tests' clocks never go back).
-fn check_name_index(name: &str, entry: &super::Name) -> Result<(), String> {
+fn check_name_index(name: &str, entry: &super::Name, next_tick: u64) -> Result<(), String> {
     let len = entry.servers.len();
     match &entry.ticks {
         None if len > super::INDEX_ABOVE => {
@@ -124,8 +128,8 @@ fn check_name_index(name: &str, entry: &super::Name) -> Result<(), String> {
                 s.host, s.port
             ));
         }
-        if *tick >= entry.next_tick {
-            return Err(format!("{name}: tick {tick}, next is {}", entry.next_tick));
+        if *tick >= next_tick {
+            return Err(format!("{name}: tick {tick}, next is {next_tick}"));
         }
         if s.host.as_ref() != s.ip.to_string() {
             return Err(format!("{name}: host {} recorded for {}", s.host, s.ip));
@@ -137,6 +141,39 @@ fn check_name_index(name: &str, entry: &super::Name) -> Result<(), String> {
             ));
         }
         last_seen = Some(s.last_seen);
+    }
+    Ok(())
+}
+
+/// The index of names by oldest refresh against the table (see [`check_index`]).
+fn check_front_index(core: &RegistryCore) -> Result<(), String> {
+    if core.by_front.len() != core.names.len() {
+        return Err(format!(
+            "{} names by oldest refresh, {} in the table",
+            core.by_front.len(),
+            core.names.len()
+        ));
+    }
+    for (tick, name) in &core.by_front {
+        match core.names.get(&**name).map(|e| e.front()) {
+            Some(Some(front)) if front == *tick => {}
+            Some(front) => {
+                return Err(format!("{name} indexed at {tick}, its front is {front:?}"));
+            }
+            None => return Err(format!("{name} indexed at {tick}, not in the table")),
+        }
+    }
+    let mut all: Vec<(u64, Instant)> = core
+        .names
+        .values()
+        .flat_map(|e| e.servers.iter().map(|(tick, s)| (*tick, s.last_seen)))
+        .collect();
+    all.sort_unstable_by_key(|(tick, _)| *tick);
+    if let Some(w) = all.windows(2).find(|w| w[0].1 > w[1].1) {
+        return Err(format!(
+            "tick {} refreshed after tick {}, which comes later",
+            w[0].0, w[1].0
+        ));
     }
     Ok(())
 }
@@ -1143,4 +1180,108 @@ fn filtered_list_visits_only_that_hosts_names_in_a_big_table() {
         names.len() + 1,
         "stops at the first name that does not fit"
     );
+}
+
+/// A prune tick over a table of 60 000 entries of which three are stale looks only at
+/// the names holding those three and at the first fresh name (counted, not timed), and
+/// removes exactly them with the same events and counters as before; a tick with
+/// nothing stale looks at one name.
+#[test]
+fn a_prune_tick_looks_only_at_the_stale_entries_of_a_big_table() {
+    let timeout = Duration::from_secs(240);
+    let mut core = RegistryCore::new(CoreConfig::default());
+    let t0 = Instant::now();
+    let old = ip("192.168.9.9");
+    // The stale ones: registered first, two names (one with two old servers).
+    core.register(t0, old, &["gone1".into(), "gone2".into()], &Port::Num(1))
+        .expect("ok");
+    core.register(t0, old, &["gone1".into()], &Port::Num(2))
+        .expect("ok");
+    // 60 000 fresh entries on 30 000 names, some sharing a name with a stale one.
+    let fresh_at = t0 + Duration::from_secs(100);
+    for h in 0..6u8 {
+        let host = IpAddr::from([10, 4, 0, h + 1]);
+        for k in 0..10_000u32 {
+            let name = format!("SVC{}", (u32::from(h) * 5_000 + k) % 30_000);
+            core.register(fresh_at, host, &[name], &Port::Num(1))
+                .expect("ok");
+        }
+    }
+    core.register(fresh_at, ip("10.4.0.99"), &["gone1".into()], &Port::Num(7))
+        .expect("ok");
+    assert_eq!(core.len(), 60_004);
+    core.drain_events();
+    let stats_before = core.stats();
+
+    // Nothing stale yet: one name looked at.
+    core.names_visited = 0;
+    core.servers_visited = 0;
+    assert_eq!(core.prune(t0 + timeout), 0);
+    assert_eq!(core.names_visited, 1, "names looked at with nothing stale");
+    assert!(core.servers_visited <= 1, "{}", core.servers_visited);
+
+    core.names_visited = 0;
+    core.servers_visited = 0;
+    assert_eq!(core.prune(t0 + timeout + Duration::from_secs(1)), 3);
+    assert!(
+        core.names_visited <= 3,
+        "{} names looked at to prune two",
+        core.names_visited
+    );
+    assert!(
+        core.servers_visited <= 5,
+        "{} servers looked at to prune three",
+        core.servers_visited
+    );
+    let removed = |name: &str, port| RegistryEvent::Removed {
+        name: name.into(),
+        addr: ServiceAddr {
+            host: "192.168.9.9".into(),
+            port: Port::Num(port),
+        },
+        reason: RemoveReason::Pruned,
+    };
+    let mut events = core.drain_events();
+    events.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(
+        events,
+        [
+            removed("GONE1", 1),
+            removed("GONE1", 2),
+            removed("GONE2", 1)
+        ]
+    );
+    let stats = core.stats();
+    assert_eq!(stats.pruned, stats_before.pruned + 3);
+    assert_eq!(stats.entries, 60_001);
+    assert!(core.names.contains_key("GONE1") && !core.names.contains_key("GONE2"));
+    check_index(&core).expect("indexes");
+}
+
+/// A REGISTER whose clock went back is recorded at the latest time already recorded:
+/// the table's refresh order stays the order of refresh times, so the pruning timer
+/// (which stops at the first fresh name) and QUERY (which prunes a name's front) miss
+/// no stale entry.
+#[test]
+fn a_register_whose_clock_went_back_keeps_the_refresh_order() {
+    let mut core = RegistryCore::new(CoreConfig {
+        prune_timeout: Duration::from_secs(10),
+        ..CoreConfig::default()
+    });
+    let t0 = Instant::now();
+    let a = ip("10.0.0.1");
+    core.register(t0 + Duration::from_secs(5), a, &["x".into()], &Port::Num(1))
+        .expect("ok");
+    core.register(t0, a, &["y".into()], &Port::Num(1))
+        .expect("ok");
+    check_index(&core).expect("indexes");
+    let ages: Vec<u64> = core
+        .entries(t0 + Duration::from_secs(5))
+        .into_iter()
+        .map(|r| r.age_ms)
+        .collect();
+    assert_eq!(ages, [0, 0], "Y recorded at X's time");
+    assert_eq!(core.prune(t0 + Duration::from_secs(15)), 0);
+    assert_eq!(core.prune(t0 + Duration::from_secs(16)), 2);
+    check_index(&core).expect("indexes");
 }
