@@ -52,7 +52,10 @@ pub fn bench_dir() -> PathBuf {
 /// Prints `rows` as a table and writes them to `target/herald-bench/<layer>.json`.
 pub fn report(layer: &str, rows: &[BenchRow]) -> anyhow::Result<PathBuf> {
     // Columns as wide as their longest entry, so that no row shifts the ones after it.
-    let name_w = rows.iter().map(|r| r.name.len()).fold("benchmark".len(), usize::max);
+    let name_w = rows
+        .iter()
+        .map(|r| r.name.len())
+        .fold("benchmark".len(), usize::max);
     let base_w = rows
         .iter()
         .map(|r| r.baseline_name.len())
