@@ -232,7 +232,9 @@ impl MeshConfig {
     }
 
     /// Also dead-letter requests whose handler failed (nuropb parity; default: they
-    /// are acked, since the caller got the error reply).
+    /// are acked, since the caller got the error reply). The dead letter goes after the
+    /// error reply and carries the handler's error as its reason
+    /// (`x-herald-reason`, [`DeathInfo::detail`](crate::message::DeathInfo::detail)).
     pub fn dead_letter_failed(mut self, yes: bool) -> Self {
         self.dead_letter_failed = yes;
         self
@@ -1720,7 +1722,20 @@ async fn handle_work(inner: Arc<Inner>, d: crate::backend::Delivery) {
                 Ok(Ok(())) => settle(work.settle, true, "event").await,
                 Ok(Err(e)) => {
                     warn!(service = %inner.service_name, topic = %work.topic, error = %e, "event handler failed; event dead-lettered");
-                    settle(work.settle, false, "event").await;
+                    let EventWork {
+                        settle: settle_handle,
+                        topic,
+                        message,
+                    } = *work;
+                    let dead_letter = DeadLetter {
+                        what: "failed event",
+                        message,
+                        reason: format!(
+                            "the event handler of {} failed on an event of topic {topic:?}: {e}",
+                            inner.service_name
+                        ),
+                    };
+                    dead_letter.settle(settle_handle).await;
                 }
                 Err(_) => event_panicked(&inner, *work).await,
             }
@@ -1739,7 +1754,8 @@ async fn call_panicked(inner: &Inner, mut finish: FinishCall) {
         Envelope::Request(b) | Envelope::Command(b) => b.method.clone(),
         _ => String::new(),
     };
-    let Some(message) = finish.redelivery.take() else {
+    let kept = finish.kept.take();
+    let Some(message) = kept.filter(|_| finish.settle.redelivered()) else {
         warn!(service = %inner.service_name, method = %method, correlation_id = %finish.correlation_id, "a service handler panicked; its delivery is requeued once");
         // Dropping the unsettled delivery requeues it (marked redelivered).
         drop(finish);
@@ -1764,13 +1780,13 @@ async fn event_panicked(inner: &Inner, work: EventWork) {
     let EventWork {
         settle: settle_handle,
         topic,
-        redelivery,
+        message,
     } = work;
-    let Some(message) = redelivery else {
+    if !settle_handle.redelivered() {
         warn!(service = %inner.service_name, topic = %topic, "an event handler panicked; the event is requeued once");
         drop(settle_handle);
         return;
-    };
+    }
     warn!(service = %inner.service_name, topic = %topic, "an event handler panicked on a redelivered event; dead-lettered");
     let dead_letter = DeadLetter {
         what: "event handler panicked",
@@ -1812,9 +1828,9 @@ enum Step {
 struct EventWork {
     settle: Settle,
     topic: String,
-    /// The delivered message, kept only when the delivery is a redelivery: what its
-    /// dead letter needs should its handler panic again (see [`event_panicked`]).
-    redelivery: Option<Box<Message>>,
+    /// The delivered message (moved here, not copied): what its dead letter needs
+    /// should its handler fail, or panic on a redelivery (see [`event_panicked`]).
+    message: Box<Message>,
 }
 
 /// A delivery to dead-letter because it cannot be handled (why: the decode error).
@@ -1836,11 +1852,13 @@ struct FinishCall {
     /// Dead-letter it (before any reply) whatever the outcome: an expired call, a
     /// response on a service queue, a handler that panicked on a redelivery.
     dead_letter: Option<DeadLetter>,
-    /// The delivered message, kept only when the delivery is a redelivery (a first
-    /// delivery whose handler panics is requeued, not dead-lettered): what its dead
-    /// letter needs should its handler panic again (see [`call_panicked`]). Every other
-    /// call drops its message before its handler runs.
-    redelivery: Option<Box<Message>>,
+    /// The delivered message (moved here, not copied), kept only when its handler's
+    /// outcome may dead-letter it: a redelivery (whose handler, should it panic again,
+    /// is dead-lettered, see [`call_panicked`]; a first delivery whose handler panics
+    /// is requeued) or any call of a service that dead-letters failed calls
+    /// ([`MeshConfig::dead_letter_failed`]). Every other call drops its message before
+    /// its handler runs.
+    kept: Option<Box<Message>>,
 }
 
 /// A dead letter with its reason: a delivery that is dead-lettered whatever the
@@ -1923,7 +1941,6 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
         Envelope::Request(b) => (false, b),
         Envelope::Command(b) => (true, b),
         Envelope::Event(ev) => {
-            let redelivery = settle_handle.redelivered().then_some(msg);
             let Some(s) = &inner.serving else {
                 return Step::Done;
             };
@@ -1933,7 +1950,7 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
             let work = Box::new(EventWork {
                 settle: settle_handle,
                 topic: ev.topic.clone(),
-                redelivery,
+                message: msg,
             });
             return match started {
                 Ok(handler) => Step::Event(handler, work),
@@ -1961,7 +1978,7 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
                         message: msg,
                         reason,
                     }),
-                    redelivery: None,
+                    kept: None,
                 },
                 Ok(Value::Null),
             );
@@ -1973,7 +1990,7 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
     let method = body.method.as_str();
     let trace_id = header_trace.or_else(|| body.trace_id.clone());
     let now = incoming.deadline_ms.map(|_| now_ms());
-    let (expired, redelivery) = match (incoming.deadline_ms, now) {
+    let (expired, kept) = match (incoming.deadline_ms, now) {
         (Some(deadline), Some(now)) if now > deadline => (
             Some(DeadLetter {
                 what: "expired request",
@@ -1988,8 +2005,11 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
             }),
             None,
         ),
-        // Moved, not copied, and only for a redelivery.
-        _ => (None, settle_handle.redelivered().then_some(msg)),
+        // Moved, not copied, and only when the outcome may dead-letter it.
+        _ => (
+            None,
+            (settle_handle.redelivered() || inner.config.dead_letter_failed).then_some(msg),
+        ),
     };
     let is_expired = expired.is_some();
     let finish = FinishCall {
@@ -2001,7 +2021,7 @@ fn start_work(inner: &Arc<Inner>, d: crate::backend::Delivery) -> Step {
         session: incoming.session,
         settle: settle_handle,
         dead_letter: expired,
-        redelivery,
+        kept,
     };
     let info = serving.methods.get(method);
     let outcome = if is_expired {
@@ -2060,9 +2080,8 @@ async fn finish_call(
         session,
         settle: settle_handle,
         dead_letter,
-        redelivery,
+        kept,
     } = finish;
-    drop(redelivery);
     let method = match env.as_ref() {
         Envelope::Request(b) | Envelope::Command(b) => b.method.as_str(),
         _ => "",
@@ -2098,6 +2117,16 @@ async fn finish_call(
         Some((trace_id.clone(), correlation_id.clone()))
     };
     let ack = !(failed && inner.config.dead_letter_failed);
+    // A failed call of a service that dead-letters failed calls: its dead letter says
+    // what the handler answered (the message was kept for this; the reply goes first).
+    let failed_dead_letter = match (&outcome, kept) {
+        (Err(e), Some(message)) if !ack && !dead => Some(DeadLetter {
+            what: "failed call",
+            message,
+            reason: format!("{}.{method} failed: {e}", inner.service_name),
+        }),
+        _ => None,
+    };
     // An expired call is dead-lettered before it is answered; any other is settled
     // after its reply went out (a crash in between redelivers it rather than lose it).
     let mut settle_handle = Some(settle_handle);
@@ -2123,8 +2152,10 @@ async fn finish_call(
         }
         _ => {}
     }
-    if let Some(h) = settle_handle {
-        settle(h, ack, "call").await;
+    match (settle_handle, failed_dead_letter) {
+        (Some(h), Some(dl)) => dl.settle(h).await,
+        (Some(h), None) => settle(h, ack, "call").await,
+        (None, _) => {}
     }
     if let Some((trace_id, correlation_id)) = event_ids {
         publish_emitted(inner, events, trace_id, correlation_id).await;

@@ -1866,6 +1866,91 @@ pub async fn handler_always_panics(b: Arc<dyn Backend>) {
     disconnect_all([c, s]).await;
 }
 
+/// A failed event handler, and a failed call of a service with `dead_letter_failed`,
+/// dead-letter their message once, with a reason that names the service, the method
+/// or topic, and what the handler answered; each handler runs once.
+pub async fn failed_handlers_dead_letter_with_reason(b: Arc<dyn Backend>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let svc = unique("failing");
+    let event_runs = Arc::new(AtomicUsize::new(0));
+    let e = event_runs.clone();
+    let router = ServiceRouter::new("1.0", "fails")
+        .on_event(format!("{svc}.bad"), move |_ev: EventBody| {
+            e.fetch_add(1, Ordering::SeqCst);
+            async move { Err::<(), _>(ServiceError::handling("event refused on purpose")) }
+        })
+        .method(
+            MethodInfo::new("refuse", "always fails").param("why", "str", ""),
+            |p: Value, _ctx: Arc<RequestContext>| async move {
+                Err::<Value, _>(ServiceError::handling(format!(
+                    "refused on purpose: {}",
+                    p["why"].as_str().unwrap_or_default()
+                )))
+            },
+        );
+    let s = Mesh::connect(
+        b.clone(),
+        MeshConfig::service(&svc, router).dead_letter_failed(true),
+    )
+    .await
+    .unwrap();
+    let c = client(&b).await;
+    let conn = b.connect("failing-probe").await.unwrap();
+    match call(&c, &svc, "refuse", json!({"why": "test-42"})).await {
+        Err(MeshError::Handling { .. }) => {}
+        other => panic!("expected the handler's error, got {other:?}"),
+    }
+    c.publish_event(&format!("{svc}.bad"), json!(1), json!({}), None)
+        .await
+        .unwrap();
+    let dead = dead_letters(&conn, &svc, 2).await;
+    let mut seen = Vec::new();
+    for m in &dead {
+        let death = m.death.as_ref().unwrap();
+        assert_eq!(death.reason, DeathReason::Rejected);
+        let (what, must_say) = match m.payload.envelope().unwrap().as_ref() {
+            Envelope::Request(body) => (
+                body.method.clone(),
+                vec![
+                    format!("{svc}.refuse"),
+                    "refused on purpose: test-42".to_owned(),
+                ],
+            ),
+            Envelope::Event(ev) => (
+                ev.topic.clone(),
+                vec![
+                    svc.clone(),
+                    ev.topic.clone(),
+                    "event refused on purpose".to_owned(),
+                ],
+            ),
+            other => panic!("unexpected dead letter {other:?}"),
+        };
+        let detail = death
+            .detail
+            .as_deref()
+            .unwrap_or_else(|| panic!("the dead letter of {what} carries no reason"));
+        for part in must_say {
+            assert!(
+                detail.contains(&part),
+                "the reason {detail:?} of {what}'s dead letter does not say {part:?}"
+            );
+        }
+        seen.push(what);
+    }
+    seen.sort();
+    let mut expected = vec!["refuse".to_owned(), format!("{svc}.bad")];
+    expected.sort();
+    assert_eq!(seen, expected, "exactly one dead letter per message");
+    assert_eq!(
+        event_runs.load(Ordering::SeqCst),
+        1,
+        "a failed event is not retried"
+    );
+    conn.close().await.unwrap();
+    disconnect_all([c, s]).await;
+}
+
 /// A dead letter (an event) with the correlation id `<tag>-<i>`, published straight to
 /// a queue through the default exchange, confirmed.
 fn dead_letter_like(tag: &str, i: usize) -> Message {
@@ -2088,7 +2173,7 @@ macro_rules! conformance_tests {
             past_deadline, exactly_one_ack, command, command_confirmed, events, leader, describe,
             encryption, encryption_key_change, encryption_key_lookup_deadline, graceful_shutdown,
             shutdown_under_load, unpaired_and_single_instance, handler_panic, handler_always_panics,
-            encryption_error_from_a_handler_is_not_retried,
+            failed_handlers_dead_letter_with_reason, encryption_error_from_a_handler_is_not_retried,
             dead_letter_queue_is_trimmed_to_its_bound,
             trim_queue_drops_the_oldest_a_batch_at_a_time);
     };
