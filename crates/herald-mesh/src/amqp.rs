@@ -76,9 +76,13 @@
 //! [`DEAD_LETTER_WINDOW`] in flight), so a backlog of dead letters drains at the
 //! broker's pace rather than at one confirm round trip per message.
 //! If the copy cannot be published (no known dead-letter exchange, connection lost,
-//! refused), the delivery is rejected instead: settled once either way. A connection
-//! lost between the confirm and the ack makes the broker redeliver the delivery, which
-//! is then dead-lettered again (two dead letters for one message, never none).
+//! refused), the delivery is rejected instead: settled once either way. A delivery whose
+//! connection was lost (even if a new one is up) gets no copy: the broker redelivers it
+//! anyway, and it is dead-lettered then. A refused copy makes the broker close the
+//! channel of copies, so the other copies in flight on it fall back to a reject without
+//! their reason too (each still settled once). A connection lost between the confirm and
+//! the ack makes the broker redeliver the delivery, which is then dead-lettered again
+//! (two dead letters for one message, never none).
 //!
 //! ```no_run
 //! use herald_mesh::amqp::AmqpBackend;
@@ -1784,6 +1788,8 @@ pub fn fuzz_seed(message: &Message, body: &[u8]) -> Result<Vec<u8>, MeshError> {
 /// them, and the requests still being finished would then run a second time.
 #[derive(Debug, Default)]
 struct Unsettled {
+    /// The generation of the connection the channel is on ([`Live::generation`]).
+    generation: u64,
     count: AtomicUsize,
     settled: tokio::sync::Notify,
     /// The consumer was stopped and its channel is to be closed: acks wait until lapin
@@ -1792,6 +1798,14 @@ struct Unsettled {
 }
 
 impl Unsettled {
+    /// The (still empty) count of a channel on the connection of `generation`.
+    fn on(generation: u64) -> Arc<Self> {
+        Arc::new(Self {
+            generation,
+            ..Self::default()
+        })
+    }
+
     /// Resolves once no delivery of the channel is unsettled.
     async fn drained(&self) {
         loop {
@@ -1880,8 +1894,13 @@ impl Acker for AmqpAcker {
     ) -> BackendFuture<'static, Result<(), MeshError>> {
         let dlx = self.inner.dead_letter_exchange(&self.queue);
         // On a lost connection the delivery is redelivered whatever is done here: no
-        // copy (there would be two dead letters).
-        let live = self.inner.current().filter(|live| live.is_connected());
+        // copy (there would be two dead letters), also when the link is already up
+        // again (a new connection, on which this delivery's ack cannot go).
+        let generation = self.unsettled.as_ref().map(|u| u.0.generation);
+        let live = self
+            .inner
+            .current()
+            .filter(|live| live.is_connected() && Some(live.generation) == generation);
         let (Some(dlx), Some(live), Some(_)) = (dlx, live, self.acker.as_ref()) else {
             tracing::debug!(queue = %self.queue, reason = %reason, "dead-lettered without its reason (no dead-letter exchange known, or no connection)");
             return self.reject(false);
@@ -2217,7 +2236,7 @@ impl ConsumerState {
                         tracing::info!(queue = %self.queue, generation = live.generation, "consumer restarted");
                         self.current = Some(c);
                         self.abandoned = live.abandoned.subscribe();
-                        self.unsettled = Arc::default();
+                        self.unsettled = Unsettled::on(live.generation);
                         delay = self.inner.options.reconnect_initial;
                     }
                     Err(e) => {
@@ -2604,7 +2623,7 @@ impl Connection for AmqpConnection {
                 direct: false,
                 current: Some(current),
                 abandoned: live.abandoned.subscribe(),
-                unsettled: Arc::default(),
+                unsettled: Unsettled::on(live.generation),
             };
             Ok(consumer_stream(state))
         })

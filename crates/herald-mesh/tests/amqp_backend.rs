@@ -1558,6 +1558,99 @@ async fn a_poison_message_is_dead_lettered_with_its_decode_error() {
 /// so the broker refuses the copy): the delivery is rejected instead, not requeued,
 /// the next copy goes out on a reopened channel, and the connection's confirmed
 /// publishes keep working.
+/// A delivery that arrived on a connection since lost is not copied to the dead-letter
+/// exchange over the new connection: its ack could not go out on the new one, so the
+/// broker redelivers it, and a copy would make two dead letters of one message. Only
+/// the redelivery's dead letter arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_of_a_lost_connection_is_not_dead_lettered_over_the_next_one() {
+    let Some(url) = herald_pyenv::amqp_url_or_skip() else {
+        return;
+    };
+    let (upstream, _) = through_proxy(&url, "127.0.0.1:1".parse().expect("addr"));
+    let proxy = cuttable_proxy(upstream).await;
+    let (_, proxied) = through_proxy(&url, proxy.addr);
+    let admin = connect(&url).await;
+    let service = unique("dl-lost");
+    let sq = service_topology(&admin, &service).await;
+    let dlq = QueueSpec::dead_letter(dead_letter_queue(&service));
+    admin.declare_queue(&dlq).await.expect("declare DLQ");
+    let conn = connect(&proxied).await;
+    // Declared on this connection too, so that it knows the queue's dead-letter exchange.
+    conn.declare_queue(&sq)
+        .await
+        .expect("declare through the proxy");
+    let mut stream = conn
+        .consume(&sq.name, ConsumeOptions::manual(1))
+        .await
+        .expect("consume through the proxy");
+    admin
+        .publish(RPC_EXCHANGE, &service, request(&service, "lost-1"))
+        .await
+        .expect("publish");
+    let first = next(&mut stream).await;
+    assert!(!first.redelivered);
+
+    // The link drops and comes back before the delivery is settled.
+    proxy.cut.send_replace(true);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while conn.declare_queue(&sq).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cut was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.cut.send_replace(false);
+    while conn.declare_queue(&sq).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reconnected after the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (message, settle) = first.into_parts();
+    // Settling on the lost channel may report an error; what counts is what follows.
+    let _ = settle
+        .dead_letter(message, "dead-lettered over a lost connection".into())
+        .await;
+
+    let again = next(&mut stream).await;
+    assert_eq!(again.message.properties.correlation_id, "lost-1");
+    assert!(
+        again.redelivered,
+        "the broker redelivers what was never settled"
+    );
+    again
+        .dead_letter("dead-lettered on its redelivery")
+        .await
+        .expect("dead letter of the redelivery");
+    let mut dl = admin
+        .consume(&dlq.name, ConsumeOptions::manual(10))
+        .await
+        .expect("consume DLQ");
+    // The DLX is a fanout shared by every service: skip other services' dead letters.
+    let reason = loop {
+        let d = next(&mut dl).await;
+        let mine = d.message.properties.correlation_id == "lost-1";
+        let detail = d.message.death.as_ref().and_then(|x| x.detail.clone());
+        d.ack().await.expect("ack");
+        if mine {
+            break detail;
+        }
+    };
+    assert_eq!(
+        reason.as_deref(),
+        Some("dead-lettered on its redelivery"),
+        "the first dead letter of the message must be its redelivery's (one dead letter)"
+    );
+    drop((stream, dl));
+    conn.close().await.expect("close");
+    admin.delete_queue(&sq.name).await.expect("cleanup");
+    admin.delete_queue(&dlq.name).await.expect("cleanup");
+    admin.close().await.expect("close");
+}
+
 #[tokio::test]
 async fn a_dead_letter_falls_back_to_a_reject_when_its_copy_is_refused() {
     let Some(url) = herald_pyenv::amqp_url_or_skip() else {
