@@ -302,8 +302,8 @@ fn print_event(ev: &RegistryEvent, as_json: bool) {
     }
 }
 
-/// Reports events lost because the output fell behind (the channel holds a burst of
-/// `--max-entries` events, so this takes a reader that stalls, e.g. a full pipe).
+/// Reports events lost because the output fell behind (the channel holds 1024 batches
+/// of up to 128 events, so this takes a reader that stalls, e.g. a full pipe).
 fn print_lag(missed: u64, as_json: bool) {
     print_result(
         as_json,

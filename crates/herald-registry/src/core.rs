@@ -1058,10 +1058,27 @@ impl RegistryCore {
     /// the size of the table.
     pub fn prune(&mut self, now: Instant) -> usize {
         let mut removed = 0;
-        while let Some(name) = self.by_front.first_key_value().map(|(_, n)| Arc::clone(n)) {
+        while let Some((tick, name)) = self
+            .by_front
+            .first_key_value()
+            .map(|(tick, n)| (*tick, Arc::clone(n)))
+        {
             #[cfg(test)]
             {
                 self.names_visited += 1;
+            }
+            // Every path keeps the index exact (the model test checks it after each
+            // step), but an entry that does not match the table (left by a panic under
+            // the server's lock, which keeps serving after one) would otherwise stay
+            // first and stop every later tick: drop it and go on.
+            let indexed = self
+                .names
+                .get(&*name)
+                .is_some_and(|entry| entry.front() == Some(tick));
+            if !indexed {
+                tracing::error!(name = %logged(&name), tick, "registry prune index entry does not match the table; dropped");
+                self.by_front.remove(&tick);
+                continue;
             }
             match self.prune_name(&name, now) {
                 0 => break,

@@ -1,7 +1,8 @@
 //! Table changes as the server publishes them: the events of one update of the table
-//! (one request, one UDP batch, one prune tick) travel together as one numbered batch,
-//! so the channel needs a slot per update, not per event, and a burst of any size
-//! reaches a receiver that reads between updates.
+//! (one request, one UDP batch, one prune tick) travel together in numbered batches of
+//! up to [`EVENTS_PER_BATCH`], so the channel needs a slot per batch, not per event, a
+//! burst of thousands of events reaches a receiver that reads between updates, and a
+//! receiver that stops reading holds back a bounded number of events.
 //!
 //! ```
 //! use herald_registry::{EventRecvError, RegistryConfig, RegistryEvent, RegistryServer};
@@ -40,8 +41,17 @@ pub(crate) struct EventBatch {
     events: Arc<[RegistryEvent]>,
 }
 
-/// The sending side: numbers the events and publishes one batch per update. Used under
-/// the table's lock, so batches go out in the order of the updates.
+/// Most events one batch carries: an update with more goes out as several batches, so
+/// that what a receiver that stopped reading holds back is bounded by the channel's
+/// slots times this (about 131 k events with the default 1024 slots), not by the size of
+/// the largest updates. An update of up to `event_capacity` × this many events (the
+/// default allows a prune tick that empties a full default table of 100 000 entries)
+/// never makes a receiver that reads between updates lag.
+pub const EVENTS_PER_BATCH: usize = 128;
+
+/// The sending side: numbers the events and publishes the events of each update as
+/// batches of at most [`EVENTS_PER_BATCH`]. Used under the table's lock, so batches go
+/// out in the order of the updates.
 #[derive(Debug)]
 pub(crate) struct EventPublisher {
     tx: broadcast::Sender<EventBatch>,
@@ -50,20 +60,32 @@ pub(crate) struct EventPublisher {
 }
 
 impl EventPublisher {
-    /// A channel that holds the batches of the last `updates` updates (at least one).
-    pub(crate) fn new(updates: usize) -> Self {
-        let (tx, _) = broadcast::channel(updates.max(1));
+    /// A channel that holds the last `batches` batches (at least one; tokio rounds it
+    /// up to a power of two).
+    pub(crate) fn new(batches: usize) -> Self {
+        let (tx, _) = broadcast::channel(batches.max(1));
         Self { tx, next: 0 }
     }
 
     /// Publishes the events of one update (nothing when there are none).
     pub(crate) fn publish(&mut self, events: Vec<RegistryEvent>) {
+        if events.len() <= EVENTS_PER_BATCH {
+            self.send(events.into());
+            return;
+        }
+        for chunk in events.chunks(EVENTS_PER_BATCH) {
+            self.send(chunk.into());
+        }
+    }
+
+    /// Sends one batch (none when it is empty) and numbers its events.
+    fn send(&mut self, events: Arc<[RegistryEvent]>) {
         if events.is_empty() {
             return;
         }
         let batch = EventBatch {
             first: self.next,
-            events: events.into(),
+            events,
         };
         self.next += batch.events.len() as u64;
         // No receivers is fine.
@@ -83,8 +105,8 @@ impl EventPublisher {
 /// Why [`RegistryEvents::recv`] returned no event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventRecvError {
-    /// The receiver fell more than [`RegistryConfig::event_capacity`] updates behind:
-    /// `missed` events were dropped for it. The next call returns the oldest event it
+    /// The receiver fell more than [`RegistryConfig::event_capacity`] batches (rounded
+    /// up to a power of two) behind: `missed` events were dropped for it. The next call returns the oldest event it
     /// still has.
     ///
     /// [`RegistryConfig::event_capacity`]: crate::RegistryConfig::event_capacity
@@ -113,7 +135,7 @@ pub struct RegistryEvents {
 
 impl RegistryEvents {
     /// The next event. A receiver that fell more than
-    /// [`RegistryConfig::event_capacity`] updates behind gets
+    /// [`RegistryConfig::event_capacity`] batches behind gets
     /// [`EventRecvError::Lagged`] with the exact number of events it missed, then the
     /// events that follow them, in order.
     ///
@@ -206,6 +228,30 @@ mod tests {
         assert_eq!(events.recv().await, Ok(removed));
         drop(publisher);
         assert_eq!(events.recv().await, Err(EventRecvError::Closed));
+    }
+
+    /// One update of 1 000 events goes out as batches of at most [`EVENTS_PER_BATCH`]:
+    /// a channel of 4 batches keeps only the last 4 batches (3 × 128 + the 104 left
+    /// over) for a receiver that read nothing: it is told it missed the first 512 and
+    /// gets the last 488 in order,
+    /// so a stalled receiver holds back a bounded number of events; an update of 300
+    /// events (3 batches) reaches a receiver that keeps up in full.
+    #[tokio::test]
+    async fn a_large_update_is_split_so_a_stalled_receiver_holds_back_a_bounded_number() {
+        let mut publisher = EventPublisher::new(4);
+        let mut events = publisher.subscribe();
+        publisher.publish((0..1000).map(added).collect());
+        assert_eq!(
+            events.recv().await,
+            Err(EventRecvError::Lagged { missed: 512 })
+        );
+        for i in 512..1000 {
+            assert_eq!(events.recv().await, Ok(added(i)));
+        }
+        publisher.publish((1000..1300).map(added).collect());
+        for i in 1000..1300 {
+            assert_eq!(events.recv().await, Ok(added(i)));
+        }
     }
 
     /// A receiver that lags in the middle of a batch keeps that batch: only later

@@ -62,13 +62,18 @@ pub struct RegistryConfig {
     /// Concurrent TCP connections from one source address (IPv4, or IPv6 with
     /// v4-mapped addresses taken as IPv4): one host cannot take every slot.
     pub max_tcp_connections_per_source: usize,
-    /// Updates of the table the event channel holds (at least one). The events of one
-    /// update (one request, one UDP batch of up to 32 datagrams, one prune tick) travel
-    /// as one batch however many they are, so a receiver that reads everything between
-    /// updates never lags; one that falls more than this many updates behind gets
+    /// Batches of events the event channel holds (at least one; tokio rounds it up to a
+    /// power of two). The events of one update (one request, one UDP batch of up to 32
+    /// datagrams, one prune tick) travel as batches of up to
+    /// [`EVENTS_PER_BATCH`](crate::events::EVENTS_PER_BATCH) (128), so a receiver that
+    /// reads everything between updates lags only on an update of more than this many
+    /// times 128 events (the default, 1024, covers a prune tick that empties a full
+    /// default table); one that falls more than this many batches behind gets
     /// [`EventRecvError::Lagged`](crate::EventRecvError::Lagged) with the number of
     /// events it missed. The slots (a few words each) are allocated at start; the
-    /// events are freed once every receiver has read them.
+    /// events are freed once every receiver has read them or the channel has moved
+    /// past them, so a receiver that stops reading holds back at most this many times
+    /// 128 events (about 131 k by default).
     pub event_capacity: usize,
 }
 

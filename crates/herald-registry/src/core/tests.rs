@@ -1285,3 +1285,37 @@ fn a_register_whose_clock_went_back_keeps_the_refresh_order() {
     assert_eq!(core.prune(t0 + Duration::from_secs(16)), 2);
     check_index(&core).expect("indexes");
 }
+
+/// A prune index entry that does not match the table (none should exist; a panic under
+/// the server's lock could leave one) is dropped by the next tick, which goes on to
+/// prune what is stale instead of stopping at it for good.
+#[test]
+fn a_prune_index_entry_that_does_not_match_the_table_does_not_stop_pruning() {
+    let timeout = Duration::from_secs(240);
+    let mut core = RegistryCore::new(CoreConfig::default());
+    // Leaves ticks 0 and 1 free for the bad entries below.
+    core.next_tick = 2;
+    let t0 = Instant::now();
+    core.register(t0, ip("10.5.0.1"), &["old".into()], &Port::Num(1))
+        .expect("ok");
+    core.register(
+        t0 + Duration::from_secs(100),
+        ip("10.5.0.2"),
+        &["fresh".into()],
+        &Port::Num(1),
+    )
+    .expect("ok");
+    core.drain_events();
+    // Before every real entry: one for a name the table does not have, and one for a
+    // name it has but under a tick that is not its oldest server's.
+    core.by_front.insert(0, std::sync::Arc::from("GHOST"));
+    core.by_front.insert(1, std::sync::Arc::from("FRESH"));
+    assert_eq!(core.prune(t0 + timeout + Duration::from_secs(1)), 1);
+    assert_eq!(core.len(), 1);
+    assert_eq!(core.by_front.len(), 1, "only the real entry is left");
+    let events = core.drain_events();
+    assert!(
+        matches!(&events[..], [RegistryEvent::Removed { name, reason: RemoveReason::Pruned, .. }] if name == "OLD"),
+        "{events:?}"
+    );
+}
