@@ -2346,11 +2346,6 @@ struct Outgoing {
     props: BasicProperties,
 }
 
-/// Publishes a message that asks for a confirm ([`Properties::confirm`]) on `live`'s
-/// channel for them, alone (see the [module docs](self)), and waits for the confirm.
-/// Once its turn has come, the publish and the wait run on a task of their own, so a
-/// caller that gives up does not end the turn before the confirm is in (the next
-/// publish could otherwise be handed this one's returned message).
 /// `basic.publish` of one message on `channel` (never `immediate`, which RabbitMQ
 /// refuses); resolves once lapin wrote it, with the confirm to await if the channel
 /// is in confirm mode.
@@ -2378,6 +2373,11 @@ async fn basic_publish(
     live.round_trip("basic.publish", about, publish).await
 }
 
+/// Publishes a message that asks for a confirm ([`Properties::confirm`]) on `live`'s
+/// channel for them, alone (see the [module docs](self)), and waits for the confirm.
+/// Once its turn has come, the publish and the wait run on a task of their own, so a
+/// caller that gives up does not end the turn before the confirm is in (the next
+/// publish could otherwise be handed this one's returned message).
 async fn publish_alone(live: Arc<Live>, outgoing: Outgoing) -> Result<(), MeshError> {
     let mut turn = live.confirmed.clone().lock_owned().await;
     let publish = tokio::spawn(async move {

@@ -355,8 +355,9 @@ impl Settle {
     /// `reason` in words on the dead letter ([`DeathInfo::detail`], header
     /// `x-herald-reason`), for a message that cannot be handled (the mesh gives the
     /// decode error of a poison message, and says why for a stray response on a service
-    /// queue, for a request whose deadline passed before it was handled and for a
-    /// message whose handler panicked on its redelivery too). Settles it exactly once:
+    /// queue, for a request whose deadline passed before it was handled, for a message
+    /// whose handler panicked on its redelivery too, for an event whose handler failed,
+    /// and for a failed call of a service that dead-letters failed calls). Settles it exactly once:
     /// on RabbitMQ a copy with the reason (and the original's body, properties, headers
     /// and routing key) goes to the queue's dead-letter exchange, confirmed, and then
     /// the delivery is acked; if that copy cannot be published, the delivery is

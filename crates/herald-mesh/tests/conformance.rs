@@ -1873,7 +1873,8 @@ pub async fn failed_handlers_dead_letter_with_reason(b: Arc<dyn Backend>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let svc = unique("failing");
     let event_runs = Arc::new(AtomicUsize::new(0));
-    let e = event_runs.clone();
+    let call_runs = Arc::new(AtomicUsize::new(0));
+    let (e, r) = (event_runs.clone(), call_runs.clone());
     let router = ServiceRouter::new("1.0", "fails")
         .on_event(format!("{svc}.bad"), move |_ev: EventBody| {
             e.fetch_add(1, Ordering::SeqCst);
@@ -1881,11 +1882,14 @@ pub async fn failed_handlers_dead_letter_with_reason(b: Arc<dyn Backend>) {
         })
         .method(
             MethodInfo::new("refuse", "always fails").param("why", "str", ""),
-            |p: Value, _ctx: Arc<RequestContext>| async move {
-                Err::<Value, _>(ServiceError::handling(format!(
-                    "refused on purpose: {}",
-                    p["why"].as_str().unwrap_or_default()
-                )))
+            move |p: Value, _ctx: Arc<RequestContext>| {
+                r.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    Err::<Value, _>(ServiceError::handling(format!(
+                        "refused on purpose: {}",
+                        p["why"].as_str().unwrap_or_default()
+                    )))
+                }
             },
         );
     let s = Mesh::connect(
@@ -1946,6 +1950,11 @@ pub async fn failed_handlers_dead_letter_with_reason(b: Arc<dyn Backend>) {
         event_runs.load(Ordering::SeqCst),
         1,
         "a failed event is not retried"
+    );
+    assert_eq!(
+        call_runs.load(Ordering::SeqCst),
+        1,
+        "a failed call is not retried"
     );
     conn.close().await.unwrap();
     disconnect_all([c, s]).await;
