@@ -81,6 +81,28 @@ async fn next(stream: &mut DeliveryStream) -> Delivery {
         .expect("stream still open")
 }
 
+/// The next `n` dead letters from `queue` read (and acked) from the dead-letter queue
+/// stream `dl`, as (correlation id, reason); each must be a reject (`x-death` reason
+/// `rejected`). Dead letters of other queues are skipped: the dead-letter exchange is a
+/// fanout shared by every service.
+async fn dead_letters_from(
+    dl: &mut DeliveryStream,
+    queue: &str,
+    n: usize,
+) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let (m, settle) = next(dl).await.into_parts();
+        settle.ack().await.expect("ack dead letter");
+        let Some(death) = m.death.filter(|d| d.queue == queue) else {
+            continue;
+        };
+        assert_eq!(death.reason, DeathReason::Rejected);
+        out.push((m.properties.correlation_id, death.detail));
+    }
+    out
+}
+
 async fn service_topology(conn: &AmqpConnection, service: &str) -> QueueSpec {
     for x in nuropb_exchanges() {
         conn.declare_exchange(&x).await.expect("declare exchange");
@@ -1629,19 +1651,13 @@ async fn a_delivery_of_a_lost_connection_is_not_dead_lettered_over_the_next_one(
         .consume(&dlq.name, ConsumeOptions::manual(10))
         .await
         .expect("consume DLQ");
-    // The DLX is a fanout shared by every service: skip other services' dead letters.
-    let reason = loop {
-        let d = next(&mut dl).await;
-        let mine = d.message.properties.correlation_id == "lost-1";
-        let detail = d.message.death.as_ref().and_then(|x| x.detail.clone());
-        d.ack().await.expect("ack");
-        if mine {
-            break detail;
-        }
-    };
+    let first = dead_letters_from(&mut dl, &sq.name, 1).await;
     assert_eq!(
-        reason.as_deref(),
-        Some("dead-lettered on its redelivery"),
+        first,
+        [(
+            "lost-1".to_owned(),
+            Some("dead-lettered on its redelivery".to_owned())
+        )],
         "the first dead letter of the message must be its redelivery's (one dead letter)"
     );
     drop((stream, dl));
@@ -1670,39 +1686,27 @@ async fn a_dead_letter_falls_back_to_a_reject_when_its_copy_is_refused() {
         .consume(&queue, ConsumeOptions::manual(1))
         .await
         .expect("consume");
-    conn.publish("", &queue, request("fallback", "fb-1"))
-        .await
-        .expect("publish");
-    let d = next(&mut stream).await;
-    assert_eq!(d.message.properties.correlation_id, "fb-1");
-    d.dead_letter("cannot be handled")
-        .await
-        .expect("settled by the fallback reject");
-    // Settled, not requeued: the next delivery is the next message.
-    conn.publish("", &queue, request("fallback", "fb-2"))
-        .await
-        .expect("publish");
-    let d = next(&mut stream).await;
-    assert_eq!(d.message.properties.correlation_id, "fb-2");
-    assert!(!d.redelivered);
-    d.ack().await.expect("ack");
-    // The refusal closed the channel of dead-letter copies: the next copy goes out on a
-    // new one (and is refused the same way, so its delivery falls back likewise).
-    conn.publish("", &queue, request("fallback", "fb-3"))
-        .await
-        .expect("publish");
-    let d = next(&mut stream).await;
-    assert_eq!(d.message.properties.correlation_id, "fb-3");
-    d.dead_letter("cannot be handled either")
-        .await
-        .expect("settled by the fallback reject again");
-    conn.publish("", &queue, request("fallback", "fb-4"))
-        .await
-        .expect("publish");
-    let d = next(&mut stream).await;
-    assert_eq!(d.message.properties.correlation_id, "fb-4");
-    assert!(!d.redelivered);
-    d.ack().await.expect("ack");
+    // Twice: the refusal closes the channel of dead-letter copies, so the second copy
+    // goes out on a new one (and is refused the same way, so its delivery falls back
+    // likewise).
+    for (dead, next_id) in [("fb-1", "fb-2"), ("fb-3", "fb-4")] {
+        conn.publish("", &queue, request("fallback", dead))
+            .await
+            .expect("publish");
+        let d = next(&mut stream).await;
+        assert_eq!(d.message.properties.correlation_id, dead);
+        d.dead_letter("cannot be handled")
+            .await
+            .expect("settled by the fallback reject");
+        // Settled, not requeued: the next delivery is the next message.
+        conn.publish("", &queue, request("fallback", next_id))
+            .await
+            .expect("publish");
+        let d = next(&mut stream).await;
+        assert_eq!(d.message.properties.correlation_id, next_id);
+        assert!(!d.redelivered);
+        d.ack().await.expect("ack");
+    }
     // Confirmed publishes keep working.
     let mut confirmed = request(&unique("absent"), "fb-5");
     confirmed.properties.confirm = true;
@@ -2392,17 +2396,9 @@ async fn dead_letter_copies_are_pipelined_and_each_original_acked_after_its_conf
         .await
         .expect("consume DLQ");
     let mut reasons = std::collections::BTreeSet::new();
-    while reasons.len() < n {
-        let d = next(&mut dl).await;
-        let (m, settle) = d.into_parts();
-        settle.ack().await.expect("ack");
-        let Some(death) = m.death.filter(|d| d.queue == sq.name) else {
-            continue;
-        };
-        assert_eq!(death.reason, DeathReason::Rejected);
-        let cid = &m.properties.correlation_id;
+    for (cid, detail) in dead_letters_from(&mut dl, &sq.name, n).await {
         assert_eq!(
-            death.detail.as_deref(),
+            detail.as_deref(),
             Some(format!("test reason for {cid}").as_str())
         );
         assert!(reasons.insert(cid.clone()), "{cid} dead-lettered twice");
@@ -2462,26 +2458,17 @@ async fn a_backlog_of_expired_requests_is_dead_lettered_with_reasons() {
     )
     .await
     .expect("service");
-    // The dead-letter exchange is a fanout: skip other services' dead letters.
     let mut dl = admin
         .consume(&dlq.name, ConsumeOptions::manual(200))
         .await
         .expect("consume DLQ");
     let mut dead = std::collections::BTreeSet::new();
-    while dead.len() < BACKLOG {
-        let d = next(&mut dl).await;
-        let (m, settle) = d.into_parts();
-        settle.ack().await.expect("ack");
-        let Some(death) = m.death.filter(|d| d.queue == sq.name) else {
-            continue;
-        };
-        assert_eq!(death.reason, DeathReason::Rejected);
-        let detail = death.detail.unwrap_or_default();
+    for (cid, detail) in dead_letters_from(&mut dl, &sq.name, BACKLOG).await {
+        let detail = detail.unwrap_or_default();
         assert!(
             detail.contains("deadline passed") && detail.contains(&format!("{name}.add")),
             "the reason {detail:?} does not say that the deadline of {name}.add passed"
         );
-        let cid = m.properties.correlation_id;
         assert!(dead.insert(cid.clone()), "{cid} dead-lettered twice");
     }
     let deadline = tokio::time::Instant::now() + WAIT;
