@@ -584,10 +584,11 @@ async fn serve_tcp(
         let shared = shared.clone();
         let deadline = config.tcp_deadline;
         let max = config.tcp_max_request;
+        let want_local = config.core.rewrite_loopback;
         conns.spawn(async move {
             let _permit = permit;
             let _slot = slot;
-            handle_tcp(stream, from, &shared, deadline, max).await;
+            handle_tcp(stream, from, &shared, deadline, max, want_local).await;
         });
     }
 }
@@ -696,6 +697,7 @@ async fn handle_tcp(
     shared: &Shared,
     deadline: Duration,
     max: usize,
+    want_local: bool,
 ) {
     let request = match tokio::time::timeout(deadline, read_request(&mut stream, max)).await {
         Ok(Ok(r)) => r,
@@ -712,7 +714,11 @@ async fn handle_tcp(
     };
     let request = proto::parse_request_value(request);
     let mut reply = Vec::with_capacity(256);
-    let local = stream.local_addr().ok().map(|a| a.ip());
+    // The address the client reached: only loopback rewriting uses it (one system call
+    // per connection saved otherwise).
+    let local = want_local
+        .then(|| stream.local_addr().ok().map(|a| a.ip()))
+        .flatten();
     let result = shared.update(|core| {
         core.handle_parsed_via(
             Instant::now(),
