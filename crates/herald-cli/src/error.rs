@@ -10,8 +10,27 @@ pub struct BadInput(pub anyhow::Error);
 
 impl fmt::Display for BadInput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#}", self.0)
+        f.write_str(&one_line(&self.0))
     }
+}
+
+/// The error as one line: its message, then each cause joined by ": ", leaving out a
+/// cause whose text the line already holds (the libraries' messages often name their
+/// OS error, which is also their source: "... failed: Connection refused (os error
+/// 111)" once, not twice).
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 impl std::error::Error for BadInput {}
@@ -19,4 +38,42 @@ impl std::error::Error for BadInput {}
 /// Wraps any error as [`BadInput`] so that `main` exits with status 2.
 pub fn bad_input(err: impl Into<anyhow::Error>) -> anyhow::Error {
     anyhow::Error::new(BadInput(err.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error whose message names its source, which it also exposes as `source()`.
+    #[derive(Debug)]
+    struct Connect {
+        source: std::io::Error,
+    }
+
+    impl fmt::Display for Connect {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "connect to 127.0.0.1:9 failed: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Connect {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn one_line_names_a_cause_already_in_the_message_once() {
+        let os = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused (os error 111)",
+        );
+        let err = anyhow::Error::new(Connect { source: os }).context("discovering CALC");
+        assert_eq!(
+            one_line(&err),
+            "discovering CALC: connect to 127.0.0.1:9 failed: refused (os error 111)"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(one_line(&plain), "outer: inner");
+    }
 }

@@ -103,7 +103,7 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line: the chain of causes joined by ": ".
-            eprintln!("herald: error: {err:#}");
+            eprintln!("herald: error: {}", error::one_line(&err));
             if err.downcast_ref::<BadInput>().is_some() {
                 ExitCode::from(2)
             } else {

@@ -166,14 +166,56 @@ pub struct UnregisterArgs {
 }
 
 /// Runs a `herald registry` subcommand.
+///
+/// With `--json`, a failure is also printed on stdout as
+/// `{"error": KIND, "description": TEXT}` (as the mesh subcommands do), so that a
+/// script reading JSON lines sees it; the message still goes to stderr and the exit
+/// status is the same.
 pub async fn run(cmd: RegistryCommand) -> anyhow::Result<()> {
-    match cmd {
+    let json = match &cmd {
+        RegistryCommand::Serve(a) => a.json,
+        RegistryCommand::Register(RegisterArgs { target, .. })
+        | RegistryCommand::Discover(DiscoverArgs { target, .. })
+        | RegistryCommand::List(ListArgs { target, .. })
+        | RegistryCommand::Unregister(UnregisterArgs { target, .. }) => target.json,
+    };
+    let result = match cmd {
         RegistryCommand::Serve(args) => serve(args).await,
         RegistryCommand::Register(args) => register(args).await,
         RegistryCommand::Discover(args) => discover(args).await,
         RegistryCommand::List(args) => list(args).await,
         RegistryCommand::Unregister(args) => unregister(args).await,
+    };
+    if json && let Err(e) = &result {
+        outln!("{}", error_json(e));
     }
+    result
+}
+
+/// `{"error": KIND, "description": TEXT}` for a failed registry subcommand: KIND names
+/// what went wrong (`BadInput`, `Timeout`, `Io`, `BadReply`, `NotOk`, `Bind`,
+/// `NothingToServe`, `NoCommonPort`, or `Error`), TEXT is the one-line message.
+fn error_json(e: &anyhow::Error) -> serde_json::Value {
+    use herald_registry::{ClientError, ServerError};
+    let kind = if e.downcast_ref::<crate::BadInput>().is_some() {
+        "BadInput"
+    } else if let Some(c) = e.chain().find_map(|c| c.downcast_ref::<ClientError>()) {
+        match c {
+            ClientError::Io { .. } => "Io",
+            ClientError::Timeout { .. } => "Timeout",
+            ClientError::BadReply { .. } => "BadReply",
+            ClientError::NotOk { .. } => "NotOk",
+        }
+    } else if let Some(s) = e.chain().find_map(|c| c.downcast_ref::<ServerError>()) {
+        match s {
+            ServerError::Bind { .. } => "Bind",
+            ServerError::NothingToServe => "NothingToServe",
+            ServerError::NoCommonPort { .. } => "NoCommonPort",
+        }
+    } else {
+        "Error"
+    };
+    json!({ "error": kind, "description": crate::error::one_line(e) })
 }
 
 fn parse_cidrs(list: &[String], flag: &str) -> anyhow::Result<Vec<herald_registry::IpNet>> {
@@ -427,8 +469,8 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
         Ok(()) => true,
         Err(e) => {
             eprintln!(
-                "herald: warning: registering with {target} failed: {:#}; retrying until it answers",
-                anyhow::Error::new(e)
+                "herald: warning: registering with {target} failed: {}; retrying until it answers",
+                crate::error::one_line(&anyhow::Error::new(e))
             );
             false
         }

@@ -256,6 +256,65 @@ fn listing_off_is_a_clear_failure() {
     assert!(err.contains("does not allow listing"), "{err}");
 }
 
+/// With `--json`, a failure is a JSON line on stdout naming its kind, beside the
+/// message on stderr and the same exit status; the OS error in the message is named
+/// once, not once per level of the error chain.
+#[test]
+fn json_failures_are_json_and_name_the_os_error_once() {
+    let serve = Serve::start(&[]);
+    let out = run(&[
+        "registry",
+        "list",
+        "--json",
+        "--registry",
+        &serve.registry(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON {:?}: {e}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["error"], "Error", "{v}");
+    let text = v["description"].as_str().unwrap_or_default();
+    assert!(text.contains("does not allow listing"), "{v}");
+
+    // A TCP registry address where nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = closed.local_addr().expect("addr").to_string();
+    drop(closed);
+    let out = run(&[
+        "registry",
+        "discover",
+        "x",
+        "--tcp",
+        "--json",
+        "--registry",
+        &addr,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON {:?}: {e}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["error"], "Io", "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("os error").count(),
+        1,
+        "the OS error named once: {err}"
+    );
+    assert!(err.contains(&addr), "{err}");
+
+    // Bad input: exit 2, kind BadInput.
+    let out = run(&[
+        "registry",
+        "discover",
+        "x",
+        "--json",
+        "--registry",
+        "no:such:port",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["error"], "BadInput", "{v}");
+}
+
 #[test]
 fn silent_registry_times_out_with_exit_1() {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
