@@ -168,18 +168,24 @@ impl ExampleHost {
 /// `secret_echo` then refuses every call). Used by `herald up`.
 pub async fn start_inprocess_example(name: &str) -> anyhow::Result<ExampleHost> {
     let broker = InProcBroker::new();
-    let service = Mesh::connect(
-        Arc::new(broker.clone()),
-        MeshConfig::service(name, ExampleService::new()),
-    )
-    .await
-    .map_err(user_or_runtime)?;
+    let service = Mesh::connect(Arc::new(broker.clone()), example_config(name).await?)
+        .await
+        .map_err(user_or_runtime)?;
     tracing::info!(
         service = name,
         instance = service.instance_id(),
         "in-process mesh with the example service started"
     );
     Ok(ExampleHost { broker, service })
+}
+
+/// The example service's configuration with a key pair of its own, as every in-process
+/// host of it needs: `secret_echo` requires encryption, so its description publishes a
+/// public key (as nuropb does for a service with an encrypted method) and callers can
+/// encrypt to it.
+async fn example_config(name: &str) -> anyhow::Result<MeshConfig> {
+    let key = tokio::task::spawn_blocking(|| ServiceKey::generate(KEY_BITS)).await??;
+    Ok(MeshConfig::service(name, ExampleService::new()).service_keys(Arc::new(key)))
 }
 
 /// Maps mesh errors caused by user input to exit status 2.
@@ -256,7 +262,7 @@ struct Session {
 }
 
 impl Session {
-    async fn open(amqp: Option<&str>, encrypted: bool) -> anyhow::Result<Self> {
+    async fn open(amqp: Option<&str>) -> anyhow::Result<Self> {
         let cipher = MeshConfig::client().client_cipher(Arc::new(NuropbCipher));
         match backend_of(amqp)? {
             Some(b) => {
@@ -267,13 +273,8 @@ impl Session {
             }
             None => {
                 let broker: Arc<dyn Backend> = Arc::new(InProcBroker::new());
-                let mut cfg = MeshConfig::service(EXAMPLE_NAME, ExampleService::new());
-                if encrypted {
-                    let key =
-                        tokio::task::spawn_blocking(|| ServiceKey::generate(KEY_BITS)).await??;
-                    cfg = cfg.service_keys(Arc::new(key));
-                }
-                let host = Mesh::connect(broker.clone(), cfg).await?;
+                let host =
+                    Mesh::connect(broker.clone(), example_config(EXAMPLE_NAME).await?).await?;
                 let client = Mesh::connect(broker, cipher).await?;
                 Ok(Self {
                     client,
@@ -299,7 +300,7 @@ async fn call(a: CallArgs) -> anyhow::Result<()> {
             "--ttl must be at least 1 ms"
         )));
     }
-    let session = Session::open(a.backend.amqp.as_deref(), a.encrypted).await?;
+    let session = Session::open(a.backend.amqp.as_deref()).await?;
     let opts = RequestOptions {
         context,
         ttl: Some(Duration::from_millis(a.ttl)),
@@ -382,7 +383,7 @@ fn print_description(d: &ServiceDescription) {
 }
 
 async fn describe(a: DescribeArgs) -> anyhow::Result<()> {
-    let session = Session::open(a.backend.amqp.as_deref(), false).await?;
+    let session = Session::open(a.backend.amqp.as_deref()).await?;
     let r = session.client.describe_service(&a.service, true).await;
     session.close().await;
     match r {
@@ -560,12 +561,7 @@ async fn serve_example(a: ServeArgs) -> anyhow::Result<()> {
 
 async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let broker: Arc<dyn Backend> = Arc::new(InProcBroker::new());
-    let key = tokio::task::spawn_blocking(|| ServiceKey::generate(KEY_BITS)).await??;
-    let service = Mesh::connect(
-        broker.clone(),
-        MeshConfig::service(EXAMPLE_NAME, ExampleService::new()).service_keys(Arc::new(key)),
-    )
-    .await?;
+    let service = Mesh::connect(broker.clone(), example_config(EXAMPLE_NAME).await?).await?;
     let client = Mesh::connect(
         broker.clone(),
         MeshConfig::client().client_cipher(Arc::new(NuropbCipher)),

@@ -203,6 +203,11 @@ fn describe_lists_the_example_methods() {
         v["methods"]["secret_echo"]["requires_encryption"],
         json!(true)
     );
+    // A method requires encryption, so (as with nuropb) the description publishes the
+    // service's public key, the one callers encrypt to.
+    assert_eq!(v["encrypted_methods"], json!(true));
+    let key = v["public_key"].as_str().unwrap_or_default();
+    assert!(key.contains("BEGIN PUBLIC KEY"), "no public key: {v}");
     let o = herald(&["mesh", "describe", "example"]);
     assert!(o.status.success());
     assert!(stdout(&o).contains("secret_echo(text: str)  [requires encryption]"));

@@ -240,7 +240,10 @@ impl MeshConfig {
         self
     }
 
-    /// The service's key pair (share the same keys between all instances).
+    /// The service's key pair (share the same keys between all instances). A service
+    /// with a method that requires encryption needs one: without it the description
+    /// publishes no public key, so no caller can encrypt to the service (connect logs a
+    /// warning naming those methods).
     pub fn service_keys(mut self, keys: Arc<dyn ServiceKeys>) -> Self {
         self.service_keys = Some(keys);
         self
@@ -603,6 +606,17 @@ impl Mesh {
             None => None,
             Some(svc) => {
                 let info = svc.info();
+                if config.service_keys.is_none() {
+                    let sealed: Vec<&str> = info
+                        .methods
+                        .iter()
+                        .filter(|m| m.requires_encryption)
+                        .map(|m| m.name.as_str())
+                        .collect();
+                    if !sealed.is_empty() {
+                        warn!(service = %service_name, methods = ?sealed, "methods require encryption but the service has no keys (MeshConfig::service_keys): its description publishes no public key, so no caller can encrypt to them");
+                    }
+                }
                 let public_key = config.service_keys.as_ref().map(|k| k.public_key_pem());
                 let describe = ServiceDescription::build(&service_name, &info, public_key);
                 let describe = serde_json::to_value(&describe).map_err(|e| MeshError::Encode {
