@@ -91,17 +91,23 @@ async fn udp_reply(sock: &UdpSocket, server: SocketAddr, req: &[u8]) -> Option<V
 async fn tcp_reply(server: SocketAddr, req: &[u8]) -> Option<Vec<u8>> {
     let mut s = TcpStream::connect(server).await.expect("connect");
     s.write_all(req).await.expect("write");
+    let out = read_until_closed(&mut s).await;
+    (!out.is_empty()).then_some(out)
+}
+
+/// Reads until the server closes: its reply, empty when it sent none (a reset from a
+/// server that closed with request bytes unread counts as no reply).
+async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
     let read = tokio::time::timeout(WAIT, s.read_to_end(&mut out))
         .await
         .expect("server closes within the wait");
     match read {
         Ok(_) => {}
-        // Closing with unread request bytes makes the kernel send a reset.
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => assert!(out.is_empty()),
         Err(e) => panic!("read: {e}"),
     }
-    (!out.is_empty()).then_some(out)
+    out
 }
 
 fn vectors() -> serde_json::Value {
@@ -438,14 +444,7 @@ async fn a_60000_deep_tcp_request_is_closed_and_the_server_keeps_serving() {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     // The server may close (and reset) before it has read everything.
     let _ = s.write_all(&deep).await;
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .expect("server closes within the wait");
-    assert!(
-        read.is_ok() || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-        "{read:?}"
-    );
+    let out = read_until_closed(&mut s).await;
     assert!(out.is_empty(), "no reply: {out:02x?}");
     assert_eq!(
         TcpRegistryClient::new(addr)
@@ -459,39 +458,96 @@ async fn a_60000_deep_tcp_request_is_closed_and_the_server_keeps_serving() {
     server.shutdown().await;
 }
 
+/// Writes `req` in pieces of `piece` bytes, each flushed and followed by a short pause
+/// so that it reaches the server as a segment of its own; false when the server closed
+/// the connection before all of it was written.
+async fn write_in_pieces(s: &mut TcpStream, req: &[u8], piece: usize) -> bool {
+    s.set_nodelay(true).expect("nodelay");
+    for chunk in req.chunks(piece) {
+        if s.write_all(chunk).await.is_err() || s.flush().await.is_err() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    true
+}
+
+/// A ~20 KB REGISTER (500 aliases of 40 bytes, within the default 512 per REGISTER)
+/// arriving in 60 segments, as it may over a real network: each segment is one more
+/// decode of the growing buffer, well within the decoding budget, and the request is
+/// answered and registered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tcp_request_trickled_in_many_pieces_is_closed_without_decoding_each_byte() {
+async fn a_20_kb_request_in_60_segments_is_answered() {
     let server = RegistryServer::bind(config_without_tcp_deadline())
         .await
         .expect("bind");
     let addr = server.local_addr();
-    // 300 aliases: an item boundary every few bytes, each one a point where the request
-    // is incomplete with only a byte known to be missing.
-    let req = reg(&["ALIAS"; 300], 1);
+    let aliases: Vec<String> = (0..500)
+        .map(|i| format!("segmented-service-number-{i:04}-of-many"))
+        .collect();
+    let names: Vec<&str> = aliases.iter().map(String::as_str).collect();
+    let req = reg(&names, 4242);
+    assert!((19_000..24_000).contains(&req.len()), "{} bytes", req.len());
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.set_nodelay(true).expect("nodelay");
-    let mut closed = false;
-    for b in &req {
-        if s.write_all(&[*b]).await.is_err() {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(write_in_pieces(&mut s, &req, req.len().div_ceil(60)).await);
+    assert_eq!(read_until_closed(&mut s).await, proto::REPLY_OK);
+    for name in [names[0], names[499]] {
+        let found = tcp_reply(addr, &query(name))
+            .await
+            .map(|r| proto::parse_query_reply(&r).expect("a QUERY reply").len());
+        assert_eq!(found, Some(1), "{name}");
     }
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .expect("server closes within the wait");
-    assert!(
-        closed || read.is_err() || out.is_empty(),
-        "no reply: {out:?}"
-    );
-    assert!(out.is_empty(), "a trickled request got a reply");
-    assert_eq!(server.stats().dropped, 1);
-    // A request in a few pieces is still reassembled (see the split test), and the
-    // server keeps serving.
-    assert!(tcp_reply(addr, &query("x")).await.is_some());
+    assert_eq!(server.stats().dropped, 0);
     server.shutdown().await;
+}
+
+/// A valid ~3 KB request trickled one byte at a time, with an item boundary every few
+/// bytes: each boundary is a point where only a byte is known to be missing, so the
+/// growing buffer would be decoded again and again. With a 4 KiB size cap the decoding
+/// budget is 256 KiB, spent long before the request is complete: the connection is
+/// closed without a reply, the server answers others meanwhile, and its table is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_request_trickled_byte_by_byte_is_dropped_once_its_decoding_budget_is_spent() {
+    let server = RegistryServer::bind(RegistryConfig {
+        tcp_max_request: 4096,
+        ..config_without_tcp_deadline()
+    })
+    .await
+    .expect("bind");
+    let addr = server.local_addr();
+    assert_eq!(
+        tcp_reply(addr, &reg(&["keep"], 9)).await.as_deref(),
+        Some(&proto::REPLY_OK[..])
+    );
+    let req = reg(&["ALIAS"; 400], 1);
+    assert!((2_500..4_096).contains(&req.len()), "{} bytes", req.len());
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // 200 bytes cost at most 200 decodes of at most 200 bytes: within the budget.
+    assert!(write_in_pieces(&mut s, &req[..200], 1).await);
+    assert_eq!(kept_entry(addr).await, "127.0.0.1:9", "answered meanwhile");
+    write_in_pieces(&mut s, &req[200..], 1).await;
+    assert!(
+        read_until_closed(&mut s).await.is_empty(),
+        "a trickled request got a reply"
+    );
+    assert_eq!(server.stats().dropped, 1);
+    assert_eq!(kept_entry(addr).await, "127.0.0.1:9");
+    // Sent whole, the same request is answered: it was dropped for its trickling alone.
+    assert_eq!(
+        tcp_reply(addr, &req).await.as_deref(),
+        Some(&proto::REPLY_OK[..])
+    );
+    server.shutdown().await;
+}
+
+/// The address registered as "keep" beforehand, asked over TCP.
+async fn kept_entry(addr: SocketAddr) -> String {
+    let reply = tcp_reply(addr, &query("keep"))
+        .await
+        .expect("a QUERY reply");
+    let found = proto::parse_query_reply(&reply).expect("a QUERY reply");
+    assert_eq!(found.len(), 1, "{found:?}");
+    found[0].to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
