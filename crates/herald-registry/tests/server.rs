@@ -210,6 +210,83 @@ async fn udp_and_tcp_share_one_table() {
     server.shutdown().await;
 }
 
+/// What a TCP connection carrying one of [`bad_requests`] sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OverTcp {
+    /// Bad as soon as it is read: the server closes the connection without a reply.
+    ClosedAtOnce,
+    /// Nothing, or a valid prefix: the server waits for the rest (until its deadline)
+    /// and drops the request when the client closes.
+    WaitsForMore,
+    /// A datagram limit only (TCP's size cap is tested on its own).
+    UdpOnly,
+}
+
+/// Bad input for both transports, each with how TCP treats it.
+fn bad_requests() -> Vec<(&'static str, Vec<u8>, OverTcp)> {
+    use OverTcp::*;
+    let t = |items: Vec<Value>| brine::encode(&Value::Tuple(items));
+    let oversized = reg(&["ALIAS"; 400], 1);
+    assert!(oversized.len() > 1500);
+    // Deeper than the decoder's limit, and small enough to be decoded (not dropped
+    // as an oversized datagram first).
+    let mut deep = vec![0x10u8; 40];
+    deep.push(0x00);
+    vec![
+        ("garbage", vec![0xff, 0xfe, 0xfd], ClosedAtOnce),
+        ("empty", vec![], WaitsForMore),
+        ("truncated", query("BAR")[..19].to_vec(), WaitsForMore),
+        (
+            "bad magic",
+            t(vec![
+                Value::str("RPYX"),
+                Value::str("QUERY"),
+                Value::tuple([Value::str("a")]),
+            ]),
+            ClosedAtOnce,
+        ),
+        (
+            "non-str command (kills rpyc)",
+            t(vec![
+                Value::str("RPYC"),
+                Value::Int(5),
+                Value::Tuple(vec![]),
+            ]),
+            ClosedAtOnce,
+        ),
+        (
+            "unknown command",
+            t(vec![
+                Value::str("RPYC"),
+                Value::str("PING"),
+                Value::Tuple(vec![]),
+            ]),
+            ClosedAtOnce,
+        ),
+        (
+            "wrong arity",
+            t(vec![
+                Value::str("RPYC"),
+                Value::str("QUERY"),
+                Value::Tuple(vec![]),
+            ]),
+            ClosedAtOnce,
+        ),
+        (
+            "huge length",
+            vec![0x0f, 0xff, 0xff, 0xff, 0xff, 0x41],
+            ClosedAtOnce,
+        ),
+        (
+            "huge count",
+            vec![0x15, 0xff, 0xff, 0xff, 0xff, 0x50],
+            ClosedAtOnce,
+        ),
+        ("deep nesting", deep, ClosedAtOnce),
+        ("oversized", oversized, UdpOnly),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_datagrams_are_dropped_and_the_server_keeps_serving() {
     let server = RegistryServer::bind(config()).await.expect("bind");
@@ -219,56 +296,9 @@ async fn bad_datagrams_are_dropped_and_the_server_keeps_serving() {
         udp_reply(&sock, addr, &reg(&["keep"], 9)).await.as_deref(),
         Some(&proto::REPLY_OK[..])
     );
-    let t = |items: Vec<Value>| brine::encode(&Value::Tuple(items));
-    let oversized = reg(&["ALIAS"; 400], 1);
-    assert!(oversized.len() > 1500);
-    // Deeper than the decoder's limit, and small enough to be decoded (not dropped
-    // as an oversized datagram first).
-    let mut deep = vec![0x10u8; 40];
-    deep.push(0x00);
-    let bad: Vec<(&str, Vec<u8>)> = vec![
-        ("garbage", vec![0xff, 0xfe, 0xfd]),
-        ("empty", vec![]),
-        ("truncated", query("BAR")[..19].to_vec()),
-        (
-            "bad magic",
-            t(vec![
-                Value::str("RPYX"),
-                Value::str("QUERY"),
-                Value::tuple([Value::str("a")]),
-            ]),
-        ),
-        (
-            "non-str command (kills rpyc)",
-            t(vec![
-                Value::str("RPYC"),
-                Value::Int(5),
-                Value::Tuple(vec![]),
-            ]),
-        ),
-        (
-            "unknown command",
-            t(vec![
-                Value::str("RPYC"),
-                Value::str("PING"),
-                Value::Tuple(vec![]),
-            ]),
-        ),
-        (
-            "wrong arity",
-            t(vec![
-                Value::str("RPYC"),
-                Value::str("QUERY"),
-                Value::Tuple(vec![]),
-            ]),
-        ),
-        ("huge length", vec![0x0f, 0xff, 0xff, 0xff, 0xff, 0x41]),
-        ("huge count", vec![0x15, 0xff, 0xff, 0xff, 0xff, 0x50]),
-        ("deep nesting", deep),
-        ("oversized", oversized),
-    ];
+    let bad = bad_requests();
     let n = bad.len() as u64;
-    for (what, bytes) in bad {
+    for (what, bytes, _) in bad {
         assert_eq!(
             udp_reply(&sock, addr, &bytes).await,
             None,
@@ -283,6 +313,59 @@ async fn bad_datagrams_are_dropped_and_the_server_keeps_serving() {
     let stats = server.stats();
     assert_eq!(stats.dropped, n);
     assert_eq!(stats.entries, 1);
+    server.shutdown().await;
+}
+
+/// The bad input of [`bad_requests`] over real TCP connections, one at a time: while
+/// each bad connection is open another client is answered, the bad one gets no reply
+/// (closed at once, or once the client closes a request it left incomplete; the 60 s
+/// deadline never fires within the wait), each is counted as dropped, and the entry
+/// registered beforehand is still there afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tcp_requests_are_dropped_and_the_server_keeps_serving() {
+    let server = RegistryServer::bind(config_without_tcp_deadline())
+        .await
+        .expect("bind");
+    let addr = server.local_addr();
+    assert_eq!(
+        tcp_reply(addr, &reg(&["keep"], 9)).await.as_deref(),
+        Some(&proto::REPLY_OK[..])
+    );
+    let mut dropped = 0;
+    for (what, bytes, over_tcp) in bad_requests() {
+        if over_tcp == OverTcp::UdpOnly {
+            continue;
+        }
+        let mut bad = TcpStream::connect(addr).await.expect("connect");
+        // A connection that sends nothing is closed at once by its client; every other
+        // one stays open while another client is served.
+        if !bytes.is_empty() {
+            bad.write_all(&bytes).await.expect("write");
+            assert_eq!(kept_entry(addr).await, "127.0.0.1:9", "{what}: meanwhile");
+        }
+        if over_tcp == OverTcp::WaitsForMore {
+            if !bytes.is_empty() {
+                let mut byte = [0u8; 1];
+                let early = tokio::time::timeout(Duration::from_millis(200), bad.read(&mut byte));
+                assert!(early.await.is_err(), "{what}: still waiting for the rest");
+            }
+            bad.shutdown().await.expect("close");
+        }
+        let reply = read_until_closed(&mut bad).await;
+        assert!(reply.is_empty(), "{what}: no reply, got {reply:02x?}");
+        dropped += 1;
+        assert_eq!(
+            server.stats().dropped,
+            dropped,
+            "{what}: counted as dropped"
+        );
+        assert_eq!(
+            kept_entry(addr).await,
+            "127.0.0.1:9",
+            "{what}: table intact"
+        );
+    }
+    assert_eq!(server.stats().entries, 1);
     server.shutdown().await;
 }
 
@@ -373,8 +456,10 @@ async fn request_split_over_tcp_segments_is_reassembled() {
     server.shutdown().await;
 }
 
+/// TCP input bad for its size or depth (the rest of the bad input is in
+/// [`bad_tcp_requests_are_dropped_and_the_server_keeps_serving`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_or_oversized_tcp_requests_are_closed_without_reply() {
+async fn oversized_or_too_deep_tcp_requests_are_closed_without_reply() {
     let server = RegistryServer::bind(RegistryConfig {
         tcp_max_request: 4096,
         ..config_without_tcp_deadline()
@@ -386,35 +471,14 @@ async fn malformed_or_oversized_tcp_requests_are_closed_without_reply() {
         .register(&["keep"], 1u16)
         .await
         .expect("ok");
-    assert_eq!(tcp_reply(addr, &[0xff, 0x00]).await, None);
-    assert_eq!(
-        tcp_reply(
-            addr,
-            &brine::encode(&Value::tuple([
-                Value::str("RPYC"),
-                Value::None,
-                Value::Tuple(vec![])
-            ]))
-        )
-        .await,
-        None
-    );
     // A valid prefix that never completes within the size cap.
     let mut big = vec![0x15, 0x00, 0x01, 0x00, 0x00];
     big.extend(std::iter::repeat_n(0x50u8, 8000));
     assert_eq!(tcp_reply(addr, &big).await, None);
-    // Declarations that cannot fit in the cap, and nesting deeper than the decoder's
-    // limit: closed as soon as they are read (`tcp_reply` fails if the server waits
-    // for the 60 s deadline). The nesting is left open: only the depth limit tells that
-    // it is bad before more bytes arrive.
-    let deep = vec![0x10u8; 40];
-    for bad in [
-        vec![0x0f, 0xff, 0xff, 0xff, 0xff, 0x41],
-        vec![0x15, 0xff, 0xff, 0xff, 0xff, 0x50],
-        deep,
-    ] {
-        assert_eq!(tcp_reply(addr, &bad).await, None, "{bad:02x?}");
-    }
+    // Nesting deeper than the decoder's limit, left open: only the depth limit tells
+    // that it is bad before more bytes arrive, and it is closed as soon as it is read
+    // (`tcp_reply` fails if the server waits for the 60 s deadline).
+    assert_eq!(tcp_reply(addr, &[0x10u8; 40]).await, None);
     assert_eq!(
         TcpRegistryClient::new(addr)
             .discover("keep")
@@ -423,7 +487,7 @@ async fn malformed_or_oversized_tcp_requests_are_closed_without_reply() {
             .len(),
         1
     );
-    assert_eq!(server.stats().dropped, 6);
+    assert_eq!(server.stats().dropped, 2);
     server.shutdown().await;
 }
 
