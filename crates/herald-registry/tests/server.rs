@@ -222,7 +222,8 @@ enum OverTcp {
     UdpOnly,
 }
 
-/// Bad input for both transports, each with how TCP treats it.
+/// Bad input for both transports, each with how TCP treats it (the parse errors of
+/// every shape are in tests/core.rs: UDP and TCP share that parser).
 fn bad_requests() -> Vec<(&'static str, Vec<u8>, OverTcp)> {
     use OverTcp::*;
     let t = |items: Vec<Value>| brine::encode(&Value::Tuple(items));
