@@ -52,7 +52,8 @@ pub struct RegistryConfig {
     pub prune_interval: Option<Duration>,
     /// Time a TCP client has to send one complete request.
     pub tcp_deadline: Duration,
-    /// Largest TCP request accepted.
+    /// Largest TCP request accepted. It also sets how much decoding one connection may
+    /// cost while its request is incomplete: [`DECODE_WORK_FACTOR`] times this many bytes.
     pub tcp_max_request: usize,
     /// Largest UDP datagram accepted (rpyc reads 1500 bytes, so larger ones never
     /// worked with it).
@@ -632,61 +633,96 @@ impl Drop for SourceSlot {
     }
 }
 
-/// Most times a TCP request is decoded while it is still incomplete: a client that
-/// sends its request in more pieces than this is dropped (rpyc sends it in one write).
-const MAX_DECODE_ATTEMPTS: u32 = 32;
+/// How much decoding one TCP connection may cost, in multiples of its size cap
+/// (`tcp_max_request`): the lengths of the buffers decoded while its request is still
+/// incomplete add up to at most this many times the cap (4 MiB with the default 64 KiB).
+/// A request arriving in many segments is decoded once per segment that completes what
+/// the last attempt found missing; a 20 KB request in 60 segments costs about 600 KB, a
+/// 64 KiB one read in 2 KiB pieces about 1 MiB. A client trickling a byte at a time
+/// across item boundaries would cost a decode per byte, quadratic in its size: it is
+/// dropped once the budget is spent.
+pub const DECODE_WORK_FACTOR: usize = 64;
+
+/// Why a TCP connection was closed before it delivered one complete request.
+#[derive(Debug, thiserror::Error)]
+enum TcpReadError {
+    #[error("read error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("closed without sending anything")]
+    ClosedEmpty,
+    #[error("closed after an incomplete request of {len} bytes")]
+    ClosedIncomplete { len: usize },
+    #[error("request exceeds {max} bytes ({cause}, so at least {end} bytes)")]
+    TooLarge {
+        max: usize,
+        end: u64,
+        cause: brine::BrineError,
+    },
+    #[error(
+        "request still incomplete at {len} bytes after decoding {decoded} bytes in {attempts} attempts; decoding it again would pass the budget of {budget} bytes"
+    )]
+    DecodeBudgetSpent {
+        len: usize,
+        decoded: usize,
+        attempts: u32,
+        budget: usize,
+    },
+    #[error(transparent)]
+    Malformed(brine::BrineError),
+}
 
 /// Reads until one complete brine value, a malformed one, the size cap or EOF; returns
 /// the value (decoded here, outside the table's lock, and not again).
 ///
 /// The buffer is decoded again only once it holds the bytes the last attempt said were
-/// missing (a declared length, or one byte per declared item), and at most
-/// [`MAX_DECODE_ATTEMPTS`] times, so a client trickling bytes costs a bounded amount of
-/// work instead of a decode per byte; a declaration that cannot fit in `max` bytes is
-/// refused at once.
-async fn read_request(stream: &mut TcpStream, max: usize) -> Result<brine::Value, String> {
+/// missing (a declared length, or one byte per declared item), and the buffers decoded
+/// add up to at most [`DECODE_WORK_FACTOR`] times `max` bytes, so a client trickling
+/// bytes costs a bounded amount of work instead of a decode per byte, while a request
+/// split over many segments still works; a declaration that cannot fit in `max` bytes
+/// is refused at once.
+async fn read_request(stream: &mut TcpStream, max: usize) -> Result<brine::Value, TcpReadError> {
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 2048];
     // Length the buffer must reach before the next decode is worth trying.
     let mut wanted = 1usize;
+    let budget = max.saturating_mul(DECODE_WORK_FACTOR);
+    let mut decoded = 0usize;
     let mut attempts = 0u32;
     loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("read error: {e}"))?;
+        let n = stream.read(&mut chunk).await?;
         if n == 0 {
             return Err(if buf.is_empty() {
-                "closed without sending anything".into()
+                TcpReadError::ClosedEmpty
             } else {
-                format!("closed after an incomplete request of {} bytes", buf.len())
+                TcpReadError::ClosedIncomplete { len: buf.len() }
             });
         }
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() < wanted {
             continue;
         }
+        if decoded.saturating_add(buf.len()) > budget {
+            return Err(TcpReadError::DecodeBudgetSpent {
+                len: buf.len(),
+                decoded,
+                attempts,
+                budget,
+            });
+        }
+        decoded += buf.len();
         attempts += 1;
         match brine::decode(&buf) {
             Ok((value, _trailing_ignored)) => return Ok(value),
             Err(e) if e.is_truncated() => {
                 let end = e.needed_end();
                 if end > max as u64 || buf.len() >= max {
-                    return Err(format!(
-                        "request exceeds {max} bytes ({e}, so at least {end} bytes)"
-                    ));
-                }
-                if attempts >= MAX_DECODE_ATTEMPTS {
-                    return Err(format!(
-                        "request still incomplete after {attempts} pieces ({} bytes)",
-                        buf.len()
-                    ));
+                    return Err(TcpReadError::TooLarge { max, end, cause: e });
                 }
                 wanted = usize::try_from(end)
                     .unwrap_or(usize::MAX)
                     .max(buf.len() + 1);
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(TcpReadError::Malformed(e)),
         }
     }
 }
