@@ -671,6 +671,9 @@ enum TcpReadError {
     Malformed(brine::BrineError),
 }
 
+/// Most bytes one read of a TCP request takes.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// Reads until one complete brine value, a malformed one, the size cap or EOF; returns
 /// the value (decoded here, outside the table's lock, and not again).
 ///
@@ -682,14 +685,17 @@ enum TcpReadError {
 /// is refused at once.
 async fn read_request(stream: &mut TcpStream, max: usize) -> Result<brine::Value, TcpReadError> {
     let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 2048];
     // Length the buffer must reach before the next decode is worth trying.
     let mut wanted = 1usize;
     let budget = max.saturating_mul(DECODE_WORK_FACTOR);
     let mut decoded = 0usize;
     let mut attempts = 0u32;
     loop {
-        let n = stream.read(&mut chunk).await?;
+        // Whatever has arrived, up to READ_CHUNK bytes and never more than one byte
+        // past the cap, straight into the buffer: a large request sent in one write is
+        // decoded a few times, not once per 2 KiB.
+        buf.reserve(READ_CHUNK.min((max + 1).saturating_sub(buf.len())).max(1));
+        let n = stream.read_buf(&mut buf).await?;
         if n == 0 {
             return Err(if buf.is_empty() {
                 TcpReadError::ClosedEmpty
@@ -697,7 +703,6 @@ async fn read_request(stream: &mut TcpStream, max: usize) -> Result<brine::Value
                 TcpReadError::ClosedIncomplete { len: buf.len() }
             });
         }
-        buf.extend_from_slice(&chunk[..n]);
         if buf.len() < wanted {
             continue;
         }
