@@ -324,14 +324,7 @@ async fn bad_datagrams_are_dropped_and_the_server_keeps_serving() {
 /// registered beforehand is still there afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tcp_requests_are_dropped_and_the_server_keeps_serving() {
-    let server = RegistryServer::bind(config_without_tcp_deadline())
-        .await
-        .expect("bind");
-    let addr = server.local_addr();
-    assert_eq!(
-        tcp_reply(addr, &reg(&["keep"], 9)).await.as_deref(),
-        Some(&proto::REPLY_OK[..])
-    );
+    let (server, addr) = serving_keep(config_without_tcp_deadline()).await;
     let mut dropped = 0;
     for (what, bytes, over_tcp) in bad_requests() {
         if over_tcp == OverTcp::UdpOnly {
@@ -573,17 +566,11 @@ async fn a_20_kb_request_in_60_segments_is_answered() {
 /// closed without a reply, the server answers others meanwhile, and its table is intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_request_trickled_byte_by_byte_is_dropped_once_its_decoding_budget_is_spent() {
-    let server = RegistryServer::bind(RegistryConfig {
+    let (server, addr) = serving_keep(RegistryConfig {
         tcp_max_request: 4096,
         ..config_without_tcp_deadline()
     })
-    .await
-    .expect("bind");
-    let addr = server.local_addr();
-    assert_eq!(
-        tcp_reply(addr, &reg(&["keep"], 9)).await.as_deref(),
-        Some(&proto::REPLY_OK[..])
-    );
+    .await;
     let req = reg(&["ALIAS"; 400], 1);
     assert!((2_500..4_096).contains(&req.len()), "{} bytes", req.len());
     let mut s = TcpStream::connect(addr).await.expect("connect");
@@ -603,6 +590,18 @@ async fn a_tcp_request_trickled_byte_by_byte_is_dropped_once_its_decoding_budget
         Some(&proto::REPLY_OK[..])
     );
     server.shutdown().await;
+}
+
+/// A server of `cfg` with KEEP registered at port 9 over TCP (what [`kept_entry`]
+/// looks for afterwards), and its address.
+async fn serving_keep(cfg: RegistryConfig) -> (RegistryServer, SocketAddr) {
+    let server = RegistryServer::bind(cfg).await.expect("bind");
+    let addr = server.local_addr();
+    assert_eq!(
+        tcp_reply(addr, &reg(&["keep"], 9)).await.as_deref(),
+        Some(&proto::REPLY_OK[..])
+    );
+    (server, addr)
 }
 
 /// The address registered as "keep" beforehand, asked over TCP.
