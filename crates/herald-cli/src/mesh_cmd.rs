@@ -164,8 +164,8 @@ impl ExampleHost {
     }
 }
 
-/// Starts the in-process broker with the example service under `name` (no keys:
-/// `secret_echo` then refuses every call). Used by `herald up`.
+/// Starts the in-process broker with the example service under `name`, with a key pair
+/// of its own (see [`example_config`]). Used by `herald up`.
 pub async fn start_inprocess_example(name: &str) -> anyhow::Result<ExampleHost> {
     let broker = InProcBroker::new();
     let service = Mesh::connect(Arc::new(broker.clone()), example_config(name).await?)

@@ -1575,11 +1575,6 @@ async fn a_poison_message_is_dead_lettered_with_its_decode_error() {
     admin.close().await.expect("close");
 }
 
-/// `Delivery::dead_letter` settles a delivery exactly once even when its copy with the
-/// reason cannot be published (here the queue's dead-letter exchange does not exist,
-/// so the broker refuses the copy): the delivery is rejected instead, not requeued,
-/// the next copy goes out on a reopened channel, and the connection's confirmed
-/// publishes keep working.
 /// A delivery that arrived on a connection since lost is not copied to the dead-letter
 /// exchange over the new connection: its ack could not go out on the new one, so the
 /// broker redelivers it, and a copy would make two dead letters of one message. Only
@@ -1667,6 +1662,11 @@ async fn a_delivery_of_a_lost_connection_is_not_dead_lettered_over_the_next_one(
     admin.close().await.expect("close");
 }
 
+/// `Delivery::dead_letter` settles a delivery exactly once even when its copy with the
+/// reason cannot be published (here the queue's dead-letter exchange does not exist,
+/// so the broker refuses the copy): the delivery is rejected instead, not requeued,
+/// the next copy goes out on a reopened channel, and the connection's confirmed
+/// publishes keep working.
 #[tokio::test]
 async fn a_dead_letter_falls_back_to_a_reject_when_its_copy_is_refused() {
     let Some(url) = herald_pyenv::amqp_url_or_skip() else {

@@ -694,8 +694,10 @@ async fn read_request(stream: &mut TcpStream, max: usize) -> Result<brine::Value
         // Whatever has arrived, up to READ_CHUNK bytes and never more than one byte
         // past the cap, straight into the buffer: a large request sent in one write is
         // decoded a few times, not once per 2 KiB.
-        buf.reserve(READ_CHUNK.min((max + 1).saturating_sub(buf.len())).max(1));
-        let n = stream.read_buf(&mut buf).await?;
+        // (`reserve` may leave more room than asked for: the read itself is limited.)
+        let limit = READ_CHUNK.min((max + 1).saturating_sub(buf.len())).max(1);
+        buf.reserve(limit);
+        let n = (&mut *stream).take(limit as u64).read_buf(&mut buf).await?;
         if n == 0 {
             return Err(if buf.is_empty() {
                 TcpReadError::ClosedEmpty

@@ -530,6 +530,36 @@ async fn write_in_pieces(s: &mut TcpStream, req: &[u8], piece: usize) -> bool {
     true
 }
 
+/// A REGISTER of two 55 KB aliases (names this long allowed, so only the TCP size cap
+/// can refuse it) is 110 KB, over the 64 KiB cap; its declared lengths fit the cap one
+/// at a time, so only the bytes read can show it is too large. Sent as 50 KB, a pause,
+/// then the rest: the server reads at most one byte past the cap, whatever room its
+/// buffer grew to, and drops the request without a reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_tcp_size_cap_is_dropped_when_it_arrives_in_pieces() {
+    let (server, addr) = serving_keep(RegistryConfig {
+        core: CoreConfig {
+            max_name_len: 60_000,
+            ..CoreConfig::default()
+        },
+        ..config_without_tcp_deadline()
+    })
+    .await;
+    let long = "A".repeat(55_000);
+    let req = reg(&[&long, &long.replace('A', "B")], 1);
+    assert!(req.len() > 100_000, "{} bytes", req.len());
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.write_all(&req[..50_000]).await.expect("first part");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The server may already have closed: the rest may not all go out.
+    let _ = s.write_all(&req[50_000..]).await;
+    assert!(read_until_closed(&mut s).await.is_empty(), "no reply");
+    assert_eq!(server.stats().dropped, 1);
+    assert_eq!(kept_entry(addr).await, "127.0.0.1:9");
+    server.shutdown().await;
+}
+
 /// A ~20 KB REGISTER (500 aliases of 40 bytes, within the default 512 per REGISTER)
 /// arriving in 60 segments, as it may over a real network: each segment is one more
 /// decode of the growing buffer, well within the decoding budget, and the request is
