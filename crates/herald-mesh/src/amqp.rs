@@ -77,8 +77,8 @@
 //! broker's pace rather than at one confirm round trip per message.
 //! If the copy cannot be published (no known dead-letter exchange, connection lost,
 //! refused), the delivery is rejected instead: settled once either way. A delivery whose
-//! connection was lost (even if a new one is up) gets no copy: the broker redelivers it
-//! anyway, and it is dead-lettered then. A refused copy makes the broker close the
+//! connection or channel was lost (even if a new one is up) gets no copy: the broker
+//! redelivers it anyway, and it is dead-lettered then. A refused copy makes the broker close the
 //! channel of copies, so the other copies in flight on it fall back to a reject without
 //! their reason too (each still settled once). A connection lost between the confirm and
 //! the ack makes the broker redeliver the delivery, which is then dead-lettered again
@@ -1790,6 +1790,9 @@ pub fn fuzz_seed(message: &Message, body: &[u8]) -> Result<Vec<u8>, MeshError> {
 struct Unsettled {
     /// The generation of the connection the channel is on ([`Live::generation`]).
     generation: u64,
+    /// The consumer's channel (`None` for the direct reply-to consumer, which settles
+    /// nothing): a delivery whose channel closed cannot be acked any more.
+    channel: Option<Channel>,
     count: AtomicUsize,
     settled: tokio::sync::Notify,
     /// The consumer was stopped and its channel is to be closed: acks wait until lapin
@@ -1798,12 +1801,23 @@ struct Unsettled {
 }
 
 impl Unsettled {
-    /// The (still empty) count of a channel on the connection of `generation`.
-    fn on(generation: u64) -> Arc<Self> {
+    /// The (still empty) count of `channel`, on the connection of `generation`.
+    fn on(generation: u64, channel: &Channel) -> Arc<Self> {
         Arc::new(Self {
             generation,
+            channel: Some(channel.clone()),
             ..Self::default()
         })
+    }
+
+    /// Whether a delivery of this channel can still be acked: its connection is the
+    /// live one (`live_generation`) and the channel itself is open.
+    fn can_settle_on(&self, live_generation: u64) -> bool {
+        self.generation == live_generation
+            && self
+                .channel
+                .as_ref()
+                .is_some_and(|c| c.status().connected())
     }
 
     /// Resolves once no delivery of the channel is unsettled.
@@ -1893,14 +1907,16 @@ impl Acker for AmqpAcker {
         reason: String,
     ) -> BackendFuture<'static, Result<(), MeshError>> {
         let dlx = self.inner.dead_letter_exchange(&self.queue);
-        // On a lost connection the delivery is redelivered whatever is done here: no
-        // copy (there would be two dead letters), also when the link is already up
-        // again (a new connection, on which this delivery's ack cannot go).
-        let generation = self.unsettled.as_ref().map(|u| u.0.generation);
-        let live = self
-            .inner
-            .current()
-            .filter(|live| live.is_connected() && Some(live.generation) == generation);
+        // On a lost connection or channel the delivery is redelivered whatever is done
+        // here: no copy (there would be two dead letters), also when the link is already
+        // up again (a new connection or channel, on which this delivery's ack cannot go).
+        let live = self.inner.current().filter(|live| {
+            live.is_connected()
+                && self
+                    .unsettled
+                    .as_ref()
+                    .is_some_and(|u| u.0.can_settle_on(live.generation))
+        });
         let (Some(dlx), Some(live), Some(_)) = (dlx, live, self.acker.as_ref()) else {
             tracing::debug!(queue = %self.queue, reason = %reason, "dead-lettered without its reason (no dead-letter exchange known, or no connection)");
             return self.reject(false);
@@ -2234,9 +2250,9 @@ impl ConsumerState {
                 Ok(live) => match start_consumer(&live, &self.queue, self.options).await {
                     Ok(c) => {
                         tracing::info!(queue = %self.queue, generation = live.generation, "consumer restarted");
+                        self.unsettled = Unsettled::on(live.generation, &c.0);
                         self.current = Some(c);
                         self.abandoned = live.abandoned.subscribe();
-                        self.unsettled = Unsettled::on(live.generation);
                         delay = self.inner.options.reconnect_initial;
                     }
                     Err(e) => {
@@ -2616,6 +2632,7 @@ impl Connection for AmqpConnection {
         Box::pin(async move {
             let live = self.inner.live().await?;
             let current = start_consumer(&live, queue, options).await?;
+            let unsettled = Unsettled::on(live.generation, &current.0);
             let state = ConsumerState {
                 inner: self.inner.clone(),
                 queue: queue.to_owned(),
@@ -2623,7 +2640,7 @@ impl Connection for AmqpConnection {
                 direct: false,
                 current: Some(current),
                 abandoned: live.abandoned.subscribe(),
-                unsettled: Unsettled::on(live.generation),
+                unsettled,
             };
             Ok(consumer_stream(state))
         })
