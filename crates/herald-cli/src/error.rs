@@ -15,20 +15,21 @@ impl fmt::Display for BadInput {
 }
 
 /// The error as one line: its message, then each cause joined by ": ", leaving out a
-/// cause whose text the line already holds (the libraries' messages often name their
-/// OS error, which is also their source: "... failed: Connection refused (os error
-/// 111)" once, not twice).
+/// cause whose text the error it came from already holds (the libraries' messages
+/// often name their OS error, which is also their source: "... failed: Connection
+/// refused (os error 111)" once, not twice).
 pub fn one_line(err: &anyhow::Error) -> String {
     let mut line = String::new();
+    let mut outer: Option<String> = None;
     for cause in err.chain() {
         let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
+        if !outer.as_ref().is_some_and(|o| o.contains(&text)) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
         }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
+        outer = Some(text);
     }
     line
 }
@@ -75,5 +76,14 @@ mod tests {
         );
         let plain = anyhow::anyhow!("inner").context("outer");
         assert_eq!(one_line(&plain), "outer: inner");
+        // Only the error a cause came from is looked at: an outer message that happens
+        // to hold the text of a deeper cause (here the user's input) does not hide it.
+        let echoed = anyhow::anyhow!("expected a number")
+            .context("parsing failed")
+            .context("request \"--n: expected a number\" refused");
+        assert_eq!(
+            one_line(&echoed),
+            "request \"--n: expected a number\" refused: parsing failed: expected a number"
+        );
     }
 }

@@ -43,6 +43,15 @@ pub(crate) fn print_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Writes the JSON line of a failure to standard output. The failure is reported anyway
+/// (its message on stderr, its exit status), so a write error here is ignored instead
+/// of ending the program with status 0 as [`print_line`] does for a reader that went
+/// away.
+pub(crate) fn print_failure_line(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 /// Herald: messaging and service discovery between distributed services.
 #[derive(Debug, Parser)]
 #[command(name = "herald", version, about, long_about = None)]

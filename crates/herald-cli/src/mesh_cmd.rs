@@ -332,7 +332,7 @@ async fn call(a: CallArgs) -> anyhow::Result<()> {
         }
         Err(e) => {
             if a.backend.json {
-                outln!("{}", error_json(&e));
+                crate::print_failure_line(error_json(&e));
             }
             Err(user_or_runtime(e)).with_context(|| format!("{}.{} failed", a.service, a.method))
         }
@@ -397,7 +397,7 @@ async fn describe(a: DescribeArgs) -> anyhow::Result<()> {
         }
         Err(e) => {
             if a.backend.json {
-                outln!("{}", error_json(&e));
+                crate::print_failure_line(error_json(&e));
             }
             Err(user_or_runtime(e)).with_context(|| format!("describing {}", a.service))
         }

@@ -187,7 +187,7 @@ pub async fn run(cmd: RegistryCommand) -> anyhow::Result<()> {
         RegistryCommand::Unregister(args) => unregister(args).await,
     };
     if json && let Err(e) = &result {
-        outln!("{}", error_json(e));
+        crate::print_failure_line(error_json(e));
     }
     result
 }

@@ -315,6 +315,48 @@ fn json_failures_are_json_and_name_the_os_error_once() {
     assert_eq!(v["error"], "BadInput", "{v}");
 }
 
+/// A failure's JSON line is not the output a reader may stop reading: with stdout
+/// already closed, a failed `--json` command still exits 1 and says why on stderr
+/// (a closed stdout ends ordinary output with status 0).
+#[test]
+fn a_json_failure_with_stdout_closed_still_exits_1() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = closed.local_addr().expect("addr").to_string();
+    drop(closed);
+    let mut child = herald()
+        .args([
+            "registry",
+            "discover",
+            "x",
+            "--tcp",
+            "--json",
+            "--registry",
+            &addr,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herald");
+    // The pipe's only read end goes away before anything is written.
+    drop(child.stdout.take());
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "herald did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("herald: error:"), "{err}");
+}
+
 #[test]
 fn silent_registry_times_out_with_exit_1() {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
