@@ -1067,17 +1067,27 @@ impl RegistryCore {
             {
                 self.names_visited += 1;
             }
-            // Every path keeps the index exact (the model test checks it after each
+            // Every path keeps the indexes exact (the model test checks them after each
             // step), but an entry that does not match the table (left by a panic under
             // the server's lock, which keeps serving after one) would otherwise stay
-            // first and stop every later tick: drop it and go on.
-            let indexed = self
-                .names
-                .get(&*name)
-                .is_some_and(|entry| entry.front() == Some(tick));
+            // first and stop every later tick: drop it, index the name where it
+            // belongs, and go on.
+            let indexed = self.names.get(&*name).is_some_and(|entry| {
+                entry.front() == Some(tick) && self.by_seq.contains_key(&entry.seq)
+            });
             if !indexed {
-                tracing::error!(name = %logged(&name), tick, "registry prune index entry does not match the table; dropped");
+                tracing::error!(name = %logged(&name), tick, "registry prune index entry does not match the table; re-indexed");
                 self.by_front.remove(&tick);
+                if let Some(entry) = self.names.get(&*name) {
+                    self.by_seq
+                        .entry(entry.seq)
+                        .or_insert_with(|| Arc::clone(&name));
+                    if let Some(front) = entry.front() {
+                        self.by_front
+                            .entry(front)
+                            .or_insert_with(|| Arc::clone(&name));
+                    }
+                }
                 continue;
             }
             match self.prune_name(&name, now) {

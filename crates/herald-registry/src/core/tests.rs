@@ -1287,8 +1287,9 @@ fn a_register_whose_clock_went_back_keeps_the_refresh_order() {
 }
 
 /// A prune index entry that does not match the table (none should exist; a panic under
-/// the server's lock could leave one) is dropped by the next tick, which goes on to
-/// prune what is stale instead of stopping at it for good.
+/// the server's lock could leave one) is dropped by the next tick and its name indexed
+/// where it belongs, so the tick goes on to prune what is stale instead of stopping at
+/// it, or never seeing the name again.
 #[test]
 fn a_prune_index_entry_that_does_not_match_the_table_does_not_stop_pruning() {
     let timeout = Duration::from_secs(240);
@@ -1306,13 +1307,17 @@ fn a_prune_index_entry_that_does_not_match_the_table_does_not_stop_pruning() {
     )
     .expect("ok");
     core.drain_events();
-    // Before every real entry: one for a name the table does not have, and one for a
-    // name it has but under a tick that is not its oldest server's.
+    // Before every real entry: one for a name the table does not have, and the stale
+    // name's own entry moved to a tick that is not its oldest server's (its real one
+    // gone), so that only re-indexing it gets it pruned.
+    let (old_tick, old) = core.by_front.pop_first().expect("OLD indexed");
+    assert_eq!(&*old, "OLD");
     core.by_front.insert(0, std::sync::Arc::from("GHOST"));
-    core.by_front.insert(1, std::sync::Arc::from("FRESH"));
+    core.by_front.insert(1, old);
     assert_eq!(core.prune(t0 + timeout + Duration::from_secs(1)), 1);
     assert_eq!(core.len(), 1);
-    assert_eq!(core.by_front.len(), 1, "only the real entry is left");
+    assert_eq!(core.by_front.len(), 1, "only FRESH's real entry is left");
+    assert!(!core.by_front.contains_key(&old_tick));
     let events = core.drain_events();
     assert!(
         matches!(&events[..], [RegistryEvent::Removed { name, reason: RemoveReason::Pruned, .. }] if name == "OLD"),
