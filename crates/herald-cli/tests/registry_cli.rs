@@ -256,6 +256,25 @@ fn listing_off_is_a_clear_failure() {
     assert!(err.contains("does not allow listing"), "{err}");
 }
 
+/// A loopback TCP address where nothing listens.
+fn closed_tcp_addr() -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    closed.local_addr().expect("addr").to_string()
+}
+
+/// `registry discover x --tcp --json` against `addr`.
+fn discover_json_at(addr: &str) -> [&str; 7] {
+    [
+        "registry",
+        "discover",
+        "x",
+        "--tcp",
+        "--json",
+        "--registry",
+        addr,
+    ]
+}
+
 /// With `--json`, a failure is a JSON line on stdout naming its kind, beside the
 /// message on stderr and the same exit status; the OS error in the message is named
 /// once, not once per level of the error chain.
@@ -277,18 +296,8 @@ fn json_failures_are_json_and_name_the_os_error_once() {
     assert!(text.contains("does not allow listing"), "{v}");
 
     // A TCP registry address where nothing listens.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = closed.local_addr().expect("addr").to_string();
-    drop(closed);
-    let out = run(&[
-        "registry",
-        "discover",
-        "x",
-        "--tcp",
-        "--json",
-        "--registry",
-        &addr,
-    ]);
+    let addr = closed_tcp_addr();
+    let out = run(&discover_json_at(&addr));
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON {:?}: {e}", String::from_utf8_lossy(&out.stdout)));
@@ -320,19 +329,9 @@ fn json_failures_are_json_and_name_the_os_error_once() {
 /// (a closed stdout ends ordinary output with status 0).
 #[test]
 fn a_json_failure_with_stdout_closed_still_exits_1() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = closed.local_addr().expect("addr").to_string();
-    drop(closed);
+    let addr = closed_tcp_addr();
     let mut child = herald()
-        .args([
-            "registry",
-            "discover",
-            "x",
-            "--tcp",
-            "--json",
-            "--registry",
-            &addr,
-        ])
+        .args(discover_json_at(&addr))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
