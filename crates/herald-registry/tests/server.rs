@@ -454,33 +454,22 @@ async fn request_split_over_tcp_segments_is_reassembled() {
 /// [`bad_tcp_requests_are_dropped_and_the_server_keeps_serving`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_or_too_deep_tcp_requests_are_closed_without_reply() {
-    let server = RegistryServer::bind(RegistryConfig {
+    let (server, addr) = serving_keep(RegistryConfig {
         tcp_max_request: 4096,
         ..config_without_tcp_deadline()
     })
-    .await
-    .expect("bind");
-    let addr = server.local_addr();
-    TcpRegistryClient::new(addr)
-        .register(&["keep"], 1u16)
-        .await
-        .expect("ok");
-    // A valid prefix that never completes within the size cap.
-    let mut big = vec![0x15, 0x00, 0x01, 0x00, 0x00];
-    big.extend(std::iter::repeat_n(0x50u8, 8000));
+    .await;
+    // A valid REGISTER (20 names of 250 bytes) of about 5 KB: every declared length fits
+    // the 4 KiB cap, only the bytes read exceed it.
+    let name = "N".repeat(250);
+    let big = reg(&[name.as_str(); 20], 1);
+    assert!(big.len() > 4096, "{} bytes", big.len());
     assert_eq!(tcp_reply(addr, &big).await, None);
     // Nesting deeper than the decoder's limit, left open: only the depth limit tells
     // that it is bad before more bytes arrive, and it is closed as soon as it is read
     // (`tcp_reply` fails if the server waits for the 60 s deadline).
     assert_eq!(tcp_reply(addr, &[0x10u8; 40]).await, None);
-    assert_eq!(
-        TcpRegistryClient::new(addr)
-            .discover("keep")
-            .await
-            .expect("serving")
-            .len(),
-        1
-    );
+    assert_eq!(kept_entry(addr).await, "127.0.0.1:9");
     assert_eq!(server.stats().dropped, 2);
     server.shutdown().await;
 }
@@ -490,28 +479,14 @@ async fn oversized_or_too_deep_tcp_requests_are_closed_without_reply() {
 /// connection is closed without a reply, and the server keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_60000_deep_tcp_request_is_closed_and_the_server_keeps_serving() {
-    let server = RegistryServer::bind(config_without_tcp_deadline())
-        .await
-        .expect("bind");
-    let addr = server.local_addr();
-    TcpRegistryClient::new(addr)
-        .register(&["keep"], 1u16)
-        .await
-        .expect("ok");
+    let (server, addr) = serving_keep(config_without_tcp_deadline()).await;
     let deep = vec![0x10u8; 60_000];
     let mut s = TcpStream::connect(addr).await.expect("connect");
     // The server may close (and reset) before it has read everything.
     let _ = s.write_all(&deep).await;
     let out = read_until_closed(&mut s).await;
     assert!(out.is_empty(), "no reply: {out:02x?}");
-    assert_eq!(
-        TcpRegistryClient::new(addr)
-            .discover("keep")
-            .await
-            .expect("still serving")
-            .len(),
-        1
-    );
+    assert_eq!(kept_entry(addr).await, "127.0.0.1:9");
     assert_eq!(server.stats().dropped, 1);
     server.shutdown().await;
 }
